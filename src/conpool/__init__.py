@@ -1,0 +1,58 @@
+"""conpool: a protocol-agnostic TCP/TLS client connection pool for anyio.
+
+Connections are pooled per :class:`Endpoint` (a DNS name, a port, optional
+TLS), tracked under the name and under the address they were dialled to, and
+spread across every address of the name.  What the pool hands out is an
+ordinary :class:`anyio.abc.ByteStream`.
+"""
+
+from __future__ import annotations
+
+from ._balance import POLICIES as POLICIES
+from ._config import Config as Config
+from ._connection import Connection as Connection
+from ._endpoint import TLS as TLS
+from ._endpoint import Endpoint as Endpoint
+from ._errors import ConnectError as ConnectError
+from ._errors import PoolClosed as PoolClosed
+from ._errors import PoolError as PoolError
+from ._errors import PoolTimeout as PoolTimeout
+from ._errors import ResolveError as ResolveError
+from ._pool import Pool as Pool
+from ._resolve import DNSResolver as DNSResolver
+from ._resolve import ResolvedAddress as ResolvedAddress
+from ._resolve import Resolver as Resolver
+from ._resolve import StaticResolver as StaticResolver
+from ._resolve import SystemResolver as SystemResolver
+from ._stats import AddressStats as AddressStats
+from ._stats import EndpointStats as EndpointStats
+from ._stats import PoolStats as PoolStats
+from ._trace import Event as Event
+from ._trace import Tracer as Tracer
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "POLICIES",
+    "TLS",
+    "AddressStats",
+    "Config",
+    "ConnectError",
+    "Connection",
+    "DNSResolver",
+    "Endpoint",
+    "EndpointStats",
+    "Event",
+    "Pool",
+    "PoolClosed",
+    "PoolError",
+    "PoolStats",
+    "PoolTimeout",
+    "ResolveError",
+    "ResolvedAddress",
+    "Resolver",
+    "StaticResolver",
+    "SystemResolver",
+    "Tracer",
+    "__version__",
+)

@@ -1,0 +1,246 @@
+"""Pool configuration: one frozen, validated value.
+
+Validation happens once, at construction, so the pool never has to wonder
+whether a limit is ``0``, negative, ``NaN`` or a ``bool`` that slipped through.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+__all__ = ["BALANCE_POLICIES", "Config", "HealthCheck"]
+
+#: The names accepted by :attr:`Config.balance`.
+BALANCE_POLICIES: tuple[str, ...] = ("least-connections", "round-robin", "power-of-two")
+
+#: ``async def check(conn: conpool.Connection) -> bool``; a check annotated with a
+#: supertype such as :class:`anyio.abc.ByteStream` fits too. Quoted because the
+#: connection module is only imported for type checking: configuration sits
+#: below the I/O shell in the import graph.
+HealthCheck: TypeAlias = Callable[["Connection"], Awaitable[bool]]
+
+
+def _describe(value: object) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _int(name: str, value: object, minimum: int, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    # bool is an int subclass, but Config(max_connections=True) is a mistake.
+    if isinstance(value, bool) or not isinstance(value, int):
+        kind = "an int or None" if optional else "an int"
+        raise TypeError(f"{name} must be {kind}, got {_describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def _float(
+    name: str,
+    value: object,
+    *,
+    minimum: float = 0.0,
+    inclusive: bool = True,
+    finite: bool = True,
+    optional: bool = False,
+) -> float | None:
+    """Check a number of seconds (or a share) and return it as a float."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        kind = "a number or None" if optional else "a number"
+        raise TypeError(f"{name} must be {kind}, got {_describe(value)}")
+    number = float(value) if isinstance(value, float) else _int_to_float(name, value)
+    # NaN compares false with everything, so it would pass every range check
+    # below and then make every deadline comparison in the pool false too.
+    if math.isnan(number):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if finite and math.isinf(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if inclusive and number < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
+    if not inclusive and number <= minimum:
+        raise ValueError(f"{name} must be > {minimum:g}, got {value!r}")
+    return number
+
+
+def _int_to_float(name: str, value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large, got {value!r}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """How a :class:`conpool.Pool` opens, shares, balances and retires connections.
+
+    All times are in seconds. Numbers may be given as ``int`` or ``float`` and
+    are stored as ``float``; ``bool`` is rejected wherever a number is expected.
+
+    :param max_connections_per_endpoint: connections (idle and active) per
+        endpoint, at least 1.
+    :param max_connections: connections (idle and active) across all endpoints,
+        at least 1, or ``None`` for no global limit. When it is reached and
+        another endpoint holds idle connections, the least recently used idle
+        one is closed to make room.
+    :param max_idle_time: seconds a connection may sit idle before it is
+        closed; greater than 0, :data:`math.inf` for never.
+    :param max_connection_lifetime: seconds since connect after which a
+        connection is not reused; greater than 0, :data:`math.inf` for never.
+    :param max_connection_uses: hand-outs after which a connection is closed
+        instead of reused, at least 1, or ``None`` for no limit.
+    :param health_check: ``async def check(conn) -> bool`` run on an idle
+        connection before it is handed out again; ``False`` or an exception
+        closes it. ``None`` for no check.
+    :param connect_timeout: seconds per connection attempt, covering the TCP
+        connect and the TLS handshake; greater than 0, or ``None`` for no limit.
+    :param connect_retries: extra attempts after the first, at least 0.
+    :param retry_backoff: base delay before a retry, doubled per attempt, with
+        jitter; at least 0 and finite.
+    :param retry_backoff_max: cap on the delay before a retry; finite and at
+        least *retry_backoff*.
+    :param acquire_timeout: seconds to wait for a free slot, at least 0
+        (``0`` fails at once when no slot is free), or ``None`` for no limit.
+    :param max_waiters: how many acquires may wait for a slot at once; the
+        next one fails at once with :class:`conpool.PoolTimeout`. At least 0
+        (``0`` means never wait), or ``None`` for no limit.
+    :param balance: how a new connection picks one of the endpoint's
+        addresses; one of :data:`BALANCE_POLICIES`.
+    :param max_ejected_share: the largest share of an endpoint's addresses that
+        may be ejected for failing at once, in (0, 1]. Beyond it failing
+        addresses stay in rotation, so a wide outage degrades to retries rather
+        than to an endpoint with nowhere to connect (Envoy's
+        ``max_ejection_percent`` plays the same role).
+    :param eject_after_failures: consecutive connect failures after which an
+        address is ejected, at least 1.
+    :param eject_time: seconds an address stays ejected the first time, greater
+        than 0 and finite; doubled on each further ejection.
+    :param eject_time_max: cap on the ejection time, finite and at least
+        *eject_time*.
+    :param happy_eyeballs_delay: seconds to wait for one address before also
+        trying the next (RFC 8305's "Connection Attempt Delay"), greater than 0
+        and finite.
+    :param balance_seed: seed for the random choices of the balancing policies
+        and of retry jitter, making them reproducible in tests; ``None`` seeds
+        from the system.
+    :param sweep_interval: seconds between sweeps that close expired idle
+        connections, greater than 0 and finite, or ``None`` to derive it from
+        *max_idle_time* and *max_connection_lifetime*.
+    :raises TypeError: if a field has the wrong type, e.g. a float or bool
+        where an int is expected, or a non-callable *health_check*.
+    :raises ValueError: if a field is out of range, NaN, or infinite where
+        that makes no sense, or *balance* is not a known policy.
+    """
+
+    max_connections_per_endpoint: int = 10
+    max_connections: int | None = None
+    max_idle_time: float = 60.0
+    max_connection_lifetime: float = 300.0
+    max_connection_uses: int | None = None
+    health_check: HealthCheck | None = None
+    connect_timeout: float | None = 10.0
+    connect_retries: int = 3
+    retry_backoff: float = 0.1
+    retry_backoff_max: float = 5.0
+    acquire_timeout: float | None = None
+    max_waiters: int | None = None
+    balance: str = "least-connections"
+    max_ejected_share: float = 0.5
+    eject_after_failures: int = 3
+    eject_time: float = 1.0
+    eject_time_max: float = 30.0
+    happy_eyeballs_delay: float = 0.25
+    balance_seed: int | None = None
+    sweep_interval: float | None = None
+
+    def __post_init__(self) -> None:
+        _int("max_connections_per_endpoint", self.max_connections_per_endpoint, 1)
+        _int("max_connections", self.max_connections, 1, optional=True)
+        _int("max_connection_uses", self.max_connection_uses, 1, optional=True)
+        _int("connect_retries", self.connect_retries, 0)
+        _int("max_waiters", self.max_waiters, 0, optional=True)
+        _int("eject_after_failures", self.eject_after_failures, 1)
+        if self.balance_seed is not None and (
+            isinstance(self.balance_seed, bool) or not isinstance(self.balance_seed, int)
+        ):
+            raise TypeError(
+                f"balance_seed must be an int or None, got {_describe(self.balance_seed)}"
+            )
+
+        # Floats are stored back as float so that the pool's arithmetic (and a
+        # repr) does not depend on whether the caller wrote 60 or 60.0.
+        floats: dict[str, float | None] = {
+            # An infinite idle time or lifetime is a clear way to say "never".
+            "max_idle_time": _float(
+                "max_idle_time", self.max_idle_time, inclusive=False, finite=False
+            ),
+            "max_connection_lifetime": _float(
+                "max_connection_lifetime",
+                self.max_connection_lifetime,
+                inclusive=False,
+                finite=False,
+            ),
+            # An infinite timeout is the same as None: no limit.
+            "connect_timeout": _float(
+                "connect_timeout",
+                self.connect_timeout,
+                inclusive=False,
+                finite=False,
+                optional=True,
+            ),
+            "acquire_timeout": _float(
+                "acquire_timeout", self.acquire_timeout, finite=False, optional=True
+            ),
+            # Infinite delays would park a retry or an ejected address forever,
+            # which is a hang, not a policy.
+            "retry_backoff": _float("retry_backoff", self.retry_backoff),
+            "retry_backoff_max": _float("retry_backoff_max", self.retry_backoff_max),
+            "max_ejected_share": _float(
+                "max_ejected_share", self.max_ejected_share, inclusive=False
+            ),
+            "eject_time": _float("eject_time", self.eject_time, inclusive=False),
+            "eject_time_max": _float("eject_time_max", self.eject_time_max, inclusive=False),
+            "happy_eyeballs_delay": _float(
+                "happy_eyeballs_delay", self.happy_eyeballs_delay, inclusive=False
+            ),
+            "sweep_interval": _float(
+                "sweep_interval", self.sweep_interval, inclusive=False, optional=True
+            ),
+        }
+        share = floats["max_ejected_share"]
+        if share is not None and share > 1.0:
+            raise ValueError(f"max_ejected_share must be in (0, 1], got {self.max_ejected_share!r}")
+        backoff, backoff_max = floats["retry_backoff"], floats["retry_backoff_max"]
+        if backoff is not None and backoff_max is not None and backoff_max < backoff:
+            raise ValueError(
+                f"retry_backoff_max must be >= retry_backoff ({self.retry_backoff!r}), "
+                f"got {self.retry_backoff_max!r}"
+            )
+        eject, eject_max = floats["eject_time"], floats["eject_time_max"]
+        if eject is not None and eject_max is not None and eject_max < eject:
+            raise ValueError(
+                f"eject_time_max must be >= eject_time ({self.eject_time!r}), "
+                f"got {self.eject_time_max!r}"
+            )
+
+        if not isinstance(self.balance, str):
+            raise TypeError(f"balance must be a str, got {_describe(self.balance)}")
+        if self.balance not in BALANCE_POLICIES:
+            choices = ", ".join(repr(policy) for policy in BALANCE_POLICIES)
+            raise ValueError(f"balance must be one of {choices}, got {self.balance!r}")
+        if self.health_check is not None and not callable(self.health_check):
+            raise TypeError(
+                f"health_check must be an async callable or None, "
+                f"got {_describe(self.health_check)}"
+            )
+
+        for name, number in floats.items():
+            # A frozen dataclass forbids normal assignment, even here.
+            object.__setattr__(self, name, number)

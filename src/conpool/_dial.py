@@ -1,0 +1,145 @@
+"""Opening one connection to one address: TCP connect, TLS, per-attempt timeout.
+
+The retry loop that chooses addresses lives in the pool shell, because the
+choice is the state machine's; this module does the I/O of a single attempt
+and the arithmetic of waiting between attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+import socket
+import ssl
+
+import anyio
+from anyio.abc import SocketStream
+from anyio.streams.tls import TLSStream
+
+from ._connection import ProtocolConnection, StreamConnection
+from ._endpoint import Endpoint
+
+__all__ = ["backoff_delay", "open_anyio", "open_asyncio", "retryable"]
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether another attempt could succeed where this one failed.
+
+    A TLS error (a certificate that does not verify, a server that does not
+    speak TLS) will fail the same way on every attempt: retrying only delays
+    the error and hammers the server.
+    """
+    return isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError)
+
+
+def backoff_delay(retry: int, base: float, cap: float, rng: random.Random) -> float:
+    """Seconds to wait before retry number ``retry`` (1 for the first retry).
+
+    "Full jitter" from the AWS Architecture Blog's *Exponential Backoff And
+    Jitter* (Brooker, 2015): uniform in ``[0, min(cap, base * 2**(retry-1))]``.
+    Spreading retries over the whole window avoids synchronised retry storms
+    when many tasks lose the same server at once.
+    """
+    if base <= 0:
+        return 0.0
+    ceiling = min(cap, base * 2.0 ** min(retry - 1, 62))
+    return rng.uniform(0.0, ceiling)
+
+
+def _socket(ip: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        # Small request/response messages must not wait for Nagle's timer.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _timeout_error(what: str, timeout: float | None) -> TimeoutError:
+    return TimeoutError(f"{what} timed out after {timeout:g} s")
+
+
+async def open_asyncio(
+    endpoint: Endpoint, ip: str, port: int, connect_timeout: float | None
+) -> ProtocolConnection:
+    """One attempt on asyncio/uvloop: a native protocol-backed connection."""
+    loop = asyncio.get_running_loop()
+    sock = _socket(ip)
+    transport: asyncio.Transport | None = None
+    tls = endpoint.tls
+    stage = "TCP connect"
+    try:
+        with anyio.fail_after(connect_timeout):
+            await loop.sock_connect(sock, (ip, port))
+            if tls is not None:
+                stage = "TLS handshake"
+            transport, protocol = await loop.create_connection(
+                ProtocolConnection.protocol_factory,
+                sock=sock,
+                ssl=tls.ssl_context if tls is not None else None,
+                server_hostname=tls.server_name_for(endpoint.host) if tls is not None else None,
+                ssl_handshake_timeout=None if tls is None else (connect_timeout or 60.0),
+            )
+    except TimeoutError:
+        _abort(transport, sock)
+        raise _timeout_error(stage, connect_timeout) from None
+    except BaseException:
+        _abort(transport, sock)
+        raise
+    # uvloop's transports implement the interface without subclassing it.
+    return ProtocolConnection(endpoint, (ip, port), transport, protocol, tls is not None)
+
+
+def _abort(transport: asyncio.Transport | None, sock: socket.socket) -> None:
+    if transport is not None:
+        transport.abort()
+    sock.close()
+
+
+async def open_anyio(
+    endpoint: Endpoint, ip: str, port: int, connect_timeout: float | None
+) -> StreamConnection:
+    """One attempt on any anyio backend (trio): an anyio socket stream,
+    wrapped in TLS when the endpoint asks for it."""
+    sock = _socket(ip)
+    stream: SocketStream | None = None
+    tls = endpoint.tls
+    stage = "TCP connect"
+    try:
+        with anyio.fail_after(connect_timeout):
+            err = sock.connect_ex((ip, port))
+            if err in (errno.EINPROGRESS, errno.EAGAIN):
+                await anyio.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            stream = await SocketStream.from_socket(sock)
+            if tls is None:
+                return StreamConnection(endpoint, (ip, port), stream, sock)
+            stage = "TLS handshake"
+            wrapped = await TLSStream.wrap(
+                stream,
+                hostname=tls.server_name_for(endpoint.host),
+                ssl_context=tls.ssl_context,
+                standard_compatible=False,
+            )
+            return StreamConnection(endpoint, (ip, port), wrapped, sock)
+    except TimeoutError:
+        await _aclose_quietly(stream, sock)
+        raise _timeout_error(stage, connect_timeout) from None
+    except BaseException:
+        await _aclose_quietly(stream, sock)
+        raise
+
+
+async def _aclose_quietly(stream: SocketStream | None, sock: socket.socket) -> None:
+    if stream is not None:
+        await anyio.aclose_forcefully(stream)
+    else:
+        sock.close()

@@ -1,0 +1,566 @@
+"""The pool: a thin async shell around the state machine in :mod:`conpool._state`.
+
+The shell feeds the machine events with the time, then does what it was told:
+dial, close, wake a waiter.  It changes state only through the machine, does
+I/O only after the state update, and on any exception (cancellation included)
+hands the slot it held back to the machine before re-raising, so a cancelled
+task can never leak a slot, a socket or a waiter.
+
+On asyncio and uvloop, waiters park on native futures and connections are
+protocol-backed (see :mod:`conpool._connection`); on trio everything goes
+through anyio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+import anyio
+import sniffio
+from anyio.abc import TaskGroup
+
+from ._config import Config
+from ._connection import Connection
+from ._dial import backoff_delay, open_anyio, open_asyncio, retryable
+from ._endpoint import Endpoint
+from ._errors import ConnectError, PoolClosed, PoolError, PoolTimeout, ResolveError, describe
+from ._resolve import ResolutionCache, Resolver, SystemResolver
+from ._state import DIAL, ConnRecord, EndpointState, PoolState, Waiter
+from ._stats import PoolStats, snapshot
+from ._trace import Tracer
+
+__all__ = ["Pool"]
+
+_monotonic = time.monotonic
+
+
+def _usable(conn: Connection) -> bool:
+    return conn.usable()
+
+
+class _Lease:
+    """``async with pool.connection(ep) as conn``: a class, not a generator,
+    because this sits on every request's path."""
+
+    __slots__ = ("_conn", "_endpoint", "_pool")
+
+    def __init__(self, pool: Pool, endpoint: Endpoint) -> None:
+        self._pool = pool
+        self._endpoint = endpoint
+        self._conn: Connection | None = None
+
+    async def __aenter__(self) -> Connection:
+        self._conn = await self._pool.acquire(self._endpoint)
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        assert conn is not None
+        self._conn = None
+        if exc_type is not None:
+            # The exchange was interrupted: the peer may be mid-response.
+            conn.broken = True
+        await self._pool.release(conn)
+
+
+class Pool:
+    """A connection pool keyed by endpoint, balanced across every address.
+
+    Use it as ``async with conpool.Pool(...) as pool``: the block owns the
+    pool's background task (expiry sweep, name refresh) and closes every
+    connection on the way out.
+
+    :param config: limits and lifetimes; :class:`~conpool.Config` defaults if None.
+    :param resolver: turns names into addresses; a :class:`~conpool.SystemResolver`
+        if None.  IP-literal endpoints never use it.
+    :param tracer: a :class:`~conpool.Tracer` that receives the pool's events.
+    :raises TypeError: an argument of the wrong type.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        resolver: Resolver | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
+        if config is None:
+            config = Config()
+        elif not isinstance(config, Config):
+            raise TypeError(f"config must be a conpool.Config, got {config!r}")
+        if resolver is None:
+            resolver = SystemResolver()
+        elif not callable(getattr(resolver, "resolve", None)):
+            raise TypeError(f"resolver must have an async resolve(host) method, got {resolver!r}")
+        if tracer is not None and not isinstance(tracer, Tracer):
+            raise TypeError(f"tracer must be a conpool.Tracer, got {tracer!r}")
+        self.config = config
+        self.resolver = resolver
+        self.tracer = tracer
+        self._state = PoolState(config, _usable)
+        self._names = ResolutionCache(resolver)
+        self._rng = random.Random(config.balance_seed)
+        self._health = config.health_check
+        self._tg: TaskGroup | None = None
+        self._native = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._refreshing: set[str] = set()
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> Pool:
+        if self._tg is not None or self._state.closed:
+            raise RuntimeError("a Pool can be entered only once")
+        library = sniffio.current_async_library()
+        self._native = library == "asyncio"
+        if self._native:
+            self._loop = asyncio.get_running_loop()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._sweeper, name="conpool sweeper")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        tg = self._tg
+        assert tg is not None
+        tg.cancel_scope.cancel()
+        return await tg.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Close the pool: idle connections close now, connections in use
+        close when released, and every waiting or later acquire raises
+        :class:`~conpool.PoolClosed`.  Safe to call more than once."""
+        if self._state.closed:
+            return
+        self._emit("pool.close")
+        self._state.close()
+        self._flush()
+
+    # -- the hot path ------------------------------------------------------------
+
+    def connection(self, endpoint: Endpoint) -> _Lease:
+        """``async with pool.connection(endpoint) as conn``: acquire, then
+        release on a normal exit or close on an exception.
+
+        :raises ConnectError: no connection could be made (see :meth:`acquire`).
+        :raises PoolTimeout: no slot within ``acquire_timeout``.
+        :raises PoolClosed: the pool is closed.
+        """
+        return _Lease(self, endpoint)
+
+    async def acquire(self, endpoint: Endpoint) -> Connection:
+        """A connection to ``endpoint``: an idle one if the pool has one,
+        else a new one (waiting for a free slot if the limits are reached).
+
+        :param endpoint: where to connect.
+        :returns: a :class:`~conpool.Connection`; give it back with :meth:`release`.
+        :raises TypeError: ``endpoint`` is not a :class:`~conpool.Endpoint`.
+        :raises ConnectError: every attempt failed; its text tells the story.
+        :raises ResolveError: the name did not resolve.
+        :raises PoolTimeout: no slot within ``acquire_timeout``, or
+            ``max_waiters`` tasks already wait.
+        :raises PoolClosed: the pool is closed, or closed while waiting.
+        """
+        state = self._state
+        try:
+            ep = state.endpoints.get(endpoint)
+        except TypeError:
+            ep = None
+        if ep is None:
+            ep = self._new_endpoint(endpoint)
+        while True:
+            got = state.acquire(ep, _monotonic())
+            if state.to_close or state.to_wake:
+                self._flush()
+            if got.__class__ is ConnRecord:
+                rec: ConnRecord = got
+                conn: Connection = rec.handle
+                if self._health is None or await self._healthy(conn, rec):
+                    if self.tracer is not None:
+                        self._emit("conn.reuse", endpoint, rec.addr.ip, rec.id)
+                    return conn
+                continue
+            if got == DIAL:
+                return await self._dial(ep, endpoint)
+            granted = await self._wait(ep, endpoint)
+            if granted is None:
+                return await self._dial(ep, endpoint)
+            if self._health is None or await self._healthy(granted.handle, granted):
+                return granted.handle  # type: ignore[no-any-return]
+
+    async def release(self, conn: Connection) -> None:
+        """Give a connection back.  It becomes idle for the next acquire, or
+        is closed if it was closed, broken, expired or used up.
+
+        :raises TypeError: ``conn`` is not a :class:`~conpool.Connection`.
+        :raises ValueError: ``conn`` belongs to another pool.
+        :raises RuntimeError: ``conn`` was already released.
+        """
+        try:
+            rec = conn._rec
+        except AttributeError:
+            raise TypeError(f"release() takes a conpool.Connection, got {conn!r}") from None
+        if (
+            rec is None
+            or rec.handle is not conn
+            or self._state.endpoints.get(rec.ep.key) is not rec.ep
+        ):
+            raise ValueError(f"{conn!r} does not belong to this pool")
+        state = self._state
+        state.release(rec, _monotonic(), not (conn.broken or conn.closed))
+        if self.tracer is not None:
+            self._emit("conn.release", rec.ep.key, rec.addr.ip, rec.id)
+        if state.to_close or state.to_wake:
+            self._flush()
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of every count (see :class:`~conpool.PoolStats`)."""
+        stale = frozenset(
+            ep.key.host  # type: ignore[attr-defined]
+            for ep in self._state.endpoints.values()
+            if self._names.is_stale(ep.key.host)  # type: ignore[attr-defined]
+        )
+        return snapshot(self._state, _monotonic(), stale)
+
+    def __repr__(self) -> str:
+        s = self._state
+        active = sum(ep.active for ep in s.endpoints.values())
+        idle = sum(ep.idle for ep in s.endpoints.values())
+        status = "closed" if s.closed else "open" if self._tg is not None else "not entered"
+        return (
+            f"<conpool.Pool {status} endpoints={len(s.endpoints)} active={active} "
+            f"idle={idle} waiting={len(s.waiters)} "
+            f"limit={self.config.max_connections_per_endpoint}/endpoint>"
+        )
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _new_endpoint(self, endpoint: Endpoint) -> EndpointState:
+        if not isinstance(endpoint, Endpoint):
+            raise TypeError(f"endpoint must be a conpool.Endpoint, got {endpoint!r}")
+        if self._tg is None:
+            if self._state.closed:
+                raise PoolClosed("the pool is closed")
+            raise RuntimeError("use the pool as 'async with conpool.Pool(...) as pool:'")
+        if self._state.closed:
+            raise PoolClosed("the pool is closed")
+        ep = self._state.endpoint(endpoint)
+        if endpoint.is_ip:
+            self._state.set_addresses(ep, [endpoint.host])
+        return ep
+
+    async def _healthy(self, conn: Connection, rec: ConnRecord) -> bool:
+        """Run the user's health check on a connection about to be reused."""
+        assert self._health is not None
+        state = self._state
+        try:
+            ok = await self._health(conn)
+        except Exception:
+            ok = False
+        except BaseException:
+            # Cancelled mid-check: the exchange may be half done.
+            state.discard(rec, "health")
+            self._flush()
+            raise
+        if ok is True and not (conn.broken or conn.closed):
+            return True
+        state.discard(rec, "health")
+        self._flush()
+        return False
+
+    async def _wait(self, ep: EndpointState, endpoint: Endpoint) -> ConnRecord | None:
+        """Park until the machine serves us.  Returns a connection record, or
+        None for a reserved dial slot."""
+        state = self._state
+        timeout = self.config.acquire_timeout
+        waited = time.monotonic_ns()
+        if self._native:
+            loop = self._loop
+            assert loop is not None
+            fut = loop.create_future()
+            w = state.enqueue(ep, fut)
+            if w is None:
+                raise self._too_many_waiters(endpoint)
+            self._emit("acquire.queued", endpoint)
+            timer = None if timeout is None else loop.call_later(timeout, self._expire, w)
+            try:
+                await fut
+            except BaseException:
+                state.cancel(w, _monotonic())
+                self._flush()
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        else:
+            event = anyio.Event()
+            w = state.enqueue(ep, event)
+            if w is None:
+                raise self._too_many_waiters(endpoint)
+            self._emit("acquire.queued", endpoint)
+            try:
+                with anyio.move_on_after(timeout):
+                    await event.wait()
+            except BaseException:
+                state.cancel(w, _monotonic())
+                self._flush()
+                raise
+            if w.grant is None and not state.closed:
+                state.cancel(w, _monotonic())
+                self._flush()
+                raise self._timed_out(endpoint)
+        grant = w.grant
+        if grant is None:
+            raise PoolClosed("the pool was closed while waiting for a connection")
+        if self.tracer is not None:
+            self._emit("acquire.granted", endpoint, duration_ns=time.monotonic_ns() - waited)
+        if grant.__class__ is ConnRecord:
+            return grant
+        return None
+
+    def _expire(self, w: Waiter) -> None:
+        """acquire_timeout fired for a native waiter (a loop callback)."""
+        if w.grant is not None or w not in w.ep.waiters:
+            return
+        self._state.cancel(w, _monotonic())
+        fut: asyncio.Future[None] = w.handle
+        if not fut.done():
+            fut.set_exception(self._timed_out(w.ep.key))  # type: ignore[arg-type]
+
+    def _timed_out(self, endpoint: Endpoint) -> PoolTimeout:
+        self._emit("acquire.timeout", endpoint)
+        return PoolTimeout(
+            f"no connection to {endpoint} became free within "
+            f"acquire_timeout={self.config.acquire_timeout:g} s"
+        )
+
+    def _too_many_waiters(self, endpoint: Endpoint) -> PoolTimeout:
+        self._emit("acquire.rejected", endpoint)
+        return PoolTimeout(
+            f"no connection to {endpoint} is free and max_waiters="
+            f"{self.config.max_waiters} tasks are already waiting"
+        )
+
+    def _flush(self) -> None:
+        """Do what the machine decided: wake served waiters, close connections."""
+        state = self._state
+        if state.to_wake:
+            wake, state.to_wake = state.to_wake, []
+            for w in wake:
+                handle = w.handle
+                if self._native:
+                    if not handle.done():
+                        handle.set_result(None)
+                else:
+                    handle.set()
+        if state.to_close:
+            closing, state.to_close = state.to_close, []
+            for rec, reason in closing:
+                conn: Connection = rec.handle
+                if self.tracer is not None:
+                    self._emit("conn.close", rec.ep.key, rec.addr.ip, rec.id, detail=reason)
+                if not conn.close_now():
+                    tg = self._tg
+                    if tg is not None:
+                        tg.start_soon(_aclose, conn)
+
+    def _emit(
+        self,
+        kind: str,
+        endpoint: object = "",
+        address: str = "",
+        conn_id: int = 0,
+        duration_ns: int | None = None,
+        detail: str = "",
+    ) -> None:
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.emit(kind, endpoint, address, conn_id, duration_ns, detail)
+
+    # -- resolving and dialling ----------------------------------------------------
+
+    async def _addresses(self, ep: EndpointState, endpoint: Endpoint) -> None:
+        """Make sure the machine knows the name's current addresses."""
+        if endpoint.is_ip:
+            return
+        host = endpoint.host
+        now = _monotonic()
+        ips = self._names.peek(host, now)
+        if ips is None:
+            start = time.monotonic_ns()
+            self._emit("resolve.started", endpoint)
+            try:
+                ips, _changed = await self._names.resolve(host, now)
+            except Exception as exc:
+                self._emit("resolve.failed", endpoint, detail=describe(exc))
+                raise ResolveError(
+                    describe(exc),
+                    endpoint=endpoint,
+                    errors=[exc],
+                    context=[f"resolving {host}", f"connecting to {endpoint}"],
+                ) from exc
+            self._emit(
+                "resolve.complete",
+                endpoint,
+                duration_ns=time.monotonic_ns() - start,
+                detail=" ".join(ips),
+            )
+        if tuple(a.ip for a in ep.listed) != ips:
+            self._state.set_addresses(ep, ips)
+            self._flush()
+
+    async def _dial(self, ep: EndpointState, endpoint: Endpoint) -> Connection:
+        """Open a connection in the slot the machine reserved for us.
+
+        On any failure, cancellation included, the slot goes back."""
+        state = self._state
+        try:
+            await self._addresses(ep, endpoint)
+            conn = await self._connect(ep, endpoint)
+        except Exception:
+            state.dial_failed(ep)
+            self._flush()
+            raise
+        except BaseException:
+            state.dial_abandoned(ep)
+            self._flush()
+            raise
+        if state.closed:
+            assert conn._rec is not None
+            state.discard(conn._rec, "pool-closed")
+            self._flush()
+            raise PoolClosed("the pool was closed while connecting")
+        return conn
+
+    async def _connect(self, ep: EndpointState, endpoint: Endpoint) -> Connection:
+        """Attempts with retries, each to the address the machine picks."""
+        state = self._state
+        config = self.config
+        opener: Callable[[Endpoint, str, int, float | None], Awaitable[Connection]]
+        opener = open_asyncio if self._native else open_anyio
+        errors: list[BaseException] = []
+        tried: list[str] = []
+        ip = ""
+        attempts = 1 + config.connect_retries
+        for attempt in range(attempts):
+            if attempt:
+                delay = backoff_delay(
+                    attempt, config.retry_backoff, config.retry_backoff_max, self._rng
+                )
+                self._emit(
+                    "connect.retry", endpoint, ip, detail=f"attempt {attempt + 1} in {delay:.3f} s"
+                )
+                await anyio.sleep(delay)
+            picked = state.pick_address(ep, _monotonic(), tried)
+            if picked is None:
+                raise ResolveError(
+                    "the name has no address",
+                    endpoint=endpoint,
+                    context=[f"connecting to {endpoint}"],
+                )
+            ip = picked
+            start = time.monotonic_ns()
+            self._emit("connect.started", endpoint, ip)
+            try:
+                conn = await opener(endpoint, ip, endpoint.port, config.connect_timeout)
+            except BaseException as exc:
+                # OSError covers refusals, resets, timeouts and TLS failures;
+                # anything else is cancellation or a bug, and propagates as is.
+                counts = isinstance(exc, OSError)
+                state.attempt_failed(ep, ip, _monotonic(), counts=counts)
+                if not counts:
+                    raise
+                errors.append(exc)
+                tried.append(ip)
+                self._emit(
+                    "connect.failed",
+                    endpoint,
+                    ip,
+                    duration_ns=time.monotonic_ns() - start,
+                    detail=describe(exc),
+                )
+                if not retryable(exc):
+                    break
+                continue
+            rec = state.connected(ep, ip, conn, _monotonic())
+            conn._rec = rec
+            if self.tracer is not None:
+                self._emit(
+                    "connect.complete",
+                    endpoint,
+                    ip,
+                    rec.id,
+                    duration_ns=time.monotonic_ns() - start,
+                )
+            return conn
+        last = errors[-1]
+        host = f"[{ip}]" if ":" in ip else ip
+        context = [f"connecting to tcp:{host}:{endpoint.port}", f"connecting to {endpoint}"]
+        if len(errors) > 1:
+            context.append(f"after {len(errors) - 1} retry attempts")
+        raise ConnectError(
+            describe(last), endpoint=endpoint, errors=errors, context=context
+        ) from last
+
+    # -- background work -----------------------------------------------------------
+
+    async def _sweeper(self) -> None:
+        """Close expired idle connections, and refresh names whose answer
+        expired while they have connections, so that addresses that left the
+        answer drain even when nobody dials."""
+        state = self._state
+        interval = self.config.sweep_interval
+        while not state.closed:
+            now = _monotonic()
+            if interval is not None:
+                delay = interval
+            else:
+                delay = min(max(state.next_deadline() - now, 0.01), 1.0)
+            await anyio.sleep(delay)
+            now = _monotonic()
+            state.sweep(now)
+            self._flush()
+            for ep in list(state.endpoints.values()):
+                endpoint: Endpoint = ep.key  # type: ignore[assignment]
+                if (
+                    not endpoint.is_ip
+                    and ep.total
+                    and endpoint.host not in self._refreshing
+                    and self._names.peek(endpoint.host, now) is None
+                    and self._tg is not None
+                ):
+                    self._refreshing.add(endpoint.host)
+                    self._tg.start_soon(self._refresh, ep, endpoint)
+
+    async def _refresh(self, ep: EndpointState, endpoint: Endpoint) -> None:
+        try:
+            await self._addresses(ep, endpoint)
+        except PoolError:
+            pass  # kept serving the old answer, or nothing to drain; logged as an event
+        finally:
+            self._refreshing.discard(endpoint.host)
+
+
+async def _aclose(conn: Connection) -> None:
+    with anyio.CancelScope(shield=True):
+        await conn.aclose()
+
+
+Pool.__module__ = "conpool"

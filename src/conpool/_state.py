@@ -1,0 +1,621 @@
+"""The pool's state machine: every decision, no I/O, no clock, no event loop.
+
+The async shell (:mod:`conpool._pool`) feeds this machine events -- a task
+wants a connection, a dial succeeded or failed, a connection came back, time
+passed -- together with the current time, and reads back what to do:
+
+* a return value for the caller that made the call (a connection record to
+  hand out, :data:`DIAL` to open a new one, :data:`WAIT` to park);
+* :attr:`PoolState.to_close`: records the shell must close, with the reason;
+* :attr:`PoolState.to_wake`: waiters the machine has served (each waiter's
+  ``grant`` says with what: a record, or :data:`DIAL`).
+
+Nothing in a transition awaits, so each one is atomic on the event loop and no
+lock is needed.  The shell drains ``to_close`` and ``to_wake`` after every call.
+
+Accounting.  Every connection the pool is responsible for is in exactly one
+of three states, counted per address, per endpoint and in total:
+*pending* (a slot reserved for a dial in progress; per address only once the
+dial has picked its address), *active* (handed out) and *idle*.  The limits
+bound ``pending + active + idle``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, Final
+
+from ._balance import POLICIES
+from ._config import Config
+from ._errors import PoolClosed
+
+__all__ = [
+    "ACTIVE",
+    "CLOSED",
+    "DIAL",
+    "IDLE",
+    "WAIT",
+    "AddressState",
+    "ConnRecord",
+    "EndpointState",
+    "PoolState",
+    "Waiter",
+]
+
+# Connection record states.
+IDLE: Final = 0
+ACTIVE: Final = 1
+CLOSED: Final = 2
+
+# Answers from PoolState.acquire (besides a ConnRecord).
+DIAL: Final = 1
+WAIT: Final = 2
+
+
+class ConnRecord:
+    """The pool's book-keeping for one open connection.
+
+    ``handle`` is the shell's stream object; the machine never touches it
+    except through the ``is_usable`` predicate it was given.
+    """
+
+    __slots__ = ("addr", "created", "ep", "handle", "id", "last_used", "state", "uses")
+
+    def __init__(self, conn_id: int, ep: EndpointState, addr: AddressState, now: float) -> None:
+        self.id = conn_id
+        self.ep = ep
+        self.addr = addr
+        self.created = now
+        self.last_used = now
+        self.uses = 1
+        self.state: int = ACTIVE
+        self.handle: Any = None
+
+    def __repr__(self) -> str:
+        state = ("idle", "active", "closed")[self.state]
+        return f"<ConnRecord #{self.id} {self.ep.key}@{self.addr.ip} {state} uses={self.uses}>"
+
+
+class AddressState:
+    """One address of an endpoint's name, with its own counts and health."""
+
+    __slots__ = (
+        "active",
+        "consecutive_failures",
+        "created",
+        "ejected_until",
+        "ejections",
+        "failures",
+        "idle",
+        "ip",
+        "listed",
+        "pending",
+    )
+
+    def __init__(self, ip: str) -> None:
+        self.ip = ip
+        self.active = 0
+        self.pending = 0
+        # Idle records in the order they became idle: the last is the most
+        # recently used (reused first, while its socket is warm) and the first
+        # is the oldest (expired first).  A dict is an ordered set with O(1)
+        # removal from the middle.
+        self.idle: dict[ConnRecord, None] = {}
+        self.created = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.ejections = 0
+        self.ejected_until = -math.inf
+        # False once the name's latest answer no longer lists this address:
+        # its connections drain and it receives no new ones.
+        self.listed = True
+
+    @property
+    def connections(self) -> int:
+        return self.active + self.pending + len(self.idle)
+
+    def ejected(self, now: float) -> bool:
+        return now < self.ejected_until
+
+    def __repr__(self) -> str:
+        return (
+            f"<AddressState {self.ip} active={self.active} idle={len(self.idle)} "
+            f"pending={self.pending} failures={self.failures}>"
+        )
+
+
+class Waiter:
+    """A task parked until a slot or a connection is free for its endpoint."""
+
+    __slots__ = ("ep", "grant", "handle")
+
+    def __init__(self, ep: EndpointState, handle: Any) -> None:
+        self.ep = ep
+        self.handle = handle
+        # None while waiting; then a ConnRecord, or DIAL (a reserved slot).
+        self.grant: ConnRecord | int | None = None
+
+
+class EndpointState:
+    """Everything the pool knows about one endpoint (one pool key)."""
+
+    __slots__ = (
+        "active",
+        "addresses",
+        "closed",
+        "connect_failures",
+        "created",
+        "idle",
+        "key",
+        "listed",
+        "pending",
+        "reused",
+        "turn",
+        "waiters",
+    )
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self.active = 0
+        self.idle = 0
+        self.pending = 0
+        self.created = 0
+        self.reused = 0
+        self.closed = 0
+        self.connect_failures = 0
+        # Every address that holds connections or is in the latest answer.
+        self.addresses: dict[str, AddressState] = {}
+        # The latest answer, in the resolver's order.
+        self.listed: list[AddressState] = []
+        self.waiters: dict[Waiter, None] = {}
+        self.turn = 0
+
+    @property
+    def total(self) -> int:
+        return self.active + self.idle + self.pending
+
+    def __repr__(self) -> str:
+        return (
+            f"<EndpointState {self.key} active={self.active} idle={self.idle} "
+            f"pending={self.pending} waiting={len(self.waiters)}>"
+        )
+
+
+def _always_usable(handle: Any) -> bool:
+    return True
+
+
+class PoolState:
+    """The synchronous, I/O-free pool.
+
+    :param config: limits and lifetimes.
+    :param is_usable: a cheap, non-blocking check of an idle connection's
+        handle before it is handed out (the shell answers from flags its
+        transport keeps, e.g. "the peer sent EOF while idle").
+    """
+
+    def __init__(self, config: Config, is_usable: Callable[[Any], bool] = _always_usable) -> None:
+        self.config = config
+        self.per_endpoint = config.max_connections_per_endpoint
+        self.max_total = config.max_connections
+        self.max_idle = config.max_idle_time
+        self.max_lifetime = config.max_connection_lifetime
+        self.max_uses = config.max_connection_uses
+        self.max_waiters = config.max_waiters
+        self.policy = POLICIES[config.balance]
+        self.rng = random.Random(config.balance_seed)
+        self.is_usable = is_usable
+        self.endpoints: dict[Hashable, EndpointState] = {}
+        self.total = 0  # pending + active + idle, all endpoints
+        self.closed = False
+        self.next_id = 0
+        # Every waiter, oldest first, for first-come-first-served across
+        # endpoints when the total limit is what blocks them.
+        self.waiters: dict[Waiter, None] = {}
+        # Every idle record, least recently used first: the expiry sweep and
+        # the eviction for max_connections both start from the front.
+        self.lru: dict[ConnRecord, None] = {}
+        # Every open record in creation order, for lifetime expiry; closed
+        # records are dropped lazily (see _compact_ages).
+        self.ages: deque[ConnRecord] = deque()
+        self.live = 0
+        self.to_close: list[tuple[ConnRecord, str]] = []
+        self.to_wake: list[Waiter] = []
+
+    # -- endpoints and addresses ---------------------------------------------
+
+    def endpoint(self, key: Hashable) -> EndpointState:
+        ep = self.endpoints.get(key)
+        if ep is None:
+            ep = self.endpoints[key] = EndpointState(key)
+        return ep
+
+    def set_addresses(self, ep: EndpointState, ips: Sequence[str]) -> None:
+        """Record the name's latest answer.
+
+        New addresses receive connections at once.  Addresses that left are
+        drained: their idle connections close now, active ones close when
+        released, and none is reused or dialled again.
+        """
+        listed: list[AddressState] = []
+        seen: set[str] = set()
+        for ip in ips:
+            if ip in seen:
+                continue
+            seen.add(ip)
+            addr = ep.addresses.get(ip)
+            if addr is None:
+                addr = ep.addresses[ip] = AddressState(ip)
+            addr.listed = True
+            listed.append(addr)
+        for addr in ep.listed:
+            if addr.ip not in seen:
+                addr.listed = False
+                for rec in list(addr.idle):
+                    self._close_idle(rec, "drained")
+                self._forget_if_unused(ep, addr)
+        ep.listed = listed
+
+    def _forget_if_unused(self, ep: EndpointState, addr: AddressState) -> None:
+        if not addr.listed and addr.connections == 0:
+            ep.addresses.pop(addr.ip, None)
+
+    # -- acquiring -------------------------------------------------------------
+
+    def acquire(self, ep: EndpointState, now: float) -> ConnRecord | int:
+        """A task asks for a connection to ``ep``.
+
+        :returns: an idle :class:`ConnRecord` now active, :data:`DIAL` (a slot
+            is reserved: open a connection, then call :meth:`connected` or
+            :meth:`dial_failed`), or :data:`WAIT` (call :meth:`enqueue`).
+        :raises PoolClosed: the pool is closed.
+        """
+        if self.closed:
+            raise PoolClosed("the pool is closed")
+        if ep.idle:
+            rec = self._take_idle(ep, now)
+            if rec is not None:
+                return rec
+        if ep.waiters:
+            # Others were here first; the next free connection is theirs.
+            return WAIT
+        if ep.total < self.per_endpoint:
+            if self.max_total is None or self.total < self.max_total:
+                ep.pending += 1
+                self.total += 1
+                return DIAL
+            if self._evict_lru():
+                ep.pending += 1
+                self.total += 1
+                return DIAL
+        return WAIT
+
+    def _take_idle(self, ep: EndpointState, now: float) -> ConnRecord | None:
+        """Pop the best idle record of ``ep``, closing expired and dead ones."""
+        while ep.idle:
+            addr = self._idle_address(ep)
+            rec, _ = addr.idle.popitem()  # the most recently used
+            del self.lru[rec]
+            ep.idle -= 1
+            reason = self._expiry(rec, now)
+            if reason is None and not self.is_usable(rec.handle):
+                reason = "stale"
+            if reason is not None:
+                rec.state = CLOSED
+                self._closed(rec, reason)
+                continue
+            rec.state = ACTIVE
+            rec.uses += 1
+            addr.active += 1
+            ep.active += 1
+            ep.reused += 1
+            return rec
+        return None
+
+    def _idle_address(self, ep: EndpointState) -> AddressState:
+        """The address to reuse an idle connection from: the least loaded.
+
+        Reusing from the address with the fewest connections in use spreads
+        requests as evenly as the dial policy spreads connections.
+        """
+        best: AddressState | None = None
+        for addr in ep.addresses.values():
+            if addr.idle and (best is None or addr.active < best.active):
+                best = addr
+        assert best is not None, "ep.idle > 0 but no address holds an idle record"
+        return best
+
+    def _expiry(self, rec: ConnRecord, now: float) -> str | None:
+        if now - rec.created >= self.max_lifetime:
+            return "lifetime"
+        if now - rec.last_used >= self.max_idle:
+            return "idle"
+        if not rec.addr.listed:
+            return "drained"
+        return None
+
+    def _evict_lru(self) -> bool:
+        """Close the least recently used idle connection, of any endpoint,
+        to make room under ``max_connections``.  Returns False if none is idle."""
+        if not self.lru:
+            return False
+        rec = next(iter(self.lru))
+        self._close_idle(rec, "evicted")
+        return True
+
+    def enqueue(self, ep: EndpointState, handle: Any) -> Waiter | None:
+        """Park a task that got :data:`WAIT`.  Returns None when ``max_waiters``
+        are already waiting: the caller fails at once."""
+        if self.max_waiters is not None and len(self.waiters) >= self.max_waiters:
+            return None
+        w = Waiter(ep, handle)
+        ep.waiters[w] = None
+        self.waiters[w] = None
+        return w
+
+    def cancel(self, w: Waiter, now: float) -> None:
+        """A waiter gave up (timeout or cancellation).
+
+        If it was served in the meantime, what it was given goes to the next
+        waiter (or back to idle) so no slot or connection is lost.
+        """
+        grant = w.grant
+        if grant is None:
+            self._unqueue(w)
+        elif grant is DIAL:
+            w.grant = None
+            self.dial_abandoned(w.ep)
+        else:
+            assert isinstance(grant, ConnRecord)
+            w.grant = None
+            grant.uses -= 1
+            w.ep.reused -= 1
+            self.release(grant, now, reusable=True)
+
+    def _unqueue(self, w: Waiter) -> None:
+        del w.ep.waiters[w]
+        del self.waiters[w]
+
+    # -- dialling --------------------------------------------------------------
+
+    def pick_address(self, ep: EndpointState, now: float, avoid: Iterable[str] = ()) -> str | None:
+        """Choose the address the next attempt of a dial goes to, and count
+        it as pending there.  Returns None when the name has no address.
+
+        Ejected addresses and those in ``avoid`` (already tried by this dial)
+        are skipped while others remain; when every address is excluded the
+        pool fails open and picks among all of them.
+        """
+        listed = ep.listed
+        if not listed:
+            return None
+        avoid = set(avoid)
+        candidates = [a for a in listed if a.ip not in avoid and not a.ejected(now)]
+        if not candidates:
+            candidates = [a for a in listed if not a.ejected(now)] or list(listed)
+        i = self.policy([a.connections for a in candidates], ep.turn, self.rng)
+        ep.turn += 1
+        addr = candidates[i]
+        addr.pending += 1
+        return addr.ip
+
+    def attempt_failed(
+        self, ep: EndpointState, ip: str, now: float, *, counts: bool = True
+    ) -> None:
+        """One attempt to ``ip`` failed (``counts``) or was abandoned (not)."""
+        addr = ep.addresses[ip]
+        addr.pending -= 1
+        if counts:
+            addr.failures += 1
+            addr.consecutive_failures += 1
+            if addr.consecutive_failures >= self.config.eject_after_failures:
+                self._maybe_eject(ep, addr, now)
+        self._forget_if_unused(ep, addr)
+
+    def _maybe_eject(self, ep: EndpointState, addr: AddressState, now: float) -> None:
+        # Envoy's outlier detection: eject for base_time * times-ejected,
+        # capped, and never more than a share of the hosts; when the share
+        # would be exceeded the address stays in (fail open).
+        if addr.ejected(now):
+            return
+        listed = ep.listed
+        allowed = math.floor(self.config.max_ejected_share * len(listed))
+        if len(listed) > 1:
+            allowed = max(allowed, 1)
+        ejected = sum(1 for a in listed if a.ejected(now))
+        if ejected >= allowed:
+            return
+        duration = min(self.config.eject_time * (2**addr.ejections), self.config.eject_time_max)
+        addr.ejections += 1
+        addr.ejected_until = now + duration
+        addr.consecutive_failures = 0
+
+    def connected(self, ep: EndpointState, ip: str, handle: Any, now: float) -> ConnRecord:
+        """The dial that reserved a slot on ``ep`` succeeded on ``ip``."""
+        addr = ep.addresses[ip]
+        addr.pending -= 1
+        addr.created += 1
+        addr.consecutive_failures = 0
+        addr.ejections = 0
+        addr.ejected_until = -math.inf
+        addr.active += 1
+        ep.pending -= 1
+        ep.active += 1
+        ep.created += 1
+        self.next_id += 1
+        rec = ConnRecord(self.next_id, ep, addr, now)
+        rec.handle = handle
+        self.ages.append(rec)
+        self.live += 1
+        return rec
+
+    def dial_failed(self, ep: EndpointState) -> None:
+        """The dial that reserved a slot on ``ep`` gave up with an error."""
+        ep.connect_failures += 1
+        self.dial_abandoned(ep)
+
+    def dial_abandoned(self, ep: EndpointState) -> None:
+        """The slot reserved for a dial is free again (failure or cancel)."""
+        ep.pending -= 1
+        self.total -= 1
+        self._slot_freed(ep)
+
+    # -- releasing ----------------------------------------------------------------
+
+    def release(self, rec: ConnRecord, now: float, reusable: bool) -> None:
+        """A handed-out connection comes back.
+
+        :param reusable: False when the user closed it, an I/O error or an
+            exception ended its use, or its protocol state is unknown.
+        """
+        if rec.state != ACTIVE:
+            raise RuntimeError(f"connection #{rec.id} is not in use: it was already released")
+        ep = rec.ep
+        addr = rec.addr
+        addr.active -= 1
+        ep.active -= 1
+        reason: str | None
+        if not reusable:
+            reason = "error"
+        elif self.closed:
+            reason = "pool-closed"
+        elif self.max_uses is not None and rec.uses >= self.max_uses:
+            reason = "uses"
+        else:
+            reason = self._expiry(rec, now)
+        if reason is not None:
+            rec.state = CLOSED
+            self._closed(rec, reason)
+            return
+        rec.last_used = now
+        if ep.waiters:
+            w = next(iter(ep.waiters))
+            self._unqueue(w)
+            rec.uses += 1
+            addr.active += 1
+            ep.active += 1
+            ep.reused += 1
+            w.grant = rec
+            self.to_wake.append(w)
+            return
+        if self.waiters and self.max_total is not None and self._oldest_dialable() is not None:
+            # Another endpoint's task waits for room under max_connections:
+            # this connection is worth less to the pool than that task's slot.
+            rec.state = CLOSED
+            self._closed(rec, "evicted")
+            return
+        rec.state = IDLE
+        addr.idle[rec] = None
+        ep.idle += 1
+        self.lru[rec] = None
+
+    def discard(self, rec: ConnRecord, reason: str) -> None:
+        """Close a handed-out connection (a failed health check, say)."""
+        if rec.state != ACTIVE:
+            raise RuntimeError(f"connection #{rec.id} is not in use")
+        rec.addr.active -= 1
+        rec.ep.active -= 1
+        rec.state = CLOSED
+        self._closed(rec, reason)
+
+    def _close_idle(self, rec: ConnRecord, reason: str) -> None:
+        addr = rec.addr
+        del addr.idle[rec]
+        del self.lru[rec]
+        rec.ep.idle -= 1
+        rec.state = CLOSED
+        self._closed(rec, reason)
+
+    def _closed(self, rec: ConnRecord, reason: str) -> None:
+        """Book-keeping for a record just set CLOSED: free its slot."""
+        ep = rec.ep
+        ep.closed += 1
+        self.total -= 1
+        self.live -= 1
+        self.to_close.append((rec, reason))
+        self._forget_if_unused(ep, rec.addr)
+        if len(self.ages) > 2 * self.live + 64:
+            self._compact_ages()
+        self._slot_freed(ep)
+
+    def _compact_ages(self) -> None:
+        self.ages = deque(r for r in self.ages if r.state != CLOSED)
+
+    def _slot_freed(self, ep: EndpointState) -> None:
+        """A slot on ``ep`` (and in the total) is free: serve the waiter that
+        has waited longest among those it can serve."""
+        if not self.waiters or self.closed:
+            return
+        if self.max_total is None:
+            if not ep.waiters or ep.total >= self.per_endpoint:
+                return
+            w = next(iter(ep.waiters))
+        else:
+            if self.total >= self.max_total:
+                return
+            found = self._oldest_dialable()
+            if found is None:
+                return
+            w = found
+        self._unqueue(w)
+        w.ep.pending += 1
+        self.total += 1
+        w.grant = DIAL
+        self.to_wake.append(w)
+
+    def _oldest_dialable(self) -> Waiter | None:
+        for w in self.waiters:
+            if w.ep.total < self.per_endpoint:
+                return w
+        return None
+
+    # -- time passing --------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Close idle connections that expired.  Costs what expires, not what
+        is idle: both queues are ordered by their deadline."""
+        lru = self.lru
+        max_idle = self.max_idle
+        while lru:
+            rec = next(iter(lru))
+            if now - rec.last_used < max_idle:
+                break
+            self._close_idle(rec, "idle")
+        ages = self.ages
+        max_lifetime = self.max_lifetime
+        while ages:
+            rec = ages[0]
+            if rec.state == CLOSED:
+                ages.popleft()
+                continue
+            if now - rec.created < max_lifetime:
+                break
+            ages.popleft()
+            if rec.state == IDLE:
+                self._close_idle(rec, "lifetime")
+            # An active record past its lifetime closes on release.
+
+    def next_deadline(self) -> float:
+        """When :meth:`sweep` will next have something to do (or inf)."""
+        deadline = math.inf
+        if self.lru:
+            deadline = next(iter(self.lru)).last_used + self.max_idle
+        for rec in self.ages:
+            if rec.state != CLOSED:
+                deadline = min(deadline, rec.created + self.max_lifetime)
+                break
+        return deadline
+
+    def close(self) -> None:
+        """Close the pool: every idle record closes, every waiter is woken
+        with nothing (the shell raises PoolClosed), active records close when
+        they come back."""
+        self.closed = True
+        for w in list(self.waiters):
+            self._unqueue(w)
+            self.to_wake.append(w)
+        for rec in list(self.lru):
+            self._close_idle(rec, "pool-closed")

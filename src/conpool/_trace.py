@@ -1,0 +1,190 @@
+"""Events the pool emits, and a bounded ring buffer to keep them in.
+
+Trace points are named ``<scope>.<op>[.started|.complete|.failed]``.  With no
+tracer attached a trace point costs the pool one attribute check; with one
+attached, one tuple and one list store.  The buffer overwrites its oldest
+event when full and counts what it dropped, so tracing can stay on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Event", "Tracer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing the pool did.  Never carries payload bytes.
+
+    :ivar ts_ns: :func:`time.monotonic_ns` when it happened (for a span, when it ended).
+    :ivar kind: ``"connect.complete"``, ``"conn.close"``, ...
+    :ivar endpoint: the endpoint as text (``"pool.test:8080"``), or ``""``.
+    :ivar address: the IP dialled or reused, or ``""``.
+    :ivar conn_id: the pool's connection number, or 0.
+    :ivar duration_ns: the span's length for events that end one, else None.
+    :ivar detail: a short human-readable note (a close reason, an error text).
+    """
+
+    ts_ns: int
+    kind: str
+    endpoint: str
+    address: str
+    conn_id: int
+    duration_ns: int | None
+    detail: str
+
+
+Event.__module__ = "conpool"
+
+_Raw = tuple[int, str, Any, str, int, "int | None", str]
+
+
+class Tracer:
+    """A fixed-capacity ring buffer of pool events.
+
+    :param capacity: how many events to keep; older ones are overwritten.
+    """
+
+    def __init__(self, capacity: int = 65536) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError(f"capacity must be an int, got {capacity!r}")
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._buf: list[_Raw | None] = [None] * capacity
+        self._next = 0  # total events ever emitted
+
+    @property
+    def dropped(self) -> int:
+        """Events overwritten since the start (or the last :meth:`clear`)."""
+        return max(0, self._next - self.capacity)
+
+    def emit(
+        self,
+        kind: str,
+        endpoint: object = "",
+        address: str = "",
+        conn_id: int = 0,
+        duration_ns: int | None = None,
+        detail: str = "",
+        ts_ns: int | None = None,
+    ) -> None:
+        """Record one event (the pool calls this; users may too)."""
+        n = self._next
+        self._buf[n % self.capacity] = (
+            time.monotonic_ns() if ts_ns is None else ts_ns,
+            kind,
+            endpoint,
+            address,
+            conn_id,
+            duration_ns,
+            detail,
+        )
+        self._next = n + 1
+
+    def _raw(self) -> Iterator[_Raw]:
+        n = self._next
+        cap = self.capacity
+        for i in range(max(0, n - cap), n):
+            raw = self._buf[i % cap]
+            assert raw is not None
+            yield raw
+
+    def events(self) -> list[Event]:
+        """Every kept event, oldest first."""
+        return [
+            Event(ts, kind, str(ep) if ep else "", addr, cid, dur, detail)
+            for ts, kind, ep, addr, cid, dur, detail in self._raw()
+        ]
+
+    def clear(self) -> None:
+        self._buf = [None] * self.capacity
+        self._next = 0
+
+    def __len__(self) -> int:
+        return min(self._next, self.capacity)
+
+    def __repr__(self) -> str:
+        return f"<conpool.Tracer {len(self)}/{self.capacity} events, {self.dropped} dropped>"
+
+    def write_jsonl(self, path: str | os.PathLike[str]) -> None:
+        """One JSON object per line, one line per event."""
+        with open(path, "w", encoding="utf-8") as f:
+            for ev in self.events():
+                f.write(
+                    json.dumps(
+                        {
+                            "ts_ns": ev.ts_ns,
+                            "kind": ev.kind,
+                            "endpoint": ev.endpoint,
+                            "address": ev.address,
+                            "conn_id": ev.conn_id,
+                            "duration_ns": ev.duration_ns,
+                            "detail": ev.detail,
+                        }
+                    )
+                    + "\n"
+                )
+
+    def chrome_trace(self) -> dict[str, Any]:
+        """The events in Chrome's Trace Event Format (Perfetto opens it).
+
+        Spans (events with a duration) become complete events (``ph: X``) and
+        the rest instants (``ph: i``); each address gets its own track.
+        """
+        tracks: dict[str, int] = {}
+        out: list[dict[str, Any]] = []
+        events = self.events()
+        t0 = min((ev.ts_ns - (ev.duration_ns or 0) for ev in events), default=0)
+        for ev in events:
+            track = ev.address or ev.endpoint or "pool"
+            tid = tracks.setdefault(track, len(tracks) + 1)
+            args = {"endpoint": ev.endpoint, "address": ev.address, "conn_id": ev.conn_id}
+            if ev.detail:
+                args["detail"] = ev.detail
+            if ev.duration_ns is not None:
+                start = ev.ts_ns - ev.duration_ns - t0
+                out.append(
+                    {
+                        "name": ev.kind,
+                        "ph": "X",
+                        "ts": start / 1000,
+                        "dur": ev.duration_ns / 1000,
+                        "pid": 1,
+                        "tid": tid,
+                        "args": args,
+                    }
+                )
+            else:
+                out.append(
+                    {
+                        "name": ev.kind,
+                        "ph": "i",
+                        "s": "t",
+                        "ts": (ev.ts_ns - t0) / 1000,
+                        "pid": 1,
+                        "tid": tid,
+                        "args": args,
+                    }
+                )
+        meta = [
+            {"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": track}}
+            for track, tid in tracks.items()
+        ]
+        meta.append({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "conpool"}})
+        out.sort(key=lambda e: e["ts"])
+        return {"traceEvents": meta + out, "displayTimeUnit": "ms"}
+
+    def write_chrome_trace(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`chrome_trace` as JSON to ``path``."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.chrome_trace(), f)
+
+
+Tracer.__module__ = "conpool"
