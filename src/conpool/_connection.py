@@ -54,7 +54,7 @@ class Connection(ByteStream):
     :ivar address: ``(ip, port)`` actually dialled.
     """
 
-    __slots__ = ("_rec", "address", "broken", "closed", "endpoint")
+    __slots__ = ("_rec", "address", "broken", "closed", "connect_ns", "endpoint")
 
     def __init__(self, endpoint: Endpoint, address: tuple[str, int]) -> None:
         self.endpoint = endpoint
@@ -64,6 +64,8 @@ class Connection(ByteStream):
         # state is unknown; closed: the user (or the pool) closed it.
         self.broken = False
         self.closed = False
+        # How long the connect (and TLS handshake) took, for the trace.
+        self.connect_ns = 0
 
     @property
     def created_at(self) -> float:

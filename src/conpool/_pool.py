@@ -14,9 +14,9 @@ through anyio.
 from __future__ import annotations
 
 import asyncio
+import operator
 import random
 import time
-from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import anyio
@@ -24,10 +24,11 @@ import sniffio
 from anyio.abc import TaskGroup
 
 from ._config import Config
+from ._connect import Connector
 from ._connection import Connection
-from ._dial import backoff_delay, open_anyio, open_asyncio, retryable
+from ._dial import open_anyio, open_asyncio
 from ._endpoint import Endpoint
-from ._errors import ConnectError, PoolClosed, PoolError, PoolTimeout, ResolveError, describe
+from ._errors import PoolClosed, PoolError, PoolTimeout, ResolveError, describe
 from ._resolve import ResolutionCache, Resolver, SystemResolver
 from ._state import DIAL, ConnRecord, EndpointState, PoolState, Waiter
 from ._stats import PoolStats, snapshot
@@ -38,8 +39,8 @@ __all__ = ["Pool"]
 _monotonic = time.monotonic
 
 
-def _usable(conn: Connection) -> bool:
-    return conn.usable()
+# One C-level call per reuse instead of a Python wrapper around conn.usable().
+_usable = operator.methodcaller("usable")
 
 
 class _Lease:
@@ -54,8 +55,12 @@ class _Lease:
         self._conn: Connection | None = None
 
     async def __aenter__(self) -> Connection:
-        self._conn = await self._pool.acquire(self._endpoint)
-        return self._conn
+        pool = self._pool
+        conn = pool._grab(self._endpoint)
+        if conn is None:
+            conn = await pool._acquire(pool._last_ep, self._endpoint, pool._got)
+        self._conn = conn
+        return conn
 
     async def __aexit__(
         self,
@@ -69,7 +74,7 @@ class _Lease:
         if exc_type is not None:
             # The exchange was interrupted: the peer may be mid-response.
             conn.broken = True
-        await self._pool.release(conn)
+        self._pool._put_back(conn)
 
 
 class Pool:
@@ -114,6 +119,10 @@ class Pool:
         self._native = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._refreshing: set[str] = set()
+        self._last_key: object = object()  # matches no endpoint
+        self._last_ep = EndpointState(None)
+        self._got: ConnRecord | int = 0
+        self._connector = Connector(self._state, open_anyio, self._emit, self._rng)
         self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -125,6 +134,7 @@ class Pool:
         self._native = library == "asyncio"
         if self._native:
             self._loop = asyncio.get_running_loop()
+            self._connector.opener = open_asyncio
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -178,17 +188,51 @@ class Pool:
             ``max_waiters`` tasks already wait.
         :raises PoolClosed: the pool is closed, or closed while waiting.
         """
+        conn = self._grab(endpoint)
+        if conn is not None:
+            return conn
+        return await self._acquire(self._last_ep, endpoint, self._got)
+
+    def _grab(self, endpoint: Endpoint) -> Connection | None:
+        """The synchronous first step of every acquire: ask the machine.
+
+        Returns the connection when an idle one can be handed out at once
+        (no health check configured); otherwise leaves the machine's answer
+        in ``self._got`` and the endpoint state in ``self._last_ep`` for
+        :meth:`_acquire`, which the caller awaits with nothing in between.
+        Being a plain function, not a coroutine, is what makes the common
+        case cheap.
+        """
         state = self._state
-        try:
-            ep = state.endpoints.get(endpoint)
-        except TypeError:
-            ep = None
-        if ep is None:
-            ep = self._new_endpoint(endpoint)
+        # Most callers ask for the same endpoint object again and again: an
+        # identity check saves hashing it (a Python-level __hash__).
+        if endpoint is self._last_key:
+            ep = self._last_ep
+        else:
+            try:
+                found = state.endpoints.get(endpoint)
+            except TypeError:
+                found = None
+            ep = self._new_endpoint(endpoint) if found is None else found
+            self._last_key = endpoint
+            self._last_ep = ep
+        got = state.acquire(ep, _monotonic())
+        if state.to_close or state.to_wake:
+            self._flush()
+        if got.__class__ is ConnRecord and self._health is None:
+            rec: ConnRecord = got
+            if self.tracer is not None:
+                self._emit("conn.reuse", endpoint, rec.addr.ip, rec.id)
+            return rec.handle  # type: ignore[no-any-return]
+        self._got = got
+        return None
+
+    async def _acquire(
+        self, ep: EndpointState, endpoint: Endpoint, got: ConnRecord | int
+    ) -> Connection:
+        """The rest of an acquire: health checks, dialling, waiting."""
+        state = self._state
         while True:
-            got = state.acquire(ep, _monotonic())
-            if state.to_close or state.to_wake:
-                self._flush()
             if got.__class__ is ConnRecord:
                 rec: ConnRecord = got
                 conn: Connection = rec.handle
@@ -196,14 +240,17 @@ class Pool:
                     if self.tracer is not None:
                         self._emit("conn.reuse", endpoint, rec.addr.ip, rec.id)
                     return conn
-                continue
-            if got == DIAL:
+            elif got == DIAL:
                 return await self._dial(ep, endpoint)
-            granted = await self._wait(ep, endpoint)
-            if granted is None:
-                return await self._dial(ep, endpoint)
-            if self._health is None or await self._healthy(granted.handle, granted):
-                return granted.handle  # type: ignore[no-any-return]
+            else:
+                granted = await self._wait(ep, endpoint)
+                if granted is None:
+                    return await self._dial(ep, endpoint)
+                if self._health is None or await self._healthy(granted.handle, granted):
+                    return granted.handle  # type: ignore[no-any-return]
+            got = state.acquire(ep, _monotonic())
+            if state.to_close or state.to_wake:
+                self._flush()
 
     async def release(self, conn: Connection) -> None:
         """Give a connection back.  It becomes idle for the next acquire, or
@@ -213,17 +260,16 @@ class Pool:
         :raises ValueError: ``conn`` belongs to another pool.
         :raises RuntimeError: ``conn`` was already released.
         """
+        self._put_back(conn)
+
+    def _put_back(self, conn: Connection) -> None:
         try:
             rec = conn._rec
         except AttributeError:
             raise TypeError(f"release() takes a conpool.Connection, got {conn!r}") from None
-        if (
-            rec is None
-            or rec.handle is not conn
-            or self._state.endpoints.get(rec.ep.key) is not rec.ep
-        ):
-            raise ValueError(f"{conn!r} does not belong to this pool")
         state = self._state
+        if rec is None or rec.ep.owner is not state:
+            raise ValueError(f"{conn!r} does not belong to this pool")
         state.release(rec, _monotonic(), not (conn.broken or conn.closed))
         if self.tracer is not None:
             self._emit("conn.release", rec.ep.key, rec.addr.ip, rec.id)
@@ -433,7 +479,7 @@ class Pool:
         state = self._state
         try:
             await self._addresses(ep, endpoint)
-            conn = await self._connect(ep, endpoint)
+            conn = await self._connector.connect(ep, endpoint)
         except Exception:
             state.dial_failed(ep)
             self._flush()
@@ -448,76 +494,6 @@ class Pool:
             self._flush()
             raise PoolClosed("the pool was closed while connecting")
         return conn
-
-    async def _connect(self, ep: EndpointState, endpoint: Endpoint) -> Connection:
-        """Attempts with retries, each to the address the machine picks."""
-        state = self._state
-        config = self.config
-        opener: Callable[[Endpoint, str, int, float | None], Awaitable[Connection]]
-        opener = open_asyncio if self._native else open_anyio
-        errors: list[BaseException] = []
-        tried: list[str] = []
-        ip = ""
-        attempts = 1 + config.connect_retries
-        for attempt in range(attempts):
-            if attempt:
-                delay = backoff_delay(
-                    attempt, config.retry_backoff, config.retry_backoff_max, self._rng
-                )
-                self._emit(
-                    "connect.retry", endpoint, ip, detail=f"attempt {attempt + 1} in {delay:.3f} s"
-                )
-                await anyio.sleep(delay)
-            picked = state.pick_address(ep, _monotonic(), tried)
-            if picked is None:
-                raise ResolveError(
-                    "the name has no address",
-                    endpoint=endpoint,
-                    context=[f"connecting to {endpoint}"],
-                )
-            ip = picked
-            start = time.monotonic_ns()
-            self._emit("connect.started", endpoint, ip)
-            try:
-                conn = await opener(endpoint, ip, endpoint.port, config.connect_timeout)
-            except BaseException as exc:
-                # OSError covers refusals, resets, timeouts and TLS failures;
-                # anything else is cancellation or a bug, and propagates as is.
-                counts = isinstance(exc, OSError)
-                state.attempt_failed(ep, ip, _monotonic(), counts=counts)
-                if not counts:
-                    raise
-                errors.append(exc)
-                tried.append(ip)
-                self._emit(
-                    "connect.failed",
-                    endpoint,
-                    ip,
-                    duration_ns=time.monotonic_ns() - start,
-                    detail=describe(exc),
-                )
-                if not retryable(exc):
-                    break
-                continue
-            rec = state.connected(ep, ip, conn, _monotonic())
-            conn._rec = rec
-            if self.tracer is not None:
-                self._emit(
-                    "connect.complete",
-                    endpoint,
-                    ip,
-                    rec.id,
-                    duration_ns=time.monotonic_ns() - start,
-                )
-            return conn
-        last = errors[-1]
-        host = f"[{ip}]" if ":" in ip else ip
-        context = [f"connecting to tcp:{host}:{endpoint.port}", f"connecting to {endpoint}"]
-        if len(errors) > 1:
-            context.append(f"after {len(errors) - 1} retry attempts")
-        raise ConnectError(
-            describe(last), endpoint=endpoint, errors=errors, context=context
-        ) from last
 
     # -- background work -----------------------------------------------------------
 

@@ -62,14 +62,32 @@ class ConnRecord:
     except through the ``is_usable`` predicate it was given.
     """
 
-    __slots__ = ("addr", "created", "ep", "handle", "id", "last_used", "state", "uses")
+    __slots__ = (
+        "addr",
+        "created",
+        "dies",
+        "ep",
+        "expires",
+        "handle",
+        "id",
+        "last_used",
+        "state",
+        "uses",
+    )
 
-    def __init__(self, conn_id: int, ep: EndpointState, addr: AddressState, now: float) -> None:
+    def __init__(
+        self, conn_id: int, ep: EndpointState, addr: AddressState, now: float, lifetime: float
+    ) -> None:
         self.id = conn_id
         self.ep = ep
         self.addr = addr
         self.created = now
         self.last_used = now
+        # dies: end of its lifetime; expires: when it may no longer be reused
+        # (the earlier of dies and "idle too long"), refreshed at each release
+        # so the reuse path compares one number.
+        self.dies = now + lifetime
+        self.expires = self.dies
         self.uses = 1
         self.state: int = ACTIVE
         self.handle: Any = None
@@ -151,14 +169,19 @@ class EndpointState:
         "idle",
         "key",
         "listed",
+        "owner",
         "pending",
         "reused",
+        "single",
         "turn",
         "waiters",
     )
 
     def __init__(self, key: Hashable) -> None:
         self.key = key
+        # The PoolState this belongs to: lets the shell reject a connection
+        # from another pool with one identity check.
+        self.owner: object = None
         self.active = 0
         self.idle = 0
         self.pending = 0
@@ -172,6 +195,9 @@ class EndpointState:
         self.listed: list[AddressState] = []
         self.waiters: dict[Waiter, None] = {}
         self.turn = 0
+        # The only address, when there is exactly one: the reuse path then
+        # needs no choice among addresses.
+        self.single: AddressState | None = None
 
     @property
     def total(self) -> int:
@@ -231,6 +257,7 @@ class PoolState:
         ep = self.endpoints.get(key)
         if ep is None:
             ep = self.endpoints[key] = EndpointState(key)
+            ep.owner = self
         return ep
 
     def set_addresses(self, ep: EndpointState, ips: Sequence[str]) -> None:
@@ -251,17 +278,24 @@ class PoolState:
                 addr = ep.addresses[ip] = AddressState(ip)
             addr.listed = True
             listed.append(addr)
-        for addr in ep.listed:
-            if addr.ip not in seen:
+        ep.listed = listed
+        self._addresses_changed(ep)
+        for addr in list(ep.addresses.values()):
+            if addr.ip not in seen and addr.listed:
                 addr.listed = False
                 for rec in list(addr.idle):
                     self._close_idle(rec, "drained")
                 self._forget_if_unused(ep, addr)
-        ep.listed = listed
 
     def _forget_if_unused(self, ep: EndpointState, addr: AddressState) -> None:
         if not addr.listed and addr.connections == 0:
             ep.addresses.pop(addr.ip, None)
+            self._addresses_changed(ep)
+
+    @staticmethod
+    def _addresses_changed(ep: EndpointState) -> None:
+        addresses = ep.addresses
+        ep.single = next(iter(addresses.values())) if len(addresses) == 1 else None
 
     # -- acquiring -------------------------------------------------------------
 
@@ -275,10 +309,24 @@ class PoolState:
         """
         if self.closed:
             raise PoolClosed("the pool is closed")
-        if ep.idle:
-            rec = self._take_idle(ep, now)
-            if rec is not None:
+        # The reuse path of every request: attribute reads and dict
+        # operations only, no helper calls in the common case.
+        # (Idle records of an address that left the answer were closed when
+        # it left, so "listed" needs no check here.)
+        while ep.idle:
+            addr = ep.single or self._idle_address(ep)
+            rec, _ = addr.idle.popitem()  # the most recently used
+            del self.lru[rec]
+            ep.idle -= 1
+            if now < rec.expires and self.is_usable(rec.handle):
+                rec.state = ACTIVE
+                rec.uses += 1
+                addr.active += 1
+                ep.active += 1
+                ep.reused += 1
                 return rec
+            rec.state = CLOSED
+            self._closed(rec, self._expiry(rec, now) or "stale")
         if ep.waiters:
             # Others were here first; the next free connection is theirs.
             return WAIT
@@ -292,28 +340,6 @@ class PoolState:
                 self.total += 1
                 return DIAL
         return WAIT
-
-    def _take_idle(self, ep: EndpointState, now: float) -> ConnRecord | None:
-        """Pop the best idle record of ``ep``, closing expired and dead ones."""
-        while ep.idle:
-            addr = self._idle_address(ep)
-            rec, _ = addr.idle.popitem()  # the most recently used
-            del self.lru[rec]
-            ep.idle -= 1
-            reason = self._expiry(rec, now)
-            if reason is None and not self.is_usable(rec.handle):
-                reason = "stale"
-            if reason is not None:
-                rec.state = CLOSED
-                self._closed(rec, reason)
-                continue
-            rec.state = ACTIVE
-            rec.uses += 1
-            addr.active += 1
-            ep.active += 1
-            ep.reused += 1
-            return rec
-        return None
 
     def _idle_address(self, ep: EndpointState) -> AddressState:
         """The address to reuse an idle connection from: the least loaded.
@@ -329,9 +355,9 @@ class PoolState:
         return best
 
     def _expiry(self, rec: ConnRecord, now: float) -> str | None:
-        if now - rec.created >= self.max_lifetime:
+        if now >= rec.dies:
             return "lifetime"
-        if now - rec.last_used >= self.max_idle:
+        if now >= rec.expires:
             return "idle"
         if not rec.addr.listed:
             return "drained"
@@ -381,15 +407,25 @@ class PoolState:
 
     # -- dialling --------------------------------------------------------------
 
-    def pick_address(self, ep: EndpointState, now: float, avoid: Iterable[str] = ()) -> str | None:
+    def pick_address(
+        self,
+        ep: EndpointState,
+        now: float,
+        avoid: Iterable[str] = (),
+        family: int | None = None,
+    ) -> str | None:
         """Choose the address the next attempt of a dial goes to, and count
         it as pending there.  Returns None when the name has no address.
 
         Ejected addresses and those in ``avoid`` (already tried by this dial)
         are skipped while others remain; when every address is excluded the
-        pool fails open and picks among all of them.
+        pool fails open and picks among all of them.  ``family`` (4 or 6)
+        restricts the choice to one address family, for a Happy Eyeballs
+        race; then None means the name has no address of that family.
         """
         listed = ep.listed
+        if family is not None:
+            listed = [a for a in listed if (":" in a.ip) == (family == 6)]
         if not listed:
             return None
         avoid = set(avoid)
@@ -446,7 +482,7 @@ class PoolState:
         ep.active += 1
         ep.created += 1
         self.next_id += 1
-        rec = ConnRecord(self.next_id, ep, addr, now)
+        rec = ConnRecord(self.next_id, ep, addr, now, self.max_lifetime)
         rec.handle = handle
         self.ages.append(rec)
         self.live += 1
@@ -477,20 +513,20 @@ class PoolState:
         addr = rec.addr
         addr.active -= 1
         ep.active -= 1
-        reason: str | None
-        if not reusable:
-            reason = "error"
-        elif self.closed:
-            reason = "pool-closed"
-        elif self.max_uses is not None and rec.uses >= self.max_uses:
-            reason = "uses"
-        else:
-            reason = self._expiry(rec, now)
-        if reason is not None:
+        max_uses = self.max_uses
+        if not (
+            reusable
+            and now < rec.dies
+            and addr.listed
+            and not self.closed
+            and (max_uses is None or rec.uses < max_uses)
+        ):
             rec.state = CLOSED
-            self._closed(rec, reason)
+            self._closed(rec, self._release_reason(rec, now, reusable))
             return
         rec.last_used = now
+        expires = now + self.max_idle
+        rec.expires = expires if expires < rec.dies else rec.dies
         if ep.waiters:
             w = next(iter(ep.waiters))
             self._unqueue(w)
@@ -511,6 +547,17 @@ class PoolState:
         addr.idle[rec] = None
         ep.idle += 1
         self.lru[rec] = None
+
+    def _release_reason(self, rec: ConnRecord, now: float, reusable: bool) -> str:
+        if not reusable:
+            return "error"
+        if self.closed:
+            return "pool-closed"
+        if self.max_uses is not None and rec.uses >= self.max_uses:
+            return "uses"
+        if now >= rec.dies:
+            return "lifetime"
+        return "drained"
 
     def discard(self, rec: ConnRecord, reason: str) -> None:
         """Close a handed-out connection (a failed health check, say)."""
@@ -581,17 +628,16 @@ class PoolState:
         max_idle = self.max_idle
         while lru:
             rec = next(iter(lru))
-            if now - rec.last_used < max_idle:
+            if now < rec.last_used + max_idle:
                 break
             self._close_idle(rec, "idle")
         ages = self.ages
-        max_lifetime = self.max_lifetime
         while ages:
             rec = ages[0]
             if rec.state == CLOSED:
                 ages.popleft()
                 continue
-            if now - rec.created < max_lifetime:
+            if now < rec.dies:
                 break
             ages.popleft()
             if rec.state == IDLE:
@@ -605,7 +651,7 @@ class PoolState:
             deadline = next(iter(self.lru)).last_used + self.max_idle
         for rec in self.ages:
             if rec.state != CLOSED:
-                deadline = min(deadline, rec.created + self.max_lifetime)
+                deadline = min(deadline, rec.dies)
                 break
         return deadline
 

@@ -1,0 +1,247 @@
+"""The scenario matrix of ``conpool stress``.
+
+Each scenario is data: which server it talks to, with which pool
+configuration, how its clients pace themselves and what happens to the
+servers while it runs.  :mod:`conpool.stress.runner` runs one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+from .servers import STRESS_ADDRESSES
+
+__all__ = ["Action", "Scenario", "all_scenarios", "scenario_names", "select"]
+
+
+@dataclass(frozen=True)
+class Action:
+    """Something done to the servers at ``at`` (a fraction of the duration)."""
+
+    at: float
+    op: str  # "down" or "up"
+    address: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.address} {'down' if self.op == 'down' else 'back up'}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One run of the pool under load.
+
+    :ivar name: the identifier used by ``--scenarios``.
+    :ivar group: scenarios that are compared with each other.
+    :ivar port: which embedded server: ``echo``, ``http``, ``http_idle``,
+        ``tls``, ``slow`` (the latency proxies) or ``target`` (``--target``).
+    :ivar protocol: what the clients speak; ``None`` means the ``--protocol``
+        of the target.
+    :ivar config: keyword arguments of :class:`conpool.Config`.
+    :ivar think: each client sleeps uniformly in this range (s) between requests.
+    :ivar actions: what happens to the servers during the run.
+    :ivar embedded_only: needs the embedded servers (not possible with ``--target``).
+    """
+
+    name: str
+    title: str
+    group: str
+    description: str
+    port: str
+    protocol: str | None
+    config: dict[str, Any]
+    think: tuple[float, float] = (0.0, 0.0)
+    actions: tuple[Action, ...] = ()
+    embedded_only: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+
+LIMITS = (1, 4, 16, 64)
+POLICIES = ("least-connections", "round-robin", "power-of-two")
+DOWN_ADDRESS = STRESS_ADDRESSES[2]
+SLOW_ADDRESS = STRESS_ADDRESSES[3]
+SLOW_DELAY = 0.020
+IDLE_CLOSE = 0.15
+
+
+def all_scenarios(duration: float, *, target: bool = False) -> list[Scenario]:
+    """Every scenario, in the order they run.
+
+    :param duration: seconds each scenario runs (some settings scale with it).
+    :param target: the servers are a real ``--target``: scenarios that need
+        to control the servers are left out.
+    """
+    load = "echo" if not target else None
+    web = "http" if not target else None
+    port = "target" if target else None
+    out: list[Scenario] = []
+    for limit in LIMITS:
+        out.append(
+            Scenario(
+                name=f"limit-{limit}",
+                title=f"Per-endpoint limit {limit}",
+                group="limits",
+                description=(
+                    f"Every client hammers one endpoint; the pool may hold at most {limit} "
+                    "connection(s) to it, so the other clients queue for a free one."
+                ),
+                port=port or "echo",
+                protocol=load,
+                config={"max_connections_per_endpoint": limit},
+            )
+        )
+    for policy in POLICIES:
+        out.append(
+            Scenario(
+                name=f"balance-{policy}",
+                title=f"Balancing: {policy}",
+                group="balance",
+                description=(
+                    f"Config.balance={policy!r} spreads new connections over the four "
+                    "addresses; connections are recycled after 50 uses so the policy keeps "
+                    "choosing throughout the run."
+                ),
+                port=port or "http",
+                protocol=web,
+                config={
+                    "max_connections_per_endpoint": 16,
+                    "balance": policy,
+                    "max_connection_uses": 50,
+                    "balance_seed": 1,
+                },
+            )
+        )
+    out.append(
+        Scenario(
+            name="churn",
+            title="Churn: short idle timeout and max uses",
+            group="churn",
+            description=(
+                "Connections are closed after 20 uses or 5 ms idle, and clients pause up to "
+                "10 ms between requests: the pool opens and retires connections all the time."
+            ),
+            port=port or "http",
+            protocol=web,
+            config={
+                "max_connections_per_endpoint": 16,
+                "max_idle_time": 0.005,
+                "max_connection_uses": 20,
+            },
+            think=(0.0, 0.010),
+        )
+    )
+    if not target:
+        out.append(
+            Scenario(
+                name="address-down",
+                title=f"One address down mid-run ({DOWN_ADDRESS})",
+                group="failure",
+                description=(
+                    f"At 30 % of the run every server on {DOWN_ADDRESS} stops listening and "
+                    "resets its connections; at 65 % it comes back. Connect retries and "
+                    "ejection steer new connections to the other addresses; connections live "
+                    f"at most {duration * 0.25:.2g} s so traffic returns to {DOWN_ADDRESS}."
+                ),
+                port="http",
+                protocol="http",
+                config={
+                    "max_connections_per_endpoint": 16,
+                    "max_connection_lifetime": max(duration * 0.25, 0.05),
+                    "connect_timeout": 1.0,
+                    "connect_retries": 3,
+                    "retry_backoff": 0.005,
+                    "retry_backoff_max": 0.05,
+                    "eject_after_failures": 2,
+                    "eject_time": max(duration * 0.05, 0.05),
+                    "eject_time_max": max(duration * 0.2, 0.1),
+                },
+                actions=(Action(0.30, "down", DOWN_ADDRESS), Action(0.65, "up", DOWN_ADDRESS)),
+                embedded_only=True,
+            )
+        )
+    out.append(
+        Scenario(
+            name="slow-address",
+            title=f"One address {SLOW_DELAY * 1000:g} ms slower ({SLOW_ADDRESS})",
+            group="failure",
+            description=(
+                "Every address goes through a small latency-injecting TCP proxy; the one on "
+                f"{SLOW_ADDRESS} holds each answer {SLOW_DELAY * 1000:g} ms. Least-connections "
+                "reuse prefers the address with the fewest connections in use."
+            ),
+            port="slow",
+            protocol=load,
+            config={"max_connections_per_endpoint": 16},
+        )
+    )
+    out.append(
+        Scenario(
+            name="plain",
+            title="Plain TCP (baseline for TLS)",
+            group="tls",
+            description=(
+                "Echo over plain TCP, connections recycled every 100 uses: the baseline the "
+                "TLS scenario is compared with."
+            ),
+            port=port or "echo",
+            protocol=load,
+            config={"max_connections_per_endpoint": 16, "max_connection_uses": 100},
+        )
+    )
+    if not target:
+        out.append(
+            Scenario(
+                name="tls",
+                title="TLS",
+                group="tls",
+                description=(
+                    "The same echo load over TLS (certificate for the stress name from a "
+                    "throw-away CA), connections recycled every 100 uses so handshakes show."
+                ),
+                port="tls",
+                protocol="echo",
+                config={"max_connections_per_endpoint": 16, "max_connection_uses": 100},
+                embedded_only=True,
+            )
+        )
+        out.append(
+            Scenario(
+                name="server-idle-close",
+                title=f"Server closes idle connections after {IDLE_CLOSE * 1000:g} ms",
+                group="failure",
+                description=(
+                    f"The HTTP server closes a connection idle for {IDLE_CLOSE * 1000:g} ms "
+                    "while the pool would keep it 60 s; clients pause up to 300 ms between "
+                    "requests. The pool must notice the closed connections (stale) instead "
+                    "of handing them out."
+                ),
+                port="http_idle",
+                protocol="http",
+                config={"max_connections_per_endpoint": 16, "max_idle_time": 60.0},
+                think=(0.0, 0.3),
+                embedded_only=True,
+            )
+        )
+    return out
+
+
+def scenario_names(*, target: bool = False) -> list[str]:
+    return [s.name for s in all_scenarios(1.0, target=target)]
+
+
+def select(scenarios: list[Scenario], patterns: list[str]) -> list[Scenario]:
+    """The scenarios matching any of ``patterns`` (names or shell globs,
+    e.g. ``limit-*``), in run order.
+
+    :raises ValueError: a pattern matches no scenario.
+    """
+    chosen: set[str] = set()
+    for pattern in patterns:
+        matched = [s.name for s in scenarios if fnmatch.fnmatchcase(s.name, pattern)]
+        if not matched:
+            names = ", ".join(s.name for s in scenarios)
+            raise ValueError(f"no scenario matches {pattern!r} (choose from: {names})")
+        chosen.update(matched)
+    return [s for s in scenarios if s.name in chosen]
