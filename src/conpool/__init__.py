@@ -18,6 +18,9 @@ from ._errors import PoolClosed as PoolClosed
 from ._errors import PoolError as PoolError
 from ._errors import PoolTimeout as PoolTimeout
 from ._errors import ResolveError as ResolveError
+from ._export import prometheus_text as prometheus_text
+from ._hooks import Hook as Hook
+from ._hooks import LogExporter as LogExporter
 from ._pool import Pool as Pool
 from ._resolve import DNSResolver as DNSResolver
 from ._resolve import ResolvedAddress as ResolvedAddress
@@ -26,6 +29,7 @@ from ._resolve import StaticResolver as StaticResolver
 from ._resolve import SystemResolver as SystemResolver
 from ._stats import AddressStats as AddressStats
 from ._stats import EndpointStats as EndpointStats
+from ._stats import HistogramStats as HistogramStats
 from ._stats import PoolStats as PoolStats
 from ._trace import Event as Event
 from ._trace import Tracer as Tracer
@@ -43,6 +47,9 @@ __all__ = (
     "Endpoint",
     "EndpointStats",
     "Event",
+    "HistogramStats",
+    "Hook",
+    "LogExporter",
     "Pool",
     "PoolClosed",
     "PoolError",
@@ -55,4 +62,5 @@ __all__ = (
     "SystemResolver",
     "Tracer",
     "__version__",
+    "prometheus_text",
 )

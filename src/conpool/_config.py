@@ -133,6 +133,9 @@ class Config:
     :param sweep_interval: seconds between sweeps that close expired idle
         connections, greater than 0 and finite, or ``None`` to derive it from
         *max_idle_time* and *max_connection_lifetime*.
+    :param dns_stale_limit: seconds past its expiry that a name's last good
+        answer is still used while refreshing it fails (greater than 0;
+        ``math.inf`` keeps it forever, a small value fails fast).
     :raises TypeError: if a field has the wrong type, e.g. a float or bool
         where an int is expected, or a non-callable *health_check*.
     :raises ValueError: if a field is out of range, NaN, or infinite where
@@ -159,6 +162,7 @@ class Config:
     happy_eyeballs_delay: float = 0.25
     balance_seed: int | None = None
     sweep_interval: float | None = None
+    dns_stale_limit: float = 300.0
 
     def __post_init__(self) -> None:
         _int("max_connections_per_endpoint", self.max_connections_per_endpoint, 1)
@@ -212,6 +216,9 @@ class Config:
             ),
             "sweep_interval": _float(
                 "sweep_interval", self.sweep_interval, inclusive=False, optional=True
+            ),
+            "dns_stale_limit": _float(
+                "dns_stale_limit", self.dns_stale_limit, inclusive=False, finite=False
             ),
         }
         share = floats["max_ejected_share"]

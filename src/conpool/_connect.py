@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from ._connection import Connection
-from ._dial import backoff_delay, retryable
+from ._dial import backoff_delay, retryable, tls_failure
 from ._endpoint import Endpoint
 from ._errors import ConnectError, ResolveError, describe
 from ._state import EndpointState, PoolState
@@ -127,7 +127,7 @@ class Connector:
             if conn is None:
                 failed.set()
             elif winner:
-                await _discard(state, ep, conn)
+                _discard(state, ep, conn)
             else:
                 winner.append(conn)
                 scope.cancel()
@@ -146,7 +146,7 @@ class Connector:
                         tg.start_soon(attempt, second, anyio.Event(), tg.cancel_scope)
         except BaseException:
             for conn in winner:
-                await _discard(state, ep, conn)
+                _discard(state, ep, conn)
             raise
         return self._register(ep, endpoint, winner[0]) if winner else None
 
@@ -171,9 +171,18 @@ class Connector:
             counts = isinstance(exc, OSError)
             state.attempt_failed(ep, ip, _monotonic(), counts=counts)
             if not counts:
+                self.emit(
+                    "connect.cancelled",
+                    endpoint,
+                    ip,
+                    duration_ns=time.monotonic_ns() - start,
+                    detail=type(exc).__name__,
+                )
                 raise
             errors.append((ip, exc))
             tried.append(ip)
+            if tls_failure(exc):
+                self.emit("tls.failed", endpoint, ip, detail=describe(exc))
             self.emit(
                 "connect.failed",
                 endpoint,
@@ -183,6 +192,8 @@ class Connector:
             )
             return None
         conn.connect_ns = time.monotonic_ns() - start
+        if conn.tls_ns is not None:
+            self.emit("tls.complete", endpoint, ip, duration_ns=conn.tls_ns)
         return conn
 
     def _register(self, ep: EndpointState, endpoint: Endpoint, conn: Connection) -> Connection:
@@ -194,9 +205,7 @@ class Connector:
         return conn
 
 
-async def _discard(state: PoolState, ep: EndpointState, conn: Connection) -> None:
+def _discard(state: PoolState, ep: EndpointState, conn: Connection) -> None:
     """Close a connection that lost a race (never registered)."""
     state.attempt_failed(ep, conn.address[0], _monotonic(), counts=False)
-    if not conn.close_now():
-        with anyio.CancelScope(shield=True):
-            await conn.aclose()
+    conn.close_now()

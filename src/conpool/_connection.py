@@ -54,7 +54,7 @@ class Connection(ByteStream):
     :ivar address: ``(ip, port)`` actually dialled.
     """
 
-    __slots__ = ("_rec", "address", "broken", "closed", "connect_ns", "endpoint")
+    __slots__ = ("_rec", "address", "broken", "closed", "connect_ns", "endpoint", "tls_ns")
 
     def __init__(self, endpoint: Endpoint, address: tuple[str, int]) -> None:
         self.endpoint = endpoint
@@ -64,8 +64,10 @@ class Connection(ByteStream):
         # state is unknown; closed: the user (or the pool) closed it.
         self.broken = False
         self.closed = False
-        # How long the connect (and TLS handshake) took, for the trace.
+        # How long the connect (TCP and TLS) and the TLS handshake alone
+        # took, for the trace.
         self.connect_ns = 0
+        self.tls_ns: int | None = None
 
     @property
     def created_at(self) -> float:
@@ -89,10 +91,9 @@ class Connection(ByteStream):
         """Non-blocking check that an idle connection is still worth reusing."""
         raise NotImplementedError
 
-    def close_now(self) -> bool:
-        """Start closing without awaiting.  Returns False when the stream can
-        only be closed by awaiting :meth:`aclose` (the pool then does that in a
-        background task)."""
+    def close_now(self) -> None:
+        """Close without awaiting (the pool closes idle and expired
+        connections from synchronous bookkeeping).  Idempotent."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -117,6 +118,7 @@ class _Protocol(asyncio.Protocol):
         "drain",
         "eof",
         "exc",
+        "half_close",
         "lost",
         "paused",
         "reader",
@@ -124,7 +126,10 @@ class _Protocol(asyncio.Protocol):
         "writing_paused",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, half_close: bool = True) -> None:
+        # Plain TCP may stay open for writing after the peer's EOF; asyncio's
+        # TLS transport cannot (and warns if asked).
+        self.half_close = half_close
         self.transport: asyncio.Transport | None = None
         self.buffer: deque[bytes] = deque()
         self.buffered = 0
@@ -153,7 +158,7 @@ class _Protocol(asyncio.Protocol):
         self._wake_reader()
         # Keep the transport open for writing: a half-closed peer may still
         # read (send_eof-style protocols).  It closes on our aclose().
-        return True
+        return self.half_close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -178,6 +183,10 @@ class _Protocol(asyncio.Protocol):
             reader.set_result(None)
 
 
+def _tls_protocol() -> _Protocol:
+    return _Protocol(half_close=False)
+
+
 class ProtocolConnection(Connection):
     """A connection on asyncio or uvloop, implemented on an asyncio protocol."""
 
@@ -197,8 +206,8 @@ class ProtocolConnection(Connection):
         self._tls = tls
 
     @staticmethod
-    def protocol_factory() -> _Protocol:
-        return _Protocol()
+    def protocol_factory(tls: bool) -> Callable[[], _Protocol]:
+        return _tls_protocol if tls else _Protocol
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         proto = self._proto
@@ -280,12 +289,11 @@ class ProtocolConnection(Connection):
     async def aclose(self) -> None:
         self.close_now()
 
-    def close_now(self) -> bool:
+    def close_now(self) -> None:
         if not self.closed:
             self.closed = True
             self._transport.close()
             self._proto._wake_reader()
-        return True
 
     def usable(self) -> bool:
         proto = self._proto
@@ -365,11 +373,16 @@ class StreamConnection(Connection):
         self.closed = True
         await anyio.aclose_forcefully(self._stream)
 
-    def close_now(self) -> bool:
-        if self.closed:
-            return True
-        self.closed = True
-        return False
+    def close_now(self) -> None:
+        # Closing the socket is synchronous on every backend once the event
+        # loop is told (notify_closing wakes anyone blocked on it).  A TLS
+        # stream closed this way skips close_notify, as browsers and most
+        # pools do for idle connections: the peer sees a plain FIN.
+        if not self.closed:
+            self.closed = True
+            if self._sock.fileno() != -1:
+                anyio.notify_closing(self._sock)
+                self._sock.close()
 
     def usable(self) -> bool:
         if self.closed or self.broken:

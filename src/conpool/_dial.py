@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import ssl
+import time
 
 import anyio
 from anyio.abc import SocketStream
@@ -21,7 +22,14 @@ from anyio.streams.tls import TLSStream
 from ._connection import ProtocolConnection, StreamConnection
 from ._endpoint import Endpoint
 
-__all__ = ["backoff_delay", "open_anyio", "open_asyncio", "retryable"]
+__all__ = ["backoff_delay", "open_anyio", "open_asyncio", "retryable", "tls_failure"]
+
+
+def tls_failure(exc: BaseException) -> bool:
+    """Whether an attempt failed in the TLS handshake (for the trace)."""
+    return isinstance(exc, ssl.SSLError) or (
+        isinstance(exc, TimeoutError) and str(exc).startswith("TLS handshake")
+    )
 
 
 def retryable(exc: BaseException) -> bool:
@@ -79,8 +87,9 @@ async def open_asyncio(
             await loop.sock_connect(sock, (ip, port))
             if tls is not None:
                 stage = "TLS handshake"
+            tls_start = time.monotonic_ns()
             transport, protocol = await loop.create_connection(
-                ProtocolConnection.protocol_factory,
+                ProtocolConnection.protocol_factory(tls is not None),
                 sock=sock,
                 ssl=tls.ssl_context if tls is not None else None,
                 server_hostname=tls.server_name_for(endpoint.host) if tls is not None else None,
@@ -92,8 +101,10 @@ async def open_asyncio(
     except BaseException:
         _abort(transport, sock)
         raise
-    # uvloop's transports implement the interface without subclassing it.
-    return ProtocolConnection(endpoint, (ip, port), transport, protocol, tls is not None)
+    conn = ProtocolConnection(endpoint, (ip, port), transport, protocol, tls is not None)
+    if tls is not None:
+        conn.tls_ns = time.monotonic_ns() - tls_start
+    return conn
 
 
 def _abort(transport: asyncio.Transport | None, sock: socket.socket) -> None:
@@ -123,13 +134,16 @@ async def open_anyio(
             if tls is None:
                 return StreamConnection(endpoint, (ip, port), stream, sock)
             stage = "TLS handshake"
+            tls_start = time.monotonic_ns()
             wrapped = await TLSStream.wrap(
                 stream,
                 hostname=tls.server_name_for(endpoint.host),
                 ssl_context=tls.ssl_context,
                 standard_compatible=False,
             )
-            return StreamConnection(endpoint, (ip, port), wrapped, sock)
+            conn = StreamConnection(endpoint, (ip, port), wrapped, sock)
+            conn.tls_ns = time.monotonic_ns() - tls_start
+            return conn
     except TimeoutError:
         await _aclose_quietly(stream, sock)
         raise _timeout_error(stage, connect_timeout) from None

@@ -18,6 +18,7 @@ import operator
 import random
 import time
 from types import TracebackType
+from typing import Any
 
 import anyio
 import sniffio
@@ -29,14 +30,18 @@ from ._connection import Connection
 from ._dial import open_anyio, open_asyncio
 from ._endpoint import Endpoint
 from ._errors import PoolClosed, PoolError, PoolTimeout, ResolveError, describe
+from ._hooks import Hook, Hooks
 from ._resolve import ResolutionCache, Resolver, SystemResolver
 from ._state import DIAL, ConnRecord, EndpointState, PoolState, Waiter
-from ._stats import PoolStats, snapshot
+from ._stats import Histogram, PoolStats, snapshot
 from ._trace import Tracer
 
 __all__ = ["Pool"]
 
 _monotonic = time.monotonic
+
+# Close reasons that mean "expired" rather than "failed" or "closed by you".
+_EXPIRY_REASONS = frozenset({"idle", "lifetime", "uses", "health", "stale", "drained"})
 
 
 # One C-level call per reuse instead of a Python wrapper around conn.usable().
@@ -108,11 +113,16 @@ class Pool:
             raise TypeError(f"resolver must have an async resolve(host) method, got {resolver!r}")
         if tracer is not None and not isinstance(tracer, Tracer):
             raise TypeError(f"tracer must be a conpool.Tracer, got {tracer!r}")
+        self._hooks = Hooks()
+        self._hooks.tracer = tracer
+        # The one attribute every trace point checks: None while nobody
+        # listens (no tracer, no hook), so tracing costs nothing when off.
+        self._trace: Hooks | None = self._hooks if self._hooks else None
         self.config = config
         self.resolver = resolver
         self.tracer = tracer
         self._state = PoolState(config, _usable)
-        self._names = ResolutionCache(resolver)
+        self._names = ResolutionCache(resolver, config.dns_stale_limit)
         self._rng = random.Random(config.balance_seed)
         self._health = config.health_check
         self._tg: TaskGroup | None = None
@@ -122,7 +132,11 @@ class Pool:
         self._last_key: object = object()  # matches no endpoint
         self._last_ep = EndpointState(None)
         self._got: ConnRecord | int = 0
+        # Per endpoint key: how long waits and connects took.
+        self._waits: dict[object, Histogram] = {}
+        self._connects: dict[object, Histogram] = {}
         self._connector = Connector(self._state, open_anyio, self._emit, self._rng)
+        self._state.on_event = self._core_event
         self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -146,12 +160,15 @@ class Pool:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
         await self.aclose()
         tg = self._tg
         assert tg is not None
         tg.cancel_scope.cancel()
-        return await tg.__aexit__(exc_type, exc, tb)
+        # Exit the task group as if the body ended normally, so that an
+        # exception from the body propagates as itself, not wrapped in an
+        # ExceptionGroup along with the (cancelled) sweeper.
+        await tg.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         """Close the pool: idle connections close now, connections in use
@@ -221,8 +238,8 @@ class Pool:
             self._flush()
         if got.__class__ is ConnRecord and self._health is None:
             rec: ConnRecord = got
-            if self.tracer is not None:
-                self._emit("conn.reuse", endpoint, rec.addr.ip, rec.id)
+            if self._trace is not None:
+                self._trace("conn.reuse", endpoint, rec.addr.ip, rec.id)
             return rec.handle  # type: ignore[no-any-return]
         self._got = got
         return None
@@ -237,8 +254,8 @@ class Pool:
                 rec: ConnRecord = got
                 conn: Connection = rec.handle
                 if self._health is None or await self._healthy(conn, rec):
-                    if self.tracer is not None:
-                        self._emit("conn.reuse", endpoint, rec.addr.ip, rec.id)
+                    if self._trace is not None:
+                        self._trace("conn.reuse", endpoint, rec.addr.ip, rec.id)
                     return conn
             elif got == DIAL:
                 return await self._dial(ep, endpoint)
@@ -270,9 +287,12 @@ class Pool:
         state = self._state
         if rec is None or rec.ep.owner is not state:
             raise ValueError(f"{conn!r} does not belong to this pool")
-        state.release(rec, _monotonic(), not (conn.broken or conn.closed))
-        if self.tracer is not None:
-            self._emit("conn.release", rec.ep.key, rec.addr.ip, rec.id)
+        if conn.broken or conn.closed:
+            state.release(rec, _monotonic(), False, "closed" if conn.closed else "error")
+        else:
+            state.release(rec, _monotonic(), True)
+        if self._trace is not None:
+            self._trace("conn.release", rec.ep.key, rec.addr.ip, rec.id)
         if state.to_close or state.to_wake:
             self._flush()
 
@@ -283,7 +303,7 @@ class Pool:
             for ep in self._state.endpoints.values()
             if self._names.is_stale(ep.key.host)  # type: ignore[attr-defined]
         )
-        return snapshot(self._state, _monotonic(), stale)
+        return snapshot(self._state, _monotonic(), stale, self._waits, self._connects)
 
     def __repr__(self) -> str:
         s = self._state
@@ -336,47 +356,48 @@ class Pool:
         None for a reserved dial slot."""
         state = self._state
         timeout = self.config.acquire_timeout
-        waited = time.monotonic_ns()
         if self._native:
             loop = self._loop
             assert loop is not None
-            fut = loop.create_future()
-            w = state.enqueue(ep, fut)
-            if w is None:
-                raise self._too_many_waiters(endpoint)
-            self._emit("acquire.queued", endpoint)
-            timer = None if timeout is None else loop.call_later(timeout, self._expire, w)
-            try:
-                await fut
-            except BaseException:
-                state.cancel(w, _monotonic())
-                self._flush()
-                raise
-            finally:
-                if timer is not None:
-                    timer.cancel()
+            handle: Any = loop.create_future()
         else:
-            event = anyio.Event()
-            w = state.enqueue(ep, event)
-            if w is None:
-                raise self._too_many_waiters(endpoint)
-            self._emit("acquire.queued", endpoint)
-            try:
+            handle = anyio.Event()
+        w = state.enqueue(ep, handle)
+        if w is None:
+            raise self._too_many_waiters(endpoint)
+        self._emit("acquire.queued", endpoint)
+        waited = time.monotonic_ns()
+        try:
+            if self._native:
+                timer = None
+                if timeout is not None:
+                    timer = handle.get_loop().call_later(timeout, self._expire, w)
+                try:
+                    await handle
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+            else:
                 with anyio.move_on_after(timeout):
-                    await event.wait()
-            except BaseException:
-                state.cancel(w, _monotonic())
-                self._flush()
-                raise
-            if w.grant is None and not state.closed:
-                state.cancel(w, _monotonic())
-                self._flush()
-                raise self._timed_out(endpoint)
+                    await handle.wait()
+                if w.grant is None and not state.closed:
+                    raise self._timed_out(endpoint)
+        except BaseException:
+            # Timed out, cancelled, or closed: whatever the machine granted
+            # in the meantime goes to the next waiter.
+            state.cancel(w, _monotonic())
+            self._flush()
+            raise
+        finally:
+            elapsed = time.monotonic_ns() - waited
+            hist = self._waits.get(endpoint)
+            if hist is None:
+                hist = self._waits[endpoint] = Histogram()
+            hist.observe(elapsed / 1e9)
         grant = w.grant
         if grant is None:
             raise PoolClosed("the pool was closed while waiting for a connection")
-        if self.tracer is not None:
-            self._emit("acquire.granted", endpoint, duration_ns=time.monotonic_ns() - waited)
+        self._emit("acquire.granted", endpoint, duration_ns=elapsed)
         if grant.__class__ is ConnRecord:
             return grant
         return None
@@ -420,12 +441,12 @@ class Pool:
             closing, state.to_close = state.to_close, []
             for rec, reason in closing:
                 conn: Connection = rec.handle
-                if self.tracer is not None:
-                    self._emit("conn.close", rec.ep.key, rec.addr.ip, rec.id, detail=reason)
-                if not conn.close_now():
-                    tg = self._tg
-                    if tg is not None:
-                        tg.start_soon(_aclose, conn)
+                if self._trace is not None:
+                    if reason in _EXPIRY_REASONS:
+                        self._trace("conn.expire", rec.ep.key, rec.addr.ip, rec.id, None, reason)
+                    lived = int((_monotonic() - rec.created) * 1e9)
+                    self._trace("conn.close", rec.ep.key, rec.addr.ip, rec.id, lived, reason)
+                conn.close_now()
 
     def _emit(
         self,
@@ -436,9 +457,52 @@ class Pool:
         duration_ns: int | None = None,
         detail: str = "",
     ) -> None:
-        tracer = self.tracer
-        if tracer is not None:
-            tracer.emit(kind, endpoint, address, conn_id, duration_ns, detail)
+        trace = self._trace
+        if trace is not None:
+            trace(kind, endpoint, address, conn_id, duration_ns, detail)
+
+    def _core_event(self, kind: str, ep: EndpointState, address: str, detail: str) -> None:
+        """What the state machine reports by itself (ejections, re-admissions)."""
+        self._emit(kind, ep.key, address, detail=detail)
+
+    # -- hooks -----------------------------------------------------------------------
+
+    def add_hook(self, kind: str, hook: Hook) -> None:
+        """Call ``hook(event)`` for every event whose kind matches.
+
+        :param kind: an event kind (``"conn.close"``), a scope (``"connect.*"``)
+            or ``"*"`` for all.
+        :param hook: a plain function taking a :class:`~conpool.Event`.  It runs
+            inside the pool's bookkeeping, so it must not block; one that raises
+            is disabled and logged, and the pool carries on.
+        :raises TypeError: ``kind`` is not a non-empty str or ``hook`` is not callable.
+        """
+        self._hooks.add(kind, hook)
+        self._trace = self._hooks
+
+    def remove_hook(self, hook: Hook) -> None:
+        """Unregister ``hook`` (every pattern it was added under).
+
+        :raises ValueError: it was not registered.
+        """
+        self._hooks.remove(hook)
+        self._trace = self._hooks if self._hooks else None
+
+    def on_connection_created(self, hook: Hook) -> Hook:
+        """Register ``hook`` for ``connect.complete``; usable as a decorator."""
+        self.add_hook("connect.complete", hook)
+        return hook
+
+    def on_connection_reused(self, hook: Hook) -> Hook:
+        """Register ``hook`` for ``conn.reuse``; usable as a decorator."""
+        self.add_hook("conn.reuse", hook)
+        return hook
+
+    def on_connection_closed(self, hook: Hook) -> Hook:
+        """Register ``hook`` for ``conn.close`` (detail: the reason); usable
+        as a decorator."""
+        self.add_hook("conn.close", hook)
+        return hook
 
     # -- resolving and dialling ----------------------------------------------------
 
@@ -462,12 +526,17 @@ class Pool:
                     errors=[exc],
                     context=[f"resolving {host}", f"connecting to {endpoint}"],
                 ) from exc
-            self._emit(
-                "resolve.complete",
-                endpoint,
-                duration_ns=time.monotonic_ns() - start,
-                detail=" ".join(ips),
-            )
+            stale = self._names.stale_error(host)
+            if stale is not None:
+                self._emit("resolve.failed", endpoint, detail=describe(stale))
+                self._emit("resolve.stale", endpoint, detail=" ".join(ips))
+            else:
+                self._emit(
+                    "resolve.complete",
+                    endpoint,
+                    duration_ns=time.monotonic_ns() - start,
+                    detail=" ".join(ips),
+                )
         if tuple(a.ip for a in ep.listed) != ips:
             self._state.set_addresses(ep, ips)
             self._flush()
@@ -480,14 +549,19 @@ class Pool:
         try:
             await self._addresses(ep, endpoint)
             conn = await self._connector.connect(ep, endpoint)
-        except Exception:
+        except Exception as exc:
             state.dial_failed(ep)
             self._flush()
+            self._emit("acquire.failed", endpoint, detail=str(exc))
             raise
         except BaseException:
             state.dial_abandoned(ep)
             self._flush()
             raise
+        hist = self._connects.get(endpoint)
+        if hist is None:
+            hist = self._connects[endpoint] = Histogram()
+        hist.observe(conn.connect_ns / 1e9)
         if state.closed:
             assert conn._rec is not None
             state.discard(conn._rec, "pool-closed")
@@ -532,11 +606,6 @@ class Pool:
             pass  # kept serving the old answer, or nothing to drain; logged as an event
         finally:
             self._refreshing.discard(endpoint.host)
-
-
-async def _aclose(conn: Connection) -> None:
-    with anyio.CancelScope(shield=True):
-        await conn.aclose()
 
 
 Pool.__module__ = "conpool"

@@ -286,6 +286,11 @@ class ResolutionCache:
         entry = self._entries.get(host)
         return entry is not None and entry.stale
 
+    def stale_error(self, host: str) -> BaseException | None:
+        """Why the answer served for ``host`` is an old one (None if fresh)."""
+        entry = self._entries.get(host)
+        return entry.error if entry is not None and entry.stale else None
+
     async def resolve(self, host: str, now: float) -> tuple[tuple[str, ...], bool]:
         """The addresses of ``host``, looking them up when the answer expired.
 

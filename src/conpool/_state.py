@@ -250,6 +250,9 @@ class PoolState:
         self.live = 0
         self.to_close: list[tuple[ConnRecord, str]] = []
         self.to_wake: list[Waiter] = []
+        # Told of what no return value carries (an address ejected or
+        # re-admitted): ``on_event(kind, ep, ip, detail)``; rare, so no list.
+        self.on_event: Callable[[str, EndpointState, str, str], None] | None = None
 
     # -- endpoints and addresses ---------------------------------------------
 
@@ -390,8 +393,9 @@ class PoolState:
         """
         grant = w.grant
         if grant is None:
-            self._unqueue(w)
-        elif grant is DIAL:
+            if w in w.ep.waiters:  # idempotent: a timeout may have unqueued it
+                self._unqueue(w)
+        elif grant.__class__ is int:
             w.grant = None
             self.dial_abandoned(w.ep)
         else:
@@ -428,6 +432,11 @@ class PoolState:
             listed = [a for a in listed if (":" in a.ip) == (family == 6)]
         if not listed:
             return None
+        for a in listed:
+            if a.ejections and a.ejected_until != -math.inf and not a.ejected(now):
+                # Its ejection time is over: back in rotation.
+                a.ejected_until = -math.inf
+                self._event("address.readmit", ep, a.ip, "ejection time over")
         avoid = set(avoid)
         candidates = [a for a in listed if a.ip not in avoid and not a.ejected(now)]
         if not candidates:
@@ -468,6 +477,16 @@ class PoolState:
         addr.ejections += 1
         addr.ejected_until = now + duration
         addr.consecutive_failures = 0
+        self._event(
+            "address.eject",
+            ep,
+            addr.ip,
+            f"{self.config.eject_after_failures} consecutive failures; out for {duration:g} s",
+        )
+
+    def _event(self, kind: str, ep: EndpointState, ip: str, detail: str) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, ep, ip, detail)
 
     def connected(self, ep: EndpointState, ip: str, handle: Any, now: float) -> ConnRecord:
         """The dial that reserved a slot on ``ep`` succeeded on ``ip``."""
@@ -475,6 +494,8 @@ class PoolState:
         addr.pending -= 1
         addr.created += 1
         addr.consecutive_failures = 0
+        if addr.ejected_until != -math.inf:
+            self._event("address.readmit", ep, ip, "connected")
         addr.ejections = 0
         addr.ejected_until = -math.inf
         addr.active += 1
@@ -501,11 +522,13 @@ class PoolState:
 
     # -- releasing ----------------------------------------------------------------
 
-    def release(self, rec: ConnRecord, now: float, reusable: bool) -> None:
+    def release(self, rec: ConnRecord, now: float, reusable: bool, why: str = "error") -> None:
         """A handed-out connection comes back.
 
         :param reusable: False when the user closed it, an I/O error or an
             exception ended its use, or its protocol state is unknown.
+        :param why: the close reason when not reusable ("closed" for a
+            connection the user closed, "error" otherwise).
         """
         if rec.state != ACTIVE:
             raise RuntimeError(f"connection #{rec.id} is not in use: it was already released")
@@ -522,7 +545,7 @@ class PoolState:
             and (max_uses is None or rec.uses < max_uses)
         ):
             rec.state = CLOSED
-            self._closed(rec, self._release_reason(rec, now, reusable))
+            self._closed(rec, why if not reusable else self._release_reason(rec, now))
             return
         rec.last_used = now
         expires = now + self.max_idle
@@ -548,9 +571,7 @@ class PoolState:
         ep.idle += 1
         self.lru[rec] = None
 
-    def _release_reason(self, rec: ConnRecord, now: float, reusable: bool) -> str:
-        if not reusable:
-            return "error"
+    def _release_reason(self, rec: ConnRecord, now: float) -> str:
         if self.closed:
             return "pool-closed"
         if self.max_uses is not None and rec.uses >= self.max_uses:

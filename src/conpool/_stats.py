@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -11,7 +13,76 @@ if TYPE_CHECKING:
     from ._endpoint import Endpoint
     from ._state import PoolState
 
-__all__ = ["AddressStats", "EndpointStats", "PoolStats", "snapshot"]
+__all__ = ["AddressStats", "EndpointStats", "Histogram", "HistogramStats", "PoolStats", "snapshot"]
+
+#: Upper bounds, in seconds, of the wait-time and connect-time histograms:
+#: 100 us to 10 s, roughly 1-2.5-5 per decade (Prometheus' default spacing,
+#: shifted down because pool waits are short).
+BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class Histogram:
+    """A cumulative histogram of durations, with fixed buckets."""
+
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)  # the last is "above every bound"
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def snapshot(self) -> HistogramStats:
+        return HistogramStats(BUCKETS, tuple(self.counts), self.sum, self.count)
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramStats:
+    """A frozen histogram of durations in seconds.
+
+    :ivar bounds: bucket upper bounds (inclusive), ascending.
+    :ivar counts: observations per bucket; one more entry than ``bounds``
+        (the last counts observations above the largest bound).
+    :ivar sum: total of all observations, in seconds.
+    :ivar count: number of observations.
+    """
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+    count: int
+
+    def cumulative(self) -> tuple[int, ...]:
+        """Counts at or below each bound, then the total (Prometheus' ``le``)."""
+        out: list[int] = []
+        running = 0
+        for c in self.counts:
+            running += c
+            out.append(running)
+        return tuple(out)
+
+    def quantile(self, q: float) -> float:
+        """An upper bound for quantile ``q`` (0..1): the bound of the bucket it
+        falls in (inf when it is above every bound, nan with no data)."""
+        if not 0 <= q <= 1:
+            raise ValueError(f"q must be within 0..1, got {q!r}")
+        if self.count == 0:
+            return math.nan
+        rank = q * self.count
+        for bound, cum in zip((*self.bounds, math.inf), self.cumulative(), strict=True):
+            if cum >= rank and cum > 0:
+                return bound
+        return math.inf
+
+
+_EMPTY = HistogramStats(BUCKETS, (0,) * (len(BUCKETS) + 1), 0.0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +122,9 @@ class EndpointStats:
     :ivar addresses: per address, keyed by the IP as text.
     :ivar stale: True while the name's answer is an old one kept because
         refreshing it failed.
+    :ivar wait_time: how long acquires that found no free connection waited
+        for a slot (granted, timed out or cancelled), cumulative.
+    :ivar connect_time: how long successful connects took (TCP and TLS), cumulative.
     """
 
     active: int
@@ -63,6 +137,8 @@ class EndpointStats:
     connect_failures: int
     addresses: Mapping[str, AddressStats]
     stale: bool = False
+    wait_time: HistogramStats = _EMPTY
+    connect_time: HistogramStats = _EMPTY
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +161,17 @@ class PoolStats:
     closed: bool
 
 
-for _cls in (AddressStats, EndpointStats, PoolStats):
+for _cls in (AddressStats, EndpointStats, HistogramStats, PoolStats):
     _cls.__module__ = "conpool"
 
 
-def snapshot(state: PoolState, now: float, stale: frozenset[str] = frozenset()) -> PoolStats:
+def snapshot(
+    state: PoolState,
+    now: float,
+    stale: frozenset[str] = frozenset(),
+    waits: Mapping[object, Histogram] | None = None,
+    connects: Mapping[object, Histogram] | None = None,
+) -> PoolStats:
     """Copy the counts out of the state machine (never a live view)."""
     endpoints: dict[Endpoint, EndpointStats] = {}
     active = idle = pending = 0
@@ -118,6 +200,8 @@ def snapshot(state: PoolState, now: float, stale: frozenset[str] = frozenset()) 
             connect_failures=ep.connect_failures,
             addresses=MappingProxyType(addresses),
             stale=endpoint.host in stale,
+            wait_time=waits[key].snapshot() if waits and key in waits else _EMPTY,
+            connect_time=connects[key].snapshot() if connects and key in connects else _EMPTY,
         )
         active += ep.active
         idle += ep.idle

@@ -133,52 +133,119 @@ class Tracer:
                 )
 
     def chrome_trace(self) -> dict[str, Any]:
-        """The events in Chrome's Trace Event Format (Perfetto opens it).
+        """The events in Chrome's Trace Event Format (Perfetto and
+        chrome://tracing open it).
 
-        Spans (events with a duration) become complete events (``ph: X``) and
-        the rest instants (``ph: i``); each address gets its own track.
+        * each address is a process; each connection's lifetime (from the
+          start of its connect to its close, named by its close reason) is a
+          complete event (``ph: X``) on a lane of that process, lanes reused
+          so that spans on one lane never overlap;
+        * connect attempts, TLS handshakes and resolutions are spans on
+          lanes of their own, acquire waits on the "acquire waits" process;
+        * everything else is an instant event (``ph: i``).
+
+        Timestamps are microseconds from the first event.
         """
-        tracks: dict[str, int] = {}
-        out: list[dict[str, Any]] = []
         events = self.events()
         t0 = min((ev.ts_ns - (ev.duration_ns or 0) for ev in events), default=0)
+        end_ts = max((ev.ts_ns for ev in events), default=0)
+        out: list[dict[str, Any]] = []
+        procs: dict[str, int] = {}
+        lanes: dict[tuple[int, str], list[int]] = {}  # (pid, group) -> lane end times
+
+        def pid_of(name: str) -> int:
+            return procs.setdefault(name, len(procs) + 1)
+
+        def lane(pid: int, group: str, start: int, end: int) -> int:
+            ends = lanes.setdefault((pid, group), [])
+            for i, busy_until in enumerate(ends):
+                if busy_until <= start:
+                    ends[i] = end
+                    return i
+            ends.append(end)
+            return len(ends) - 1
+
+        def span(
+            name: str, pid: int, group: str, base: int, start: int, end: int, args: Any
+        ) -> None:
+            tid = base + lane(pid, group, start, end)
+            out.append(
+                {
+                    "name": name,
+                    "cat": group,
+                    "ph": "X",
+                    "ts": (start - t0) / 1000,
+                    "dur": max(end - start, 0) / 1000,
+                    "pid": pid,
+                    "tid": tid,
+                    "args": args,
+                }
+            )
+
+        opened: dict[int, Event] = {}
         for ev in events:
-            track = ev.address or ev.endpoint or "pool"
-            tid = tracks.setdefault(track, len(tracks) + 1)
-            args = {"endpoint": ev.endpoint, "address": ev.address, "conn_id": ev.conn_id}
+            args: dict[str, Any] = {"endpoint": ev.endpoint}
+            if ev.address:
+                args["address"] = ev.address
+            if ev.conn_id:
+                args["conn_id"] = ev.conn_id
             if ev.detail:
                 args["detail"] = ev.detail
-            if ev.duration_ns is not None:
-                start = ev.ts_ns - ev.duration_ns - t0
-                out.append(
-                    {
-                        "name": ev.kind,
-                        "ph": "X",
-                        "ts": start / 1000,
-                        "dur": ev.duration_ns / 1000,
-                        "pid": 1,
-                        "tid": tid,
-                        "args": args,
-                    }
-                )
+            if ev.kind == "connect.complete" and ev.conn_id:
+                opened[ev.conn_id] = ev
+            if ev.kind == "conn.close" and ev.conn_id in opened:
+                began = opened.pop(ev.conn_id)
+                start = began.ts_ns - (began.duration_ns or 0)
+                pid = pid_of(f"address {ev.address}")
+                name = f"conn #{ev.conn_id} ({ev.detail})"
+                span(name, pid, "connection", 1, start, ev.ts_ns, args)
+            if ev.duration_ns is not None and ev.kind != "conn.close":
+                start = ev.ts_ns - ev.duration_ns
+                if ev.kind.startswith("acquire."):
+                    span(ev.kind, pid_of("acquire waits"), "wait", 1, start, ev.ts_ns, args)
+                else:
+                    where = f"address {ev.address}" if ev.address else "pool"
+                    span(ev.kind, pid_of(where), "attempt", 1000, start, ev.ts_ns, args)
             else:
+                where = f"address {ev.address}" if ev.address else "pool"
                 out.append(
                     {
                         "name": ev.kind,
+                        "cat": ev.kind.split(".", 1)[0],
                         "ph": "i",
                         "s": "t",
                         "ts": (ev.ts_ns - t0) / 1000,
-                        "pid": 1,
-                        "tid": tid,
+                        "pid": pid_of(where),
+                        "tid": 0,
                         "args": args,
                     }
                 )
-        meta = [
-            {"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": track}}
-            for track, tid in tracks.items()
-        ]
-        meta.append({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "conpool"}})
-        out.sort(key=lambda e: e["ts"])
+        for conn_id, began in opened.items():
+            # Still open when the trace was taken: the span runs to the end.
+            start = began.ts_ns - (began.duration_ns or 0)
+            pid = pid_of(f"address {began.address}")
+            args = {"endpoint": began.endpoint, "address": began.address, "conn_id": conn_id}
+            span(f"conn #{conn_id} (open)", pid, "connection", 1, start, end_ts, args)
+        meta: list[dict[str, Any]] = []
+        for name, pid in procs.items():
+            meta.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": name}})
+            meta.append(
+                {"name": "thread_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": "events"}}
+            )
+        for (pid, group), ends in lanes.items():
+            base = {"connection": 1, "wait": 1, "attempt": 1000}[group]
+            for i in range(len(ends)):
+                label = f"{group} lane {i + 1}"
+                meta.append(
+                    {
+                        "name": "thread_name",
+                        "ph": "M",
+                        "pid": pid,
+                        "tid": base + i,
+                        "args": {"name": label},
+                    }
+                )
+        out.sort(key=lambda e: (e["ts"], e["pid"], e["tid"]))
         return {"traceEvents": meta + out, "displayTimeUnit": "ms"}
 
     def write_chrome_trace(self, path: str | os.PathLike[str]) -> None:

@@ -1,0 +1,663 @@
+"""The stress report: one self-contained HTML file rendered from the results.
+
+:func:`render` takes the same JSON-ready dict that ``--json`` writes and
+returns the whole page: inline CSS, inline SVG charts from
+:mod:`conpool.stress.svg`, no script, no font, no image, no link to any
+other file or host.  It is a pure function, so a report can be rebuilt from
+saved results (``conpool stress --render results.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+from . import svg
+from .svg import (
+    ADDRESS_COLORS,
+    OKABE_ITO,
+    REASON_COLORS,
+    Bar,
+    Lane,
+    Series,
+    fmt_count,
+    fmt_ms,
+    fmt_rate,
+)
+
+__all__ = ["MAX_TIMELINE_BARS", "render", "summary_rows"]
+
+#: Connections drawn on one timeline; beyond that the earliest ones are kept.
+MAX_TIMELINE_BARS = 4000
+
+_CSS = """
+:root { --fg: #1a1a1a; --muted: #555; --line: #d0d0d0; --bg-alt: #f5f6f7; --accent: #0072B2; }
+* { box-sizing: border-box; }
+html { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+body { margin: 0; color: var(--fg); background: #fff;
+  font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1320px; margin: 0 auto; padding: 20px 28px 48px; }
+h1 { font-size: 1.7rem; margin: 0 0 4px; }
+h2 { font-size: 1.3rem; margin: 0 0 6px; padding-top: 8px; }
+h3 { font-size: 1.05rem; margin: 18px 0 6px; }
+h4 { font-size: 0.95rem; margin: 0 0 4px; }
+p { margin: 4px 0 10px; }
+a { color: var(--accent); }
+.sub { color: var(--muted); margin: 0 0 14px; }
+.status { display: inline-block; padding: 2px 10px; border-radius: 10px; font-weight: 600;
+  font-size: 0.85rem; border: 1px solid currentColor; }
+.status.ok { color: #006e4f; } .status.warn { color: #a14300; }
+section.scenario { border-top: 3px solid var(--line); margin-top: 28px; padding-top: 6px;
+  break-before: page; }
+table { border-collapse: collapse; font-size: 0.86rem; margin: 6px 0 12px; }
+th, td { padding: 4px 9px; border-bottom: 1px solid var(--line); text-align: left;
+  vertical-align: top; }
+th { background: var(--bg-alt); font-weight: 600; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tbody tr:nth-child(even) td { background: #fafbfc; }
+table.summary { width: 100%; }
+.bad { color: #b03a00; font-weight: 600; }
+.cols { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 0 28px; }
+.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 18px 28px;
+  margin-top: 10px; }
+.charts .wide { grid-column: 1 / -1; }
+figure { margin: 0; break-inside: avoid; }
+figure svg.chart { width: 100%; height: auto; display: block; }
+figcaption { color: var(--muted); font-size: 0.82rem; margin-top: 2px; }
+svg text { fill: #222; font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }
+svg .grid { stroke: #e4e4e4; stroke-width: 1; }
+svg .axis, svg .tickmark { stroke: #444; stroke-width: 1; }
+svg .tick, svg .value { fill: #333; }
+svg .label { fill: #111; font-weight: 600; }
+svg .category { fill: #111; }
+svg .marker { stroke: #000; stroke-width: 1.2; stroke-dasharray: 5 3; }
+svg .marker-label { fill: #000; font-weight: 600; }
+svg .pline { stroke: #333; stroke-width: 1; stroke-dasharray: 2 2; }
+svg .pline-label { fill: #333; font-size: 10px; }
+svg .lane { fill: #f4f5f6; }
+pre { background: var(--bg-alt); padding: 8px 10px; overflow-x: auto; font-size: 0.8rem;
+  margin: 4px 0; white-space: pre-wrap; word-break: break-word; }
+details summary { cursor: pointer; color: var(--muted); }
+nav ol { columns: 3 220px; margin: 4px 0 8px; padding-left: 22px; font-size: 0.9rem; }
+.note { border-left: 4px solid #E69F00; background: #fff8e6; padding: 6px 10px; margin: 6px 0; }
+footer { margin-top: 40px; color: var(--muted); font-size: 0.8rem; }
+@media print {
+  body { font-size: 11pt; }
+  main { max-width: none; padding: 0; }
+  .charts { grid-template-columns: 1fr 1fr; gap: 10px 16px; }
+  nav { display: none; }
+  details { display: block; }
+  a { color: inherit; text-decoration: none; }
+}
+@page { size: A4 landscape; margin: 12mm; }
+"""
+
+
+def _e(value: object) -> str:
+    return escape(str(value))
+
+
+def _num(value: float | int | None, text: str, field: str = "") -> str:
+    data = "" if value is None else f' data-value="{value}"'
+    fld = f' data-field="{field}"' if field else ""
+    return f'<td class="num"{fld}{data}>{_e(text)}</td>'
+
+
+def _ms(d: dict[str, Any], key: str) -> str:
+    return fmt_ms(d.get(key))
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100.0 * part / whole:.1f} %" if whole else "–"
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The numbers of the summary table, per scenario (used by the terminal table too)."""
+    rows = []
+    for r in results.get("scenarios", []):
+        rows.append(
+            {
+                "name": r["name"],
+                "protocol": r["protocol"] + (" + TLS" if r.get("tls") else ""),
+                "requests": r["requests"]["ok"],
+                "throughput_rps": r["throughput_rps"],
+                "p50": r["latency_ms"]["p50"],
+                "p90": r["latency_ms"]["p90"],
+                "p99": r["latency_ms"]["p99"],
+                "max": r["latency_ms"]["max"],
+                "acquire_p99": r["acquire_ms"]["p99"],
+                "created": r["connections"]["created"],
+                "reused": r["connections"]["reused"],
+                "errors": r["requests"]["errors"],
+            }
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------
+# Page parts
+
+
+def _header(results: dict[str, Any]) -> str:
+    env = results.get("environment", {})
+    opts = results.get("options", {})
+    scenarios = results.get("scenarios", [])
+    errors = sum(r["requests"]["errors"] for r in scenarios)
+    target = opts.get("target")
+    where = (
+        f"against {target} ({opts.get('protocol')})"
+        if target
+        else "against its own servers on 127.0.0.11–14"
+    )
+    if results.get("interrupted"):
+        status = (
+            f'<span class="status warn">interrupted: {len(scenarios)} of '
+            f"{len(opts.get('scenarios', []))} scenarios finished</span>"
+        )
+    elif errors:
+        status = f'<span class="status warn">{fmt_count(errors)} failed requests</span>'
+    else:
+        status = '<span class="status ok">no failed request</span>'
+    return (
+        "<header>"
+        "<h1>conpool stress report</h1>"
+        f'<p class="sub">{_e(results.get("started", ""))} · conpool {_e(env.get("conpool", "?"))} '
+        f"· {_e(env.get('event_loop', env.get('backend', '?')))} · {where} · "
+        f"{len(scenarios)} scenarios of {_e(opts.get('duration_s', '?'))} s with "
+        f"{_e(opts.get('concurrency', '?'))} concurrent clients · {status}</p>"
+        "</header>"
+    )
+
+
+def _summary_table(results: dict[str, Any]) -> str:
+    head = (
+        "<tr><th>Scenario</th><th>Protocol</th><th class=num>Requests</th>"
+        "<th class=num>Throughput</th><th class=num>p50</th><th class=num>p90</th>"
+        "<th class=num>p99</th><th class=num>max</th><th class=num>Acquire wait p99</th>"
+        "<th class=num>Connections created</th><th class=num>Reused</th>"
+        "<th class=num>Errors</th></tr>"
+    )
+    body = []
+    for row in summary_rows(results):
+        err_cls = ' class="num bad"' if row["errors"] else ' class="num"'
+        body.append(
+            f'<tr data-scenario="{_e(row["name"])}">'
+            f'<td><a href="#s-{_e(row["name"])}">{_e(row["name"])}</a></td>'
+            f"<td>{_e(row['protocol'])}</td>"
+            + _num(row["requests"], f"{row['requests']:,}", "requests")
+            + _num(
+                row["throughput_rps"], f"{round(row['throughput_rps']):,} req/s", "throughput_rps"
+            )
+            + _num(row["p50"], fmt_ms(row["p50"]), "p50")
+            + _num(row["p90"], fmt_ms(row["p90"]), "p90")
+            + _num(row["p99"], fmt_ms(row["p99"]), "p99")
+            + _num(row["max"], fmt_ms(row["max"]), "max")
+            + _num(row["acquire_p99"], fmt_ms(row["acquire_p99"]), "acquire_p99")
+            + _num(row["created"], f"{row['created']:,}", "created")
+            + _num(row["reused"], f"{row['reused']:,}", "reused")
+            + f'<td{err_cls} data-field="errors" data-value="{row["errors"]}">'
+            f"{row['errors']:,}</td></tr>"
+        )
+    return (
+        '<table class="summary" id="summary"><caption hidden>Summary per scenario</caption>'
+        f"<thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+        '<p class="sub">Latency: from asking the pool for a connection to the last byte of the '
+        "answer (acquire wait included). Acquire wait: until the pool handed a connection out. "
+        "Reused: hand-outs of an already open connection.</p>"
+    )
+
+
+def _comparison(results: dict[str, Any]) -> str:
+    scenarios = results.get("scenarios", [])
+    if not scenarios:
+        return ""
+    names = [r["name"] for r in scenarios]
+    charts = [
+        svg.hbar_chart(
+            "cmp-throughput",
+            "Throughput per scenario",
+            names,
+            [("requests per second", OKABE_ITO["blue"], [r["throughput_rps"] for r in scenarios])],
+            x_label="completed requests per second (req/s)",
+            y_label="scenario",
+            x_fmt=fmt_count,
+            caption="Successful requests divided by the scenario's run time.",
+        ),
+        svg.hbar_chart(
+            "cmp-latency",
+            "Latency percentiles per scenario",
+            names,
+            [
+                ("p50", OKABE_ITO["sky"], [r["latency_ms"]["p50"] for r in scenarios]),
+                ("p90", OKABE_ITO["blue"], [r["latency_ms"]["p90"] for r in scenarios]),
+                ("p99", OKABE_ITO["vermillion"], [r["latency_ms"]["p99"] for r in scenarios]),
+            ],
+            x_label="request latency (ms, logarithmic)",
+            y_label="scenario",
+            x_fmt=fmt_ms,
+            log=True,
+            caption="Logarithmic axis: each grid line is ten times the one before.",
+        ),
+        svg.hbar_chart(
+            "cmp-connections",
+            "Connections created vs reused per scenario",
+            names,
+            [
+                (
+                    "created",
+                    OKABE_ITO["orange"],
+                    [r["connections"]["created"] or None for r in scenarios],
+                ),
+                (
+                    "reused",
+                    OKABE_ITO["green"],
+                    [r["connections"]["reused"] or None for r in scenarios],
+                ),
+            ],
+            x_label="connections created / hand-outs of a reused connection (count, logarithmic)",
+            y_label="scenario",
+            x_fmt=fmt_count,
+            log=True,
+            caption="Zero counts draw no bar.",
+        ),
+        svg.hbar_chart(
+            "cmp-acquire",
+            "Acquire wait p99 per scenario",
+            names,
+            [
+                (
+                    "acquire wait p99",
+                    OKABE_ITO["purple"],
+                    [r["acquire_ms"]["p99"] for r in scenarios],
+                )
+            ],
+            x_label="time waiting for a connection, 99th percentile (ms, logarithmic)",
+            y_label="scenario",
+            x_fmt=fmt_ms,
+            log=True,
+        ),
+    ]
+    return (
+        '<section id="comparison"><h2>Comparison across scenarios</h2>'
+        f'<div class="charts">{"".join(charts)}</div></section>'
+    )
+
+
+def _kv_table(rows: Sequence[tuple[str, str]], cls: str = "") -> str:
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f'<table class="{cls}"><tbody>{body}</tbody></table>'
+
+
+def _percentile_table(r: dict[str, Any]) -> str:
+    rows = []
+    for label, key in (
+        ("request latency", "latency_ms"),
+        ("acquire wait", "acquire_ms"),
+        ("connect (TCP + TLS)", "connect_ms"),
+    ):
+        d = r[key]
+        cells = "".join(
+            _num(d.get(p), _ms(d, p), f"{key}.{p}") for p in ("min", "p50", "p90", "p99", "max")
+        )
+        rows.append(f"<tr><th>{label}</th>{cells}</tr>")
+    head = (
+        "<tr><th></th><th class=num>min</th><th class=num>p50</th><th class=num>p90</th>"
+        "<th class=num>p99</th><th class=num>max</th></tr>"
+    )
+    return f'<table class="percentiles"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _figures(r: dict[str, Any]) -> tuple[str, str]:
+    """Key figures: counts and percentiles."""
+    req = r["requests"]
+    c = r["connections"]
+    reasons = ", ".join(f"{k} {v:,}" for k, v in c["close_reasons"].items()) or "none"
+    counts = [
+        ("requests completed", f"{req['ok']:,}"),
+        ("failed requests", f"{req['errors']:,}"),
+        ("throughput", f"{round(r['throughput_rps']):,} req/s over {r['elapsed_s']:.2f} s"),
+        ("connections created", f"{c['created']:,}"),
+        (
+            "hand-outs of a reused connection",
+            f"{c['reused']:,} of {c['handouts']:,} ({_pct(c['reused'], c['handouts'])})",
+        ),
+        ("connections closed, by reason", reasons),
+        ("connect attempts failed (then retried)", f"{c['connect_failed']:,}"),
+        ("acquires that queued for a slot", f"{c['acquire_queued']:,}"),
+    ]
+    server = r.get("server")
+    if server and server.get("accepted"):
+        accepted = sum(server["accepted"].values())
+        counts.append(("connections the server accepted", f"{accepted:,}"))
+    rows = "".join(f"<tr><th>{_e(k)}</th><td class=num>{_e(v)}</td></tr>" for k, v in counts)
+    return f'<table class="figures"><tbody>{rows}</tbody></table>', _percentile_table(r)
+
+
+def _address_table(r: dict[str, Any]) -> str:
+    per = r["connections"]["per_address"]
+    total = sum(v["handouts"] for v in per.values())
+    fails: dict[str, int] = {}
+    for f in r["connect_failures"]:
+        fails[f["address"]] = fails.get(f["address"], 0) + f["count"]
+    rows = []
+    for ip, v in per.items():
+        rows.append(
+            f"<tr><td>{_e(ip)}</td>"
+            + _num(v["created"], f"{v['created']:,}")
+            + _num(v["handouts"], f"{v['handouts']:,}")
+            + _num(None, _pct(v["handouts"], total))
+            + _num(fails.get(ip, 0), f"{fails.get(ip, 0):,}")
+            + "</tr>"
+        )
+    head = (
+        "<tr><th>Address</th><th class=num>Connections created</th><th class=num>Requests</th>"
+        "<th class=num>Share</th><th class=num>Connect failures</th></tr>"
+    )
+    return f'<table class="addresses"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _address_colors(addresses: Sequence[str]) -> dict[str, str]:
+    return {ip: ADDRESS_COLORS[i % len(ADDRESS_COLORS)] for i, ip in enumerate(addresses)}
+
+
+def _charts(r: dict[str, Any], idx: int) -> str:
+    name = r["name"]
+    cid = f"c{idx}"
+    ts = r["timeseries"]
+    markers = [(m["t_s"], m["label"]) for m in r.get("markers", [])]
+    lifetimes = r["lifetimes"]
+    end = max(
+        [r["elapsed_s"], r["duration_s"]]
+        + [lt[3] for lt in lifetimes if lt[3] is not None]
+        + list(ts["t_s"][-1:])
+    )
+    domain = (0.0, end)
+    out = []
+
+    series = [Series("completed requests", OKABE_ITO["blue"], ts["bucket_s"], ts["rps"])]
+    if any(ts["errors_per_s"]):
+        series.append(
+            Series(
+                "failed requests",
+                OKABE_ITO["vermillion"],
+                ts["bucket_s"],
+                ts["errors_per_s"],
+                dash="5 3",
+            )
+        )
+    out.append(
+        svg.line_chart(
+            f"{cid}-rps",
+            "Throughput over time",
+            series,
+            x_label="time since start (s)",
+            y_label="requests per second (req/s)",
+            x_domain=domain,
+            markers=markers,
+            caption=f"Requests finished per {ts['interval_s'] * 1000:g} ms bucket, as a rate.",
+            desc=f"Throughput of scenario {name} over time",
+        )
+    )
+
+    hist = r["histogram"]
+    if hist["edges"]:
+        lat = r["latency_ms"]
+        out.append(
+            svg.histogram_chart(
+                f"{cid}-hist",
+                "Latency and acquire wait distribution",
+                hist["edges"],
+                [
+                    ("request latency", OKABE_ITO["blue"], hist["latency"]),
+                    ("acquire wait", OKABE_ITO["orange"], hist["acquire"]),
+                ],
+                x_label="duration (ms, logarithmic; waits under 1 µs in the first bin)",
+                y_label="requests (count)",
+                vlines=[
+                    (lat["p50"], f"p50 {fmt_ms(lat['p50'])}"),
+                    (lat["p99"], f"p99 {fmt_ms(lat['p99'])}"),
+                ]
+                if lat["p50"] is not None
+                else [],
+                caption="Dotted lines: latency percentiles.",
+                desc=f"Distribution of latency and acquire wait in scenario {name}",
+            )
+        )
+
+    addresses = r["addresses"]
+    colors = _address_colors(addresses)
+    addr_series = ts["addresses"]
+    if ts["t_s"] and addr_series:
+        layers = []
+        n = len(ts["t_s"])
+        in_use = [0.0] * n
+        for ip in addresses:
+            s = addr_series.get(ip)
+            if s is None:
+                continue
+            values = [s["active"][i] + s["idle"][i] + s["pending"][i] for i in range(n)]
+            for i in range(n):
+                in_use[i] += s["active"][i]
+            layers.append((ip, colors[ip], values))
+        out.append(
+            svg.stacked_area_chart(
+                f"{cid}-conns",
+                "Open connections per address",
+                ts["t_s"],
+                layers,
+                x_label="time since start (s)",
+                y_label="connections (count)",
+                x_domain=domain,
+                overlay=Series(
+                    "in use (all addresses)", OKABE_ITO["black"], ts["t_s"], in_use, dash="4 3"
+                ),
+                markers=markers,
+                caption=f"pool.stats() sampled every {ts['interval_s'] * 1000:g} ms: idle, in use "
+                "and connecting, stacked by address.",
+                desc=f"Connections per address over time in scenario {name}",
+            )
+        )
+
+    per = r["connections"]["per_address"]
+    if per:
+        out.append(
+            svg.hbar_chart(
+                f"{cid}-share",
+                "Requests served per address",
+                list(per),
+                [("requests", OKABE_ITO["blue"], [v["handouts"] for v in per.values()])],
+                x_label="requests (count)",
+                y_label="address",
+                caption="Hand-outs of a connection to each address (one per request).",
+                desc=f"Requests per address in scenario {name}",
+            )
+        )
+
+    if lifetimes:
+        shown = lifetimes[:MAX_TIMELINE_BARS]
+        lanes = {ip: Lane(ip) for ip in addresses}
+        for conn_id, ip, start, stop, reason in shown:
+            lane = lanes.setdefault(ip, Lane(ip))
+            span = f"{start:.3f}–{stop:.3f} s" if stop is not None else f"from {start:.3f} s"
+            lane.bars.append(
+                Bar(start, stop, reason, f"connection #{conn_id} to {ip}, {span}, closed: {reason}")
+            )
+        cap = "One bar per connection, from connected to closed; overlapping connections stack."
+        if len(lifetimes) > len(shown):
+            cap += f" Showing the first {len(shown):,} of {len(lifetimes):,} connections."
+        out.append(
+            '<div class="wide">'
+            + svg.timeline_chart(
+                f"{cid}-life",
+                "Connection lifetimes by address, coloured by close reason",
+                [lanes[k] for k in lanes],
+                x_domain=domain,
+                colors=REASON_COLORS,
+                markers=markers,
+                caption=cap,
+                desc=f"Lifetimes of the {len(shown)} connections of scenario {name}",
+                width=1240,
+            )
+            + "</div>"
+        )
+    return f'<div class="charts">{"".join(out)}</div>'
+
+
+def _errors(r: dict[str, Any]) -> str:
+    errors = r["errors"]
+    parts = []
+    if errors:
+        items = []
+        for g in errors:
+            tb = ""
+            if g.get("traceback"):
+                tb = f"<details><summary>traceback of the first one</summary><pre>{_e(g['traceback'])}</pre></details>"
+            items.append(
+                f'<tr><td class="num">{g["count"]:,}</td><td class="num">{g["first_s"]:.3f}–'
+                f"{g['last_s']:.3f} s</td><td><pre>{_e(g['message'])}</pre>{tb}</td></tr>"
+            )
+        parts.append(
+            "<h3>Errors</h3>"
+            '<table class="errors"><thead><tr><th class=num>Count</th><th class=num>When</th>'
+            f"<th>Error (with its causes)</th></tr></thead><tbody>{''.join(items)}</tbody></table>"
+        )
+    else:
+        parts.append("<h3>Errors</h3><p>No request failed.</p>")
+    failures = r["connect_failures"]
+    if failures:
+        rows = "".join(
+            f"<tr><td>{_e(f['address'])}</td><td class=num>{f['count']:,}</td>"
+            f"<td><pre>{_e(f['detail'])}</pre></td></tr>"
+            for f in failures
+        )
+        parts.append(
+            "<h3>Connect attempts that failed</h3>"
+            "<p>Each was retried by the pool (on another address when one was free); a request "
+            "fails only when every attempt did.</p>"
+            '<table class="connect-failures"><thead><tr><th>Address</th><th class=num>Count</th>'
+            f"<th>Error</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    return "".join(parts)
+
+
+def _config(r: dict[str, Any]) -> str:
+    cfg = r["config"]
+    rows = [
+        (k, repr(v) if isinstance(v, str) and v not in ("inf",) else str(v)) for k, v in cfg.items()
+    ]
+    trace = r["trace"]
+    rows2 = [
+        ("endpoint", r["endpoint"] + (" (TLS)" if r["tls"] else "")),
+        ("protocol", r["protocol_detail"]),
+        ("concurrent clients", str(r["concurrency"])),
+        (
+            "think time between requests",
+            f"{r['think_s'][0] * 1000:g}–{r['think_s'][1] * 1000:g} ms"
+            if r["think_s"][1]
+            else "none",
+        ),
+        ("planned duration", f"{r['duration_s']:g} s"),
+        (
+            "trace events",
+            f"{trace['events']:,} ({trace['dropped']:,} dropped, ring of {trace['capacity']:,})",
+        ),
+    ]
+    return (
+        "<details><summary>Pool configuration and trace</summary>"
+        f'<div class="cols">{_kv_table(rows2)}{_kv_table(rows, "config")}</div></details>'
+    )
+
+
+def _scenario(r: dict[str, Any], idx: int) -> str:
+    figures, percentiles = _figures(r)
+    notes = "".join(f'<p class="note">{_e(n)}</p>' for n in r.get("notes", []))
+    return (
+        f'<section class="scenario" id="s-{_e(r["name"])}" data-scenario="{_e(r["name"])}">'
+        f"<h2>{_e(r['title'])} <small>({_e(r['name'])})</small></h2>"
+        f"<p>{_e(r['description'])}</p>{notes}"
+        f'<div class="cols">{figures}<div>{percentiles}{_address_table(r)}</div></div>'
+        f"{_charts(r, idx)}{_errors(r)}{_config(r)}</section>"
+    )
+
+
+def _environment(results: dict[str, Any]) -> str:
+    env = results.get("environment", {})
+    opts = results.get("options", {})
+    rows = [(k.replace("_", " "), "" if v is None else str(v)) for k, v in env.items()]
+    opt_rows = [
+        (k.replace("_", " "), ", ".join(v) if isinstance(v, list) else "" if v is None else str(v))
+        for k, v in opts.items()
+    ]
+    servers = results.get("servers") or {}
+    srv_rows = [(k.replace("_", " "), str(v)) for k, v in servers.items()]
+    extra = ""
+    skipped = results.get("skipped", [])
+    if skipped:
+        items = "".join(f"<li><b>{_e(s['name'])}</b>: {_e(s['reason'])}</li>" for s in skipped)
+        extra += f"<h3>Scenarios not run</h3><ul>{items}</ul>"
+    log = results.get("log", [])
+    if log:
+        items = "".join(
+            f"<tr><td class=num>{entry['count']:,}</td><td>{_e(entry['logger'])}</td>"
+            f"<td>{_e(entry['level'])}</td><td><pre>{_e(entry['message'])}</pre></td></tr>"
+            for entry in log
+        )
+        extra += (
+            "<h3>Log messages during the run</h3>"
+            '<table class="log"><thead><tr><th class=num>Count</th><th>Logger</th><th>Level</th>'
+            f"<th>Message</th></tr></thead><tbody>{items}</tbody></table>"
+        )
+    return (
+        '<section id="environment"><h2>Configuration and environment</h2>'
+        '<div class="cols">'
+        f"<div><h3>Environment</h3>{_kv_table(rows)}</div>"
+        f"<div><h3>Options</h3>{_kv_table(opt_rows)}"
+        + (f"<h3>Servers</h3>{_kv_table(srv_rows)}" if srv_rows else "")
+        + f"</div></div>{extra}</section>"
+    )
+
+
+def _nav(results: dict[str, Any]) -> str:
+    items = "".join(
+        f'<li><a href="#s-{_e(r["name"])}">{_e(r["title"])}</a></li>'
+        for r in results.get("scenarios", [])
+    )
+    return (
+        '<nav aria-label="Contents"><ol>'
+        '<li><a href="#comparison">Comparison</a></li>'
+        f"{items}"
+        '<li><a href="#environment">Configuration and environment</a></li>'
+        "</ol></nav>"
+    )
+
+
+def render(results: dict[str, Any]) -> str:
+    """The whole HTML page for ``results`` (the dict ``--json`` writes)."""
+    scenarios = results.get("scenarios", [])
+    body = [
+        _header(results),
+        _summary_table(results) if scenarios else "<p>No scenario finished.</p>",
+        _nav(results),
+        _comparison(results),
+    ]
+    body.extend(_scenario(r, i) for i, r in enumerate(scenarios))
+    body.append(_environment(results))
+    body.append(
+        f"<footer>Written by conpool stress {_e(results.get('environment', {}).get('conpool', ''))}"
+        f" at {_e(results.get('finished', ''))}. Every chart is inline SVG drawn by conpool; "
+        "this file loads nothing else.</footer>"
+    )
+    title = "conpool stress report"
+    if results.get("started"):
+        title += f" – {results['started']}"
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        # No favicon request: an empty inline icon.
+        '<link rel="icon" href="data:,">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
+        f"<body><main>{''.join(body)}</main></body></html>\n"
+    )
