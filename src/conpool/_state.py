@@ -108,6 +108,7 @@ class AddressState:
         "ejections",
         "failures",
         "idle",
+        "idle_pos",
         "ip",
         "listed",
         "pending",
@@ -122,6 +123,8 @@ class AddressState:
         # is the oldest (expired first).  A dict is an ordered set with O(1)
         # removal from the middle.
         self.idle: dict[ConnRecord, None] = {}
+        # Index in the endpoint's idle_addrs list while idle is not empty.
+        self.idle_pos = -1
         self.created = 0
         self.failures = 0
         self.consecutive_failures = 0
@@ -167,6 +170,7 @@ class EndpointState:
         "connect_failures",
         "created",
         "idle",
+        "idle_addrs",
         "key",
         "listed",
         "owner",
@@ -198,6 +202,10 @@ class EndpointState:
         # The only address, when there is exactly one: the reuse path then
         # needs no choice among addresses.
         self.single: AddressState | None = None
+        # The addresses holding idle connections, so that choosing where to
+        # reuse from costs the same with 64 addresses as with 2 (kept only
+        # while there is more than one address; see _addresses_changed).
+        self.idle_addrs: list[AddressState] = []
 
     @property
     def total(self) -> int:
@@ -208,6 +216,16 @@ class EndpointState:
             f"<EndpointState {self.key} active={self.active} idle={self.idle} "
             f"pending={self.pending} waiting={len(self.waiters)}>"
         )
+
+
+def _drop_idle_addr(ep: EndpointState, addr: AddressState) -> None:
+    """``addr`` has no idle record left: swap-remove it from ``ep.idle_addrs``."""
+    idle_addrs = ep.idle_addrs
+    last = idle_addrs.pop()
+    if last is not addr:
+        idle_addrs[addr.idle_pos] = last
+        last.idle_pos = addr.idle_pos
+    addr.idle_pos = -1
 
 
 def _always_usable(handle: Any) -> bool:
@@ -299,6 +317,14 @@ class PoolState:
     def _addresses_changed(ep: EndpointState) -> None:
         addresses = ep.addresses
         ep.single = next(iter(addresses.values())) if len(addresses) == 1 else None
+        for addr in ep.idle_addrs:
+            addr.idle_pos = -1
+        ep.idle_addrs = []
+        if ep.single is None:
+            for addr in addresses.values():
+                if addr.idle:
+                    addr.idle_pos = len(ep.idle_addrs)
+                    ep.idle_addrs.append(addr)
 
     # -- acquiring -------------------------------------------------------------
 
@@ -317,8 +343,15 @@ class PoolState:
         # (Idle records of an address that left the answer were closed when
         # it left, so "listed" needs no check here.)
         while ep.idle:
-            addr = ep.single or self._idle_address(ep)
-            rec, _ = addr.idle.popitem()  # the most recently used
+            single = ep.single
+            if single is not None:
+                addr = single
+                rec, _ = addr.idle.popitem()  # the most recently used
+            else:
+                addr = self._idle_address(ep)
+                rec, _ = addr.idle.popitem()
+                if not addr.idle:
+                    _drop_idle_addr(ep, addr)
             del self.lru[rec]
             ep.idle -= 1
             if now < rec.expires and self.is_usable(rec.handle):
@@ -350,11 +383,18 @@ class PoolState:
         Reusing from the address with the fewest connections in use spreads
         requests as evenly as the dial policy spreads connections.
         """
-        best: AddressState | None = None
-        for addr in ep.addresses.values():
-            if addr.idle and (best is None or addr.active < best.active):
+        candidates = ep.idle_addrs
+        n = len(candidates)
+        if n > 4:
+            # Many addresses: the less busy of two random ones (the power of
+            # two choices, see _balance.power_of_two) keeps this O(1).
+            i = self.rng.randrange(n)
+            j = self.rng.randrange(n - 1)
+            candidates = [candidates[i], candidates[j + 1 if j >= i else j]]
+        best = candidates[0]
+        for addr in candidates:
+            if addr.active < best.active:
                 best = addr
-        assert best is not None, "ep.idle > 0 but no address holds an idle record"
         return best
 
     def _expiry(self, rec: ConnRecord, now: float) -> str | None:
@@ -567,6 +607,9 @@ class PoolState:
             self._closed(rec, "evicted")
             return
         rec.state = IDLE
+        if not addr.idle and ep.single is None:
+            addr.idle_pos = len(ep.idle_addrs)
+            ep.idle_addrs.append(addr)
         addr.idle[rec] = None
         ep.idle += 1
         self.lru[rec] = None
@@ -592,6 +635,8 @@ class PoolState:
     def _close_idle(self, rec: ConnRecord, reason: str) -> None:
         addr = rec.addr
         del addr.idle[rec]
+        if not addr.idle and rec.ep.single is None:
+            _drop_idle_addr(rec.ep, addr)
         del self.lru[rec]
         rec.ep.idle -= 1
         rec.state = CLOSED
