@@ -168,28 +168,26 @@ class Connector:
         except BaseException as exc:
             # OSError covers refusals, resets, timeouts and TLS failures;
             # anything else is cancellation or a bug, and propagates as is.
-            counts = isinstance(exc, OSError)
-            state.attempt_failed(ep, ip, _monotonic(), counts=counts)
-            if not counts:
+            # The events go out before the state machine hears of the failure,
+            # so an ejection it decides on follows the failure that caused it.
+            elapsed = time.monotonic_ns() - start
+            if not isinstance(exc, OSError):
                 self.emit(
                     "connect.cancelled",
                     endpoint,
                     ip,
-                    duration_ns=time.monotonic_ns() - start,
+                    duration_ns=elapsed,
                     detail=type(exc).__name__,
                 )
+                state.attempt_failed(ep, ip, _monotonic(), counts=False)
                 raise
             errors.append((ip, exc))
             tried.append(ip)
             if tls_failure(exc):
-                self.emit("tls.failed", endpoint, ip, detail=describe(exc))
-            self.emit(
-                "connect.failed",
-                endpoint,
-                ip,
-                duration_ns=time.monotonic_ns() - start,
-                detail=describe(exc),
-            )
+                tls_ns = getattr(exc, "conpool_tls_ns", None)
+                self.emit("tls.failed", endpoint, ip, duration_ns=tls_ns, detail=describe(exc))
+            self.emit("connect.failed", endpoint, ip, duration_ns=elapsed, detail=describe(exc))
+            state.attempt_failed(ep, ip, _monotonic(), counts=True)
             return None
         conn.connect_ns = time.monotonic_ns() - start
         if conn.tls_ns is not None:

@@ -292,7 +292,13 @@ class ProtocolConnection(Connection):
     def close_now(self) -> None:
         if not self.closed:
             self.closed = True
-            self._transport.close()
+            if self._tls:
+                # A graceful TLS close waits for close_notify to be sent,
+                # which would outlive the pool (and the loop) when the pool
+                # closes; abort like the other backends do.
+                self._transport.abort()
+            else:
+                self._transport.close()
             self._proto._wake_reader()
 
     def usable(self) -> bool:

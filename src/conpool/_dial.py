@@ -69,6 +69,14 @@ def _socket(ip: str) -> socket.socket:
     return sock
 
 
+def _tls_timed(exc: BaseException, tls_start: int) -> BaseException:
+    """Note on a failure in the TLS handshake how long the handshake ran,
+    for the ``tls.failed`` trace event."""
+    if tls_start and isinstance(exc, OSError):
+        exc.conpool_tls_ns = time.monotonic_ns() - tls_start  # type: ignore[attr-defined]
+    return exc
+
+
 def _timeout_error(what: str, timeout: float | None) -> TimeoutError:
     return TimeoutError(f"{what} timed out after {timeout:g} s")
 
@@ -82,6 +90,7 @@ async def open_asyncio(
     transport: asyncio.Transport | None = None
     tls = endpoint.tls
     stage = "TCP connect"
+    tls_start = 0  # set when the handshake starts
     try:
         with anyio.fail_after(connect_timeout):
             await loop.sock_connect(sock, (ip, port))
@@ -97,9 +106,10 @@ async def open_asyncio(
             )
     except TimeoutError:
         _abort(transport, sock)
-        raise _timeout_error(stage, connect_timeout) from None
-    except BaseException:
+        raise _tls_timed(_timeout_error(stage, connect_timeout), tls_start) from None
+    except BaseException as exc:
         _abort(transport, sock)
+        _tls_timed(exc, tls_start)
         raise
     conn = ProtocolConnection(endpoint, (ip, port), transport, protocol, tls is not None)
     if tls is not None:
@@ -122,6 +132,7 @@ async def open_anyio(
     stream: SocketStream | None = None
     tls = endpoint.tls
     stage = "TCP connect"
+    tls_start = 0  # set when the handshake starts
     try:
         with anyio.fail_after(connect_timeout):
             err = sock.connect_ex((ip, port))
@@ -146,9 +157,10 @@ async def open_anyio(
             return conn
     except TimeoutError:
         await _aclose_quietly(stream, sock)
-        raise _timeout_error(stage, connect_timeout) from None
-    except BaseException:
+        raise _tls_timed(_timeout_error(stage, connect_timeout), tls_start) from None
+    except BaseException as exc:
         await _aclose_quietly(stream, sock)
+        _tls_timed(exc, tls_start)
         raise
 
 

@@ -8,6 +8,7 @@ HTTP handler with ``Content-Type: text/plain; version=0.0.4``.
 from __future__ import annotations
 
 import math
+import re
 
 from ._stats import HistogramStats, PoolStats
 
@@ -74,7 +75,7 @@ def prometheus_text(stats: PoolStats, prefix: str = "conpool") -> str:
     """
     if not isinstance(stats, PoolStats):
         raise TypeError(f"stats must be a conpool.PoolStats, got {stats!r}")
-    if not prefix or not all(c.isalnum() or c == "_" for c in prefix) or prefix[0].isdigit():
+    if not isinstance(prefix, str) or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", prefix):
         raise ValueError(f"prefix must be a metric name ([a-zA-Z_][a-zA-Z0-9_]*), got {prefix!r}")
     w = _Writer(prefix)
     ends = sorted(stats.endpoints.items(), key=lambda item: (str(item[0]), item[0].tls is None))

@@ -8,6 +8,7 @@ A hook that raises is switched off and logged once; it never breaks the pool
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -54,6 +55,12 @@ class Hooks:
             raise TypeError(f"hook pattern must be a non-empty str, got {pattern!r}")
         if not callable(hook):
             raise TypeError(f"hook must be callable, got {hook!r}")
+        if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
+            getattr(hook, "__call__", None)  # noqa: B004 - an async __call__ method
+        ):
+            raise TypeError(
+                f"hook must be a plain function, not async: {hook!r} would never be awaited"
+            )
         self._hooks.append((pattern, hook))
 
     def remove(self, hook: Hook) -> None:
@@ -80,16 +87,21 @@ class Hooks:
         event = Event(
             ts, kind, str(endpoint) if endpoint else "", address, conn_id, duration_ns, detail
         )
+        disabled: list[Hook] = []
         for pattern, hook in list(self._hooks):
-            if not _matches(pattern, kind):
+            if not _matches(pattern, kind) or any(hook is d for d in disabled):
                 continue
             try:
                 hook(event)
             except Exception:
+                disabled.append(hook)
                 self._hooks = [(p, h) for p, h in self._hooks if h is not hook]
                 logger.exception("conpool: hook %r raised on %s and is now disabled", hook, kind)
-                if kind != "hook.disabled":
-                    self("hook.disabled", endpoint, address, conn_id, None, repr(hook))
+        # Reported after every hook saw this event, so that all of them see
+        # the events in the same order as the tracer.
+        if kind != "hook.disabled":
+            for hook in disabled:
+                self("hook.disabled", endpoint, address, conn_id, None, repr(hook))
 
 
 class LogExporter:

@@ -264,6 +264,8 @@ class Pool:
                 if granted is None:
                     return await self._dial(ep, endpoint)
                 if self._health is None or await self._healthy(granted.handle, granted):
+                    if self._trace is not None:
+                        self._trace("conn.reuse", endpoint, granted.addr.ip, granted.id)
                     return granted.handle  # type: ignore[no-any-return]
             got = state.acquire(ep, _monotonic())
             if state.to_close or state.to_wake:
@@ -382,11 +384,13 @@ class Pool:
                     await handle.wait()
                 if w.grant is None and not state.closed:
                     raise self._timed_out(endpoint)
-        except BaseException:
+        except BaseException as exc:
             # Timed out, cancelled, or closed: whatever the machine granted
             # in the meantime goes to the next waiter.
             state.cancel(w, _monotonic())
             self._flush()
+            if isinstance(exc, PoolTimeout):
+                self._emit("acquire.timeout", endpoint, duration_ns=time.monotonic_ns() - waited)
             raise
         finally:
             elapsed = time.monotonic_ns() - waited
@@ -412,7 +416,6 @@ class Pool:
             fut.set_exception(self._timed_out(w.ep.key))  # type: ignore[arg-type]
 
     def _timed_out(self, endpoint: Endpoint) -> PoolTimeout:
-        self._emit("acquire.timeout", endpoint)
         return PoolTimeout(
             f"no connection to {endpoint} became free within "
             f"acquire_timeout={self.config.acquire_timeout:g} s"
