@@ -30,9 +30,9 @@ from ._connection import Connection
 from ._dial import open_anyio, open_asyncio
 from ._endpoint import Endpoint
 from ._errors import PoolClosed, PoolError, PoolTimeout, ResolveError, describe
-from ._hooks import Hook, Hooks
+from ._hooks import Hook, Hooks, logger
 from ._resolve import ResolutionCache, Resolver, SystemResolver
-from ._state import DIAL, ConnRecord, EndpointState, PoolState, Waiter
+from ._state import DIAL, IDLE, ConnRecord, EndpointState, PoolState, Waiter
 from ._stats import Histogram, PoolStats, snapshot
 from ._trace import Tracer
 
@@ -129,6 +129,8 @@ class Pool:
         self._native = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._refreshing: set[str] = set()
+        self._sweep_scope: anyio.CancelScope | None = None
+        self._sweep_at = 0.0  # monotonic time the sweeper wakes up next
         self._last_key: object = object()  # matches no endpoint
         self._last_ep = EndpointState(None)
         self._got: ConnRecord | int = 0
@@ -293,6 +295,10 @@ class Pool:
             state.release(rec, _monotonic(), False, "closed" if conn.closed else "error")
         else:
             state.release(rec, _monotonic(), True)
+            if rec.expires < self._sweep_at and rec.state == IDLE:
+                # The sweeper sleeps past this connection's expiry (it had
+                # nothing to wait for): bring its wake-up forward.
+                self._sweep_sooner(rec.expires)
         if self._trace is not None:
             self._trace("conn.release", rec.ep.key, rec.addr.ip, rec.id)
         if state.to_close or state.to_wake:
@@ -577,7 +583,12 @@ class Pool:
     async def _sweeper(self) -> None:
         """Close expired idle connections, and refresh names whose answer
         expired while they have connections, so that addresses that left the
-        answer drain even when nobody dials."""
+        answer drain even when nobody dials.
+
+        It sleeps until the earliest deadline the machine knows of (at most a
+        second, for the name refreshes); a release that makes an earlier one
+        moves its wake-up forward (see :meth:`_put_back`).
+        """
         state = self._state
         interval = self.config.sweep_interval
         while not state.closed:
@@ -585,22 +596,43 @@ class Pool:
             if interval is not None:
                 delay = interval
             else:
-                delay = min(max(state.next_deadline() - now, 0.01), 1.0)
-            await anyio.sleep(delay)
-            now = _monotonic()
-            state.sweep(now)
-            self._flush()
-            for ep in list(state.endpoints.values()):
-                endpoint: Endpoint = ep.key  # type: ignore[assignment]
-                if (
-                    not endpoint.is_ip
-                    and ep.total
-                    and endpoint.host not in self._refreshing
-                    and self._names.peek(endpoint.host, now) is None
-                    and self._tg is not None
-                ):
-                    self._refreshing.add(endpoint.host)
-                    self._tg.start_soon(self._refresh, ep, endpoint)
+                delay = min(max(state.next_deadline() - now, 0.005), 1.0)
+            self._sweep_at = now + delay
+            with anyio.CancelScope(deadline=anyio.current_time() + delay) as scope:
+                self._sweep_scope = scope
+                await anyio.sleep_forever()
+            self._sweep_scope = None
+            try:
+                self._sweep_once()
+            except Exception:
+                # A bug here must not take the application's tasks down with
+                # the pool's task group: log it and keep sweeping.
+                logger.exception("conpool: the expiry sweep failed")
+
+    def _sweep_once(self) -> None:
+        state = self._state
+        now = _monotonic()
+        state.sweep(now)
+        self._flush()
+        tg = self._tg
+        for ep in list(state.endpoints.values()):
+            endpoint: Endpoint = ep.key  # type: ignore[assignment]
+            if (
+                not endpoint.is_ip
+                and ep.total
+                and endpoint.host not in self._refreshing
+                and self._names.peek(endpoint.host, now) is None
+                and tg is not None
+            ):
+                self._refreshing.add(endpoint.host)
+                tg.start_soon(self._refresh, ep, endpoint)
+
+    def _sweep_sooner(self, when: float) -> None:
+        """Wake the sweeper at monotonic time ``when`` instead of later."""
+        scope = self._sweep_scope
+        if scope is not None and self.config.sweep_interval is None:
+            self._sweep_at = when
+            scope.deadline = anyio.current_time() + max(when - _monotonic(), 0.0)
 
     async def _refresh(self, ep: EndpointState, endpoint: Endpoint) -> None:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import fnmatch
 import importlib.util
 import json
 import logging
@@ -111,7 +112,8 @@ def build_parser(prog: str = "conpool stress") -> argparse.ArgumentParser:
         "--duration",
         type=_duration,
         metavar="S",
-        help=f"seconds per scenario (default {DEFAULT_DURATION:g}, {QUICK_DURATION:g} with --quick)",
+        help=f"seconds per scenario (default {DEFAULT_DURATION:g}, "
+        f"{QUICK_DURATION:g} with --quick)",
     )
     parser.add_argument(
         "--concurrency",
@@ -406,19 +408,25 @@ def _plan(
         patterns = [p.strip() for p in args.scenarios.split(",") if p.strip()]
         if not patterns:
             raise UsageError("--scenarios needs at least one name")
+        if target is not None:
+            # A name that only the embedded servers can run deserves a precise error.
+            available = {s.name for s in everything}
+            for pattern in patterns:
+                blocked = [
+                    s.name
+                    for s in all_scenarios(duration)
+                    if s.name not in available and fnmatch.fnmatchcase(s.name, pattern)
+                ]
+                if blocked and not any(fnmatch.fnmatchcase(n, pattern) for n in available):
+                    raise UsageError(
+                        f"scenario {blocked[0]!r} needs the embedded servers and cannot run "
+                        "with --target"
+                    )
         try:
             chosen = select(everything, patterns)
         except ValueError as exc:
-            if target is not None:
-                embedded = {s.name for s in all_scenarios(duration)}
-                missing = [p for p in patterns if p in embedded]
-                if missing:
-                    raise UsageError(
-                        f"scenario {missing[0]!r} needs the embedded servers and cannot run "
-                        "with --target"
-                    ) from None
             raise UsageError(str(exc)) from None
-        skipped = [s for s in skipped if s["name"] in {p for p in patterns}]
+        skipped = [s for s in skipped if any(fnmatch.fnmatchcase(s["name"], p) for p in patterns)]
         return chosen, skipped, target
     return everything, skipped, target
 
@@ -445,12 +453,12 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
         json_path = _check_output(args.json, "--json") if args.json else None
         if args.render is not None:
             try:
-                results = json.loads(Path(args.render).read_text(encoding="utf-8"))
+                saved = json.loads(Path(args.render).read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise UsageError(f"--render {args.render!r}: {exc}") from None
-            if not isinstance(results, dict) or "scenarios" not in results:
+            if not isinstance(saved, dict) or "scenarios" not in saved:
                 raise UsageError(f"--render {args.render!r}: not results written by --json")
-            _write(results, out, None)
+            _write(saved, out, None)
             err.print(f"report written to {out}", highlight=False)
             return 0
         _backend_available(args.backend)

@@ -9,7 +9,6 @@ saved results (``conpool stress --render results.json``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from html import escape
 from typing import Any
@@ -24,10 +23,12 @@ from .svg import (
     Series,
     fmt_count,
     fmt_ms,
-    fmt_rate,
 )
 
 __all__ = ["MAX_TIMELINE_BARS", "render", "summary_rows"]
+
+#: An en dash, for ranges and missing values.
+DASH = "\u2013"
 
 #: Connections drawn on one timeline; beyond that the earliest ones are kept.
 MAX_TIMELINE_BARS = 4000
@@ -37,7 +38,8 @@ _CSS = """
 * { box-sizing: border-box; }
 html { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 body { margin: 0; color: var(--fg); background: #fff;
-  font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+  font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+  sans-serif; }
 main { max-width: 1320px; margin: 0 auto; padding: 20px 28px 48px; }
 h1 { font-size: 1.7rem; margin: 0 0 4px; }
 h2 { font-size: 1.3rem; margin: 0 0 6px; padding-top: 8px; }
@@ -58,22 +60,25 @@ th { background: var(--bg-alt); font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tbody tr:nth-child(even) td { background: #fafbfc; }
 table.summary { width: 100%; }
+table.summary td:first-child, table.summary td:nth-child(2) { white-space: nowrap; }
 .bad { color: #b03a00; font-weight: 600; }
 .cols { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 0 28px; }
-.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 18px 28px;
-  margin-top: 10px; }
+.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr));
+  gap: 18px 28px; margin-top: 10px; }
 .charts .wide { grid-column: 1 / -1; }
 figure { margin: 0; break-inside: avoid; }
 figure svg.chart { width: 100%; height: auto; display: block; }
 figcaption { color: var(--muted); font-size: 0.82rem; margin-top: 2px; }
-svg text { fill: #222; font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }
+svg text { fill: #222;
+  font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }
 svg .grid { stroke: #e4e4e4; stroke-width: 1; }
 svg .axis, svg .tickmark { stroke: #444; stroke-width: 1; }
 svg .tick, svg .value { fill: #333; }
 svg .label { fill: #111; font-weight: 600; }
 svg .category { fill: #111; }
 svg .marker { stroke: #000; stroke-width: 1.2; stroke-dasharray: 5 3; }
-svg .marker-label { fill: #000; font-weight: 600; }
+svg .marker-label { fill: #000; font-weight: 600; paint-order: stroke; stroke: #fff;
+  stroke-width: 3px; stroke-linejoin: round; }
 svg .pline { stroke: #333; stroke-width: 1; stroke-dasharray: 2 2; }
 svg .pline-label { fill: #333; font-size: 10px; }
 svg .lane { fill: #f4f5f6; }
@@ -110,30 +115,28 @@ def _ms(d: dict[str, Any], key: str) -> str:
 
 
 def _pct(part: float, whole: float) -> str:
-    return f"{100.0 * part / whole:.1f} %" if whole else "–"
+    return f"{100.0 * part / whole:.1f} %" if whole else DASH
 
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The numbers of the summary table, per scenario (used by the terminal table too)."""
-    rows = []
-    for r in results.get("scenarios", []):
-        rows.append(
-            {
-                "name": r["name"],
-                "protocol": r["protocol"] + (" + TLS" if r.get("tls") else ""),
-                "requests": r["requests"]["ok"],
-                "throughput_rps": r["throughput_rps"],
-                "p50": r["latency_ms"]["p50"],
-                "p90": r["latency_ms"]["p90"],
-                "p99": r["latency_ms"]["p99"],
-                "max": r["latency_ms"]["max"],
-                "acquire_p99": r["acquire_ms"]["p99"],
-                "created": r["connections"]["created"],
-                "reused": r["connections"]["reused"],
-                "errors": r["requests"]["errors"],
-            }
-        )
-    return rows
+    return [
+        {
+            "name": r["name"],
+            "protocol": r["protocol"] + (" + TLS" if r.get("tls") else ""),
+            "requests": r["requests"]["ok"],
+            "throughput_rps": r["throughput_rps"],
+            "p50": r["latency_ms"]["p50"],
+            "p90": r["latency_ms"]["p90"],
+            "p99": r["latency_ms"]["p99"],
+            "max": r["latency_ms"]["max"],
+            "acquire_p99": r["acquire_ms"]["p99"],
+            "created": r["connections"]["created"],
+            "reused": r["connections"]["reused"],
+            "errors": r["requests"]["errors"],
+        }
+        for r in results.get("scenarios", [])
+    ]
 
 
 # ----------------------------------------------------------------------------
@@ -149,7 +152,7 @@ def _header(results: dict[str, Any]) -> str:
     where = (
         f"against {target} ({opts.get('protocol')})"
         if target
-        else "against its own servers on 127.0.0.11–14"
+        else f"against its own servers on 127.0.0.11{DASH}14"
     )
     if results.get("interrupted"):
         status = (
@@ -166,7 +169,9 @@ def _header(results: dict[str, Any]) -> str:
         f'<p class="sub">{_e(results.get("started", ""))} · conpool {_e(env.get("conpool", "?"))} '
         f"· {_e(env.get('event_loop', env.get('backend', '?')))} · {where} · "
         f"{len(scenarios)} scenarios of {_e(opts.get('duration_s', '?'))} s with "
-        f"{_e(opts.get('concurrency', '?'))} concurrent clients · {status}</p>"
+        f"{_e(opts.get('concurrency', '?'))} concurrent clients"
+        + (f" · {results['elapsed_s']:.0f} s in all" if results.get("elapsed_s") else "")
+        + f" · {status}</p>"
         "</header>"
     )
 
@@ -222,7 +227,7 @@ def _comparison(results: dict[str, Any]) -> str:
             [("requests per second", OKABE_ITO["blue"], [r["throughput_rps"] for r in scenarios])],
             x_label="completed requests per second (req/s)",
             y_label="scenario",
-            x_fmt=fmt_count,
+            x_fmt=lambda v: f"{round(v):,}",
             caption="Successful requests divided by the scenario's run time.",
         ),
         svg.hbar_chart(
@@ -238,7 +243,7 @@ def _comparison(results: dict[str, Any]) -> str:
             y_label="scenario",
             x_fmt=fmt_ms,
             log=True,
-            caption="Logarithmic axis: each grid line is ten times the one before.",
+            caption="Logarithmic axis: equal distances are equal ratios.",
         ),
         svg.hbar_chart(
             "cmp-connections",
@@ -396,7 +401,7 @@ def _charts(r: dict[str, Any], idx: int) -> str:
             y_label="requests per second (req/s)",
             x_domain=domain,
             markers=markers,
-            caption=f"Requests finished per {ts['interval_s'] * 1000:g} ms bucket, as a rate.",
+            caption=f"Requests finished per {ts['bucket_interval_s'] * 1000:g} ms, as a rate.",
             desc=f"Throughput of scenario {name} over time",
         )
     )
@@ -480,7 +485,7 @@ def _charts(r: dict[str, Any], idx: int) -> str:
         lanes = {ip: Lane(ip) for ip in addresses}
         for conn_id, ip, start, stop, reason in shown:
             lane = lanes.setdefault(ip, Lane(ip))
-            span = f"{start:.3f}–{stop:.3f} s" if stop is not None else f"from {start:.3f} s"
+            span = f"{start:.3f}{DASH}{stop:.3f} s" if stop is not None else f"from {start:.3f} s"
             lane.bars.append(
                 Bar(start, stop, reason, f"connection #{conn_id} to {ip}, {span}, closed: {reason}")
             )
@@ -513,9 +518,12 @@ def _errors(r: dict[str, Any]) -> str:
         for g in errors:
             tb = ""
             if g.get("traceback"):
-                tb = f"<details><summary>traceback of the first one</summary><pre>{_e(g['traceback'])}</pre></details>"
+                tb = (
+                    "<details><summary>traceback of the first one</summary>"
+                    f"<pre>{_e(g['traceback'])}</pre></details>"
+                )
             items.append(
-                f'<tr><td class="num">{g["count"]:,}</td><td class="num">{g["first_s"]:.3f}–'
+                f'<tr><td class="num">{g["count"]:,}</td><td class="num">{g["first_s"]:.3f}&ndash;'
                 f"{g['last_s']:.3f} s</td><td><pre>{_e(g['message'])}</pre>{tb}</td></tr>"
             )
         parts.append(
@@ -539,6 +547,19 @@ def _errors(r: dict[str, Any]) -> str:
             '<table class="connect-failures"><thead><tr><th>Address</th><th class=num>Count</th>'
             f"<th>Error</th></tr></thead><tbody>{rows}</tbody></table>"
         )
+    events = r.get("address_events", [])
+    if events:
+        rows = "".join(
+            f"<tr><td class=num>{t:.3f} s</td><td>{_e(ip)}</td><td>{_e(kind)}</td>"
+            f"<td>{_e(detail)}</td></tr>"
+            for t, kind, ip, detail in events
+        )
+        parts.append(
+            "<h3>Address health</h3>"
+            "<p>Addresses the pool took out of rotation after failed connects, and put back.</p>"
+            '<table class="address-events"><thead><tr><th class=num>When</th><th>Address</th>'
+            f"<th>Event</th><th>Detail</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
     return "".join(parts)
 
 
@@ -554,9 +575,15 @@ def _config(r: dict[str, Any]) -> str:
         ("concurrent clients", str(r["concurrency"])),
         (
             "think time between requests",
-            f"{r['think_s'][0] * 1000:g}–{r['think_s'][1] * 1000:g} ms"
+            f"{r['think_s'][0] * 1000:g}{DASH}{r['think_s'][1] * 1000:g} ms"
             if r["think_s"][1]
             else "none",
+        ),
+        (
+            "bursts",
+            f"{r['burst_s'][1] * 1000:g} ms of requests every {r['burst_s'][0] * 1000:g} ms"
+            if r.get("burst_s")
+            else "none: continuous load",
         ),
         ("planned duration", f"{r['duration_s']:g} s"),
         (
@@ -651,7 +678,7 @@ def render(results: dict[str, Any]) -> str:
     )
     title = "conpool stress report"
     if results.get("started"):
-        title += f" – {results['started']}"
+        title += f" {DASH} {results['started']}"
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'

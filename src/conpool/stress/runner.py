@@ -11,6 +11,7 @@ reasons, connect failures).  Everything the report shows comes out of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import math
@@ -33,7 +34,7 @@ import conpool
 
 from .protocols import Protocol, make_protocol
 from .scenarios import Action, Scenario
-from .servers import STRESS_ADDRESSES, STRESS_NAME, ServerProcess
+from .servers import STRESS_ADDRESSES, STRESS_NAME, ServerError, ServerProcess
 
 __all__ = [
     "RunControl",
@@ -246,6 +247,7 @@ class TraceDigest:
         self.created: Counter[str] = Counter()  # connect.complete per address
         self.failures: Counter[tuple[str, str]] = Counter()  # (address, detail)
         self.connect_ms: list[float] = []
+        self.address_events: list[list[Any]] = []  # [t_s, kind, address, detail]
         self.dropped = 0
         self.events = 0
 
@@ -279,6 +281,10 @@ class TraceDigest:
                 )
             elif kind == "connect.failed":
                 self.failures[(ev.address, ev.detail)] += 1
+            elif kind.startswith("address."):
+                self.address_events.append(
+                    [round(self._t(ev.ts_ns), 5), kind, ev.address, ev.detail]
+                )
 
     def drain(self, tracer: conpool.Tracer) -> None:
         """Take every event out of ``tracer`` (no await in between: atomic on the loop)."""
@@ -396,7 +402,10 @@ async def run_scenario(
     proto: Protocol = make_protocol(protocol_name, http_host)
     config = conpool.Config(**scenario.config)
     tracer = conpool.Tracer(capacity=TRACE_CAPACITY)
-    interval = min(max(duration / 60.0, 0.02), 0.1)
+    # pool.stats() is cheap: sample it finely enough to see bursts of tens
+    # of milliseconds; throughput is counted in coarser buckets to be readable.
+    interval = min(max(duration / 150.0, 0.01), 0.05)
+    bucket = min(max(duration / 120.0, 0.01), 0.1)
 
     latency = array("q")
     acquire = array("q")
@@ -426,9 +435,21 @@ async def run_scenario(
             nonlocal finished_ns
             rng = random.Random(index)
             think_lo, think_hi = scenario.think
+            burst = scenario.burst
             perf = time.perf_counter_ns
             mono = time.monotonic_ns
             while mono() < deadline_ns and not control.stop:
+                if burst is not None:
+                    period, active = burst
+                    phase = ((mono() - t0_ns) / 1e9) % period
+                    if phase >= active:
+                        # Off between bursts: wait for the next one (a little
+                        # jitter, so that clients do not start in lockstep).
+                        pause = period - phase + rng.uniform(0.0, 0.002)
+                        if mono() + pause * 1e9 >= deadline_ns:
+                            break
+                        await anyio.sleep(pause)
+                        continue
                 start = perf()
                 try:
                     with anyio.fail_after(REQUEST_TIMEOUT):
@@ -499,12 +520,17 @@ async def run_scenario(
             await anyio.sleep(max(0.0, t0_ns / 1e9 + action.at * duration - time.monotonic()))
             if control.stop:
                 return
-            if action.op == "down":
-                down.add(action.address)
-                await _call(servers.down, action.address)
-            else:
-                await _call(servers.up, action.address)
-                down.discard(action.address)
+            t_s = (time.monotonic_ns() - t0_ns) / 1e9
+            try:
+                if action.op == "down":
+                    down.add(action.address)
+                    await _call(servers.down, action.address)
+                else:
+                    await _call(servers.up, action.address)
+                    down.discard(action.address)
+            except ServerError as exc:
+                errors.add_note("servers", f"could not {action.label}: {exc}", t_s)
+                return
             markers.append(
                 {"t_s": round((time.monotonic_ns() - t0_ns) / 1e9, 4), "label": action.label}
             )
@@ -535,7 +561,8 @@ async def run_scenario(
                     # Never leave an address down for the next scenario.
                     with anyio.CancelScope(shield=True):
                         for ip in sorted(down):
-                            await _call(servers.up, ip)
+                            with contextlib.suppress(ServerError):
+                                await _call(servers.up, ip)
         interrupted = scope.cancelled_caught or control.stop
         if not interrupted:
             sample()
@@ -566,6 +593,7 @@ async def run_scenario(
         errors=errors,
         markers=markers,
         interval=interval,
+        bucket=bucket,
         samples_t=samples_t,
         samples_addr=samples_addr,
         samples_waiting=samples_waiting,
@@ -623,6 +651,7 @@ def _result(
     errors: _Errors,
     markers: list[dict[str, Any]],
     interval: float,
+    bucket: float,
     samples_t: list[float],
     samples_addr: dict[str, dict[str, list[int]]],
     samples_waiting: list[int],
@@ -634,7 +663,7 @@ def _result(
 ) -> dict[str, Any]:
     lat_ms = _ms(latency)
     acq_ms = _ms(acquire)
-    nbuckets = max(1, math.ceil(elapsed / interval))
+    nbuckets = max(1, math.ceil(elapsed / bucket))
     created = sum(digest.created.values())
     handouts = sum(digest.handouts.values())
     ep_stats = final_stats.endpoints.get(endpoint) if final_stats is not None else None
@@ -655,6 +684,8 @@ def _result(
         for (ip, detail), n in digest.failures.most_common()
     ]
     notes = list(scenario.notes)
+    if scenario.group == "balance" and len(addresses) < 2:
+        notes.append("the endpoint has a single address: the policy has nothing to choose from")
     if digest.dropped:
         notes.append(
             f"the tracer dropped {digest.dropped} events (ring buffer of {tracer.capacity})"
@@ -677,6 +708,7 @@ def _result(
         "config": config_dict(config),
         "concurrency": concurrency,
         "think_s": list(scenario.think),
+        "burst_s": list(scenario.burst) if scenario.burst is not None else None,
         "duration_s": duration,
         "elapsed_s": round(elapsed, 4),
         "requests": {"ok": ok, "errors": len(failed), "total": ok + len(failed)},
@@ -687,12 +719,13 @@ def _result(
         "histogram": log_histogram({"latency": lat_ms, "acquire": acq_ms}),
         "timeseries": {
             "interval_s": interval,
+            "bucket_interval_s": bucket,
             "t_s": [round(t, 4) for t in samples_t],
             "addresses": samples_addr,
             "waiting": samples_waiting,
-            "bucket_s": [round((i + 1) * interval, 4) for i in range(nbuckets)],
-            "rps": [round(c / interval, 1) for c in _buckets(done, interval, nbuckets)],
-            "errors_per_s": [round(c / interval, 1) for c in _buckets(failed, interval, nbuckets)],
+            "bucket_s": [round((i + 1) * bucket, 4) for i in range(nbuckets)],
+            "rps": [round(c / bucket, 1) for c in _buckets(done, bucket, nbuckets)],
+            "errors_per_s": [round(c / bucket, 1) for c in _buckets(failed, bucket, nbuckets)],
         },
         "connections": {
             "created": created,
@@ -711,6 +744,7 @@ def _result(
         },
         "lifetimes": digest.lifetimes,
         "connect_failures": failures,
+        "address_events": digest.address_events,
         "errors": errors.result(),
         "markers": markers,
         "trace": {

@@ -41,6 +41,9 @@ class Scenario:
         of the target.
     :ivar config: keyword arguments of :class:`conpool.Config`.
     :ivar think: each client sleeps uniformly in this range (s) between requests.
+    :ivar burst: ``(period, active)``: clients send only during the first
+        ``active`` seconds of every ``period`` and wait out the rest, so the
+        pool sees a gap of ``period - active`` with nothing in use.
     :ivar actions: what happens to the servers during the run.
     :ivar embedded_only: needs the embedded servers (not possible with ``--target``).
     """
@@ -53,6 +56,7 @@ class Scenario:
     protocol: str | None
     config: dict[str, Any]
     think: tuple[float, float] = (0.0, 0.0)
+    burst: tuple[float, float] | None = None
     actions: tuple[Action, ...] = ()
     embedded_only: bool = False
     notes: tuple[str, ...] = field(default=())
@@ -76,60 +80,60 @@ def all_scenarios(duration: float, *, target: bool = False) -> list[Scenario]:
     load = "echo" if not target else None
     web = "http" if not target else None
     port = "target" if target else None
-    out: list[Scenario] = []
-    for limit in LIMITS:
-        out.append(
-            Scenario(
-                name=f"limit-{limit}",
-                title=f"Per-endpoint limit {limit}",
-                group="limits",
-                description=(
-                    f"Every client hammers one endpoint; the pool may hold at most {limit} "
-                    "connection(s) to it, so the other clients queue for a free one."
-                ),
-                port=port or "echo",
-                protocol=load,
-                config={"max_connections_per_endpoint": limit},
-            )
+    out: list[Scenario] = [
+        Scenario(
+            name=f"limit-{limit}",
+            title=f"Per-endpoint limit {limit}",
+            group="limits",
+            description=(
+                f"Every client hammers one endpoint; the pool may hold at most {limit} "
+                "connection(s) to it, so the other clients queue for a free one."
+            ),
+            port=port or "echo",
+            protocol=load,
+            config={"max_connections_per_endpoint": limit},
         )
-    for policy in POLICIES:
-        out.append(
-            Scenario(
-                name=f"balance-{policy}",
-                title=f"Balancing: {policy}",
-                group="balance",
-                description=(
-                    f"Config.balance={policy!r} spreads new connections over the four "
-                    "addresses; connections are recycled after 50 uses so the policy keeps "
-                    "choosing throughout the run."
-                ),
-                port=port or "http",
-                protocol=web,
-                config={
-                    "max_connections_per_endpoint": 16,
-                    "balance": policy,
-                    "max_connection_uses": 50,
-                    "balance_seed": 1,
-                },
-            )
+        for limit in LIMITS
+    ]
+    out.extend(
+        Scenario(
+            name=f"balance-{policy}",
+            title=f"Balancing: {policy}",
+            group="balance",
+            description=(
+                f"Config.balance={policy!r} spreads new connections over the four "
+                "addresses; connections are recycled after 50 uses so the policy keeps "
+                "choosing throughout the run."
+            ),
+            port=port or "http",
+            protocol=web,
+            config={
+                "max_connections_per_endpoint": 16,
+                "balance": policy,
+                "max_connection_uses": 50,
+                "balance_seed": 1,
+            },
         )
+        for policy in POLICIES
+    )
     out.append(
         Scenario(
             name="churn",
             title="Churn: short idle timeout and max uses",
             group="churn",
             description=(
-                "Connections are closed after 20 uses or 5 ms idle, and clients pause up to "
-                "10 ms between requests: the pool opens and retires connections all the time."
+                "Connections are closed after 10 uses or 5 ms idle, and clients send in bursts "
+                "(75 ms on, 50 ms off): the pool keeps opening connections and retiring them, "
+                "for both reasons."
             ),
             port=port or "http",
             protocol=web,
             config={
                 "max_connections_per_endpoint": 16,
                 "max_idle_time": 0.005,
-                "max_connection_uses": 20,
+                "max_connection_uses": 10,
             },
-            think=(0.0, 0.010),
+            burst=(0.125, 0.075),
         )
     )
     if not target:
@@ -213,14 +217,14 @@ def all_scenarios(duration: float, *, target: bool = False) -> list[Scenario]:
                 group="failure",
                 description=(
                     f"The HTTP server closes a connection idle for {IDLE_CLOSE * 1000:g} ms "
-                    "while the pool would keep it 60 s; clients pause up to 300 ms between "
-                    "requests. The pool must notice the closed connections (stale) instead "
-                    "of handing them out."
+                    "while the pool would keep it 60 s. Clients send in bursts of 50 ms every "
+                    "250 ms, so between bursts the server closes every pooled connection: the "
+                    "pool must notice (closed: stale) instead of handing them out."
                 ),
                 port="http_idle",
                 protocol="http",
                 config={"max_connections_per_endpoint": 16, "max_idle_time": 60.0},
-                think=(0.0, 0.3),
+                burst=(0.250, 0.050),
                 embedded_only=True,
             )
         )

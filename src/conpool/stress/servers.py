@@ -209,8 +209,7 @@ class _Hub:
             port = _port_of(first)
             opened = [first]
             try:
-                for ip in addresses[1:]:
-                    opened.append(await self._listen(kind, ip, port))
+                opened.extend([await self._listen(kind, ip, port) for ip in addresses[1:]])
             except OSError as exc:
                 last = exc
                 for listener in opened:

@@ -107,7 +107,7 @@ def _sig(value: float, digits: int = 3) -> str:
 def fmt_ms(value: float | None) -> str:
     """A duration given in milliseconds: ``850 µs``, ``1.2 ms``, ``3.4 s``."""
     if value is None:
-        return "–"
+        return "\u2013"  # an en dash: no value
     if value == 0:
         return "0"
     if abs(value) < 1:
@@ -155,7 +155,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
         if step >= raw:
             break
     start = math.floor(lo / step + 1e-9) * step
-    ticks = []
+    ticks: list[float] = []
     v = start
     while v <= hi + step * 1e-9 and len(ticks) < 50:
         ticks.append(round(v, 12))
@@ -608,11 +608,22 @@ def histogram_chart(
     for i, (v, label) in enumerate(vlines):
         if lo <= v <= hi:
             px = x(v)
+            ly = frame.top + 12 * (i % 4) + 9
+            # Labels near the right edge read leftwards so they stay inside the chart.
+            right = px > frame.left + frame.width * 0.75
             body.append(
-                f'<line class="pline" x1="{_f(px)}" x2="{_f(px)}" y1="{_f(frame.top + 12 * (i % 4) + 10)}" '
+                f'<line class="pline" x1="{_f(px)}" x2="{_f(px)}" y1="{_f(ly + 1)}" '
                 f'y2="{_f(frame.bottom)}"/>'
             )
-            body.append(_text(px + 3, frame.top + 12 * (i % 4) + 9, label, cls="pline-label"))
+            body.append(
+                _text(
+                    px - 3 if right else px + 3,
+                    ly,
+                    label,
+                    anchor="end" if right else "start",
+                    cls="pline-label",
+                )
+            )
     return _figure(
         _svg(chart_id, title, desc or title, height, body, points, "histogram", width),
         title,
@@ -710,7 +721,7 @@ def hbar_chart(
             body.append(
                 f'<rect class="mark" data-count="1" x="{_f(origin)}" y="{_f(by)}" '
                 f'width="{_f(w)}" height="{_f(bar_h - 2)}" fill="{color}">'
-                f"<title>{escape(category)} – {escape(name)}: {escape(x_fmt(v))}</title></rect>"
+                f"<title>{escape(category)}, {escape(name)}: {escape(x_fmt(v))}</title></rect>"
             )
             body.append(_text(origin + w + 4, by + bar_h - 3.5, x_fmt(v), size=10, cls="value"))
     return _figure(
@@ -792,8 +803,8 @@ def timeline_chart(
         nrows = max(rows, default=0) + 1
         row_h = lh / nrows
         body.append(
-            f'<rect class="lane" x="{_f(frame_left)}" y="{_f(y)}" width="{_f(frame_right - frame_left)}" '
-            f'height="{_f(lh)}"/>'
+            f'<rect class="lane" x="{_f(frame_left)}" y="{_f(y)}" '
+            f'width="{_f(frame_right - frame_left)}" height="{_f(lh)}"/>'
         )
         body.append(_text(frame_left - 8, y + lh / 2 + 4, lane.label, anchor="end", cls="category"))
         for bar, row in zip(lane.bars, rows, strict=True):

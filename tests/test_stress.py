@@ -1,0 +1,875 @@
+"""``conpool stress``: the command, its report in a real browser, and its parts.
+
+The full ``--quick`` run happens once per session (module-scoped fixture, in a
+child process like a user's shell would run it); the other tests read its
+report and results.  Against real servers the run is shorter and limited to a
+few scenarios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import conpool
+from conpool.stress import cli, report, runner, scenarios, svg
+from conpool.stress.proxy import LatencyProxy
+from servers import NginxServer, RedisServer, need, skip_or_fail
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _run_cli(*args: str, timeout: float = 50.0) -> subprocess.CompletedProcess[str]:
+    """``python -m conpool ARGS`` in a child process, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "conpool", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+@dataclass
+class QuickRun:
+    html_path: Path
+    json_path: Path
+    results: dict[str, Any]
+    html: str
+    elapsed: float
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    """One ``conpool stress --quick`` with the embedded servers (every scenario)."""
+    out = tmp_path_factory.mktemp("stress")
+    html_path, json_path = out / "report.html", out / "results.json"
+    start = time.monotonic()
+    proc = _run_cli(
+        "stress", "--quick", "--out", str(html_path), "--json", str(json_path), timeout=55
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return QuickRun(
+        html_path=html_path,
+        json_path=json_path,
+        results=json.loads(json_path.read_text()),
+        html=html_path.read_text(),
+        elapsed=elapsed,
+        stdout=proc.stdout,
+        stderr=proc.stderr,
+    )
+
+
+def _by_name(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in results["scenarios"]}
+
+
+# ----------------------------------------------------------------------------
+# The --quick run
+
+
+def test_quick_run_runs_every_scenario_in_time(quick: QuickRun) -> None:
+    names = [s.name for s in scenarios.all_scenarios(cli.QUICK_DURATION)]
+    assert [s["name"] for s in quick.results["scenarios"]] == names
+    assert quick.results["interrupted"] is False
+    assert quick.elapsed < 15.0, f"--quick took {quick.elapsed:.1f} s"
+    for s in quick.results["scenarios"]:
+        assert s["requests"]["ok"] > 0, s["name"]
+        assert s["duration_s"] == cli.QUICK_DURATION
+        assert s["elapsed_s"] < cli.QUICK_DURATION + 1.0, s["name"]
+        # Every connection the trace saw open, it saw closed (the pool closed them all).
+        assert s["connections"]["created"] == s["connections"]["closed"], s["name"]
+        assert s["trace"]["dropped"] == 0
+        # The trace and pool.stats() tell the same story.
+        assert s["pool_stats"]["created"] == s["connections"]["created"], s["name"]
+        assert s["pool_stats"]["reused"] == s["connections"]["reused"], s["name"]
+        # What the server saw agrees with the pool.  (When an address goes
+        # down, a connect the kernel completed may never be accepted.)
+        accepted = sum(s["server"]["accepted"].values())
+        if s["name"] == "address-down":
+            assert 0 <= s["connections"]["created"] - accepted <= 16
+        else:
+            assert accepted == s["connections"]["created"], s["name"]
+    # The terminal got the summary table.
+    assert "server-idle-close" in quick.stdout
+    assert "report written to" in quick.stderr
+
+
+def test_quick_run_scenarios_behave(quick: QuickRun) -> None:
+    by = _by_name(quick.results)
+    for name in ("limit-1", "limit-4", "limit-16", "limit-64"):
+        limit = int(name.split("-")[1])
+        r = by[name]
+        assert r["errors"] == [], name
+        # Never more connections than the limit, at any sample.
+        series = list(r["timeseries"]["addresses"].values())
+        open_now = [
+            [a + i + p for a, i, p in zip(s["active"], s["idle"], s["pending"], strict=True)]
+            for s in series
+        ]
+        totals = [sum(column) for column in zip(*open_now, strict=True)]
+        assert 0 < max(totals) <= limit
+        assert r["connections"]["created"] == limit
+    assert by["limit-1"]["connections"]["acquire_queued"] > 0
+    # Churn: connections retire by uses and by idle time.
+    reasons = by["churn"]["connections"]["close_reasons"]
+    assert reasons.get("uses", 0) > 0 and reasons.get("idle", 0) > 0
+    # The slow address serves the smallest share.
+    per = by["slow-address"]["connections"]["per_address"]
+    assert min(per, key=lambda ip: per[ip]["handouts"]) == scenarios.SLOW_ADDRESS
+    assert by["slow-address"]["latency_ms"]["max"] >= scenarios.SLOW_DELAY * 1000
+    # The server's idle closes are noticed as stale, not handed out.
+    idle = by["server-idle-close"]
+    assert idle["connections"]["close_reasons"].get("stale", 0) > 0
+    assert idle["requests"]["errors"] <= max(1, idle["requests"]["ok"] // 100)
+    assert by["tls"]["tls"] is True and by["tls"]["errors"] == []
+
+
+def test_quick_run_address_down_and_back(quick: QuickRun) -> None:
+    r = _by_name(quick.results)["address-down"]
+    down = scenarios.DOWN_ADDRESS
+    labels = [m["label"] for m in r["markers"]]
+    assert labels == [f"{down} down", f"{down} back up"]
+    t_down, t_up = (m["t_s"] for m in r["markers"])
+    # Refused connects to the downed address were retried elsewhere...
+    assert any(f["address"] == down for f in r["connect_failures"])
+    # ...most requests succeeded throughout...
+    assert r["requests"]["ok"] > 20 * max(1, r["requests"]["errors"])
+    # ...no connection to it was opened while it was down...
+    opened = [lt for lt in r["lifetimes"] if lt[1] == down]
+    assert not [lt for lt in opened if t_down + 0.01 < lt[2] < t_up - 0.01]
+    # ...and traffic came back to it.
+    assert [lt for lt in opened if lt[2] > t_up]
+    for group in r["errors"]:
+        assert group["first_s"] >= t_down - 0.05, group
+
+
+# ----------------------------------------------------------------------------
+# The report's numbers are the results' numbers
+
+
+class _Cells(HTMLParser):
+    """Collects every table cell that carries ``data-field``, with its text,
+    keyed by the scenario of its row or section."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scenario: str | None = None
+        self.field: tuple[str, str | None] | None = None
+        self.text = ""
+        self.cells: dict[tuple[str, str], tuple[str | None, str]] = {}
+        self.section: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "tr" and a.get("data-scenario"):
+            self.scenario = a["data-scenario"]
+        if tag == "section" and a.get("data-scenario"):
+            self.section = a["data-scenario"]
+        if tag == "td" and a.get("data-field"):
+            field = a["data-field"]
+            assert field is not None
+            self.field = (field, a.get("data-value"))
+            self.text = ""
+
+    def handle_data(self, data: str) -> None:
+        if self.field is not None:
+            self.text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self.field is not None:
+            where = self.section or self.scenario
+            assert where is not None
+            prefix = "section:" if self.section else "summary:"
+            self.cells[(prefix + where, self.field[0])] = (self.field[1], self.text.strip())
+            self.field = None
+        if tag == "table" and self.section is None:
+            self.scenario = None
+        if tag == "section":
+            self.section = None
+
+
+def _parse_quantity(text: str) -> float | None:
+    """``"1,234 req/s"`` -> 1234, ``"850 µs"`` -> 0.85 (ms), ``"1.2 s"`` -> 1200 (ms)."""
+    if text == "\u2013":
+        return None
+    match = re.fullmatch(r"([\d,.]+)\s*(µs|ms|s|req/s)?", text)
+    assert match, text
+    value = float(match[1].replace(",", ""))
+    unit = match[2]
+    return value / 1000 if unit == "µs" else value * 1000 if unit == "s" else value
+
+
+def _close(shown: float | None, exact: float | None) -> bool:
+    # Three significant digits on screen, integers with thousands separators.
+    if shown is None or exact is None:
+        return shown is exact
+    return abs(shown - exact) <= max(abs(exact) * 0.006, 0.51 if exact >= 100 else 0.0006)
+
+
+def test_report_numbers_match_results(quick: QuickRun) -> None:
+    parser = _Cells()
+    parser.feed(quick.html)
+    keys = {
+        "requests": ("requests", "ok"),
+        "throughput_rps": ("throughput_rps",),
+        "p50": ("latency_ms", "p50"),
+        "p90": ("latency_ms", "p90"),
+        "p99": ("latency_ms", "p99"),
+        "max": ("latency_ms", "max"),
+        "acquire_p99": ("acquire_ms", "p99"),
+        "created": ("connections", "created"),
+        "reused": ("connections", "reused"),
+        "errors": ("requests", "errors"),
+    }
+    checked = 0
+    for s in quick.results["scenarios"]:
+        for field, path in keys.items():
+            value: Any = s
+            for key in path:
+                value = value[key]
+            raw, text = parser.cells[("summary:" + s["name"], field)]
+            assert raw is not None and float(raw) == pytest.approx(value), (s["name"], field)
+            assert _close(_parse_quantity(text), value), (s["name"], field, text, value)
+            checked += 1
+        for kind in ("latency_ms", "acquire_ms", "connect_ms"):
+            for p in ("min", "p50", "p90", "p99", "max"):
+                raw, text = parser.cells[("section:" + s["name"], f"{kind}.{p}")]
+                assert _close(_parse_quantity(text), s[kind][p]), (s["name"], kind, p, text)
+                checked += 1
+    assert checked == len(quick.results["scenarios"]) * (len(keys) + 15)
+
+
+def test_render_from_saved_results_gives_the_same_report(quick: QuickRun, tmp_path: Path) -> None:
+    out = tmp_path / "again.html"
+    proc = _run_cli("stress", "--render", str(quick.json_path), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == quick.html
+
+
+def test_report_is_self_contained(quick: QuickRun) -> None:
+    html = quick.html
+    # No script, no stylesheet, image or font from anywhere; links only to anchors.
+    assert "<script" not in html
+    assert not re.search(r"""\b(src|srcset)\s*=""", html)
+    assert not re.search(r"@import|url\(", html)
+    for href in re.findall(r'href="([^"]*)"', html):
+        assert href.startswith("#") or href == "data:,", href
+
+
+# ----------------------------------------------------------------------------
+# The report in a real browser
+
+
+def _chromium() -> str:
+    return need("chromium", "the stress report is checked in a real headless Chromium")
+
+
+def test_report_in_headless_chromium(
+    quick: QuickRun, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    executable = _chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("playwright is not installed (pip install -e '.[dev]')")
+    shots = tmp_path_factory.mktemp("screenshots")
+    url = quick.html_path.as_uri()
+    requests: list[str] = []
+    console: list[str] = []
+    page_errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            page.on("request", lambda req: requests.append(req.url))
+            page.on(
+                "console",
+                lambda msg: (
+                    console.append(f"{msg.type}: {msg.text}")
+                    if msg.type in ("error", "warning")
+                    else None
+                ),
+            )
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.goto(url)
+            page.wait_for_load_state("load")
+            charts: list[dict[str, Any]] = page.evaluate(
+                """() => [...document.querySelectorAll('svg.chart')].map(svg => {
+                    const marks = [...svg.querySelectorAll('.mark')];
+                    return {
+                        id: svg.id,
+                        kind: svg.dataset.kind,
+                        points: Number(svg.dataset.points),
+                        drawn: marks.reduce((n, m) => n + Number(m.dataset.count), 0),
+                        marks: marks.length,
+                        empty: marks.filter(m => {
+                            const b = m.getBBox();
+                            return !(b.width > 0 || b.height > 0);
+                        }).length,
+                        polylinePoints: [...svg.querySelectorAll('polyline.mark')].map(
+                            l => [l.points.numberOfItems, Number(l.dataset.count)]),
+                        legend: svg.querySelectorAll('.legend text').length,
+                        labels: svg.querySelectorAll('text.label').length,
+                        width: svg.getBoundingClientRect().width,
+                    };
+                })"""
+            )
+            page.screenshot(path=str(shots / "report-top.png"))
+            page.locator("#s-address-down").screenshot(path=str(shots / "address-down.png"))
+        finally:
+            browser.close()
+    assert requests == [url], "the report must not request anything but itself"
+    assert console == [] and page_errors == []
+    scenarios_run = len(quick.results["scenarios"])
+    # Four comparison charts, and at least four charts per scenario.
+    assert len(charts) >= 4 + 4 * scenarios_run
+    for chart in charts:
+        assert chart["points"] > 0, chart
+        assert chart["drawn"] == chart["points"], chart
+        assert chart["empty"] == 0, chart
+        for n, count in chart["polylinePoints"]:
+            assert n == count, chart
+        assert chart["legend"] >= 1, chart
+        assert chart["labels"] >= 2, chart  # an x and a y axis title
+        assert chart["width"] > 300, chart
+    print(f"report screenshots in {shots}")
+
+
+def test_report_prints(quick: QuickRun, tmp_path: Path) -> None:
+    executable = _chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("playwright is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(quick.html_path.as_uri())
+            page.emulate_media(media="print")
+            overflow = page.evaluate(
+                "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            pdf = page.pdf(path=str(tmp_path / "report.pdf"), landscape=True)
+        finally:
+            browser.close()
+    assert overflow <= 0
+    assert pdf.startswith(b"%PDF") and len(pdf) > 10000
+
+
+# ----------------------------------------------------------------------------
+# Against real servers
+
+
+@pytest.mark.realserver
+def test_target_nginx(nginx: NginxServer, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = _run_cli(
+        "stress",
+        "--target", f"127.0.0.1:{nginx.port}",
+        "--protocol", "http",
+        "--backend", "uvloop",
+        "--duration", "0.3",
+        "--concurrency", "16",
+        "--scenarios", "limit-4,balance-round-robin,churn,slow-address",
+        "--out", str(tmp_path / "report.html"),
+        "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results["environment"]["backend"] == "uvloop"
+    assert "uvloop" in results["environment"]["event_loop"]
+    names = [s["name"] for s in results["scenarios"]]
+    assert names == ["limit-4", "balance-round-robin", "churn", "slow-address"]
+    ok = sum(s["requests"]["ok"] for s in results["scenarios"])
+    created = sum(s["connections"]["created"] for s in results["scenarios"])
+    for s in results["scenarios"]:
+        assert s["requests"]["errors"] == 0, s["errors"]
+        assert s["requests"]["ok"] > 0
+    # nginx answered every request the report counts, over the connections it counts.
+    lines = nginx.wait_for_log(ok)
+    assert len(lines) == ok
+    assert len({line.conn for line in lines}) == created
+    assert any(line.req > 1 for line in lines)  # keep-alive reuse, seen by nginx
+    assert results["skipped"] == []  # only the chosen scenarios were asked for
+
+
+def _redis_info(server: RedisServer) -> dict[str, str]:
+    """``INFO stats`` over a connection of its own (a bulk string: ``$len\\r\\n...``)."""
+    with socket.create_connection(server.address, timeout=2) as sock:
+        sock.sendall(b"INFO stats\r\n")
+        data = b""
+        while True:
+            header, sep, body = data.partition(b"\r\n")
+            if sep and len(body) >= int(header[1:]):
+                break
+            chunk = sock.recv(65536)
+            assert chunk, "redis closed the connection"
+            data += chunk
+    info = {}
+    for line in body.decode().splitlines():
+        key, colon, value = line.partition(":")
+        if colon:
+            info[key] = value
+    return info
+
+
+@pytest.mark.realserver
+def test_target_redis(redis: RedisServer, tmp_path: Path) -> None:
+    before = _redis_info(redis)
+    out = tmp_path / "results.json"
+    proc = _run_cli(
+        "stress",
+        "--target", f"127.0.0.1:{redis.port}",
+        "--protocol", "redis",
+        "--backend", "trio",
+        "--duration", "0.3",
+        "--concurrency", "16",
+        "--scenarios", "limit-1,limit-16,*power*",
+        "--out", str(tmp_path / "report.html"),
+        "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    after = _redis_info(redis)
+    results = json.loads(out.read_text())
+    assert results["environment"]["async_library"] == "trio"
+    assert [s["name"] for s in results["scenarios"]] == [
+        "limit-1",
+        "limit-16",
+        "balance-power-of-two",
+    ]
+    ok = sum(s["requests"]["ok"] for s in results["scenarios"])
+    created = sum(s["connections"]["created"] for s in results["scenarios"])
+    assert all(s["requests"]["errors"] == 0 for s in results["scenarios"])
+    assert all(s["protocol"] == "redis" for s in results["scenarios"])
+    # One PING per request, one connection per connection created (plus the
+    # CLI's preflight connect and our INFO connection).
+    commands = int(after["total_commands_processed"]) - int(before["total_commands_processed"])
+    connections = int(after["total_connections_received"]) - int(
+        before["total_connections_received"]
+    )
+    assert commands == ok + 1  # + the INFO above
+    assert connections == created + 2
+
+
+def test_target_unreachable_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
+        port = sock.getsockname()[1]
+        proc = _run_cli(
+            "stress", "--target", f"127.0.0.1:{port}", "--quick",
+            "--out", str(tmp_path / "r.html"),
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert "cannot connect to --target" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------
+# Ctrl-C
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_writes_the_report_of_what_finished(backend: str, tmp_path: Path) -> None:
+    html, out = tmp_path / "report.html", tmp_path / "results.json"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "conpool", "stress",
+            "--backend", backend,
+            "--duration", "0.4",
+            "--scenarios", "limit-*",
+            "--out", str(html),
+            "--json", str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 20
+        seen = ""
+        while "finished limit-1" not in seen:
+            assert time.monotonic() < deadline, seen
+            line = proc.stderr.readline()
+            assert line, f"exited early: {proc.wait()}"
+            seen += line
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted" in stderr
+    results = json.loads(out.read_text())
+    assert results["interrupted"] is True
+    finished = [s["name"] for s in results["scenarios"]]
+    assert finished and finished == ["limit-1", "limit-4", "limit-16", "limit-64"][: len(finished)]
+    assert len(finished) < 4
+    assert "interrupted" in html.read_text()
+    assert "limit-1" in stdout  # the summary table of what finished
+
+
+# ----------------------------------------------------------------------------
+# Usage errors
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--duration", "0"], "--duration: must be > 0"),
+        (["--duration", "soon"], "not a number of seconds"),
+        (["--concurrency", "0"], "between 1 and 10000"),
+        (["--concurrency", "many"], "not a whole number"),
+        (["--scenarios", "nope"], "no scenario matches 'nope'"),
+        (["--scenarios", ","], "--scenarios needs at least one name"),
+        (["--backend", "tokio"], "invalid choice: 'tokio'"),
+        (["--target", "localhost"], "--target: expected HOST:PORT"),
+        (["--target", "localhost:99999"], "--target: expected HOST:PORT"),
+        (["--target", "127.0.0.1:80", "--protocol", "smtp"], "invalid choice: 'smtp'"),
+        (["--protocol", "redis"], "--protocol only applies with --target"),
+        (["--target", "127.0.0.1:80", "--scenarios", "tls"], "needs the embedded servers"),
+        (["--target", "127.0.0.1:80", "--scenarios", "limit-1,x*"], "no scenario matches 'x*'"),
+        (["--out", "/nonexistent/dir/r.html"], "does not exist"),
+        (["--json", "/"], "is a directory"),
+        (["--render", "/nonexistent.json"], "--render"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: conpool stress" in err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_bad_options_exit_2_from_the_console_script() -> None:
+    proc = _run_cli("stress", "--concurrency", "-3")
+    assert proc.returncode == 2
+    assert "error: argument --concurrency" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = _run_cli()
+    assert proc.returncode == 2
+    assert "a command is required" in proc.stderr
+    proc = _run_cli("strss")
+    assert proc.returncode == 2
+    assert "unknown command 'strss'" in proc.stderr
+
+
+def test_target_plan_skips_what_needs_the_embedded_servers() -> None:
+    args = cli.build_parser().parse_args(["--target", "127.0.0.1:6379", "--protocol", "redis"])
+    chosen, skipped, target = cli._plan(args, 1.0)
+    assert target == runner.Target("127.0.0.1", 6379, "redis")
+    assert {s["name"] for s in skipped} == {"address-down", "tls", "server-idle-close"}
+    assert {s.name for s in chosen}.isdisjoint({"address-down", "tls", "server-idle-close"})
+    assert "slow-address" in {s.name for s in chosen}
+
+
+def test_help_and_list(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--quick", "--duration", "--concurrency", "--scenarios", "--out", "--json"):
+        assert option in text
+    for option in ("--backend", "--target", "--protocol"):
+        assert option in text
+    assert cli.main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    for s in scenarios.all_scenarios(1.0):
+        assert s.name in listed
+
+
+# ----------------------------------------------------------------------------
+# The parts
+
+
+def test_percentiles_nearest_rank() -> None:
+    values = list(range(1, 101))
+    p = runner.percentiles([float(v) for v in values])
+    assert (p["min"], p["p50"], p["p90"], p["p99"], p["max"]) == (1, 50, 90, 99, 100)
+    assert p["mean"] == pytest.approx(50.5)
+    assert runner.percentiles([])["p50"] is None
+    assert runner.percentiles([3.0])["p99"] == 3.0
+
+
+def test_log_histogram_counts_everything() -> None:
+    lat = [0.1, 0.5, 1.0, 2.0, 40.0]
+    acq = [0.0, 0.0005, 0.3]
+    h = runner.log_histogram({"latency": lat, "acquire": acq})
+    assert len(h["edges"]) == len(h["latency"]) + 1 == len(h["acquire"]) + 1
+    assert sum(h["latency"]) == len(lat) and sum(h["acquire"]) == len(acq)
+    assert h["edges"][0] <= 0.001 and h["edges"][-1] >= 40.0
+    assert h["acquire"][0] == 2  # zero and sub-microsecond waits land in the first bin
+    assert runner.log_histogram({"x": []}) == {"edges": [], "x": []}
+
+
+def test_error_text_has_the_causes() -> None:
+    try:
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except OSError as exc:
+            raise conpool.ConnectError(
+                "[Errno 104] Connection reset by peer",
+                errors=[exc],
+                context=["connecting to tcp:127.0.0.11:80", "connecting to stress.test:80"],
+            ) from exc
+    except conpool.ConnectError as exc:
+        text = runner.error_text(exc)
+    assert text.splitlines() == [
+        "conpool.ConnectError: [Errno 104] Connection reset by peer",
+        "  connecting to tcp:127.0.0.11:80",
+        "  connecting to stress.test:80",
+        "caused by ConnectionResetError: [Errno 104] Connection reset by peer",
+    ]
+    import anyio
+
+    assert runner.error_text(anyio.EndOfStream()) == (
+        "anyio.EndOfStream: the server closed the connection before answering"
+    )
+
+
+def test_trace_digest_lifetimes() -> None:
+    t0 = 1_000_000_000
+    ms = 1_000_000
+    tracer = conpool.Tracer(capacity=16)
+    tracer.emit("connect.complete", "e:1", "10.0.0.1", 1, duration_ns=2 * ms, ts_ns=t0 + 5 * ms)
+    tracer.emit("connect.complete", "e:1", "10.0.0.2", 2, duration_ns=3 * ms, ts_ns=t0 + 6 * ms)
+    tracer.emit("conn.release", "e:1", "10.0.0.1", 1, ts_ns=t0 + 7 * ms)
+    tracer.emit("conn.close", "e:1", "10.0.0.1", 1, detail="uses", ts_ns=t0 + 9 * ms)
+    tracer.emit("connect.failed", "e:1", "10.0.0.3", 0, detail="refused", ts_ns=t0 + 9 * ms)
+    tracer.emit("address.eject", "e:1", "10.0.0.3", 0, detail="3 failures", ts_ns=t0 + 10 * ms)
+    digest = runner.TraceDigest(t0)
+    digest.drain(tracer)
+    assert len(tracer) == 0  # drained
+    digest.finish()
+    assert digest.lifetimes == [
+        [1, "10.0.0.1", 0.005, 0.009, "uses"],
+        [2, "10.0.0.2", 0.006, None, "open"],
+    ]
+    assert digest.connect_ms == [2.0, 3.0]
+    assert digest.handouts == {"10.0.0.1": 1}
+    assert digest.failures == {("10.0.0.3", "refused"): 1}
+    assert digest.address_events == [[0.01, "address.eject", "10.0.0.3", "3 failures"]]
+
+
+def test_trace_digest_counts_dropped_events() -> None:
+    tracer = conpool.Tracer(capacity=2)
+    for i in range(5):
+        tracer.emit("conn.release", "e:1", "10.0.0.1", i)
+    digest = runner.TraceDigest(0)
+    digest.drain(tracer)
+    assert digest.dropped == 3 and digest.events == 2
+
+
+def test_select_scenarios() -> None:
+    everything = scenarios.all_scenarios(1.0)
+    assert [s.name for s in scenarios.select(everything, ["limit-*"])] == [
+        "limit-1",
+        "limit-4",
+        "limit-16",
+        "limit-64",
+    ]
+    assert [s.name for s in scenarios.select(everything, ["tls", "limit-1"])] == [
+        "limit-1",
+        "tls",
+    ]
+    with pytest.raises(ValueError, match="no scenario matches 'x'"):
+        scenarios.select(everything, ["x"])
+    target = {s.name for s in scenarios.all_scenarios(1.0, target=True)}
+    assert "tls" not in target and "address-down" not in target and "limit-1" in target
+    assert all(s.embedded_only is False for s in scenarios.all_scenarios(1.0, target=True))
+
+
+def test_formatting() -> None:
+    assert svg.fmt_ms(0.85) == "850 µs"
+    assert svg.fmt_ms(1.234) == "1.23 ms"
+    assert svg.fmt_ms(12.0) == "12 ms"
+    assert svg.fmt_ms(2500.0) == "2.5 s"
+    assert svg.fmt_ms(None) == "\u2013"
+    assert svg.fmt_count(950) == "950"
+    assert svg.fmt_count(6458.35) == "6,458"
+    assert svg.fmt_count(12345) == "12.3k"
+    assert svg.nice_ticks(0, 97) == [0, 20, 40, 60, 80, 100]
+    assert svg.nice_ticks(0, 1.0, 4) == [0, 0.25, 0.5, 0.75, 1.0]
+    assert svg.log_ticks(0.01, 100.0, pixels=300) == [0.01, 0.1, 1.0, 10.0, 100.0]
+
+
+def _marks(fragment: str) -> int:
+    return sum(int(n) for n in re.findall(r'class="mark" data-count="(\d+)"', fragment))
+
+
+def _points(fragment: str) -> int:
+    match = re.search(r'data-points="(\d+)"', fragment)
+    assert match
+    return int(match[1])
+
+
+def test_charts_draw_every_point_and_label_their_axes() -> None:
+    charts = [
+        svg.line_chart(
+            "a",
+            "t",
+            [svg.Series("one", "#000", [0, 1, 2], [1, 2, 3]), svg.Series("two", "#111", [1], [4])],
+            x_label="time (s)",
+            y_label="rate (req/s)",
+            markers=[(1.0, "down")],
+        ),
+        svg.stacked_area_chart(
+            "b",
+            "t",
+            [0, 1, 2],
+            [("x", "#000", [1, 2, 3]), ("y", "#111", [0, 1, 0])],
+            x_label="time (s)",
+            y_label="connections (count)",
+            overlay=svg.Series("in use", "#222", [0, 1, 2], [1, 1, 1]),
+        ),
+        svg.histogram_chart(
+            "c",
+            "t",
+            [0.1, 1.0, 10.0],
+            [("l", "#000", [3, 4]), ("a", "#111", [7, 0])],
+            x_label="duration (ms)",
+            y_label="requests (count)",
+        ),
+        svg.hbar_chart(
+            "d",
+            "t",
+            ["p", "q"],
+            [("v", "#000", [1.0, None]), ("w", "#111", [3.0, 4.0])],
+            x_label="value (count)",
+            y_label="scenario",
+        ),
+        svg.timeline_chart(
+            "e",
+            "t",
+            [
+                svg.Lane(
+                    "10.0.0.1", [svg.Bar(0, 1, "uses", "#1"), svg.Bar(0.5, None, "open", "#2")]
+                ),
+                svg.Lane("10.0.0.2", [svg.Bar(0.2, 0.4, "error", "#3")]),
+            ],
+            x_domain=(0.0, 2.0),
+            colors=svg.REASON_COLORS,
+        ),
+    ]
+    expected = [4, 9, 4, 3, 3]
+    for chart, n in zip(charts, expected, strict=True):
+        assert _points(chart) == n
+        assert _marks(chart) == n
+        assert chart.count('class="label"') >= 2
+        assert '<g class="legend">' in chart
+        assert "<title" in chart and "<desc" in chart
+    assert "closed: uses" in charts[4] and "still open" in charts[4]
+
+
+def test_render_escapes_and_handles_no_scenario() -> None:
+    page = report.render(
+        {
+            "started": "<now>",
+            "options": {"scenarios": ["a"], "duration_s": 1, "concurrency": 2},
+            "environment": {"conpool": "0.1.0", "platform": "<script>alert(1)</script>"},
+            "scenarios": [],
+            "interrupted": True,
+        }
+    )
+    assert "No scenario finished" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "interrupted: 0 of 1 scenarios finished" in page
+
+
+def test_latency_proxy_delays_answers() -> None:
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+            def data_received(self, data: bytes) -> None:
+                self.transport.write(data)
+
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        timings = []
+        for delay in (0.0, 0.05):
+            proxy = LatencyProxy("127.0.0.1", 0, "127.0.0.1", port, delay)
+            await proxy.start()
+            assert proxy._server is not None
+            pport = proxy._server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", pport)
+            start = time.monotonic()
+            for i in range(3):
+                writer.write(b"ping%d" % i)
+                assert await reader.readexactly(5) == b"ping%d" % i
+            timings.append((time.monotonic() - start) / 3)
+            writer.close()
+            await writer.wait_closed()
+            proxy.close()
+        server.close()
+        await server.wait_closed()
+        return timings[0], timings[1]
+
+    fast, slow = asyncio.run(main())
+    assert fast < 0.02
+    assert 0.05 <= slow < 0.1
+
+
+def test_servers_process_up_down_and_stop() -> None:
+    from conpool.stress.servers import STRESS_ADDRESSES, ServerProcess, ServerSpec
+
+    with ServerProcess(ServerSpec()) as servers:
+        assert set(servers.ports) >= {"echo", "http", "http_idle", "slow"}
+        ip = STRESS_ADDRESSES[1]
+        with socket.create_connection((ip, servers.ports["echo"]), timeout=2) as sock:
+            sock.sendall(b"x")
+            assert sock.recv(1) == b"x"
+            servers.down(ip)
+            try:  # its connections were reset...
+                assert sock.recv(1) == b""
+            except ConnectionResetError:
+                pass
+        with pytest.raises(ConnectionRefusedError):  # ...and it no longer listens
+            socket.create_connection((ip, servers.ports["echo"]), timeout=2)
+        servers.up(ip)
+        with socket.create_connection((ip, servers.ports["http"]), timeout=2) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200 OK")
+        status = servers.status()
+        assert status["accepted"][f"echo {ip}"] == 1
+        assert status["requests"][f"http {ip}"] == 1
+        pid = servers.pid
+    assert pid is not None
+    assert not Path(f"/proc/{pid}").exists()  # stopped and reaped
