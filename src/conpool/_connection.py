@@ -20,7 +20,7 @@ bytes nobody asked for.
 from __future__ import annotations
 
 import asyncio
-import errno
+import select
 import socket
 import ssl
 from collections import deque
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from ._state import ConnRecord
 
 __all__ = ["Connection", "ProtocolConnection", "StreamConnection"]
+
+# poll(2) events meaning the peer is gone (or the descriptor is).
+_HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 # Reading pauses when this much is buffered and nobody receives, so a peer
 # that floods an idle or slow connection cannot grow our memory without bound.
@@ -348,7 +351,7 @@ class StreamConnection(Connection):
     """A connection on trio (or any backend without a native path): wraps
     the anyio stream :mod:`conpool._dial` opened."""
 
-    __slots__ = ("_sock", "_stream")
+    __slots__ = ("_poll", "_sock", "_stream", "_tls")
 
     def __init__(
         self, endpoint: Endpoint, address: tuple[str, int], stream: ByteStream, sock: socket.socket
@@ -356,6 +359,9 @@ class StreamConnection(Connection):
         super().__init__(endpoint, address)
         self._stream = stream
         self._sock = sock
+        self._tls = isinstance(stream, TLSStream)
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         try:
@@ -393,20 +399,17 @@ class StreamConnection(Connection):
     def usable(self) -> bool:
         if self.closed or self.broken:
             return False
-        # Peek at the kernel's receive queue without consuming it: EOF or a
-        # reset while idle means the peer is gone.  TLS may legitimately have
-        # bytes pending here (a TLS 1.3 session ticket), so for TLS only EOF
-        # and errors count; plaintext bytes nobody asked for make the stream
-        # unusable.
-        try:
-            data = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        # Ask the kernel, without reading and without raising: poll(2) with
+        # POLLRDHUP reports a peer that closed or reset even when bytes are
+        # still queued.  Plaintext bytes nobody asked for make the stream
+        # unusable; on TLS they may be a TLS 1.3 session ticket, so there
+        # only a hang-up counts.
+        ready = self._poll.poll(0)
+        if not ready:
             return True
-        except OSError as exc:
-            return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
-        if not data:
+        if ready[0][1] & _HANGUP:
             return False
-        return isinstance(self._stream, TLSStream)
+        return self._tls
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:

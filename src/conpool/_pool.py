@@ -134,9 +134,9 @@ class Pool:
         self._last_key: object = object()  # matches no endpoint
         self._last_ep = EndpointState(None)
         self._got: ConnRecord | int = 0
-        # Per endpoint key: how long waits and connects took.
-        self._waits: dict[object, Histogram] = {}
-        self._connects: dict[object, Histogram] = {}
+        # Per endpoint: how long waits and connects took.
+        self._waits: dict[EndpointState, Histogram] = {}
+        self._connects: dict[EndpointState, Histogram] = {}
         self._connector = Connector(self._state, open_anyio, self._emit, self._rng)
         self._state.on_event = self._core_event
         self._closing = False
@@ -320,7 +320,7 @@ class Pool:
         status = "closed" if s.closed else "open" if self._tg is not None else "not entered"
         return (
             f"<conpool.Pool {status} endpoints={len(s.endpoints)} active={active} "
-            f"idle={idle} waiting={len(s.waiters)} "
+            f"idle={idle} waiting={s.n_waiters} "
             f"limit={self.config.max_connections_per_endpoint}/endpoint>"
         )
 
@@ -373,7 +373,8 @@ class Pool:
         w = state.enqueue(ep, handle)
         if w is None:
             raise self._too_many_waiters(endpoint)
-        self._emit("acquire.queued", endpoint)
+        if self._trace is not None:
+            self._trace("acquire.queued", endpoint)
         waited = time.monotonic_ns()
         try:
             if self._native:
@@ -385,6 +386,8 @@ class Pool:
                 finally:
                     if timer is not None:
                         timer.cancel()
+            elif timeout is None:
+                await handle.wait()
             else:
                 with anyio.move_on_after(timeout):
                     await handle.wait()
@@ -400,14 +403,15 @@ class Pool:
             raise
         finally:
             elapsed = time.monotonic_ns() - waited
-            hist = self._waits.get(endpoint)
+            hist = self._waits.get(ep)
             if hist is None:
-                hist = self._waits[endpoint] = Histogram()
+                hist = self._waits[ep] = Histogram()
             hist.observe(elapsed / 1e9)
         grant = w.grant
         if grant is None:
             raise PoolClosed("the pool was closed while waiting for a connection")
-        self._emit("acquire.granted", endpoint, duration_ns=elapsed)
+        if self._trace is not None:
+            self._trace("acquire.granted", endpoint, "", 0, elapsed)
         if grant.__class__ is ConnRecord:
             return grant
         return None
@@ -567,9 +571,9 @@ class Pool:
             state.dial_abandoned(ep)
             self._flush()
             raise
-        hist = self._connects.get(endpoint)
+        hist = self._connects.get(ep)
         if hist is None:
-            hist = self._connects[endpoint] = Histogram()
+            hist = self._connects[ep] = Histogram()
         hist.observe(conn.connect_ns / 1e9)
         if state.closed:
             assert conn._rec is not None

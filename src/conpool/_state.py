@@ -101,7 +101,6 @@ class AddressState:
     """One address of an endpoint's name, with its own counts and health."""
 
     __slots__ = (
-        "active",
         "consecutive_failures",
         "created",
         "ejected_until",
@@ -111,12 +110,16 @@ class AddressState:
         "idle_pos",
         "ip",
         "listed",
+        "open",
         "pending",
     )
 
     def __init__(self, ip: str) -> None:
         self.ip = ip
-        self.active = 0
+        # Established connections, in use or idle.  "In use" is derived
+        # (open - idle) so that handing out and taking back a connection
+        # touches no counter but the idle ones.
+        self.open = 0
         self.pending = 0
         # Idle records in the order they became idle: the last is the most
         # recently used (reused first, while its socket is warm) and the first
@@ -135,8 +138,13 @@ class AddressState:
         self.listed = True
 
     @property
+    def active(self) -> int:
+        """Connections to this address handed out now."""
+        return self.open - len(self.idle)
+
+    @property
     def connections(self) -> int:
-        return self.active + self.pending + len(self.idle)
+        return self.open + self.pending
 
     def ejected(self, now: float) -> bool:
         return now < self.ejected_until
@@ -164,7 +172,6 @@ class EndpointState:
     """Everything the pool knows about one endpoint (one pool key)."""
 
     __slots__ = (
-        "active",
         "addresses",
         "closed",
         "connect_failures",
@@ -173,6 +180,7 @@ class EndpointState:
         "idle_addrs",
         "key",
         "listed",
+        "open",
         "owner",
         "pending",
         "reused",
@@ -186,7 +194,8 @@ class EndpointState:
         # The PoolState this belongs to: lets the shell reject a connection
         # from another pool with one identity check.
         self.owner: object = None
-        self.active = 0
+        # Established connections, in use or idle; in use is open - idle.
+        self.open = 0
         self.idle = 0
         self.pending = 0
         self.created = 0
@@ -208,8 +217,13 @@ class EndpointState:
         self.idle_addrs: list[AddressState] = []
 
     @property
+    def active(self) -> int:
+        """Connections handed out now."""
+        return self.open - self.idle
+
+    @property
     def total(self) -> int:
-        return self.active + self.idle + self.pending
+        return self.open + self.pending
 
     def __repr__(self) -> str:
         return (
@@ -256,8 +270,11 @@ class PoolState:
         self.total = 0  # pending + active + idle, all endpoints
         self.closed = False
         self.next_id = 0
+        # How many tasks wait, all endpoints.
+        self.n_waiters = 0
         # Every waiter, oldest first, for first-come-first-served across
-        # endpoints when the total limit is what blocks them.
+        # endpoints when the total limit is what blocks them; kept only when
+        # there is a total limit (otherwise each endpoint's queue suffices).
         self.waiters: dict[Waiter, None] = {}
         # Every idle record, least recently used first: the expiry sweep and
         # the eviction for max_connections both start from the front.
@@ -357,8 +374,6 @@ class PoolState:
             if now < rec.expires and self.is_usable(rec.handle):
                 rec.state = ACTIVE
                 rec.uses += 1
-                addr.active += 1
-                ep.active += 1
                 ep.reused += 1
                 return rec
             rec.state = CLOSED
@@ -392,9 +407,11 @@ class PoolState:
             j = self.rng.randrange(n - 1)
             candidates = [candidates[i], candidates[j + 1 if j >= i else j]]
         best = candidates[0]
+        best_busy = best.open - len(best.idle)
         for addr in candidates:
-            if addr.active < best.active:
-                best = addr
+            busy = addr.open - len(addr.idle)
+            if busy < best_busy:
+                best, best_busy = addr, busy
         return best
 
     def _expiry(self, rec: ConnRecord, now: float) -> str | None:
@@ -418,11 +435,13 @@ class PoolState:
     def enqueue(self, ep: EndpointState, handle: Any) -> Waiter | None:
         """Park a task that got :data:`WAIT`.  Returns None when ``max_waiters``
         are already waiting: the caller fails at once."""
-        if self.max_waiters is not None and len(self.waiters) >= self.max_waiters:
+        if self.max_waiters is not None and self.n_waiters >= self.max_waiters:
             return None
         w = Waiter(ep, handle)
         ep.waiters[w] = None
-        self.waiters[w] = None
+        self.n_waiters += 1
+        if self.max_total is not None:
+            self.waiters[w] = None
         return w
 
     def cancel(self, w: Waiter, now: float) -> None:
@@ -447,7 +466,9 @@ class PoolState:
 
     def _unqueue(self, w: Waiter) -> None:
         del w.ep.waiters[w]
-        del self.waiters[w]
+        self.n_waiters -= 1
+        if self.max_total is not None:
+            del self.waiters[w]
 
     # -- dialling --------------------------------------------------------------
 
@@ -538,9 +559,9 @@ class PoolState:
             self._event("address.readmit", ep, ip, "connected")
         addr.ejections = 0
         addr.ejected_until = -math.inf
-        addr.active += 1
+        addr.open += 1
         ep.pending -= 1
-        ep.active += 1
+        ep.open += 1
         ep.created += 1
         self.next_id += 1
         rec = ConnRecord(self.next_id, ep, addr, now, self.max_lifetime)
@@ -574,8 +595,6 @@ class PoolState:
             raise RuntimeError(f"connection #{rec.id} is not in use: it was already released")
         ep = rec.ep
         addr = rec.addr
-        addr.active -= 1
-        ep.active -= 1
         max_uses = self.max_uses
         if not (
             reusable
@@ -594,13 +613,11 @@ class PoolState:
             w = next(iter(ep.waiters))
             self._unqueue(w)
             rec.uses += 1
-            addr.active += 1
-            ep.active += 1
             ep.reused += 1
             w.grant = rec
             self.to_wake.append(w)
             return
-        if self.waiters and self.max_total is not None and self._oldest_dialable() is not None:
+        if self.waiters and self._oldest_dialable() is not None:
             # Another endpoint's task waits for room under max_connections:
             # this connection is worth less to the pool than that task's slot.
             rec.state = CLOSED
@@ -627,8 +644,6 @@ class PoolState:
         """Close a handed-out connection (a failed health check, say)."""
         if rec.state != ACTIVE:
             raise RuntimeError(f"connection #{rec.id} is not in use")
-        rec.addr.active -= 1
-        rec.ep.active -= 1
         rec.state = CLOSED
         self._closed(rec, reason)
 
@@ -643,8 +658,11 @@ class PoolState:
         self._closed(rec, reason)
 
     def _closed(self, rec: ConnRecord, reason: str) -> None:
-        """Book-keeping for a record just set CLOSED: free its slot."""
+        """Book-keeping for a record just set CLOSED (and out of any idle
+        set): free its slot."""
         ep = rec.ep
+        ep.open -= 1
+        rec.addr.open -= 1
         ep.closed += 1
         self.total -= 1
         self.live -= 1
@@ -660,7 +678,7 @@ class PoolState:
     def _slot_freed(self, ep: EndpointState) -> None:
         """A slot on ``ep`` (and in the total) is free: serve the waiter that
         has waited longest among those it can serve."""
-        if not self.waiters or self.closed:
+        if not self.n_waiters or self.closed:
             return
         if self.max_total is None:
             if not ep.waiters or ep.total >= self.per_endpoint:
@@ -726,8 +744,9 @@ class PoolState:
         with nothing (the shell raises PoolClosed), active records close when
         they come back."""
         self.closed = True
-        for w in list(self.waiters):
-            self._unqueue(w)
-            self.to_wake.append(w)
+        for ep in self.endpoints.values():
+            for w in list(ep.waiters):
+                self._unqueue(w)
+                self.to_wake.append(w)
         for rec in list(self.lru):
             self._close_idle(rec, "pool-closed")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._endpoint import Endpoint
-    from ._state import PoolState
+    from ._state import EndpointState, PoolState
 
 __all__ = ["AddressStats", "EndpointStats", "Histogram", "HistogramStats", "PoolStats", "snapshot"]
 
@@ -169,8 +169,8 @@ def snapshot(
     state: PoolState,
     now: float,
     stale: frozenset[str] = frozenset(),
-    waits: Mapping[object, Histogram] | None = None,
-    connects: Mapping[object, Histogram] | None = None,
+    waits: Mapping[EndpointState, Histogram] | None = None,
+    connects: Mapping[EndpointState, Histogram] | None = None,
 ) -> PoolStats:
     """Copy the counts out of the state machine (never a live view)."""
     endpoints: dict[Endpoint, EndpointStats] = {}
@@ -200,8 +200,8 @@ def snapshot(
             connect_failures=ep.connect_failures,
             addresses=MappingProxyType(addresses),
             stale=endpoint.host in stale,
-            wait_time=waits[key].snapshot() if waits and key in waits else _EMPTY,
-            connect_time=connects[key].snapshot() if connects and key in connects else _EMPTY,
+            wait_time=waits[ep].snapshot() if waits and ep in waits else _EMPTY,
+            connect_time=connects[ep].snapshot() if connects and ep in connects else _EMPTY,
         )
         active += ep.active
         idle += ep.idle
@@ -211,6 +211,6 @@ def snapshot(
         active=active,
         idle=idle,
         pending=pending,
-        waiting=len(state.waiters),
+        waiting=state.n_waiters,
         closed=state.closed,
     )
