@@ -81,7 +81,8 @@ class Connector:
         host = f"[{ip}]" if ":" in ip else ip
         context = [f"connecting to tcp:{host}:{endpoint.port}", f"connecting to {endpoint}"]
         if done > 1:
-            context.append(f"after {done - 1} retry attempts")
+            retries = done - 1
+            context.append(f"after {retries} retry attempt{'s' if retries > 1 else ''}")
         raise ConnectError(
             describe(last),
             endpoint=endpoint,

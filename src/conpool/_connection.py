@@ -37,6 +37,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "ProtocolConnection", "StreamConnection"]
 
+# A connection idle for less than this is not polled on reuse: it was in use
+# a moment ago, the loop's flags are as fresh as a poll would be to within
+# that moment, and a close arriving now races any check (the request itself
+# then fails, as with every pool).  Skipping the system call keeps hot reuse
+# cheap; a connection idle for longer, which is when servers close them, is
+# always polled.
+_PROBE_AFTER = 0.001
+
 # poll(2) events meaning the peer is gone (or the descriptor is).
 _HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
@@ -90,8 +98,11 @@ class Connection(ByteStream):
         assert self._rec is not None
         return self._rec.id
 
-    def usable(self) -> bool:
-        """Non-blocking check that an idle connection is still worth reusing."""
+    def usable(self, idle: float) -> bool:
+        """Non-blocking check that an idle connection is still worth reusing.
+
+        :param idle: seconds since it was released.
+        """
         raise NotImplementedError
 
     def close_now(self) -> None:
@@ -193,7 +204,7 @@ def _tls_protocol() -> _Protocol:
 class ProtocolConnection(Connection):
     """A connection on asyncio or uvloop, implemented on an asyncio protocol."""
 
-    __slots__ = ("_proto", "_tls", "_transport")
+    __slots__ = ("_poll", "_proto", "_tls", "_transport")
 
     def __init__(
         self,
@@ -207,6 +218,9 @@ class ProtocolConnection(Connection):
         self._transport = transport
         self._proto = protocol
         self._tls = tls
+        self._poll = select.poll()
+        sock: socket.socket = transport.get_extra_info("socket")
+        self._poll.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
 
     @staticmethod
     def protocol_factory(tls: bool) -> Callable[[], _Protocol]:
@@ -304,14 +318,25 @@ class ProtocolConnection(Connection):
                 self._transport.close()
             self._proto._wake_reader()
 
-    def usable(self) -> bool:
+    def usable(self, idle: float) -> bool:
         proto = self._proto
         # Bytes that arrived while idle belong to no request: the protocol on
         # this stream is out of step, so it must not carry another one.
-        return (
-            not (self.closed or self.broken or proto.lost or proto.eof or proto.buffer)
-            and not self._transport.is_closing()
-        )
+        if self.closed or self.broken or proto.lost or proto.eof or proto.buffer:
+            return False
+        if idle < _PROBE_AFTER:
+            return True
+        # The flags above are only as fresh as the event loop's last look at
+        # the socket; a FIN or RST the kernel received since is news to them.
+        # Ask the kernel, without reading and without raising.
+        ready = self._poll.poll(0)
+        if not ready:
+            return True
+        if ready[0][1] & _HANGUP:
+            return False
+        # Bytes pending: plaintext nobody asked for (out of step), or on TLS
+        # perhaps a session ticket the loop has not read yet.
+        return self._tls
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -396,14 +421,14 @@ class StreamConnection(Connection):
                 anyio.notify_closing(self._sock)
                 self._sock.close()
 
-    def usable(self) -> bool:
+    def usable(self, idle: float) -> bool:
         if self.closed or self.broken:
             return False
-        # Ask the kernel, without reading and without raising: poll(2) with
-        # POLLRDHUP reports a peer that closed or reset even when bytes are
-        # still queued.  Plaintext bytes nobody asked for make the stream
-        # unusable; on TLS they may be a TLS 1.3 session ticket, so there
-        # only a hang-up counts.
+        # Nothing reads an idle trio socket, so every reuse asks the kernel,
+        # without reading and without raising: poll(2) with POLLRDHUP reports
+        # a peer that closed or reset even when bytes are still queued.
+        # Plaintext bytes nobody asked for make the stream unusable; on TLS
+        # they may be a TLS 1.3 session ticket, so there only a hang-up counts.
         ready = self._poll.poll(0)
         if not ready:
             return True

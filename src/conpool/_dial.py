@@ -77,7 +77,11 @@ def _tls_timed(exc: BaseException, tls_start: int) -> BaseException:
     return exc
 
 
-def _timeout_error(what: str, timeout: float | None) -> TimeoutError:
+def _closed_in_handshake() -> ConnectionResetError:
+    return ConnectionResetError("connection closed by the peer during the TLS handshake")
+
+
+def _timeout_error(what: str, timeout: float) -> TimeoutError:
     return TimeoutError(f"{what} timed out after {timeout:g} s")
 
 
@@ -96,17 +100,29 @@ async def open_asyncio(
             await loop.sock_connect(sock, (ip, port))
             if tls is not None:
                 stage = "TLS handshake"
-            tls_start = time.monotonic_ns()
+                tls_start = time.monotonic_ns()
             transport, protocol = await loop.create_connection(
                 ProtocolConnection.protocol_factory(tls is not None),
                 sock=sock,
                 ssl=tls.ssl_context if tls is not None else None,
                 server_hostname=tls.server_name_for(endpoint.host) if tls is not None else None,
-                ssl_handshake_timeout=None if tls is None else (connect_timeout or 60.0),
+                # asyncio insists on a handshake timeout of its own; make it
+                # later than ours so that fail_after decides, with one message.
+                ssl_handshake_timeout=None if tls is None else (connect_timeout or 60.0) * 2 + 1,
             )
-    except TimeoutError:
+    except TimeoutError as exc:
         _abort(transport, sock)
+        if exc.errno is not None or connect_timeout is None:  # not our deadline
+            raise
         raise _tls_timed(_timeout_error(stage, connect_timeout), tls_start) from None
+    except ConnectionError as exc:
+        _abort(transport, sock)
+        if tls_start and not exc.args:
+            # asyncio's TLS layer raises a bare ConnectionResetError when the
+            # peer hangs up mid-handshake: say what happened.
+            raise _tls_timed(_closed_in_handshake(), tls_start) from exc
+        _tls_timed(exc, tls_start)
+        raise
     except BaseException as exc:
         _abort(transport, sock)
         _tls_timed(exc, tls_start)
@@ -146,17 +162,24 @@ async def open_anyio(
                 return StreamConnection(endpoint, (ip, port), stream, sock)
             stage = "TLS handshake"
             tls_start = time.monotonic_ns()
-            wrapped = await TLSStream.wrap(
-                stream,
-                hostname=tls.server_name_for(endpoint.host),
-                ssl_context=tls.ssl_context,
-                standard_compatible=False,
-            )
+            try:
+                wrapped = await TLSStream.wrap(
+                    stream,
+                    hostname=tls.server_name_for(endpoint.host),
+                    ssl_context=tls.ssl_context,
+                    standard_compatible=False,
+                )
+            except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                # anyio's words for a peer that hung up mid-handshake; the
+                # pool (and its retries) deal in OSErrors.
+                raise _closed_in_handshake() from exc
             conn = StreamConnection(endpoint, (ip, port), wrapped, sock)
             conn.tls_ns = time.monotonic_ns() - tls_start
             return conn
-    except TimeoutError:
+    except TimeoutError as exc:
         await _aclose_quietly(stream, sock)
+        if exc.errno is not None or connect_timeout is None:  # not our deadline
+            raise
         raise _tls_timed(_timeout_error(stage, connect_timeout), tls_start) from None
     except BaseException as exc:
         await _aclose_quietly(stream, sock)

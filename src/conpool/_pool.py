@@ -14,7 +14,6 @@ through anyio.
 from __future__ import annotations
 
 import asyncio
-import operator
 import random
 import time
 from types import TracebackType
@@ -44,8 +43,8 @@ _monotonic = time.monotonic
 _EXPIRY_REASONS = frozenset({"idle", "lifetime", "uses", "health", "stale", "drained"})
 
 
-# One C-level call per reuse instead of a Python wrapper around conn.usable().
-_usable = operator.methodcaller("usable")
+def _usable(conn: Connection, idle: float) -> bool:
+    return conn.usable(idle)
 
 
 class _Lease:

@@ -248,6 +248,17 @@ def _current_library() -> str:
     return sniffio.current_async_library()
 
 
+class _Lookup:
+    """One lookup in progress, shared by every caller that wants the name."""
+
+    __slots__ = ("answered", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.answered = False
+        self.error: BaseException | None = None
+
+
 @dataclass(slots=True)
 class _Entry:
     ips: tuple[str, ...] = ()
@@ -255,7 +266,7 @@ class _Entry:
     stale_until: float = -math.inf  # serve the old answer until this if refresh fails
     stale: bool = False
     error: BaseException | None = None
-    inflight: anyio.Event | None = None
+    inflight: _Lookup | None = None
     waiters: int = field(default=0)
 
 
@@ -298,22 +309,26 @@ class ResolutionCache:
             fetched an answer different from the one cached before.
         :raises OSError: the name did not resolve and no usable old answer exists.
         """
-        entry = self._entries.get(host)
-        if entry is not None and now < entry.expires:
-            return entry.ips, False
-        if entry is None:
-            if len(self._entries) >= self.max_names:
-                # Bounded: forget the oldest-inserted name (dict order).
-                self._entries.pop(next(iter(self._entries)))
-            entry = self._entries[host] = _Entry()
-        if entry.inflight is not None:
-            # Someone is already asking: share their answer.
-            await entry.inflight.wait()
-            if entry.ips and (entry.error is None or now < entry.stale_until):
+        while True:
+            entry = self._entries.get(host)
+            if entry is not None and now < entry.expires:
                 return entry.ips, False
-            assert entry.error is not None
-            raise entry.error
-        event = entry.inflight = anyio.Event()
+            if entry is None:
+                if len(self._entries) >= self.max_names:
+                    # Bounded: forget the oldest-inserted name (dict order).
+                    self._entries.pop(next(iter(self._entries)))
+                entry = self._entries[host] = _Entry()
+            lookup = entry.inflight
+            if lookup is None:
+                break
+            # Someone is already asking: share their answer, or their error.
+            await lookup.done.wait()
+            if lookup.error is not None:
+                raise lookup.error
+            if lookup.answered:
+                return entry.ips, False
+            # That lookup was cancelled with its task: ask again ourselves.
+        lookup = entry.inflight = _Lookup()
         try:
             answer = await self.resolver.resolve(host)
             ips = tuple(dict.fromkeys(str(ipaddress.ip_address(a.ip)) for a in answer))
@@ -325,17 +340,23 @@ class ResolutionCache:
                 entry.stale = True
                 # Try again soon, but not on every acquire.
                 entry.expires = now + 1.0
+                lookup.answered = True
                 return entry.ips, False
+            lookup.error = exc
             raise
+        else:
+            ttls = [a.ttl for a in answer if a.ttl is not None]
+            ttl = min(ttls) if ttls else math.inf
+            changed = ips != entry.ips and bool(entry.ips)
+            entry.ips = ips
+            entry.error = None
+            entry.stale = False
+            entry.expires = now + ttl
+            entry.stale_until = entry.expires + self.stale_limit
+            lookup.answered = True
         finally:
+            # Wakes the tasks sharing this lookup: answered, failed, or (if
+            # neither is set) cancelled, in which case they ask again.
             entry.inflight = None
-            event.set()
-        ttls = [a.ttl for a in answer if a.ttl is not None]
-        ttl = min(ttls) if ttls else math.inf
-        changed = ips != entry.ips and bool(entry.ips)
-        entry.ips = ips
-        entry.error = None
-        entry.stale = False
-        entry.expires = now + ttl
-        entry.stale_until = entry.expires + self.stale_limit
+            lookup.done.set()
         return ips, changed

@@ -242,7 +242,7 @@ def _drop_idle_addr(ep: EndpointState, addr: AddressState) -> None:
     addr.idle_pos = -1
 
 
-def _always_usable(handle: Any) -> bool:
+def _always_usable(handle: Any, idle: float) -> bool:
     return True
 
 
@@ -250,12 +250,15 @@ class PoolState:
     """The synchronous, I/O-free pool.
 
     :param config: limits and lifetimes.
-    :param is_usable: a cheap, non-blocking check of an idle connection's
-        handle before it is handed out (the shell answers from flags its
-        transport keeps, e.g. "the peer sent EOF while idle").
+    :param is_usable: ``is_usable(handle, idle_seconds)``, a cheap,
+        non-blocking check of an idle connection's handle before it is handed
+        out (the shell answers from flags its transport keeps, e.g. "the peer
+        sent EOF while idle", and from the kernel for long-idle ones).
     """
 
-    def __init__(self, config: Config, is_usable: Callable[[Any], bool] = _always_usable) -> None:
+    def __init__(
+        self, config: Config, is_usable: Callable[[Any, float], bool] = _always_usable
+    ) -> None:
         self.config = config
         self.per_endpoint = config.max_connections_per_endpoint
         self.max_total = config.max_connections
@@ -371,7 +374,7 @@ class PoolState:
                     _drop_idle_addr(ep, addr)
             del self.lru[rec]
             ep.idle -= 1
-            if now < rec.expires and self.is_usable(rec.handle):
+            if now < rec.expires and self.is_usable(rec.handle, now - rec.last_used):
                 rec.state = ACTIVE
                 rec.uses += 1
                 ep.reused += 1
