@@ -1,0 +1,153 @@
+"""Running a coroutine on each event loop, and timing C tasks that loop.
+
+Every implementation is timed by the same machinery: C worker tasks loop
+until ``meter.stop`` is set, adding one to ``meter.n`` per operation; the
+main task sleeps through the warmup, reads the count and the clock, sleeps
+through the measured phase, reads them again and stops the workers.  Only the
+way tasks are spawned differs (asyncio.TaskGroup, an anyio task group, a trio
+nursery), as each implementation's users would spawn them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NamedTuple, TypeVar
+
+__all__ = [
+    "Meter",
+    "Sample",
+    "Worker",
+    "drive_anyio",
+    "drive_asyncio",
+    "drive_trio",
+    "run_anyio",
+    "run_asyncio",
+    "run_trio",
+    "time_batches",
+]
+
+T = TypeVar("T")
+
+
+class Meter:
+    """Shared by the workers of one phase: the count and the stop flag."""
+
+    __slots__ = ("n", "stop")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.stop = False
+
+
+Worker = Callable[[Meter], Coroutine[Any, Any, None]]
+
+
+class Sample(NamedTuple):
+    """What one measured phase did: operations, wall seconds, and the CPU
+    seconds this process used meanwhile (user + system, all threads).
+
+    CPU time is the noise-robust figure on a shared machine: another
+    process that steals the core stretches the wall time, not the CPU time.
+    """
+
+    n: int
+    wall: float
+    cpu: float
+
+    def per_op_us(self) -> tuple[float, float]:
+        """(wall, CPU) microseconds per operation."""
+        return self.wall / self.n * 1e6, self.cpu / self.n * 1e6
+
+
+async def _measure(
+    sleep: Callable[[float], Awaitable[None]], meter: Meter, warmup: float, duration: float
+) -> Sample:
+    await sleep(warmup)
+    n0, t0, c0 = meter.n, time.perf_counter(), time.process_time()
+    await sleep(duration)
+    n1, t1, c1 = meter.n, time.perf_counter(), time.process_time()
+    meter.stop = True
+    return Sample(n1 - n0, t1 - t0, c1 - c0)
+
+
+async def drive_asyncio(worker: Worker, conc: int, warmup: float, duration: float) -> Sample:
+    """The measured phase of ``conc`` asyncio tasks."""
+    meter = Meter()
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(conc):
+            tg.create_task(worker(meter))
+        result = await _measure(asyncio.sleep, meter, warmup, duration)
+    return result
+
+
+async def drive_anyio(worker: Worker, conc: int, warmup: float, duration: float) -> Sample:
+    """The same with an anyio task group (asyncio, uvloop or trio backend)."""
+    import anyio
+
+    meter = Meter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(conc):
+            tg.start_soon(worker, meter)
+        result = await _measure(anyio.sleep, meter, warmup, duration)
+    return result
+
+
+async def drive_trio(worker: Worker, conc: int, warmup: float, duration: float) -> Sample:
+    """The same with a trio nursery."""
+    import trio
+
+    meter = Meter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(conc):
+            nursery.start_soon(worker, meter)
+        result = await _measure(trio.sleep, meter, warmup, duration)
+    return result
+
+
+async def time_batches(
+    batch: Callable[[int], Awaitable[None]], warmup: float, duration: float, size: int = 1000
+) -> Sample:
+    """One task: run ``batch(size)`` through the warmup, then time whole
+    batches until ``duration`` has passed."""
+    clock = time.perf_counter
+    end = clock() + warmup
+    while clock() < end:
+        await batch(size)
+    n = 0
+    t0, c0 = clock(), time.process_time()
+    end = t0 + duration
+    while True:
+        await batch(size)
+        n += size
+        t = clock()
+        if t >= end:
+            return Sample(n, t - t0, time.process_time() - c0)
+
+
+def run_asyncio(loop: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run on the stock asyncio loop, or on uvloop's."""
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main())
+    if loop != "asyncio":
+        raise ValueError(f"not an asyncio loop: {loop!r}")
+    return asyncio.run(main())
+
+
+def run_anyio(loop: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``anyio.run`` on the backend the loop names."""
+    import anyio
+
+    if loop == "trio":
+        return anyio.run(main, backend="trio")
+    return anyio.run(main, backend="asyncio", backend_options={"use_uvloop": loop == "uvloop"})
+
+
+def run_trio(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    import trio
+
+    return trio.run(main)

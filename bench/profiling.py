@@ -1,0 +1,138 @@
+"""Where the time of one cell goes: ``python -m bench.profiling``.
+
+Runs one cell of the matrix (by default the uncontended acquire + release on
+uvloop) in this process under a profiler, against the bench's echo server,
+and prints the functions that cost the most, per operation:
+
+* ``--tool cprofile`` (default): deterministic; every function's own time
+  (tottime) and cumulative time divided by the number of operations.  Its
+  per-call overhead inflates small functions, so read the shares, not the
+  absolute microseconds.
+* ``--tool pyinstrument``: statistical, low overhead; its call tree.
+
+Examples::
+
+    python -m bench.profiling
+    python -m bench.profiling --workload contended --loop asyncio --conc 64
+    python -m bench.profiling --workload echo --loop uvloop --conc 16 --tool pyinstrument
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import importlib
+import pstats
+import re
+import sys
+from collections.abc import Callable
+
+from bench.cell import pin
+from bench.runner import HOST, EchoServer, cores
+from bench.workloads import LOOPS, Cell, CellSpec, Metrics, registry
+
+# The metric that counts a cell's operations, per workload.
+COUNTS = {"echo": "requests", "acquire": "pairs", "contended": "pairs"}
+
+
+def _profile_cprofile(
+    run: Callable[[], Metrics], ops_metric: str, anchor: str | None, top: int
+) -> Metrics:
+    prof = cProfile.Profile()
+    metrics = prof.runcall(run)
+    entries = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    rows = []
+    for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in entries.items():
+        rows.append((tottime, cumtime, ncalls, f"{_short(filename)}:{line}({func})"))
+    rows.sort(reverse=True)
+    # Operations: the calls of the anchor function (warmup included, like the
+    # profile), else the cell's own count of the measured phase.
+    ops = metrics.get(ops_metric, 0.0)
+    source = f"the cell's {ops_metric} (measured phase only)"
+    if anchor is not None:
+        found = [r for r in rows if re.search(anchor, r[3])]
+        if found:
+            ops, source = float(found[0][2]), f"calls of {found[0][3]}"
+    total = sum(r[0] for r in rows)
+    print(f"\ncProfile: {ops:.0f} operations, counted as {source}")
+    print(f"{'own µs/op':>10} {'share':>6} {'cum µs/op':>10} {'calls/op':>9}  function")
+    per = 1e6 / ops if ops else 0.0
+    for tottime, cumtime, ncalls, name in rows[:top]:
+        print(
+            f"{tottime * per:10.3f} {tottime / total:6.1%} {cumtime * per:10.3f} "
+            f"{ncalls * per / 1e6:9.2f}  {name}"
+        )
+    return metrics
+
+
+def _profile_pyinstrument(run: Callable[[], Metrics], interval: float) -> Metrics:
+    pyinstrument = importlib.import_module("pyinstrument")
+    profiler = pyinstrument.Profiler(interval=interval, async_mode="disabled")
+    profiler.start()
+    try:
+        metrics = run()
+    finally:
+        profiler.stop()
+    print(profiler.output_text(unicode=True, color=False, show_all=False))
+    return metrics
+
+
+def _short(filename: str) -> str:
+    for marker in ("/site-packages/", "/src/", "/lib/python3"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+def main(argv: list[str] | None = None) -> int:
+    workloads = registry()
+    p = argparse.ArgumentParser(prog="python -m bench.profiling")
+    p.add_argument("--workload", choices=list(workloads), default="acquire")
+    p.add_argument("--impl", default="conpool")
+    p.add_argument("--loop", choices=LOOPS, default="uvloop")
+    p.add_argument("--conc", type=int, default=None, help="C (default: 1, contended 64)")
+    p.add_argument("--seconds", type=float, default=2.0, help="measured seconds (per phase)")
+    p.add_argument("--tool", choices=("cprofile", "pyinstrument"), default="cprofile")
+    p.add_argument("--top", type=int, default=30, help="functions shown (cProfile)")
+    p.add_argument(
+        "--anchor",
+        default=None,
+        help="regex naming the function whose calls count the operations (cProfile; default "
+        "for conpool's acquire workloads: Pool.release, a coroutine that never suspends: "
+        "cProfile counts every resumption of a coroutine as a call)",
+    )
+    p.add_argument("--interval", type=float, default=0.0001, help="pyinstrument sampling (s)")
+    args = p.parse_args(argv)
+    conc = args.conc or (64 if args.workload == "contended" else 1)
+    workload = workloads[args.workload]
+    anchor = args.anchor
+    if anchor is None and args.impl == "conpool" and args.workload != "echo":
+        anchor = r"conpool/_pool\.py:\d+\(release\)"
+    for mod in ("anyio", "conpool", "uvloop", "trio", "bench.naive", "bench.peers"):
+        try:
+            importlib.import_module(mod)  # keep imports out of the profile
+        except ImportError:
+            pass
+    client_cpu, server_cpu = cores(False)
+    pin(client_cpu)
+    server = EchoServer(server_cpu, args.seconds * 4 + 120.0)
+    try:
+        cell = Cell(args.workload, args.impl, args.loop, conc)
+        spec = CellSpec(cell, HOST, server.port, args.seconds, 0.2, client_cpu)
+
+        def run() -> Metrics:
+            return workload.run(spec)
+
+        if args.tool == "cprofile":
+            metrics = _profile_cprofile(run, COUNTS.get(args.workload, "pairs"), anchor, args.top)
+        else:
+            metrics = _profile_pyinstrument(run, args.interval)
+    finally:
+        server.stop()
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+    print(f"\n{cell.key} under {args.tool}: {shown}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
