@@ -122,15 +122,21 @@ class Connector:
         # is over, so a cancellation arriving while the loser is torn down
         # cannot strand a registered connection nobody holds.
         winner: list[Connection] = []
+        # An address that started first and lost to the other family counts
+        # a failure when cancelled: a black-holed family is then ejected
+        # after a few races instead of costing the delay on every dial.
+        slow: set[str] = set()
 
         async def attempt(ip: str, failed: anyio.Event, scope: anyio.CancelScope) -> None:
-            conn = await self._attempt(ep, endpoint, ip, tried, errors)
+            conn = await self._attempt(ep, endpoint, ip, tried, errors, slow)
             if conn is None:
                 failed.set()
             elif winner:
                 _discard(state, ep, conn)
             else:
                 winner.append(conn)
+                if ip != first:
+                    slow.add(first)
                 scope.cancel()
 
         try:
@@ -158,9 +164,12 @@ class Connector:
         ip: str,
         tried: list[str],
         errors: list[tuple[str, BaseException]],
+        slow: set[str] | frozenset[str] = frozenset(),
     ) -> Connection | None:
         """One connection attempt to ``ip`` (already counted pending there).
-        Returns the unregistered connection, or None after recording the error."""
+        Returns the unregistered connection, or None after recording the error.
+        A cancellation counts as the address's failure when ``ip`` is in
+        ``slow`` (it lost a Happy Eyeballs race it started first)."""
         state = self.state
         start = time.monotonic_ns()
         self.emit("connect.started", endpoint, ip)
@@ -173,14 +182,15 @@ class Connector:
             # so an ejection it decides on follows the failure that caused it.
             elapsed = time.monotonic_ns() - start
             if not isinstance(exc, OSError):
+                lost = ip in slow
                 self.emit(
                     "connect.cancelled",
                     endpoint,
                     ip,
                     duration_ns=elapsed,
-                    detail=type(exc).__name__,
+                    detail="lost the Happy Eyeballs race" if lost else type(exc).__name__,
                 )
-                state.attempt_failed(ep, ip, _monotonic(), counts=False)
+                state.attempt_failed(ep, ip, _monotonic(), counts=lost)
                 raise
             errors.append((ip, exc))
             tried.append(ip)

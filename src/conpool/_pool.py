@@ -564,7 +564,7 @@ class Pool:
                     duration_ns=time.monotonic_ns() - start,
                     detail=" ".join(ips),
                 )
-        if tuple(a.ip for a in ep.listed) != ips:
+        if _listed(ep) != ips:
             self._state.set_addresses(ep, ips)
             self._flush()
 
@@ -635,14 +635,19 @@ class Pool:
         tg = self._tg
         for ep in list(state.endpoints.values()):
             endpoint: Endpoint = ep.key  # type: ignore[assignment]
-            if (
-                not endpoint.is_ip
-                and ep.total
-                and endpoint.host not in self._refreshing
-                and self._names.peek(endpoint.host, now) is None
-                and tg is not None
-            ):
-                self._refreshing.add(endpoint.host)
+            if endpoint.is_ip or not ep.total:
+                continue
+            host = endpoint.host
+            ips = self._names.peek(host, now)
+            if ips is not None:
+                # Another endpoint of the same name (another port, TLS or
+                # not) may have fetched a new answer: every endpoint of the
+                # name follows it, so none keeps using an address that left.
+                if _listed(ep) != ips:
+                    state.set_addresses(ep, ips)
+                    self._flush()
+            elif host not in self._refreshing and tg is not None:
+                self._refreshing.add(host)
                 tg.start_soon(self._refresh, ep, endpoint)
 
     def _sweep_sooner(self, when: float) -> None:
@@ -659,6 +664,19 @@ class Pool:
             pass  # kept serving the old answer, or nothing to drain; logged as an event
         finally:
             self._refreshing.discard(endpoint.host)
+        # Every other endpoint of the name (another port, TLS or not) follows
+        # the new answer at once, so none keeps using an address that left.
+        ips = self._names.peek(endpoint.host, _monotonic())
+        if ips is not None:
+            for other in list(self._state.endpoints.values()):
+                key: Endpoint = other.key  # type: ignore[assignment]
+                if key.host == endpoint.host and _listed(other) != ips:
+                    self._state.set_addresses(other, ips)
+            self._flush()
+
+
+def _listed(ep: EndpointState) -> tuple[str, ...]:
+    return tuple(a.ip for a in ep.listed)
 
 
 Pool.__module__ = "conpool"

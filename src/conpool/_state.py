@@ -498,8 +498,11 @@ class PoolState:
             return None
         for a in listed:
             if a.ejections and a.ejected_until != -math.inf and not a.ejected(now):
-                # Its ejection time is over: back in rotation.
+                # Its ejection time is over: back in rotation, with a clean
+                # slate (failures of attempts that were in flight when it was
+                # ejected must not eject it again at its first failure).
                 a.ejected_until = -math.inf
+                a.consecutive_failures = 0
                 self._event("address.readmit", ep, a.ip, "ejection time over")
         avoid = set(avoid)
         candidates = [a for a in listed if a.ip not in avoid and not a.ejected(now)]
