@@ -117,7 +117,9 @@ class Config:
         may be ejected for failing at once, in (0, 1]. Beyond it failing
         addresses stay in rotation, so a wide outage degrades to retries rather
         than to an endpoint with nowhere to connect (Envoy's
-        ``max_ejection_percent`` plays the same role).
+        ``max_ejection_percent`` plays the same role).  As in Envoy, one of
+        several addresses may always be ejected, whatever the share; a
+        name's only address never is.
     :param eject_after_failures: consecutive connect failures after which an
         address is ejected, at least 1.
     :param eject_time: seconds an address stays ejected the first time, greater
