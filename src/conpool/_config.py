@@ -118,8 +118,9 @@ class Config:
         addresses stay in rotation, so a wide outage degrades to retries rather
         than to an endpoint with nowhere to connect (Envoy's
         ``max_ejection_percent`` plays the same role).  As in Envoy, one of
-        several addresses may always be ejected, whatever the share; a
-        name's only address never is.
+        several addresses may always be ejected, whatever the share.  A
+        name's only address is ejected only with a share of 1.0, and is
+        dialled anyway (the pool fails open when every address is out).
     :param eject_after_failures: consecutive connect failures after which an
         address is ejected, at least 1.
     :param eject_time: seconds an address stays ejected the first time, greater
