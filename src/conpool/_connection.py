@@ -53,6 +53,23 @@ _HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 _HIGH_WATER = 256 * 1024
 
 
+def _probe(poll: select.poll, tls: bool) -> bool:
+    """Ask the kernel whether an idle socket is still worth reusing, without
+    reading and without raising.
+
+    poll(2) with POLLRDHUP reports a peer that closed or reset even when bytes
+    are still queued.  Plaintext bytes nobody asked for make the stream
+    unusable (the protocol on it is out of step); on TLS they may be a TLS 1.3
+    session ticket not read yet, so there only a hang-up counts.
+    """
+    ready = poll.poll(0)
+    if not ready:
+        return True
+    if ready[0][1] & _HANGUP:
+        return False
+    return tls
+
+
 class Connection(ByteStream):
     """A pooled connection: an :class:`anyio.abc.ByteStream` plus what the
     pool knows about it.
@@ -328,15 +345,7 @@ class ProtocolConnection(Connection):
             return True
         # The flags above are only as fresh as the event loop's last look at
         # the socket; a FIN or RST the kernel received since is news to them.
-        # Ask the kernel, without reading and without raising.
-        ready = self._poll.poll(0)
-        if not ready:
-            return True
-        if ready[0][1] & _HANGUP:
-            return False
-        # Bytes pending: plaintext nobody asked for (out of step), or on TLS
-        # perhaps a session ticket the loop has not read yet.
-        return self._tls
+        return _probe(self._poll, self._tls)
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -424,17 +433,8 @@ class StreamConnection(Connection):
     def usable(self, idle: float) -> bool:
         if self.closed or self.broken:
             return False
-        # Nothing reads an idle trio socket, so every reuse asks the kernel,
-        # without reading and without raising: poll(2) with POLLRDHUP reports
-        # a peer that closed or reset even when bytes are still queued.
-        # Plaintext bytes nobody asked for make the stream unusable; on TLS
-        # they may be a TLS 1.3 session ticket, so there only a hang-up counts.
-        ready = self._poll.poll(0)
-        if not ready:
-            return True
-        if ready[0][1] & _HANGUP:
-            return False
-        return self._tls
+        # Nothing reads an idle trio socket, so every reuse asks the kernel.
+        return _probe(self._poll, self._tls)
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
