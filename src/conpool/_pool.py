@@ -40,6 +40,10 @@ __all__ = ["Pool"]
 
 _monotonic = time.monotonic
 
+#: Endpoints remembered at most (beyond, those with nothing open are
+#: forgotten, oldest first, so a pool that talks to ever new hosts stays bounded).
+MAX_ENDPOINTS = 10_000
+
 # Close reasons that mean "expired" rather than "failed" or "closed by you".
 _EXPIRY_REASONS = frozenset({"idle", "lifetime", "uses", "health", "stale", "drained"})
 
@@ -632,6 +636,11 @@ class Pool:
         now = _monotonic()
         state.sweep(now)
         self._flush()
+        for ep in state.forget_unused(MAX_ENDPOINTS):
+            self._waits.pop(ep, None)
+            self._connects.pop(ep, None)
+            if ep is self._last_ep:
+                self._last_key = object()
         tg = self._tg
         for ep in list(state.endpoints.values()):
             endpoint: Endpoint = ep.key  # type: ignore[assignment]

@@ -301,6 +301,22 @@ class PoolState:
             ep.owner = self
         return ep
 
+    def forget_unused(self, keep: int) -> list[EndpointState]:
+        """Bound the endpoints remembered: while more than ``keep`` are known,
+        forget those with nothing open, opening or waiting, oldest first.
+        Returns what was forgotten (its counts leave ``stats()``)."""
+        excess = len(self.endpoints) - keep
+        forgotten: list[EndpointState] = []
+        if excess <= 0:
+            return forgotten
+        for key, ep in list(self.endpoints.items()):
+            if ep.total == 0 and not ep.waiters:
+                del self.endpoints[key]
+                forgotten.append(ep)
+                if len(forgotten) >= excess:
+                    break
+        return forgotten
+
     def set_addresses(self, ep: EndpointState, ips: Sequence[str]) -> None:
         """Record the name's latest answer.
 

@@ -92,11 +92,12 @@ class HTTPProtocol(Protocol):
         lines = head.split("\r\n")
         status_line = lines[0].split(" ", 2)
         if len(status_line) < 2 or not status_line[0].startswith("HTTP/"):
-            raise ProtocolError(f"not an HTTP response: {lines[0][:80]!r}")
+            # Never quote what the server sent: reports carry no payload bytes.
+            raise ProtocolError(f"not an HTTP response ({len(lines[0])}-byte first line)")
         try:
             status = int(status_line[1])
         except ValueError:
-            raise ProtocolError(f"bad HTTP status line: {lines[0][:80]!r}") from None
+            raise ProtocolError("bad HTTP status line (status is not a number)") from None
         headers: dict[str, str] = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
@@ -113,7 +114,7 @@ class HTTPProtocol(Protocol):
             try:
                 length = int(headers["content-length"])
             except ValueError:
-                raise ProtocolError(f"bad Content-Length {headers['content-length']!r}") from None
+                raise ProtocolError("bad Content-Length (not a number)") from None
             while len(rest) < length:
                 rest += await conn.receive()
             rest = rest[length:]
@@ -124,7 +125,7 @@ class HTTPProtocol(Protocol):
         if not keep_alive:
             await conn.aclose()
         if status >= 400:
-            raise ProtocolError(f"HTTP {status} {status_line[2] if len(status_line) > 2 else ''}")
+            raise ProtocolError(f"HTTP status {status}")
 
     async def _chunked(self, conn: ByteStream, buf: bytes) -> bytes:
         while True:
@@ -134,7 +135,7 @@ class HTTPProtocol(Protocol):
             try:
                 size = int(size_line.split(b";")[0], 16)
             except ValueError:
-                raise ProtocolError(f"bad chunk size {size_line[:20]!r}") from None
+                raise ProtocolError("bad chunk size (not hexadecimal)") from None
             if size == 0:
                 # Trailers end with an empty line.
                 while b"\r\n\r\n" not in b"\r\n" + buf:
@@ -163,7 +164,7 @@ class RedisProtocol(Protocol):
                 raise ProtocolError("redis answer longer than 4 KiB")
             buf += await conn.receive()
         if buf != b"+PONG\r\n":
-            raise ProtocolError(f"redis answered {buf[:80]!r} to PING")
+            raise ProtocolError(f"unexpected redis answer to PING ({len(buf)} bytes)")
 
     def describe(self) -> str:
         return "redis RESP, PING"
