@@ -254,3 +254,6 @@ class Config:
         for name, number in floats.items():
             # A frozen dataclass forbids normal assignment, even here.
             object.__setattr__(self, name, number)
+
+
+Config.__module__ = "conpool"

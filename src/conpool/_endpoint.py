@@ -514,3 +514,7 @@ class Endpoint:
 def _rebuild_endpoint(host: str, port: int, tls: TLS | None) -> Endpoint:
     # pickle and copy cannot pass keyword arguments, and tls is keyword-only.
     return Endpoint(host, port, tls=tls)
+
+
+TLS.__module__ = "conpool"
+Endpoint.__module__ = "conpool"

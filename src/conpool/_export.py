@@ -126,3 +126,6 @@ def prometheus_text(stats: PoolStats, prefix: str = "conpool") -> str:
             labels = {"endpoint": str(endpoint), "tls": "false" if endpoint.tls is None else "true"}
             w.histogram(family, help_text, getattr(ep, field), **labels)
     return "\n".join(w.lines) + "\n"
+
+
+prometheus_text.__module__ = "conpool"

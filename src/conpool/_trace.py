@@ -104,6 +104,7 @@ class Tracer:
         ]
 
     def clear(self) -> None:
+        """Forget every event and reset :attr:`dropped`."""
         self._buf = [None] * self.capacity
         self._next = 0
 
