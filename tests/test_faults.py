@@ -315,7 +315,15 @@ async def test_hostile_tls_peer_gives_a_clear_connect_error(
                 assert exc.attempts == attempts and len(exc.errors) == attempts
                 assert all(isinstance(e, OSError) for e in exc.errors), exc.errors
                 text, *context = str(exc).split("\n")
-                assert first_line.lower() in text.lower().replace("_", " "), text
+                if mode == "garbage":
+                    # Either the TLS layer read the garbage as a record, or
+                    # (asyncio/uvloop) it arrived before our hello.
+                    assert "wrong version number" in text.lower().replace("_", " ") or (
+                        "bytes before the tls handshake" in text.lower()
+                    ), text
+                    assert text.startswith("TLS error: "), text
+                else:
+                    assert first_line.lower() in text.lower().replace("_", " "), text
                 if mode == "accept-close":
                     assert "reset" in text.lower() or "closed" in text.lower(), text
                 assert context[:2] == [

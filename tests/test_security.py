@@ -417,7 +417,9 @@ async def test_connections_are_bounded_under_500_tasks() -> None:
             s = check_quiet(pool)
         await fds_back_to(base)
     assert peak["total"] == 8 and all(peak[str(ep)] <= 5 for ep in eps), peak
-    assert one.max_concurrent + two.max_concurrent <= 8 + 1  # +1: an evicted one closing
+    # Server side, per endpoint.  (The two servers' maxima may fall at
+    # different moments, and a connection the pool closed to make room is
+    # seen closed by its server a little later, so their sum is no bound.)
     assert one.max_concurrent <= 5 and two.max_concurrent <= 5
     assert sum(e.created for e in s.endpoints.values()) < 500  # reuse, not a dial per task
 

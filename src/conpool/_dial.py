@@ -25,6 +25,13 @@ from ._endpoint import Endpoint
 __all__ = ["backoff_delay", "open_anyio", "open_asyncio", "retryable", "tls_failure"]
 
 
+class NotTLSError(ssl.SSLError):
+    """What listens there spoke first, so it is not a TLS server."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def tls_failure(exc: BaseException) -> bool:
     """Whether an attempt failed in the TLS handshake (for the trace)."""
     return isinstance(exc, ssl.SSLError) or (
@@ -98,18 +105,43 @@ async def open_asyncio(
     try:
         with anyio.fail_after(connect_timeout):
             await loop.sock_connect(sock, (ip, port))
+            raw, protocol = await loop.create_connection(
+                ProtocolConnection.protocol_factory(tls is not None), sock=sock
+            )
+            transport = raw
             if tls is not None:
                 stage = "TLS handshake"
                 tls_start = time.monotonic_ns()
-            transport, protocol = await loop.create_connection(
-                ProtocolConnection.protocol_factory(tls is not None),
-                sock=sock,
-                ssl=tls.ssl_context if tls is not None else None,
-                server_hostname=tls.server_name_for(endpoint.host) if tls is not None else None,
-                # asyncio insists on a handshake timeout of its own; make it
-                # later than ours so that fail_after decides, with one message.
-                ssl_handshake_timeout=None if tls is None else (connect_timeout or 60.0) * 2 + 1,
-            )
+                if protocol.buffer:
+                    # A TLS server waits for our hello; bytes before it mean
+                    # whatever listens there does not speak TLS.
+                    raise NotTLSError(
+                        f"the server sent {protocol.buffered} bytes before the TLS handshake"
+                    )
+                if transport.is_closing() or protocol.eof or protocol.lost:
+                    # Hung up before we said a word (uvloop would report a
+                    # fatal error from a handshake on a closed transport).
+                    raise _closed_in_handshake()
+                # start_tls on a transport we own, rather than
+                # create_connection(ssl=...): cancelled mid-handshake, the
+                # latter leaves a half-built TLS transport registered on a
+                # socket we close (asyncio then trips over the reused fd,
+                # uvloop reports a fatal SSL error); here the raw transport
+                # is ours to abort.
+                tls_transport = await loop.start_tls(
+                    transport,
+                    protocol,
+                    tls.ssl_context,
+                    server_hostname=tls.server_name_for(endpoint.host),
+                    # asyncio insists on a handshake timeout of its own; make
+                    # it later than ours so that fail_after decides.
+                    ssl_handshake_timeout=(connect_timeout or 60.0) * 2 + 1,
+                )
+                if tls_transport is None or tls_transport.get_extra_info("socket") is None:
+                    # uvloop hands back a dead transport when the peer hung
+                    # up during the handshake.
+                    raise _closed_in_handshake()
+                transport = tls_transport
     except TimeoutError as exc:
         _abort(transport, sock)
         if exc.errno is not None or connect_timeout is None:  # not our deadline

@@ -128,9 +128,10 @@ def describe(exc: BaseException) -> str:
     comparing logs across backends should see the same sentence.
     """
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed: {exc.verify_message or exc.reason}"
+        why = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
+        return f"TLS certificate verification failed: {why}"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
+        return f"TLS error: {getattr(exc, 'reason', None) or exc}"
     if isinstance(exc, TimeoutError) and not exc.args:
         return "timed out"
     if isinstance(exc, OSError) and exc.errno is not None and exc.errno in _errno.errorcode:

@@ -17,6 +17,7 @@ import asyncio
 import random
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -117,14 +118,15 @@ class Pool:
             raise TypeError(f"resolver must have an async resolve(host) method, got {resolver!r}")
         if tracer is not None and not isinstance(tracer, Tracer):
             raise TypeError(f"tracer must be a conpool.Tracer, got {tracer!r}")
+        self.config = config
+        self.resolver = resolver
+        self.tracer = tracer
         self._hooks = Hooks()
         self._hooks.tracer = tracer
         # The one attribute every trace point checks: None while nobody
         # listens (no tracer, no hook), so tracing costs nothing when off.
-        self._trace: Hooks | None = self._hooks if self._hooks else None
-        self.config = config
-        self.resolver = resolver
-        self.tracer = tracer
+        self._trace: Callable[..., None] | None = None
+        self._retrace()
         self._state = PoolState(config, _usable)
         self._names = ResolutionCache(resolver, config.dns_stale_limit)
         self._rng = random.Random(config.balance_seed)
@@ -509,7 +511,7 @@ class Pool:
         :raises TypeError: ``kind`` is not a non-empty str or ``hook`` is not callable.
         """
         self._hooks.add(kind, hook)
-        self._trace = self._hooks
+        self._retrace()
 
     def remove_hook(self, hook: Hook) -> None:
         """Unregister ``hook`` (every pattern it was added under).
@@ -517,7 +519,18 @@ class Pool:
         :raises ValueError: it was not registered.
         """
         self._hooks.remove(hook)
-        self._trace = self._hooks if self._hooks else None
+        self._retrace()
+
+    def _retrace(self) -> None:
+        """Point the trace points at what listens: nothing (None: one
+        attribute check per trace point), the tracer's own ``emit`` when it
+        is alone (one call), or the hook dispatcher."""
+        if len(self._hooks):
+            self._trace = self._hooks
+        elif self.tracer is not None:
+            self._trace = self.tracer.emit
+        else:
+            self._trace = None
 
     def on_connection_created(self, hook: Hook) -> Hook:
         """Register ``hook`` for ``connect.complete``; usable as a decorator."""

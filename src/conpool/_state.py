@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Final
 
@@ -206,7 +206,9 @@ class EndpointState:
         self.addresses: dict[str, AddressState] = {}
         # The latest answer, in the resolver's order.
         self.listed: list[AddressState] = []
-        self.waiters: dict[Waiter, None] = {}
+        # Ordered dicts, not dicts: popping from the front of a plain dict
+        # again and again costs a scan over the holes its deletions left.
+        self.waiters: OrderedDict[Waiter, None] = OrderedDict()
         self.turn = 0
         # The only address, when there is exactly one: the reuse path then
         # needs no choice among addresses.
@@ -278,10 +280,10 @@ class PoolState:
         # Every waiter, oldest first, for first-come-first-served across
         # endpoints when the total limit is what blocks them; kept only when
         # there is a total limit (otherwise each endpoint's queue suffices).
-        self.waiters: dict[Waiter, None] = {}
+        self.waiters: OrderedDict[Waiter, None] = OrderedDict()
         # Every idle record, least recently used first: the expiry sweep and
         # the eviction for max_connections both start from the front.
-        self.lru: dict[ConnRecord, None] = {}
+        self.lru: OrderedDict[ConnRecord, None] = OrderedDict()
         # Every open record in creation order, for lifetime expiry; closed
         # records are dropped lazily (see _compact_ages).
         self.ages: deque[ConnRecord] = deque()
@@ -422,8 +424,9 @@ class PoolState:
         if n > 4:
             # Many addresses: the less busy of two random ones (the power of
             # two choices, see _balance.power_of_two) keeps this O(1).
-            i = self.rng.randrange(n)
-            j = self.rng.randrange(n - 1)
+            rnd = self.rng.random  # randrange is pure Python, 5x slower
+            i = int(rnd() * n)
+            j = int(rnd() * (n - 1))
             candidates = [candidates[i], candidates[j + 1 if j >= i else j]]
         best = candidates[0]
         best_busy = best.open - len(best.idle)
@@ -512,19 +515,28 @@ class PoolState:
             listed = [a for a in listed if (":" in a.ip) == (family == 6)]
         if not listed:
             return None
+        avoid = set(avoid)
+        candidates: list[AddressState] = []
+        admitted: list[AddressState] = []
+        # One pass: re-admit addresses whose ejection is over, skip those
+        # still ejected, and those this dial already tried.
         for a in listed:
-            if a.ejections and a.ejected_until != -math.inf and not a.ejected(now):
+            until = a.ejected_until
+            if until != -math.inf:
+                if now < until:
+                    continue
                 # Its ejection time is over: back in rotation, with a clean
                 # slate (failures of attempts that were in flight when it was
                 # ejected must not eject it again at its first failure).
                 a.ejected_until = -math.inf
                 a.consecutive_failures = 0
                 self._event("address.readmit", ep, a.ip, "ejection time over")
-        avoid = set(avoid)
-        candidates = [a for a in listed if a.ip not in avoid and not a.ejected(now)]
+            admitted.append(a)
+            if a.ip not in avoid:
+                candidates.append(a)
         if not candidates:
-            candidates = [a for a in listed if not a.ejected(now)] or list(listed)
-        i = self.policy([a.connections for a in candidates], ep.turn, self.rng)
+            candidates = admitted or list(listed)
+        i = self.policy([a.open + a.pending for a in candidates], ep.turn, self.rng)
         ep.turn += 1
         addr = candidates[i]
         addr.pending += 1
