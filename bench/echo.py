@@ -54,6 +54,10 @@ TARGET_RATIO = 0.90
 
 
 def _metrics(sample: Sample) -> Metrics:
+    if sample.n == 0 or sample.wall <= 0:
+        # A loaded machine can starve a short phase: fail the cell loudly
+        # rather than dividing by zero.
+        raise RuntimeError(f"no request completed in {sample.wall:.3f} s")
     return {
         "rps": sample.n / sample.wall,
         "cpu_us": sample.cpu / sample.n * 1e6,  # client CPU per request

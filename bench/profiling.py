@@ -32,7 +32,13 @@ from bench.runner import HOST, EchoServer, cores
 from bench.workloads import LOOPS, Cell, CellSpec, Metrics, registry
 
 # The metric that counts a cell's operations, per workload.
-COUNTS = {"echo": "requests", "acquire": "pairs", "contended": "pairs"}
+COUNTS = {
+    "echo": "requests",
+    "acquire": "pairs",
+    "contended": "pairs",
+    "http": "requests",
+    "tracing": "requests",
+}
 
 
 def _profile_cprofile(
@@ -106,7 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     conc = args.conc or (64 if args.workload == "contended" else 1)
     workload = workloads[args.workload]
     anchor = args.anchor
-    if anchor is None and args.impl == "conpool" and args.workload != "echo":
+    if (
+        anchor is None
+        and args.impl in ("conpool", "pair-off", "pair-on")
+        and args.workload
+        in (
+            "acquire",
+            "contended",
+            "tracing",
+        )
+    ):
         anchor = r"conpool/_pool\.py:\d+\(release\)"
     for mod in ("anyio", "conpool", "uvloop", "trio", "bench.naive", "bench.peers"):
         try:

@@ -58,6 +58,9 @@ PACKAGES = (
     "trio",
     "asyncio-connection-pool",
     "generic-connection-pool",
+    "httpcore",
+    "h11",
+    "aiohttp",
 )
 
 
@@ -67,7 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description="Run conpool's benchmark matrix and print ratios measured side by side.",
     )
-    p.add_argument("--quick", action="store_true", help="short phases, 1 repeat: under 60 s")
+    p.add_argument("--quick", action="store_true", help="short phases, 1 repeat: about 90 s")
     p.add_argument(
         "--repeat", type=int, default=None, help="repeats of the matrix (default 3, --quick 1)"
     )
@@ -100,7 +103,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         help="seconds for the whole run; cells past it are skipped "
-        "(default: 55 with --quick, else 1.5x the estimate + 60)",
+        "(default: 120 with --quick, else 1.5x the estimate + 60)",
     )
     p.add_argument(
         "--quiet-wait",
@@ -434,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     if args.budget is None:
-        args.budget = 55.0 if args.quick else 1.5 * per_repeat * args.repeat + 60.0
+        args.budget = 120.0 if args.quick else 1.5 * per_repeat * args.repeat + 60.0
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     rng = random.Random(seed)
     client_cpu, server_cpu = cores(args.no_pin)

@@ -47,6 +47,8 @@ REQUIRES: Mapping[str, tuple[str, ...]] = {
     "trio": ("trio",),
     "acp": ("asyncio_connection_pool",),
     "gcp": ("generic_connection_pool",),
+    "httpcore": ("httpcore",),
+    "aiohttp": ("aiohttp",),
 }
 
 
@@ -241,6 +243,19 @@ def registry() -> dict[str, Workload]:
     """Every workload, in the order the report prints them."""
     from bench.acquire import Contended, Uncontended
     from bench.echo import Echo
+    from bench.http import Http
+    from bench.scale import Hold, Memory, Scale, Sweep
+    from bench.tracing import Tracing
 
-    workloads: list[Workload] = [Echo(), Uncontended(), Contended()]
+    workloads: list[Workload] = [
+        Echo(),
+        Uncontended(),
+        Contended(),
+        Http(),
+        Scale(),
+        Sweep(),
+        Memory(),
+        Hold(),
+        Tracing(),
+    ]
     return {w.name: w for w in workloads}
