@@ -136,6 +136,12 @@ class Config:
     :param sweep_interval: seconds between sweeps that close expired idle
         connections, greater than 0 and finite, or ``None`` to derive it from
         *max_idle_time* and *max_connection_lifetime*.
+    :param leak_warning_after: seconds a connection may stay acquired before
+        the pool logs a warning on the ``conpool`` logger with the stack that
+        acquired it (HikariCP's leak detection); ``None`` (the default) turns
+        it off and records no stacks.  Independently of it, a connection
+        garbage-collected without being released is always reported with a
+        ``ResourceWarning``, closed, and its slot reclaimed.
     :param dns_stale_limit: seconds past its expiry that a name's last good
         answer is still used while refreshing it fails (greater than 0;
         ``math.inf`` keeps it forever, a small value fails fast).
@@ -166,6 +172,7 @@ class Config:
     balance_seed: int | None = None
     sweep_interval: float | None = None
     dns_stale_limit: float = 300.0
+    leak_warning_after: float | None = None
 
     def __post_init__(self) -> None:
         _int("max_connections_per_endpoint", self.max_connections_per_endpoint, 1)
@@ -219,6 +226,9 @@ class Config:
             ),
             "sweep_interval": _float(
                 "sweep_interval", self.sweep_interval, inclusive=False, optional=True
+            ),
+            "leak_warning_after": _float(
+                "leak_warning_after", self.leak_warning_after, inclusive=False, optional=True
             ),
             "dns_stale_limit": _float(
                 "dns_stale_limit", self.dns_stale_limit, inclusive=False, finite=False

@@ -20,6 +20,7 @@ bytes nobody asked for.
 from __future__ import annotations
 
 import asyncio
+import functools
 import select
 import socket
 import ssl
@@ -87,7 +88,17 @@ class Connection(ByteStream):
     :ivar address: ``(ip, port)`` actually dialled.
     """
 
-    __slots__ = ("_rec", "address", "broken", "closed", "connect_ns", "endpoint", "tls_ns")
+    __slots__ = (
+        "_rec",
+        "_site",
+        "_taken",
+        "address",
+        "broken",
+        "closed",
+        "connect_ns",
+        "endpoint",
+        "tls_ns",
+    )
 
     def __init__(self, endpoint: Endpoint, address: tuple[str, int]) -> None:
         self.endpoint = endpoint
@@ -101,6 +112,10 @@ class Connection(ByteStream):
         # took, for the trace.
         self.connect_ns = 0
         self.tls_ns: int | None = None
+        # Leak detection (only with Config.leak_warning_after): when the
+        # current holder acquired it, and the stack that did.
+        self._taken = 0.0
+        self._site: str | None = None
 
     @property
     def created_at(self) -> float:
@@ -130,6 +145,12 @@ class Connection(ByteStream):
     def close_now(self) -> None:
         """Close without awaiting (the pool closes idle and expired
         connections from synchronous bookkeeping).  Idempotent."""
+        raise NotImplementedError
+
+    def closer(self) -> Callable[[], None]:
+        """A function that closes the underlying socket and holds no
+        reference to this object: the pool keeps it to close a connection
+        that was garbage-collected without being released."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -333,6 +354,9 @@ class ProtocolConnection(Connection):
     async def aclose(self) -> None:
         self.close_now()
 
+    def closer(self) -> Callable[[], None]:
+        return self._transport.abort
+
     def close_now(self) -> None:
         if not self.closed:
             self.closed = True
@@ -428,6 +452,9 @@ class StreamConnection(Connection):
         self.closed = True
         await anyio.aclose_forcefully(self._stream)
 
+    def closer(self) -> Callable[[], None]:
+        return functools.partial(_close_socket, self._sock)
+
     def close_now(self) -> None:
         # Closing the socket is synchronous on every backend once the event
         # loop is told (notify_closing wakes anyone blocked on it).  A TLS
@@ -435,9 +462,7 @@ class StreamConnection(Connection):
         # pools do for idle connections: the peer sees a plain FIN.
         if not self.closed:
             self.closed = True
-            if self._sock.fileno() != -1:
-                anyio.notify_closing(self._sock)
-                self._sock.close()
+            _close_socket(self._sock)
 
     def usable(self, idle: float) -> bool:
         if self.closed or self.broken:
@@ -448,3 +473,9 @@ class StreamConnection(Connection):
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return self._stream.extra_attributes
+
+
+def _close_socket(sock: socket.socket) -> None:
+    if sock.fileno() != -1:
+        anyio.notify_closing(sock)
+        sock.close()

@@ -14,8 +14,13 @@ through anyio.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import random
 import time
+import traceback
+import warnings
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable
 from types import TracebackType
@@ -33,7 +38,7 @@ from ._endpoint import Endpoint
 from ._errors import PoolClosed, PoolError, PoolTimeout, ResolveError, describe
 from ._hooks import Hook, Hooks, logger
 from ._resolve import ResolutionCache, Resolver, SystemResolver
-from ._state import DIAL, IDLE, WAIT, ConnRecord, EndpointState, PoolState, Waiter
+from ._state import ACTIVE, DIAL, IDLE, WAIT, ConnRecord, EndpointState, PoolState, Waiter
 from ._stats import BUCKETS, Histogram, PoolStats, snapshot
 from ._trace import Tracer
 
@@ -51,6 +56,15 @@ _EXPIRY_REASONS = frozenset({"idle", "lifetime", "uses", "health", "stale", "dra
 
 def _usable(conn: Connection, idle: float) -> bool:
     return conn.usable(idle)
+
+
+class _Closer:
+    """Stands in for a collected connection so the machine can close it."""
+
+    __slots__ = ("close_now",)
+
+    def __init__(self, close_now: Callable[[], None]) -> None:
+        self.close_now = close_now
 
 
 class _Lease:
@@ -140,6 +154,10 @@ class Pool:
         self._last_key: object = object()  # matches no endpoint
         self._last_ep = EndpointState(None)
         self._got: ConnRecord | int = 0
+        self._leak_after = config.leak_warning_after
+        # Schedules a call on the pool's event loop from anywhere (set on
+        # entry): a garbage-collection callback must not touch the machine.
+        self._soon: Callable[..., object] | None = None
         # Per endpoint: how long waits and connects took.
         self._waits: dict[EndpointState, Histogram] = {}
         self._connects: dict[EndpointState, Histogram] = {}
@@ -157,6 +175,11 @@ class Pool:
         if self._native:
             self._loop = asyncio.get_running_loop()
             self._connector.opener = open_asyncio
+            self._soon = self._loop.call_soon_threadsafe
+        else:
+            import trio
+
+            self._soon = trio.lowlevel.current_trio_token().run_sync_soon
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -224,7 +247,7 @@ class Pool:
             if granted is not None:
                 if self._trace is not None:
                     self._trace("conn.reuse", endpoint, granted.addr.ip, granted.id)
-                return granted.handle  # type: ignore[no-any-return]
+                return self._hand_out(granted)
             return await self._dial(ep, endpoint)
         return await self._acquire(ep, endpoint, got)
 
@@ -258,9 +281,27 @@ class Pool:
             rec: ConnRecord = got
             if self._trace is not None:
                 self._trace("conn.reuse", endpoint, rec.addr.ip, rec.id)
-            return rec.handle  # type: ignore[no-any-return]
+            conn: Connection = rec.handle
+            # The holder's reference is the only strong one (see _hand_out).
+            rec.handle = None
+            if self._leak_after is not None:
+                self._note_taken(conn)
+            return conn
         self._got = got
         return None
+
+    def _hand_out(self, rec: ConnRecord) -> Connection:
+        """Give the user the connection of an active record.
+
+        While the user holds it, the pool keeps no strong reference to it
+        (``rec.handle`` is None), so a connection dropped without release is
+        garbage-collected, reported and reclaimed (:meth:`_on_collected`).
+        """
+        conn: Connection = rec.handle
+        rec.handle = None
+        if self._leak_after is not None:
+            self._note_taken(conn)
+        return conn
 
     async def _acquire(
         self, ep: EndpointState, endpoint: Endpoint, got: ConnRecord | int
@@ -274,7 +315,7 @@ class Pool:
                 if self._health is None or await self._healthy(conn, rec):
                     if self._trace is not None:
                         self._trace("conn.reuse", endpoint, rec.addr.ip, rec.id)
-                    return conn
+                    return self._hand_out(rec)
             elif got == DIAL:
                 return await self._dial(ep, endpoint)
             else:
@@ -284,7 +325,7 @@ class Pool:
                 if self._health is None or await self._healthy(granted.handle, granted):
                     if self._trace is not None:
                         self._trace("conn.reuse", endpoint, granted.addr.ip, granted.id)
-                    return granted.handle  # type: ignore[no-any-return]
+                    return self._hand_out(granted)
             got = state.acquire(ep, _monotonic())
             if state.to_close or state.to_wake:
                 self._flush()
@@ -307,6 +348,9 @@ class Pool:
         state = self._state
         if rec is None or rec.ep.owner is not state:
             raise ValueError(f"{conn!r} does not belong to this pool")
+        if rec.handle is not None:
+            raise RuntimeError(f"{conn!r} is not in use: it was already released")
+        rec.handle = conn
         if conn.broken or conn.closed:
             state.release(rec, _monotonic(), False, "closed" if conn.closed else "error")
         else:
@@ -606,12 +650,67 @@ class Pool:
         if hist is None:
             hist = self._connects[ep] = Histogram()
         hist.observe(conn.connect_ns / 1e9)
+        rec = conn._rec
+        assert rec is not None
         if state.closed:
-            assert conn._rec is not None
-            state.discard(conn._rec, "pool-closed")
+            state.discard(rec, "pool-closed")
             self._flush()
             raise PoolClosed("the pool was closed while connecting")
-        return conn
+        rec.leak = (weakref.ref(conn, functools.partial(self._on_collected, rec)), conn.closer())
+        return self._hand_out(rec)
+
+    # -- leaks ---------------------------------------------------------------------
+
+    def _note_taken(self, conn: Connection) -> None:
+        conn._taken = _monotonic()
+        conn._site = "".join(traceback.format_stack(limit=16)[:-3])
+
+    def _on_collected(self, rec: ConnRecord, _ref: object) -> None:
+        """A connection object was garbage-collected (a weakref callback: it
+        may run inside any allocation, so only schedule the real work)."""
+        if rec.state == ACTIVE and rec.handle is None and self._soon is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to do
+                self._soon(self._reclaim, rec)
+
+    def _reclaim(self, rec: ConnRecord) -> None:
+        """Close a connection that was dropped without release, give its
+        slot back, and say so."""
+        if rec.state != ACTIVE or rec.handle is not None:
+            return
+        _ref, closer = rec.leak
+        rec.handle = _Closer(closer)
+        self._state.discard(rec, "leaked")
+        self._flush()
+        what = f"connection #{rec.id} to {rec.ep.key} via {rec.addr.ip}"
+        self._emit("conn.leaked", rec.ep.key, rec.addr.ip, rec.id, detail=what)
+        warnings.warn(
+            f"conpool: {what} was garbage-collected without being released; the pool "
+            "closed it and reclaimed its slot (Config.leak_warning_after logs where "
+            "connections held too long were acquired)",
+            ResourceWarning,
+            stacklevel=1,
+        )
+
+    def _warn_held_too_long(self, now: float) -> None:
+        after = self._leak_after
+        assert after is not None
+        for rec in list(self._state.ages):
+            if rec.state != ACTIVE or rec.handle is not None or rec.leak is None:
+                continue
+            conn = rec.leak[0]()
+            if conn is None or conn._site is None or now - conn._taken < after:
+                continue
+            logger.warning(
+                "conpool: connection #%d to %s via %s held for %.1f s (over "
+                "leak_warning_after=%g s), acquired at:\n%s",
+                rec.id,
+                rec.ep.key,
+                rec.addr.ip,
+                now - conn._taken,
+                after,
+                conn._site,
+            )
+            conn._site = None  # once per hand-out
 
     # -- background work -----------------------------------------------------------
 
@@ -649,6 +748,8 @@ class Pool:
         now = _monotonic()
         state.sweep(now)
         self._flush()
+        if self._leak_after is not None:
+            self._warn_held_too_long(now)
         for ep in state.forget_unused(MAX_ENDPOINTS):
             self._waits.pop(ep, None)
             self._connects.pop(ep, None)

@@ -71,6 +71,7 @@ class ConnRecord:
         "handle",
         "id",
         "last_used",
+        "leak",
         "state",
         "uses",
     )
@@ -88,6 +89,8 @@ class ConnRecord:
         # so the reuse path compares one number.
         self.dies = now + lifetime
         self.expires = self.dies
+        # The shell's own (leak detection); the machine never reads it.
+        self.leak: Any = None
         self.uses = 1
         self.state: int = ACTIVE
         self.handle: Any = None
