@@ -24,6 +24,7 @@ import functools
 import select
 import socket
 import ssl
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -135,23 +136,23 @@ class Connection(ByteStream):
         assert self._rec is not None
         return self._rec.id
 
+    @abstractmethod
     def usable(self, idle: float) -> bool:
         """Non-blocking check that an idle connection is still worth reusing.
 
         :param idle: seconds since it was released.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def close_now(self) -> None:
         """Close without awaiting (the pool closes idle and expired
         connections from synchronous bookkeeping).  Idempotent."""
-        raise NotImplementedError
 
+    @abstractmethod
     def closer(self) -> Callable[[], None]:
         """A function that closes the underlying socket and holds no
         reference to this object: the pool keeps it to close a connection
         that was garbage-collected without being released."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         rec = self._rec
