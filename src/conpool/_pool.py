@@ -14,13 +14,8 @@ through anyio.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import random
 import time
-import traceback
-import warnings
-import weakref
 from bisect import bisect_left
 from collections.abc import Callable
 from types import TracebackType
@@ -37,8 +32,9 @@ from ._dial import open_anyio, open_asyncio
 from ._endpoint import Endpoint
 from ._errors import PoolClosed, PoolError, PoolTimeout, ResolveError, describe
 from ._hooks import Hook, Hooks, logger
+from ._leaks import Leaks, note_taken
 from ._resolve import ResolutionCache, Resolver, SystemResolver
-from ._state import ACTIVE, DIAL, IDLE, WAIT, ConnRecord, EndpointState, PoolState, Waiter
+from ._state import DIAL, IDLE, WAIT, ConnRecord, EndpointState, PoolState, Waiter
 from ._stats import BUCKETS, Histogram, PoolStats, snapshot
 from ._trace import Tracer
 
@@ -56,15 +52,6 @@ _EXPIRY_REASONS = frozenset({"idle", "lifetime", "uses", "health", "stale", "dra
 
 def _usable(conn: Connection, idle: float) -> bool:
     return conn.usable(idle)
-
-
-class _Closer:
-    """Stands in for a collected connection so the machine can close it."""
-
-    __slots__ = ("close_now",)
-
-    def __init__(self, close_now: Callable[[], None]) -> None:
-        self.close_now = close_now
 
 
 class _Lease:
@@ -155,9 +142,7 @@ class Pool:
         self._last_ep = EndpointState(None)
         self._got: ConnRecord | int = 0
         self._leak_after = config.leak_warning_after
-        # Schedules a call on the pool's event loop from anywhere (set on
-        # entry): a garbage-collection callback must not touch the machine.
-        self._soon: Callable[..., object] | None = None
+        self._leaks = Leaks(self._state, self._flush, self._emit)
         # Per endpoint: how long waits and connects took.
         self._waits: dict[EndpointState, Histogram] = {}
         self._connects: dict[EndpointState, Histogram] = {}
@@ -175,11 +160,11 @@ class Pool:
         if self._native:
             self._loop = asyncio.get_running_loop()
             self._connector.opener = open_asyncio
-            self._soon = self._loop.call_soon_threadsafe
+            self._leaks.soon = self._loop.call_soon_threadsafe
         else:
             import trio
 
-            self._soon = trio.lowlevel.current_trio_token().run_sync_soon
+            self._leaks.soon = trio.lowlevel.current_trio_token().run_sync_soon
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -285,7 +270,7 @@ class Pool:
             # The holder's reference is the only strong one (see _hand_out).
             rec.handle = None
             if self._leak_after is not None:
-                self._note_taken(conn)
+                note_taken(conn)
             return conn
         self._got = got
         return None
@@ -295,12 +280,12 @@ class Pool:
 
         While the user holds it, the pool keeps no strong reference to it
         (``rec.handle`` is None), so a connection dropped without release is
-        garbage-collected, reported and reclaimed (:meth:`_on_collected`).
+        garbage-collected, reported and reclaimed (see :mod:`conpool._leaks`).
         """
         conn: Connection = rec.handle
         rec.handle = None
         if self._leak_after is not None:
-            self._note_taken(conn)
+            note_taken(conn)
         return conn
 
     async def _acquire(
@@ -656,61 +641,8 @@ class Pool:
             state.discard(rec, "pool-closed")
             self._flush()
             raise PoolClosed("the pool was closed while connecting")
-        rec.leak = (weakref.ref(conn, functools.partial(self._on_collected, rec)), conn.closer())
+        self._leaks.track(rec, conn)
         return self._hand_out(rec)
-
-    # -- leaks ---------------------------------------------------------------------
-
-    def _note_taken(self, conn: Connection) -> None:
-        conn._taken = _monotonic()
-        conn._site = "".join(traceback.format_stack(limit=16)[:-3])
-
-    def _on_collected(self, rec: ConnRecord, _ref: object) -> None:
-        """A connection object was garbage-collected (a weakref callback: it
-        may run inside any allocation, so only schedule the real work)."""
-        if rec.state == ACTIVE and rec.handle is None and self._soon is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to do
-                self._soon(self._reclaim, rec)
-
-    def _reclaim(self, rec: ConnRecord) -> None:
-        """Close a connection that was dropped without release, give its
-        slot back, and say so."""
-        if rec.state != ACTIVE or rec.handle is not None:
-            return
-        _ref, closer = rec.leak
-        rec.handle = _Closer(closer)
-        self._state.discard(rec, "leaked")
-        self._flush()
-        what = f"connection #{rec.id} to {rec.ep.key} via {rec.addr.ip}"
-        self._emit("conn.leaked", rec.ep.key, rec.addr.ip, rec.id, detail=what)
-        warnings.warn(
-            f"conpool: {what} was garbage-collected without being released; the pool "
-            "closed it and reclaimed its slot (Config.leak_warning_after logs where "
-            "connections held too long were acquired)",
-            ResourceWarning,
-            stacklevel=1,
-        )
-
-    def _warn_held_too_long(self, now: float) -> None:
-        after = self._leak_after
-        assert after is not None
-        for rec in list(self._state.ages):
-            if rec.state != ACTIVE or rec.handle is not None or rec.leak is None:
-                continue
-            conn = rec.leak[0]()
-            if conn is None or conn._site is None or now - conn._taken < after:
-                continue
-            logger.warning(
-                "conpool: connection #%d to %s via %s held for %.1f s (over "
-                "leak_warning_after=%g s), acquired at:\n%s",
-                rec.id,
-                rec.ep.key,
-                rec.addr.ip,
-                now - conn._taken,
-                after,
-                conn._site,
-            )
-            conn._site = None  # once per hand-out
 
     # -- background work -----------------------------------------------------------
 
@@ -749,7 +681,7 @@ class Pool:
         state.sweep(now)
         self._flush()
         if self._leak_after is not None:
-            self._warn_held_too_long(now)
+            self._leaks.warn_held_too_long(now, self._leak_after)
         for ep in state.forget_unused(MAX_ENDPOINTS):
             self._waits.pop(ep, None)
             self._connects.pop(ep, None)

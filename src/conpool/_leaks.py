@@ -1,0 +1,111 @@
+"""Leak detection: connections dropped without release, and held too long.
+
+While a user holds a connection the pool keeps no strong reference to it
+(the record's ``handle`` is None), so one that is dropped gets
+garbage-collected.  A weak reference notices; its callback may run inside
+any allocation, even in the middle of a state transition, so it only
+schedules the reclaim on the pool's event loop.  The reclaim closes the
+socket through a closer that never referenced the connection, gives the
+slot back to the state machine, and raises a ``ResourceWarning``.
+
+With ``Config.leak_warning_after``, each hand-out also records the stack that
+acquired it, and the sweeper logs connections held longer than that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+import traceback
+import warnings
+import weakref
+from collections.abc import Callable
+
+from ._connection import Connection
+from ._hooks import logger
+from ._state import ACTIVE, ConnRecord, PoolState
+
+__all__ = ["Leaks", "note_taken"]
+
+
+def note_taken(conn: Connection) -> None:
+    """Record when and where the current holder acquired ``conn``."""
+    conn._taken = time.monotonic()
+    conn._site = "".join(traceback.format_stack(limit=16)[:-3])
+
+
+class _Closer:
+    """Stands in for a collected connection so the machine can close it."""
+
+    __slots__ = ("close_now",)
+
+    def __init__(self, close_now: Callable[[], None]) -> None:
+        self.close_now = close_now
+
+
+class Leaks:
+    """The pool's leak watch.
+
+    :param state: the state machine to give reclaimed slots back to.
+    :param flush: the shell's "do what the machine decided".
+    :param emit: the shell's trace point.
+    """
+
+    def __init__(
+        self, state: PoolState, flush: Callable[[], None], emit: Callable[..., None]
+    ) -> None:
+        self.state = state
+        self.flush = flush
+        self.emit = emit
+        # Schedules a call on the pool's event loop from anywhere (set when
+        # the pool is entered).
+        self.soon: Callable[..., object] | None = None
+
+    def track(self, rec: ConnRecord, conn: Connection) -> None:
+        """Watch a new connection for the rest of its life."""
+        rec.leak = (weakref.ref(conn, functools.partial(self._collected, rec)), conn.closer())
+
+    def _collected(self, rec: ConnRecord, _ref: object) -> None:
+        if rec.state == ACTIVE and rec.handle is None and self.soon is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to do
+                self.soon(self.reclaim, rec)
+
+    def reclaim(self, rec: ConnRecord) -> None:
+        """Close a connection that was dropped without release, give its
+        slot back, and say so."""
+        if rec.state != ACTIVE or rec.handle is not None:
+            return
+        _ref, closer = rec.leak
+        rec.handle = _Closer(closer)
+        self.state.discard(rec, "leaked")
+        self.flush()
+        what = f"connection #{rec.id} to {rec.ep.key} via {rec.addr.ip}"
+        self.emit("conn.leaked", rec.ep.key, rec.addr.ip, rec.id, detail=what)
+        warnings.warn(
+            f"conpool: {what} was garbage-collected without being released; the pool "
+            "closed it and reclaimed its slot (Config.leak_warning_after logs where "
+            "connections held too long were acquired)",
+            ResourceWarning,
+            stacklevel=1,
+        )
+
+    def warn_held_too_long(self, now: float, after: float) -> None:
+        """Log, once per hand-out, connections held longer than ``after``."""
+        for rec in list(self.state.ages):
+            if rec.state != ACTIVE or rec.handle is not None or rec.leak is None:
+                continue
+            conn = rec.leak[0]()
+            if conn is None or conn._site is None or now - conn._taken < after:
+                continue
+            logger.warning(
+                "conpool: connection #%d to %s via %s held for %.1f s (over "
+                "leak_warning_after=%g s), acquired at:\n%s",
+                rec.id,
+                rec.ep.key,
+                rec.addr.ip,
+                now - conn._taken,
+                after,
+                conn._site,
+            )
+            conn._site = None  # once per hand-out
