@@ -30,10 +30,11 @@ async def test_a_dropped_connection_is_reported_closed_and_its_slot_reclaimed(
     tracer = conpool.Tracer()
     config = conpool.Config(max_connections_per_endpoint=1, acquire_timeout=2.0)
     async with conpool.Pool(config, tracer=tracer) as pool:
-        with pytest.warns(ResourceWarning, match="garbage-collected without being released"):
+        with pytest.warns(ResourceWarning, match="garbage-collected without being released") as w:
             leaked_id = await _leak(pool, ep)
             gc.collect()
             await eventually(lambda: pool.stats().endpoints[ep].active == 0)
+        assert any("set Config.leak_warning_after" in str(x.message) for x in w)
         # The only slot is free again: the next acquire dials at once.
         with anyio.fail_after(1):
             async with pool.connection(ep) as conn:
@@ -102,3 +103,19 @@ def test_leak_warning_after_is_validated() -> None:
     with pytest.raises(TypeError, match="leak_warning_after"):
         conpool.Config(leak_warning_after="1")  # type: ignore[arg-type]
     assert conpool.Config(leak_warning_after=None).leak_warning_after is None
+
+
+async def test_the_warning_names_where_it_was_acquired_when_sites_are_recorded(
+    echo_server: EchoServer,
+) -> None:
+    ep = conpool.Endpoint(echo_server.host, echo_server.port)
+    config = conpool.Config(leak_warning_after=60.0)
+    async with conpool.Pool(config) as pool:
+        with pytest.warns(ResourceWarning) as caught:
+            await _leak(pool, ep)
+            gc.collect()
+            await eventually(lambda: pool.stats().endpoints[ep].active == 0)
+    (warning,) = [w for w in caught if "garbage-collected" in str(w.message)]
+    text = str(warning.message)
+    assert f"to {ep} via {echo_server.host}" in text
+    assert "acquired at:" in text and "conn = await pool.acquire(ep)" in text

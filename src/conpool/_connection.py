@@ -91,8 +91,6 @@ class Connection(ByteStream):
 
     __slots__ = (
         "_rec",
-        "_site",
-        "_taken",
         "address",
         "broken",
         "closed",
@@ -113,10 +111,6 @@ class Connection(ByteStream):
         # took, for the trace.
         self.connect_ns = 0
         self.tls_ns: int | None = None
-        # Leak detection (only with Config.leak_warning_after): when the
-        # current holder acquired it, and the stack that did.
-        self._taken = 0.0
-        self._site: str | None = None
 
     @property
     def created_at(self) -> float:

@@ -29,10 +29,27 @@ from ._state import ACTIVE, ConnRecord, PoolState
 __all__ = ["Leaks", "note_taken"]
 
 
-def note_taken(conn: Connection) -> None:
-    """Record when and where the current holder acquired ``conn``."""
-    conn._taken = time.monotonic()
-    conn._site = "".join(traceback.format_stack(limit=16)[:-3])
+def note_taken(rec: ConnRecord) -> None:
+    """Record when and where the current holder acquired the connection."""
+    watch: _Watch = rec.leak
+    watch.taken = time.monotonic()
+    watch.site = "".join(traceback.format_stack(limit=16)[:-3])
+    watch.reported = False
+
+
+class _Watch:
+    """What the pool keeps of a connection it may not hold strongly."""
+
+    __slots__ = ("closer", "ref", "reported", "site", "taken")
+
+    def __init__(self, ref: weakref.ref[Connection], closer: Callable[[], None]) -> None:
+        self.ref = ref
+        self.closer = closer
+        # Only with Config.leak_warning_after: when and where the current
+        # holder acquired it, and whether that was reported already.
+        self.taken = 0.0
+        self.site: str | None = None
+        self.reported = False
 
 
 class _Closer:
@@ -64,7 +81,8 @@ class Leaks:
 
     def track(self, rec: ConnRecord, conn: Connection) -> None:
         """Watch a new connection for the rest of its life."""
-        rec.leak = (weakref.ref(conn, functools.partial(self._collected, rec)), conn.closer())
+        ref = weakref.ref(conn, functools.partial(self._collected, rec))
+        rec.leak = _Watch(ref, conn.closer())
 
     def _collected(self, rec: ConnRecord, _ref: object) -> None:
         if rec.state == ACTIVE and rec.handle is None and self.soon is not None:
@@ -76,16 +94,20 @@ class Leaks:
         slot back, and say so."""
         if rec.state != ACTIVE or rec.handle is not None:
             return
-        _ref, closer = rec.leak
-        rec.handle = _Closer(closer)
+        watch: _Watch = rec.leak
+        rec.handle = _Closer(watch.closer)
         self.state.discard(rec, "leaked")
         self.flush()
         what = f"connection #{rec.id} to {rec.ep.key} via {rec.addr.ip}"
         self.emit("conn.leaked", rec.ep.key, rec.addr.ip, rec.id, detail=what)
+        where = (
+            f", acquired at:\n{watch.site}"
+            if watch.site
+            else " (set Config.leak_warning_after to record where connections are acquired)"
+        )
         warnings.warn(
             f"conpool: {what} was garbage-collected without being released; the pool "
-            "closed it and reclaimed its slot (Config.leak_warning_after logs where "
-            "connections held too long were acquired)",
+            f"closed it and reclaimed its slot{where}",
             ResourceWarning,
             stacklevel=1,
         )
@@ -95,8 +117,8 @@ class Leaks:
         for rec in list(self.state.ages):
             if rec.state != ACTIVE or rec.handle is not None or rec.leak is None:
                 continue
-            conn = rec.leak[0]()
-            if conn is None or conn._site is None or now - conn._taken < after:
+            watch: _Watch = rec.leak
+            if watch.reported or watch.site is None or now - watch.taken < after:
                 continue
             logger.warning(
                 "conpool: connection #%d to %s via %s held for %.1f s (over "
@@ -104,8 +126,8 @@ class Leaks:
                 rec.id,
                 rec.ep.key,
                 rec.addr.ip,
-                now - conn._taken,
+                now - watch.taken,
                 after,
-                conn._site,
+                watch.site,
             )
-            conn._site = None  # once per hand-out
+            watch.reported = True  # once per hand-out

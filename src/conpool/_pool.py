@@ -270,7 +270,7 @@ class Pool:
             # The holder's reference is the only strong one (see _hand_out).
             rec.handle = None
             if self._leak_after is not None:
-                note_taken(conn)
+                note_taken(rec)
             return conn
         self._got = got
         return None
@@ -285,7 +285,7 @@ class Pool:
         conn: Connection = rec.handle
         rec.handle = None
         if self._leak_after is not None:
-            note_taken(conn)
+            note_taken(rec)
         return conn
 
     async def _acquire(
