@@ -350,7 +350,7 @@ def test_trace_buffer_is_bounded() -> None:
     for i in range(640):
         tracer.emit("bound.test", conn_id=i, detail="x" * 10)
         assert len(tracer) <= 64
-    assert len(tracer._buf) == 64  # the storage itself never grew
+    assert len(tracer._ts) == len(tracer._kind) == 64  # the storage itself never grew
     assert len(tracer.events()) == 64 and tracer.dropped == 640 - 64
     assert [e.conn_id for e in tracer.events()] == list(range(576, 640))
 

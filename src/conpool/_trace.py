@@ -51,14 +51,41 @@ class Tracer:
     :param capacity: how many events to keep; older ones are overwritten.
     """
 
+    __slots__ = (
+        "_addr",
+        "_cid",
+        "_detail",
+        "_dur",
+        "_ep",
+        "_kind",
+        "_next",
+        "_ts",
+        "capacity",
+    )
+
     def __init__(self, capacity: int = 65536) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int):
             raise TypeError(f"capacity must be an int, got {capacity!r}")
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._buf: list[_Raw | None] = [None] * capacity
         self._next = 0  # total events ever emitted
+        self._columns()
+
+    def _columns(self) -> None:
+        # One preallocated list per field rather than a tuple per event: a
+        # ring of tuples that reference live objects keeps feeding the cyclic
+        # garbage collector long-lived containers, and every collection of
+        # the old generations then walks all of them.  Storing into the
+        # columns allocates nothing but the timestamp.
+        cap = self.capacity
+        self._ts: list[int] = [0] * cap
+        self._kind: list[str] = [""] * cap
+        self._ep: list[object] = [""] * cap
+        self._addr: list[str] = [""] * cap
+        self._cid: list[int] = [0] * cap
+        self._dur: list[int | None] = [None] * cap
+        self._detail: list[str] = [""] * cap
 
     @property
     def dropped(self) -> int:
@@ -77,24 +104,30 @@ class Tracer:
     ) -> None:
         """Record one event (the pool calls this; users may too)."""
         n = self._next
-        self._buf[n % self.capacity] = (
-            time.monotonic_ns() if ts_ns is None else ts_ns,
-            kind,
-            endpoint,
-            address,
-            conn_id,
-            duration_ns,
-            detail,
-        )
+        i = n % self.capacity
+        self._ts[i] = time.monotonic_ns() if ts_ns is None else ts_ns
+        self._kind[i] = kind
+        self._ep[i] = endpoint
+        self._addr[i] = address
+        self._cid[i] = conn_id
+        self._dur[i] = duration_ns
+        self._detail[i] = detail
         self._next = n + 1
 
     def _raw(self) -> Iterator[_Raw]:
         n = self._next
         cap = self.capacity
-        for i in range(max(0, n - cap), n):
-            raw = self._buf[i % cap]
-            assert raw is not None
-            yield raw
+        for k in range(max(0, n - cap), n):
+            i = k % cap
+            yield (
+                self._ts[i],
+                self._kind[i],
+                self._ep[i],
+                self._addr[i],
+                self._cid[i],
+                self._dur[i],
+                self._detail[i],
+            )
 
     def events(self) -> list[Event]:
         """Every kept event, oldest first."""
@@ -105,8 +138,8 @@ class Tracer:
 
     def clear(self) -> None:
         """Forget every event and reset :attr:`dropped`."""
-        self._buf = [None] * self.capacity
         self._next = 0
+        self._columns()
 
     def __len__(self) -> int:
         return min(self._next, self.capacity)
