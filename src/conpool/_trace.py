@@ -17,6 +17,8 @@ from typing import Any
 
 __all__ = ["Event", "Tracer"]
 
+_now_ns = time.monotonic_ns
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -105,7 +107,7 @@ class Tracer:
         """Record one event (the pool calls this; users may too)."""
         n = self._next
         i = n % self.capacity
-        self._ts[i] = time.monotonic_ns() if ts_ns is None else ts_ns
+        self._ts[i] = _now_ns() if ts_ns is None else ts_ns
         self._kind[i] = kind
         self._ep[i] = endpoint
         self._addr[i] = address
