@@ -15,7 +15,6 @@ acquired it, and the sweeper logs connections held longer than that.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 import traceback
 import warnings
@@ -37,13 +36,31 @@ def note_taken(rec: ConnRecord) -> None:
     watch.reported = False
 
 
-class _Watch:
-    """What the pool keeps of a connection it may not hold strongly."""
+class _Watch(weakref.ref):  # type: ignore[type-arg]
+    """What the pool keeps of a connection it may not hold strongly: a weak
+    reference that is also the record of what to do when it dies (one
+    object per connection, not a weakref plus a callback plus a record)."""
 
-    __slots__ = ("closer", "ref", "reported", "site", "taken")
+    __slots__ = ("closer", "rec", "reported", "site", "taken")
 
-    def __init__(self, ref: weakref.ref[Connection], closer: Callable[[], None]) -> None:
-        self.ref = ref
+    def __new__(
+        cls,
+        conn: Connection,
+        callback: Callable[[_Watch], None],
+        rec: ConnRecord,
+        closer: Callable[[], None],
+    ) -> _Watch:
+        return super().__new__(cls, conn, callback)
+
+    def __init__(
+        self,
+        conn: Connection,
+        callback: Callable[[_Watch], None],
+        rec: ConnRecord,
+        closer: Callable[[], None],
+    ) -> None:
+        # (weakref.ref's own __init__ does nothing that __new__ did not.)
+        self.rec = rec
         self.closer = closer
         # Only with Config.leak_warning_after: when and where the current
         # holder acquired it, and whether that was reported already.
@@ -81,10 +98,10 @@ class Leaks:
 
     def track(self, rec: ConnRecord, conn: Connection) -> None:
         """Watch a new connection for the rest of its life."""
-        ref = weakref.ref(conn, functools.partial(self._collected, rec))
-        rec.leak = _Watch(ref, conn.closer())
+        rec.leak = _Watch(conn, self._collected, rec, conn.closer())
 
-    def _collected(self, rec: ConnRecord, _ref: object) -> None:
+    def _collected(self, watch: _Watch) -> None:
+        rec = watch.rec
         if rec.state == ACTIVE and rec.handle is None and self.soon is not None:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to do
                 self.soon(self.reclaim, rec)
