@@ -9,6 +9,8 @@ does not reuse it.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from anyio.abc import ByteStream
 
 __all__ = [
@@ -25,21 +27,22 @@ class ProtocolError(Exception):
     """The server's answer was not the expected one."""
 
 
-class Protocol:
+class Protocol(ABC):
     """One request/response exchange over a byte stream."""
 
     name = "?"
 
+    @abstractmethod
     async def exchange(self, conn: ByteStream) -> None:
         """Send one request and read its whole answer.
 
         :raises ProtocolError: the answer is wrong.
         :raises anyio.EndOfStream: the server closed the connection first.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """One line for the report: what this protocol sends."""
 
 
 class EchoProtocol(Protocol):

@@ -322,29 +322,19 @@ def _axes(
         f'<line class="axis" x1="{_f(frame.left)}" x2="{_f(frame.left)}" '
         f'y1="{_f(frame.top)}" y2="{_f(frame.bottom)}"/>'
     )
-    out.append(
-        _text(
-            (frame.left + frame.right) / 2,
-            frame.bottom + 36,
-            x_label,
-            anchor="middle",
-            size=12,
-            cls="label",
-        )
-    )
-    out.append(
-        _text(
-            16,
-            (frame.top + frame.bottom) / 2,
-            y_label,
-            anchor="middle",
-            size=12,
-            cls="label",
-            rotate=True,
-        )
-    )
+    out.extend(_axis_labels(frame, x_label, y_label, y_at=16))
     out.append("</g>")
     return "".join(out)
+
+
+def _axis_labels(frame: _Frame, x_label: str, y_label: str, *, y_at: float) -> list[str]:
+    """The x label centred under the plot, the y label rotated at ``y_at``."""
+    middle_x = (frame.left + frame.right) / 2
+    middle_y = (frame.top + frame.bottom) / 2
+    return [
+        _text(middle_x, frame.bottom + 36, x_label, anchor="middle", size=12, cls="label"),
+        _text(y_at, middle_y, y_label, anchor="middle", size=12, cls="label", rotate=True),
+    ]
 
 
 def _markers(
@@ -683,27 +673,7 @@ def hbar_chart(
         f'<line class="axis" x1="{_f(frame.left)}" x2="{_f(frame.right)}" '
         f'y1="{_f(frame.bottom)}" y2="{_f(frame.bottom)}"/>'
     )
-    out.append(
-        _text(
-            (frame.left + frame.right) / 2,
-            frame.bottom + 36,
-            x_label,
-            anchor="middle",
-            size=12,
-            cls="label",
-        )
-    )
-    out.append(
-        _text(
-            14,
-            (frame.top + frame.bottom) / 2,
-            y_label,
-            anchor="middle",
-            size=12,
-            cls="label",
-            rotate=True,
-        )
-    )
+    out.extend(_axis_labels(frame, x_label, y_label, y_at=14))
     out.append("</g>")
     body.extend(out)
     points = 0
