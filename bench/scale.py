@@ -95,11 +95,6 @@ class FakeHandle:
         return True
 
 
-def _usable(handle: FakeHandle, idle: float) -> bool:
-    # The shell passes the same kind of function (conpool._pool._usable).
-    return handle.usable(idle)
-
-
 def addresses(prefix: str, n: int) -> list[str]:
     """``n`` loopback addresses ``prefix.1`` .. ``prefix.n`` (n <= 254)."""
     return [f"{prefix}.{i}" for i in range(1, n + 1)]
@@ -136,7 +131,7 @@ def _core_state(n_endpoints: int, n_addrs: int) -> tuple[Any, list[Any]]:
         max_idle_time=1e6,
         max_connection_lifetime=1e7,
     )
-    state = PoolState(config, _usable)
+    state = PoolState(config)  # like the shell: handle.usable(idle)
     ips = addresses("127.0.2", n_addrs)
     keys = [conpool.Endpoint(f"e{i}.scale.test", 443) for i in range(n_endpoints)]
     handle = FakeHandle()
@@ -407,7 +402,7 @@ def _sweep_state(n: int, n_endpoints: int = 100) -> Any:
     config = conpool.Config(
         max_connections_per_endpoint=per, max_idle_time=1e6, max_connection_lifetime=1e8
     )
-    state = PoolState(config, _usable)
+    state = PoolState(config)  # like the shell: handle.usable(idle)
     handle = FakeHandle()
     eps = []
     for i in range(n_endpoints):

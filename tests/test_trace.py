@@ -9,6 +9,7 @@ that goes missing, moves, or loses a field fails here.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import math
@@ -16,6 +17,7 @@ import re
 import socket
 import time
 import uuid
+import weakref
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -657,6 +659,60 @@ async def test_ring_buffer_overflow_on_a_real_pool(echo_server: EchoServer) -> N
     assert len(everything) > 20
     assert tracer.events() == everything[-8:]
     assert tracer.dropped == len(everything) - 8
+
+
+async def test_a_tracer_alone_keeps_what_a_hook_would_see(echo_server: EchoServer) -> None:
+    """With a tracer and no hook, reuse and release take the tracer's fast
+    path (the connection record stands for its fields, the time is the
+    pool's float clock reading); the events read back are the ones the
+    dispatch through hooks stores, and still in time order."""
+    ep = ip_endpoint(echo_server)
+
+    async def run(tracer: conpool.Tracer, hook: bool) -> None:
+        async with conpool.Pool(conpool.Config(max_connection_uses=3), tracer=tracer) as pool:
+            if hook:
+                pool.add_hook("conn.close", lambda ev: None)
+            for i in range(10):
+                async with pool.connection(ep) as conn:
+                    assert await echo(conn, b"%d" % i) == b"%d" % i
+
+    fast, slow = conpool.Tracer(capacity=16), conpool.Tracer(capacity=16)
+    await run(fast, hook=False)
+    await run(slow, hook=True)
+
+    def fields(tracer: conpool.Tracer) -> list[tuple[object, ...]]:
+        return [
+            (ev.kind, ev.endpoint, ev.address, ev.conn_id, ev.duration_ns is None, ev.detail)
+            for ev in tracer.events()
+        ]
+
+    assert fields(fast) == fields(slow)
+    assert fast.dropped == slow.dropped > 0
+    assert "conn.reuse" in kinds(fast.events())
+    assert all(isinstance(ev.ts_ns, int) for ev in fast.events())
+    assert_monotonic(fast.events())
+    # The whole history, ring or not, is in time order too.
+    everything = conpool.Tracer()
+    await run(everything, hook=False)
+    assert_monotonic(everything.events())
+    assert everything.events()[0].ts_ns <= time.monotonic_ns()
+
+
+async def test_a_tracer_keeps_no_connection_alive(echo_server: EchoServer) -> None:
+    """The ring may hold connection records for a while, never the
+    connections: once the pool closed them, they can be collected."""
+    tracer = conpool.Tracer()
+    refs: list[weakref.ref[conpool.Connection]] = []
+    ep = ip_endpoint(echo_server)
+    async with conpool.Pool(tracer=tracer) as pool:
+        for i in range(3):
+            async with pool.connection(ep) as conn:
+                refs.append(weakref.ref(conn))
+                assert await echo(conn, b"%d" % i) == b"%d" % i
+        del conn
+    gc.collect()
+    assert kinds(tracer.events()).count("conn.reuse") == 2
+    assert [r() for r in refs] == [None, None, None]
 
 
 @pytest.mark.parametrize(

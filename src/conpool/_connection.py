@@ -248,7 +248,7 @@ def _tls_protocol() -> _Protocol:
 class ProtocolConnection(Connection):
     """A connection on asyncio or uvloop, implemented on an asyncio protocol."""
 
-    __slots__ = ("_fd", "_proto", "_tls", "_transport")
+    __slots__ = ("_fd", "_loop", "_proto", "_tls", "_transport")
 
     def __init__(
         self,
@@ -264,6 +264,9 @@ class ProtocolConnection(Connection):
         self._tls = tls
         sock: socket.socket = transport.get_extra_info("socket")
         self._fd = sock.fileno()
+        # Kept, not looked up per wait: asyncio.get_running_loop() makes a
+        # getpid() system call each time (seen on CPython 3.11).
+        self._loop = asyncio.get_running_loop()
 
     @staticmethod
     def protocol_factory(tls: bool) -> Callable[[], _Protocol]:
@@ -279,7 +282,11 @@ class ProtocolConnection(Connection):
                 return self._end_of_stream()
             if proto.reader is not None:
                 raise anyio.BusyResourceError("reading from")
-            fut = proto.reader = asyncio.get_running_loop().create_future()
+            if max_bytes < 1:
+                # (Checked here, not on every call: with data buffered the
+                # size check below catches it.)
+                raise ValueError("max_bytes must be a positive integer")
+            fut = proto.reader = self._loop.create_future()
             try:
                 await fut
             except BaseException:
@@ -319,7 +326,7 @@ class ProtocolConnection(Connection):
         if proto.writing_paused:
             if proto.drain is not None:
                 raise anyio.BusyResourceError("writing to")
-            fut = proto.drain = asyncio.get_running_loop().create_future()
+            fut = proto.drain = self._loop.create_future()
             try:
                 await fut
             except BaseException:

@@ -19,7 +19,7 @@ import anyio
 from anyio.abc import SocketStream
 from anyio.streams.tls import TLSStream
 
-from ._connection import ProtocolConnection, StreamConnection
+from ._connection import Connection, ProtocolConnection, StreamConnection
 from ._endpoint import Endpoint
 
 __all__ = ["backoff_delay", "open_anyio", "open_asyncio", "retryable", "tls_failure"]
@@ -173,9 +173,9 @@ def _abort(transport: asyncio.Transport | None, sock: socket.socket) -> None:
 
 async def open_anyio(
     endpoint: Endpoint, ip: str, port: int, connect_timeout: float | None
-) -> StreamConnection:
-    """One attempt on any anyio backend (trio): an anyio socket stream,
-    wrapped in TLS when the endpoint asks for it."""
+) -> Connection:
+    """One attempt on trio: the socket itself for plain TCP (see
+    :mod:`conpool._trio`), an anyio socket stream wrapped in TLS otherwise."""
     sock = _socket(ip)
     stream: SocketStream | None = None
     tls = endpoint.tls
@@ -189,9 +189,13 @@ async def open_anyio(
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))
-            stream = await SocketStream.from_socket(sock)
             if tls is None:
-                return StreamConnection(endpoint, (ip, port), stream, sock)
+                # Plain TCP on trio (the only backend that comes here) goes
+                # straight on the socket; trio is an optional extra.
+                from ._trio import SocketConnection
+
+                return SocketConnection(endpoint, (ip, port), sock)
+            stream = await SocketStream.from_socket(sock)
             stage = "TLS handshake"
             tls_start = time.monotonic_ns()
             try:

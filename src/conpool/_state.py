@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Final
@@ -59,7 +60,7 @@ class ConnRecord:
     """The pool's book-keeping for one open connection.
 
     ``handle`` is the shell's stream object; the machine never touches it
-    except through the ``is_usable`` predicate it was given.
+    except to ask whether it is still usable (see :class:`PoolState`).
     """
 
     __slots__ = (
@@ -247,10 +248,6 @@ def _drop_idle_addr(ep: EndpointState, addr: AddressState) -> None:
     addr.idle_pos = -1
 
 
-def _always_usable(handle: Any, idle: float) -> bool:
-    return True
-
-
 class PoolState:
     """The synchronous, I/O-free pool.
 
@@ -258,11 +255,13 @@ class PoolState:
     :param is_usable: ``is_usable(handle, idle_seconds)``, a cheap,
         non-blocking check of an idle connection's handle before it is handed
         out (the shell answers from flags its transport keeps, e.g. "the peer
-        sent EOF while idle", and from the kernel for long-idle ones).
+        sent EOF while idle", and from the kernel for long-idle ones).  None,
+        the default, calls ``handle.usable(idle_seconds)`` instead, without a
+        function in between: the reuse path of every request runs it.
     """
 
     def __init__(
-        self, config: Config, is_usable: Callable[[Any, float], bool] = _always_usable
+        self, config: Config, is_usable: Callable[[Any, float], bool] | None = None
     ) -> None:
         self.config = config
         self.per_endpoint = config.max_connections_per_endpoint
@@ -270,6 +269,8 @@ class PoolState:
         self.max_idle = config.max_idle_time
         self.max_lifetime = config.max_connection_lifetime
         self.max_uses = config.max_connection_uses
+        # The same as a number to compare with, so that release compares once.
+        self.uses_cap = sys.maxsize if self.max_uses is None else self.max_uses
         self.max_waiters = config.max_waiters
         self.policy = POLICIES[config.balance]
         self.rng = random.Random(config.balance_seed)
@@ -395,7 +396,11 @@ class PoolState:
                     _drop_idle_addr(ep, addr)
             del self.lru[rec]
             ep.idle -= 1
-            if now < rec.expires and self.is_usable(rec.handle, now - rec.last_used):
+            if now < rec.expires and (
+                rec.handle.usable(now - rec.last_used)
+                if self.is_usable is None
+                else self.is_usable(rec.handle, now - rec.last_used)
+            ):
                 rec.state = ACTIVE
                 rec.uses += 1
                 ep.reused += 1
@@ -632,13 +637,12 @@ class PoolState:
             raise RuntimeError(f"connection #{rec.id} is not in use: it was already released")
         ep = rec.ep
         addr = rec.addr
-        max_uses = self.max_uses
         if not (
             reusable
             and now < rec.dies
+            and rec.uses < self.uses_cap
             and addr.listed
             and not self.closed
-            and (max_uses is None or rec.uses < max_uses)
         ):
             rec.state = CLOSED
             self._closed(rec, why if not reusable else self._release_reason(rec, now))

@@ -1,0 +1,180 @@
+"""Plain TCP connections on trio, straight on the socket.
+
+anyio's trio backend gives each socket stream two wrappers (anyio's
+``SocketStream`` over trio's socket object) and two resource guards: about
+400 bytes per idle connection and a few calls per read or write.  This does
+what they do, with trio's own low-level primitives, for the one case the
+pool hands out most: non-blocking ``send``/``recv`` tried first, and
+``trio.lowlevel.wait_readable``/``wait_writable`` when the socket is not
+ready.  Each operation is a trio checkpoint, like trio's own socket methods:
+it raises if already cancelled and yields to the scheduler even when the
+socket was ready.
+
+TLS on trio keeps going through anyio's ``TLSStream``
+(:class:`conpool._connection.StreamConnection`).  Imported only on trio.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import trio
+from anyio.abc import SocketAttribute
+
+from ._connection import Connection, _close_socket, _probe
+
+if TYPE_CHECKING:
+    from ._endpoint import Endpoint
+
+__all__ = ["SocketConnection"]
+
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
+_wait_readable = trio.lowlevel.wait_readable
+_wait_writable = trio.lowlevel.wait_writable
+
+
+class SocketConnection(Connection):
+    """A plain TCP connection on trio, on its non-blocking socket."""
+
+    __slots__ = ("_fd", "_receiving", "_sending", "_sock")
+
+    def __init__(self, endpoint: Endpoint, address: tuple[str, int], sock: socket.socket) -> None:
+        super().__init__(endpoint, address)
+        self._sock = sock
+        self._fd = sock.fileno()
+        # anyio's contract: a second task reading (or writing) at the same
+        # time gets BusyResourceError, not interleaved bytes.
+        self._receiving = False
+        self._sending = False
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be a positive integer")
+        if self._receiving:
+            raise anyio.BusyResourceError("reading from")
+        self._receiving = True
+        try:
+            await _checkpoint_if_cancelled()
+            data = await self._recv(max_bytes)
+        except BaseException:
+            self.broken = True
+            raise
+        finally:
+            self._receiving = False
+        if not data:
+            self.broken = True
+            raise anyio.EndOfStream
+        return data
+
+    async def _recv(self, max_bytes: int) -> bytes:
+        sock = self._sock
+        waited = False
+        while True:
+            if self.closed:
+                raise anyio.ClosedResourceError
+            try:
+                data = sock.recv(max_bytes)
+            except BlockingIOError:
+                try:
+                    await _wait_readable(sock)
+                except trio.ClosedResourceError:
+                    raise anyio.ClosedResourceError from None
+                waited = True
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            if not waited:
+                # Ready at once: still yield once (waiting was the yield otherwise).
+                await _shielded_checkpoint()
+            return data
+
+    async def send(self, item: bytes) -> None:
+        if self._sending:
+            raise anyio.BusyResourceError("writing to")
+        self._sending = True
+        try:
+            await _checkpoint_if_cancelled()
+            await self._send_all(item)
+        except BaseException:
+            self.broken = True
+            raise
+        finally:
+            self._sending = False
+
+    async def _send_all(self, item: bytes) -> None:
+        sock = self._sock
+        view: memoryview | None = None
+        remaining = len(item)
+        waited = False
+        while True:
+            if self.closed:
+                raise anyio.ClosedResourceError
+            try:
+                sent = sock.send(item if view is None else view)
+            except BlockingIOError:
+                try:
+                    await _wait_writable(sock)
+                except trio.ClosedResourceError:
+                    raise anyio.ClosedResourceError from None
+                waited = True
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            remaining -= sent
+            if not remaining:
+                break
+            # A partial write (a full socket buffer): go on from where it
+            # stopped, without copying the rest.
+            view = (memoryview(item) if view is None else view)[sent:]
+        if not waited:
+            await _shielded_checkpoint()
+
+    async def send_eof(self) -> None:
+        if self.closed:
+            raise anyio.ClosedResourceError
+        # After a half-close the peer may still answer, but the connection
+        # cannot carry another request: never reuse it.
+        self.broken = True
+        await _checkpoint_if_cancelled()
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        await _shielded_checkpoint()
+
+    async def aclose(self) -> None:
+        # Closed first, so that a cancellation at the checkpoint cannot
+        # leave it open.
+        self.close_now()
+        await _shielded_checkpoint()
+
+    def closer(self) -> Callable[[], None]:
+        return functools.partial(_close_socket, self._sock)
+
+    def close_now(self) -> None:
+        if not self.closed:
+            self.closed = True
+            _close_socket(self._sock)
+
+    def usable(self, idle: float) -> bool:
+        if self.closed or self.broken:
+            return False
+        # Nothing reads an idle socket here, so every reuse asks the kernel.
+        return _probe(self._fd, False)
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        sock = self._sock
+        return {
+            SocketAttribute.family: lambda: sock.family,
+            SocketAttribute.local_address: lambda: sock.getsockname(),
+            SocketAttribute.local_port: lambda: sock.getsockname()[1],
+            SocketAttribute.remote_address: lambda: sock.getpeername(),
+            SocketAttribute.remote_port: lambda: sock.getpeername()[1],
+            SocketAttribute.raw_socket: lambda: sock,
+        }

@@ -1,0 +1,136 @@
+"""The byte-stream contract of a pooled connection, the same on every backend:
+anyio's exceptions for misuse, end of stream and close, partial writes, and
+what each of those does to reuse.  (Each backend has its own stream code: a
+protocol on asyncio and uvloop, the socket itself on trio, anyio's TLS
+stream for TLS on trio.)"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import conpool
+from helpers_pool import echo, eventually
+from servers import EchoServer
+
+pytestmark = pytest.mark.anyio
+
+
+def endpoint(server: EchoServer) -> conpool.Endpoint:
+    return conpool.Endpoint(server.host, server.port)
+
+
+async def test_a_second_concurrent_reader_is_refused(echo_server: EchoServer) -> None:
+    async with conpool.Pool() as pool:
+        async with pool.connection(endpoint(echo_server)) as conn:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conn.receive)
+                await anyio.sleep(0.05)  # the first reader is parked
+                with pytest.raises(anyio.BusyResourceError):
+                    await conn.receive()
+                await conn.send(b"x")  # lets the first reader finish
+            # The refused reader did not disturb the stream.
+            assert await echo(conn, b"after") == b"after"
+
+
+async def test_a_single_send_larger_than_the_socket_buffers(echo_server: EchoServer) -> None:
+    """4 MiB in one send() cannot fit the kernel's buffers: the send goes on
+    from where each partial write stopped, and every byte comes back."""
+    payload = bytes(range(256)) * (4 << 12)
+    async with conpool.Pool() as pool:
+        async with pool.connection(endpoint(echo_server)) as conn:
+            received = bytearray()
+
+            async def read_back() -> None:
+                while len(received) < len(payload):
+                    received.extend(await conn.receive())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_back)
+                await conn.send(payload)
+            assert received == payload
+            first = conn.id
+        async with pool.connection(endpoint(echo_server)) as conn:
+            assert conn.id == first
+
+
+async def test_receive_rejects_a_size_below_one(echo_server: EchoServer) -> None:
+    async with conpool.Pool() as pool:
+        async with pool.connection(endpoint(echo_server)) as conn:
+            with pytest.raises(ValueError, match="max_bytes"):
+                await conn.receive(0)
+
+
+async def test_closing_wakes_a_parked_reader_and_is_not_reused(echo_server: EchoServer) -> None:
+    async with conpool.Pool() as pool:
+        conn = await pool.acquire(endpoint(echo_server))
+        first = conn.id
+        failures: list[BaseException] = []
+
+        async def reader() -> None:
+            try:
+                await conn.receive()
+            except Exception as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            await anyio.sleep(0.05)
+            await conn.aclose()
+        assert len(failures) == 1
+        assert isinstance(failures[0], anyio.ClosedResourceError)
+        with pytest.raises(anyio.ClosedResourceError):
+            await conn.send(b"x")
+        with pytest.raises(anyio.ClosedResourceError):
+            await conn.receive()
+        await pool.release(conn)
+        async with pool.connection(endpoint(echo_server)) as again:
+            assert again.id != first
+        assert pool.stats().endpoints[endpoint(echo_server)].closed == 1
+
+
+async def test_peer_close_is_end_of_stream_and_not_reused(echo_server: EchoServer) -> None:
+    async with conpool.Pool() as pool:
+        conn = await pool.acquire(endpoint(echo_server))
+        first = conn.id
+        await conn.send(b"bye")
+        assert await conn.receive() == b"bye"
+        await anyio.to_thread.run_sync(echo_server.close_all)
+        with pytest.raises(anyio.EndOfStream):
+            while True:
+                await conn.receive()
+        await pool.release(conn)
+        async with pool.connection(endpoint(echo_server)) as again:
+            assert again.id != first
+
+
+async def test_send_eof_half_closes_and_is_not_reused(echo_server: EchoServer) -> None:
+    async with conpool.Pool() as pool:
+        conn = await pool.acquire(endpoint(echo_server))
+        first = conn.id
+        await conn.send(b"last words")
+        await conn.send_eof()
+        received = bytearray()
+        with pytest.raises(anyio.EndOfStream):
+            while True:
+                received.extend(await conn.receive())
+        # The echo server answered what it had, then closed its side too.
+        assert received == b"last words"
+        await pool.release(conn)
+        await eventually(lambda: pool.stats().endpoints[endpoint(echo_server)].idle == 0)
+        async with pool.connection(endpoint(echo_server)) as again:
+            assert again.id != first
+
+
+async def test_a_cancelled_receive_leaves_the_connection_out_of_the_pool(
+    echo_server: EchoServer,
+) -> None:
+    """A read cut short may have lost bytes in flight: not reused."""
+    async with conpool.Pool() as pool:
+        conn = await pool.acquire(endpoint(echo_server))
+        first = conn.id
+        with anyio.move_on_after(0.05):
+            await conn.receive()
+        await pool.release(conn)
+        async with pool.connection(endpoint(echo_server)) as again:
+            assert again.id != first
