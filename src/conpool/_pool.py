@@ -136,6 +136,8 @@ class Pool:
         self._tg: TaskGroup | None = None
         self._native = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # On trio: what a waiting task parks on (conpool._trio.Parked).
+        self._parked: Callable[[], Any] | None = None
         self._refreshing: set[str] = set()
         self._sweep_scope: anyio.CancelScope | None = None
         self._sweep_at = 0.0  # monotonic time the sweeper wakes up next
@@ -165,6 +167,9 @@ class Pool:
         else:
             import trio
 
+            from ._trio import Parked  # trio is an optional extra
+
+            self._parked = Parked
             self._leaks.soon = trio.lowlevel.current_trio_token().run_sync_soon
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -422,7 +427,8 @@ class Pool:
             assert loop is not None
             handle: Any = loop.create_future()
         else:
-            handle = anyio.Event()
+            assert self._parked is not None
+            handle = self._parked()
         w = state.enqueue(ep, handle)
         if w is None:
             raise self._too_many_waiters(endpoint)

@@ -11,7 +11,10 @@ it raises if already cancelled and yields to the scheduler even when the
 socket was ready.
 
 TLS on trio keeps going through anyio's ``TLSStream``
-(:class:`conpool._connection.StreamConnection`).  Imported only on trio.
+(:class:`conpool._connection.StreamConnection`).
+
+Also here: :class:`Parked`, what a waiting task parks on, the counterpart
+of the native future the asyncio shell uses.  Imported only on trio.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from ._connection import Connection, _close_socket, _probe
 if TYPE_CHECKING:
     from ._endpoint import Endpoint
 
-__all__ = ["SocketConnection"]
+__all__ = ["Parked", "SocketConnection"]
 
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
@@ -178,3 +181,41 @@ class SocketConnection(Connection):
             SocketAttribute.remote_port: lambda: sock.getpeername()[1],
             SocketAttribute.raw_socket: lambda: sock,
         }
+
+
+class Parked:
+    """One waiting task, parked with trio's lowest-level primitives: a
+    ``wait_task_rescheduled`` woken by ``reschedule``, which is what
+    ``trio.Event`` does under its parking lot, without the lot, and without
+    anyio's ``Event`` wrapped around it.
+
+    Made by the task that will wait.  :meth:`set` may come before
+    :meth:`wait` (then wait only checkpoints), while it waits, or after it
+    was cancelled (then it is a no-op: the cancelled task is not woken twice).
+    """
+
+    __slots__ = ("_task", "is_set", "parked")
+
+    def __init__(self) -> None:
+        self._task = trio.lowlevel.current_task()
+        self.is_set = False
+        self.parked = False
+
+    def set(self) -> None:
+        if not self.is_set:
+            self.is_set = True
+            if self.parked:
+                self.parked = False
+                trio.lowlevel.reschedule(self._task)
+
+    async def wait(self) -> None:
+        if self.is_set:
+            await trio.lowlevel.checkpoint()
+            return
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self.parked = False
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        self.parked = True
+        await trio.lowlevel.wait_task_rescheduled(abort)
