@@ -134,3 +134,45 @@ async def test_a_cancelled_receive_leaves_the_connection_out_of_the_pool(
         await pool.release(conn)
         async with pool.connection(endpoint(echo_server)) as again:
             assert again.id != first
+
+
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [("asyncio", {}), ("asyncio", {"use_uvloop": True})],
+    ids=["asyncio", "uvloop"],
+)
+async def test_bytes_handed_to_a_reader_cancelled_before_it_ran_are_kept(
+    echo_server: EchoServer,
+) -> None:
+    """On asyncio the bytes of a response go straight to the waiting
+    receive().  If that task is cancelled after they were handed over but
+    before it ran, they go back in front of the buffer: a reader that goes
+    on (on a connection the pool will not reuse) misses nothing."""
+    import asyncio
+
+    async with conpool.Pool() as pool:
+        conn = await pool.acquire(endpoint(echo_server))
+        reader_of = conn._proto  # type: ignore[attr-defined]
+        caught = False
+        for attempt in range(50):
+            task = asyncio.ensure_future(conn.receive())
+            await asyncio.sleep(0)  # parked on its future
+            await conn.send(b"%d" % attempt)
+            for _ in range(100_000):  # until the echo arrives (bounded)
+                if task.done() or (reader_of.reader is not None and reader_of.reader.done()):
+                    break
+                await asyncio.sleep(0)
+            if task.done():
+                # It ran before this task could cancel it: that is the
+                # common order; try again.
+                assert await task == b"%d" % attempt
+                continue
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await conn.receive() == b"%d" % attempt
+            caught = True
+            break
+        assert caught, "the reader always ran first: the window was never hit"
+        assert conn.broken  # a cancelled read: not reused
+        await pool.release(conn)

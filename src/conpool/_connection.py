@@ -192,7 +192,9 @@ class _Protocol(asyncio.Protocol):
         self.eof = False
         self.lost = False
         self.exc: BaseException | None = None
-        self.reader: asyncio.Future[None] | None = None
+        # A waiting receive(): its result is the bytes handed straight over,
+        # or None for "look at the buffer and the flags".
+        self.reader: asyncio.Future[bytes | None] | None = None
         self.drain: asyncio.Future[None] | None = None
         self.writing_paused = False
 
@@ -202,6 +204,12 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
+        reader = self.reader
+        if reader is not None and not buffer and not reader.done():
+            # A reader waits and nothing came before: hand the bytes straight
+            # to it (the common case of a request and its response).
+            reader.set_result(data)
+            return
         buffer.append(data)
         if len(buffer) > 16:
             buffer[:] = [b"".join(buffer)]
@@ -286,14 +294,28 @@ class ProtocolConnection(Connection):
                 # (Checked here, not on every call: with data buffered the
                 # size check below catches it.)
                 raise ValueError("max_bytes must be a positive integer")
-            fut = proto.reader = self._loop.create_future()
+            fut: asyncio.Future[bytes | None] = self._loop.create_future()
+            proto.reader = fut
             try:
-                await fut
+                data = await fut
             except BaseException:
+                if fut.done() and not fut.cancelled():
+                    handed = fut.result()
+                    if handed:
+                        # Cancelled with bytes already handed over: they go
+                        # back in front, so that nothing read is lost.
+                        buffer.insert(0, handed)
+                        proto.buffered += len(handed)
                 self.broken = True
                 raise
             finally:
                 proto.reader = None
+            if data is not None:
+                if len(data) <= max_bytes:
+                    return data
+                buffer.insert(0, data[max_bytes:])
+                proto.buffered += len(data) - max_bytes
+                return data[:max_bytes]
             if not buffer:
                 if self.closed:
                     raise anyio.ClosedResourceError
