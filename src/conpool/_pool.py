@@ -145,6 +145,9 @@ class Pool:
         self._last_ep = EndpointState(None)
         self._got: ConnRecord | int = 0
         self._leak_after = config.leak_warning_after
+        # No health check and no held-too-long watch: an idle connection is
+        # handed out by _grab alone (else _acquire does the rest).
+        self._plain = self._health is None and self._leak_after is None
         self._leaks = Leaks(self._state, self._flush, self._emit)
         # Per endpoint: how long waits and connects took.
         self._waits: dict[EndpointState, Histogram] = {}
@@ -251,7 +254,7 @@ class Pool:
         """The synchronous first step of every acquire: ask the machine.
 
         Returns the connection when an idle one can be handed out at once
-        (no health check configured); otherwise leaves the machine's answer
+        (no health check, no ``leak_warning_after``); otherwise leaves the machine's answer
         in ``self._got`` and the endpoint state in ``self._last_ep`` for
         :meth:`_acquire`, which the caller awaits with nothing in between.
         Being a plain function, not a coroutine, is what makes the common
@@ -274,15 +277,13 @@ class Pool:
         got = state.acquire(ep, now)
         if state.to_close or state.to_wake:
             self._flush()
-        if got.__class__ is ConnRecord and self._health is None:
+        if got.__class__ is ConnRecord and self._plain:
             rec: ConnRecord = got
             if self._trace_rec is not None:
                 self._trace_rec("conn.reuse", rec, now)
             conn: Connection = rec.handle
             # The holder's reference is the only strong one (see _hand_out).
             rec.handle = None
-            if self._leak_after is not None:
-                note_taken(rec)
             return conn
         self._got = got
         return None
