@@ -147,8 +147,10 @@ class Tracer:
             if self._addr[i] is _BY_RECORD:
                 rec: Any = self._ep[i]
                 # Float seconds from time.monotonic(), the clock monotonic_ns()
-                # reads: within a thousandth of a nanosecond of it, so round()
-                # gives the exact nanosecond and the order of events holds.
+                # reads.  A double holds it to within t x 2e-16: round() gives
+                # the very nanosecond while the machine has been up less than
+                # about three weeks, one or two off after that, and events
+                # lie much further apart than that, so their order holds.
                 ts = round(self._ts[i] * 1e9)
                 yield (ts, self._kind[i], rec.ep.key, rec.addr.ip, rec.id, None, "")
                 continue
