@@ -670,7 +670,7 @@ class PoolState:
             self._closed(rec, "evicted")
             return
         rec.state = IDLE
-        if not addr.idle and ep.single is None:
+        if ep.single is None and not addr.idle:
             addr.idle_pos = len(ep.idle_addrs)
             ep.idle_addrs.append(addr)
         addr.idle[rec] = None
