@@ -44,6 +44,9 @@ def test_extra_defaults() -> None:
     assert config.happy_eyeballs_delay == 0.25
     assert config.balance_seed is None
     assert config.sweep_interval is None
+    assert config.lifetime_jitter == 0.0
+    assert Config(lifetime_jitter=0).lifetime_jitter == 0.0
+    assert isinstance(Config(lifetime_jitter=0).lifetime_jitter, float)
 
 
 def test_balance_policies() -> None:
@@ -148,6 +151,9 @@ def test_accepted_edge_values() -> None:
         ("sweep_interval", 0, "sweep_interval must be > 0, got 0"),
         ("sweep_interval", math.inf, "sweep_interval must be finite, got inf"),
         ("max_idle_time", 10**400, "max_idle_time is too large"),
+        ("lifetime_jitter", 1.0, "lifetime_jitter must be in [0, 1), got 1.0"),
+        ("lifetime_jitter", -0.1, "lifetime_jitter must be in [0, 1), got -0.1"),
+        ("lifetime_jitter", math.nan, "lifetime_jitter must be in [0, 1), got nan"),
         ("balance", "random", "balance must be one of 'least-connections', 'round-robin'"),
         ("balance", "Round-Robin", "got 'Round-Robin'"),
     ],
@@ -186,6 +192,8 @@ def test_value_errors_name_field_and_value(field: str, value: object, message: s
         ("eject_time_max", None, "eject_time_max must be a number"),
         ("happy_eyeballs_delay", None, "happy_eyeballs_delay must be a number"),
         ("sweep_interval", "1", "sweep_interval must be a number or None"),
+        ("lifetime_jitter", True, "lifetime_jitter must be a number, got bool"),
+        ("lifetime_jitter", None, "lifetime_jitter must be a number, got NoneType"),
         ("balance", None, "balance must be a str"),
         ("balance", 1, "balance must be a str"),
         ("health_check", True, "health_check must be an async callable or None"),

@@ -94,6 +94,11 @@ class Config:
         closed; greater than 0, :data:`math.inf` for never.
     :param max_connection_lifetime: seconds since connect after which a
         connection is not reused; greater than 0, :data:`math.inf` for never.
+    :param lifetime_jitter: a fraction in [0, 1): each connection's lifetime
+        is *max_connection_lifetime* shortened by a random part of up to this
+        share (0.1: lifetimes spread over the last tenth), so that connections
+        opened together, at start-up or after an outage, are not all replaced
+        at the same moment.  0, the default, keeps every lifetime exact.
     :param max_connection_uses: hand-outs after which a connection is closed
         instead of reused, at least 1, or ``None`` for no limit.
     :param health_check: ``async def check(conn) -> bool`` run on an idle
@@ -173,6 +178,7 @@ class Config:
     sweep_interval: float | None = None
     dns_stale_limit: float = 300.0
     leak_warning_after: float | None = None
+    lifetime_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         _int("max_connections_per_endpoint", self.max_connections_per_endpoint, 1)
@@ -234,6 +240,12 @@ class Config:
                 "dns_stale_limit", self.dns_stale_limit, inclusive=False, finite=False
             ),
         }
+        jitter = self.lifetime_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)):
+            raise TypeError(f"lifetime_jitter must be a number, got {_describe(jitter)}")
+        if not 0.0 <= jitter < 1.0:  # also refuses NaN
+            raise ValueError(f"lifetime_jitter must be in [0, 1), got {jitter!r}")
+        floats["lifetime_jitter"] = float(jitter)
         share = floats["max_ejected_share"]
         if share is not None and share > 1.0:
             raise ValueError(f"max_ejected_share must be in (0, 1], got {self.max_ejected_share!r}")

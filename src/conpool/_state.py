@@ -22,10 +22,11 @@ bound ``pending + active + idle``.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import sys
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Final
 
@@ -95,6 +96,10 @@ class ConnRecord:
         self.uses = 1
         self.state: int = ACTIVE
         self.handle: Any = None
+
+    def __lt__(self, other: ConnRecord) -> bool:
+        # The order of PoolState.ages, a heap: the end of the lifetime.
+        return self.dies < other.dies
 
     def __repr__(self) -> str:
         state = ("idle", "active", "closed")[self.state]
@@ -288,9 +293,11 @@ class PoolState:
         # Every idle record, least recently used first: the expiry sweep and
         # the eviction for max_connections both start from the front.
         self.lru: OrderedDict[ConnRecord, None] = OrderedDict()
-        # Every open record in creation order, for lifetime expiry; closed
-        # records are dropped lazily (see _compact_ages).
-        self.ages: deque[ConnRecord] = deque()
+        # Every open record, a heap ordered by the end of its lifetime (with
+        # lifetime_jitter, creation order is not that order), for lifetime
+        # expiry; closed records are dropped lazily (see _compact_ages).
+        self.ages: list[ConnRecord] = []
+        self.jitter = config.lifetime_jitter
         self.live = 0
         self.to_close: list[tuple[ConnRecord, str]] = []
         self.to_wake: list[Waiter] = []
@@ -611,9 +618,12 @@ class PoolState:
         ep.open += 1
         ep.created += 1
         self.next_id += 1
-        rec = ConnRecord(self.next_id, ep, addr, now, self.max_lifetime)
+        lifetime = self.max_lifetime
+        if self.jitter:
+            lifetime *= 1.0 - self.jitter * self.rng.random()
+        rec = ConnRecord(self.next_id, ep, addr, now, lifetime)
         rec.handle = handle
-        self.ages.append(rec)
+        heapq.heappush(self.ages, rec)
         self.live += 1
         return rec
 
@@ -719,7 +729,8 @@ class PoolState:
         self._slot_freed(ep)
 
     def _compact_ages(self) -> None:
-        self.ages = deque(r for r in self.ages if r.state != CLOSED)
+        self.ages = [r for r in self.ages if r.state != CLOSED]
+        heapq.heapify(self.ages)
 
     def _slot_freed(self, ep: EndpointState) -> None:
         """A slot on ``ep`` (and in the total) is free: serve the waiter that
@@ -765,11 +776,11 @@ class PoolState:
         while ages:
             rec = ages[0]
             if rec.state == CLOSED:
-                ages.popleft()
+                heapq.heappop(ages)
                 continue
             if now < rec.dies:
                 break
-            ages.popleft()
+            heapq.heappop(ages)
             if rec.state == IDLE:
                 self._close_idle(rec, "lifetime")
             # An active record past its lifetime closes on release.
@@ -779,10 +790,11 @@ class PoolState:
         deadline = math.inf
         if self.lru:
             deadline = next(iter(self.lru)).last_used + self.max_idle
-        for rec in self.ages:
-            if rec.state != CLOSED:
-                deadline = min(deadline, rec.dies)
-                break
+        ages = self.ages
+        while ages and ages[0].state == CLOSED:
+            heapq.heappop(ages)  # (dropping what sweep would drop: no change seen)
+        if ages:
+            deadline = min(deadline, ages[0].dies)
         return deadline
 
     def close(self) -> None:
