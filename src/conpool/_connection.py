@@ -439,20 +439,50 @@ class ProtocolConnection(Connection):
         return attrs
 
 
-class StreamConnection(Connection):
-    """A connection on trio (or any backend without a native path): wraps
-    the anyio stream :mod:`conpool._dial` opened."""
+class SocketOwner(Connection):
+    """A connection on trio, where the pool holds the socket itself: closing
+    it and checking it while idle are the same for plain TCP
+    (:class:`conpool._trio.SocketConnection`) and for TLS
+    (:class:`StreamConnection`)."""
 
-    __slots__ = ("_fd", "_sock", "_stream", "_tls")
+    __slots__ = ("_sock", "_tls")
+
+    def __init__(
+        self, endpoint: Endpoint, address: tuple[str, int], sock: socket.socket, tls: bool
+    ) -> None:
+        super().__init__(endpoint, address)
+        self._sock = sock
+        self._tls = tls
+
+    def close_now(self) -> None:
+        # Closing the socket is synchronous on every backend once the event
+        # loop is told (notify_closing wakes anyone blocked on it).  A TLS
+        # stream closed this way skips close_notify, as browsers and most
+        # pools do for idle connections: the peer sees a plain FIN.
+        if not self.closed:
+            self.closed = True
+            _close_socket(self._sock)
+
+    def usable(self, idle: float) -> bool:
+        if self.closed or self.broken:
+            return False
+        # Nothing reads an idle trio socket, so every reuse asks the kernel.
+        # (The descriptor is not kept: an int above 256 is 28 more bytes per
+        # idle connection, and this path makes a system call anyway.)
+        return _probe(self._sock.fileno(), self._tls)
+
+
+class StreamConnection(SocketOwner):
+    """A TLS connection on trio: wraps the anyio stream :mod:`conpool._dial`
+    opened."""
+
+    __slots__ = ("_stream",)
 
     def __init__(
         self, endpoint: Endpoint, address: tuple[str, int], stream: ByteStream, sock: socket.socket
     ) -> None:
-        super().__init__(endpoint, address)
+        super().__init__(endpoint, address, sock, isinstance(stream, TLSStream))
         self._stream = stream
-        self._sock = sock
-        self._tls = isinstance(stream, TLSStream)
-        self._fd = sock.fileno()
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         try:
@@ -478,21 +508,6 @@ class StreamConnection(Connection):
 
     def closer(self) -> Callable[[], None]:
         return functools.partial(_close_socket, self._sock)
-
-    def close_now(self) -> None:
-        # Closing the socket is synchronous on every backend once the event
-        # loop is told (notify_closing wakes anyone blocked on it).  A TLS
-        # stream closed this way skips close_notify, as browsers and most
-        # pools do for idle connections: the peer sees a plain FIN.
-        if not self.closed:
-            self.closed = True
-            _close_socket(self._sock)
-
-    def usable(self, idle: float) -> bool:
-        if self.closed or self.broken:
-            return False
-        # Nothing reads an idle trio socket, so every reuse asks the kernel.
-        return _probe(self._fd, self._tls)
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:

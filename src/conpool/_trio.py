@@ -20,14 +20,14 @@ of the native future the asyncio shell uses.  Imported only on trio.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import trio
 from anyio.abc import SocketAttribute
 
-from ._connection import Connection, _close_socket, _probe
+from ._connection import SocketOwner
 
 if TYPE_CHECKING:
     from ._endpoint import Endpoint
@@ -40,14 +40,22 @@ _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
 
 
-class SocketConnection(Connection):
+async def _ready(wait: Callable[[socket.socket], Awaitable[None]], sock: socket.socket) -> None:
+    """Wait until ``sock`` is readable or writable; a close from another
+    task (trio.lowlevel.notify_closing) surfaces as anyio's error."""
+    try:
+        await wait(sock)
+    except trio.ClosedResourceError:
+        raise anyio.ClosedResourceError from None
+
+
+class SocketConnection(SocketOwner):
     """A plain TCP connection on trio, on its non-blocking socket."""
 
-    __slots__ = ("_receiving", "_sending", "_sock")
+    __slots__ = ("_receiving", "_sending")
 
     def __init__(self, endpoint: Endpoint, address: tuple[str, int], sock: socket.socket) -> None:
-        super().__init__(endpoint, address)
-        self._sock = sock
+        super().__init__(endpoint, address, sock, False)
         # anyio's contract: a second task reading (or writing) at the same
         # time gets BusyResourceError, not interleaved bytes.
         self._receiving = False
@@ -81,10 +89,7 @@ class SocketConnection(Connection):
             try:
                 data = sock.recv(max_bytes)
             except BlockingIOError:
-                try:
-                    await _wait_readable(sock)
-                except trio.ClosedResourceError:
-                    raise anyio.ClosedResourceError from None
+                await _ready(_wait_readable, sock)
                 waited = True
                 continue
             except OSError as exc:
@@ -118,10 +123,7 @@ class SocketConnection(Connection):
             try:
                 sent = sock.send(item if view is None else view)
             except BlockingIOError:
-                try:
-                    await _wait_writable(sock)
-                except trio.ClosedResourceError:
-                    raise anyio.ClosedResourceError from None
+                await _ready(_wait_writable, sock)
                 waited = True
                 continue
             except OSError as exc:
@@ -160,19 +162,6 @@ class SocketConnection(Connection):
         # trio.lowlevel.notify_closing is due, and a bound method costs 64
         # bytes per connection where a partial of _close_socket costs 190.
         return self._sock.close
-
-    def close_now(self) -> None:
-        if not self.closed:
-            self.closed = True
-            _close_socket(self._sock)
-
-    def usable(self, idle: float) -> bool:
-        if self.closed or self.broken:
-            return False
-        # Nothing reads an idle socket here, so every reuse asks the kernel.
-        # (The descriptor is not kept: an int above 256 is 28 more bytes per
-        # idle connection, and this path makes a system call anyway.)
-        return _probe(self._sock.fileno(), False)
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
