@@ -19,8 +19,9 @@ wait: what the ratio to ``raw`` shows is the pool's cost per request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar
 
 from bench.loops import (
     Meter,
@@ -166,20 +167,32 @@ def _held(spec: CellSpec) -> Metrics:
     return run_anyio(spec.cell.loop, main)
 
 
+_Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def _streams_worker(
+    lease: Callable[[], AbstractAsyncContextManager[_Streams]],
+) -> Callable[[Meter], Coroutine[Any, Any, None]]:
+    """The echo loop of a pool of asyncio streams: ``lease()`` is the pool's
+    ``async with`` that yields a (reader, writer) pair."""
+
+    async def worker(meter: Meter) -> None:
+        while not meter.stop:
+            async with lease() as (reader, writer):
+                writer.write(MESSAGE)
+                await writer.drain()
+                await reader.readexactly(SIZE)
+            meter.n += 1
+
+    return worker
+
+
 def _naive(spec: CellSpec) -> Metrics:
     from bench.naive import QueuePool
 
     async def main() -> Metrics:
         pool = QueuePool(spec.host, spec.port, spec.cell.conc)
-
-        async def worker(meter: Meter) -> None:
-            while not meter.stop:
-                async with pool.connection() as (reader, writer):
-                    writer.write(MESSAGE)
-                    await writer.drain()
-                    await reader.readexactly(SIZE)
-                meter.n += 1
-
+        worker = _streams_worker(pool.connection)
         try:
             result = await drive_asyncio(worker, spec.cell.conc, spec.warmup, spec.duration)
         finally:
@@ -194,15 +207,7 @@ def _acp(spec: CellSpec) -> Metrics:
 
     async def main() -> Metrics:
         pool = acp_pool(spec.host, spec.port, spec.cell.conc)
-
-        async def worker(meter: Meter) -> None:
-            while not meter.stop:
-                async with pool.get_connection() as (reader, writer):
-                    writer.write(MESSAGE)
-                    await writer.drain()
-                    await reader.readexactly(SIZE)
-                meter.n += 1
-
+        worker = _streams_worker(pool.get_connection)
         try:
             result = await drive_asyncio(worker, spec.cell.conc, spec.warmup, spec.duration)
         finally:

@@ -32,7 +32,10 @@ class Echo(asyncio.Protocol):
         return False  # close our side too
 
 
-async def serve(host: str, port: int, max_seconds: float) -> None:
+def stop_signal(max_seconds: float) -> asyncio.Future[None]:
+    """A future that completes on SIGTERM or SIGINT, after ``max_seconds``,
+    or when stdin (a pipe from the process that started this one) reaches
+    EOF: every way a benchmark server is told, or left, to stop."""
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[None] = loop.create_future()
 
@@ -54,6 +57,12 @@ async def serve(host: str, port: int, max_seconds: float) -> None:
     # Only a pipe from the runner is watched (a file or a terminal is not).
     if stat.S_ISFIFO(os.fstat(stdin).st_mode):
         loop.add_reader(stdin, stdin_readable)
+    return stop
+
+
+async def serve(host: str, port: int, max_seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    stop = stop_signal(max_seconds)
     server = await loop.create_server(Echo, host, port, backlog=1024)
     bound = server.sockets[0].getsockname()[1]
     print(f"PORT {bound}", flush=True)

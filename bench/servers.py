@@ -29,9 +29,7 @@ import os
 import resource
 import selectors
 import shutil
-import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -41,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.cell import pin
-from bench.server import Echo
+from bench.server import Echo, stop_signal
 
 __all__ = ["BODY", "Running", "raise_nofile", "server_core", "start"]
 
@@ -111,24 +109,7 @@ class Http(asyncio.Protocol):
 
 async def _serve(kind: str, hosts: Sequence[str], port: int, max_seconds: float) -> None:
     loop = asyncio.get_running_loop()
-    stop: asyncio.Future[None] = loop.create_future()
-
-    def done() -> None:
-        if not stop.done():
-            stop.set_result(None)
-
-    loop.add_signal_handler(signal.SIGTERM, done)
-    loop.add_signal_handler(signal.SIGINT, done)
-    loop.call_later(max_seconds, done)
-    stdin = sys.stdin.fileno()
-
-    def stdin_readable() -> None:
-        if not os.read(stdin, 4096):  # EOF: the cell is gone
-            loop.remove_reader(stdin)
-            done()
-
-    if stat.S_ISFIFO(os.fstat(stdin).st_mode):
-        loop.add_reader(stdin, stdin_readable)
+    stop = stop_signal(max_seconds)
     factory = Http if kind == "http" else Echo
     servers = []
     try:
