@@ -35,6 +35,21 @@ def waiting_is(pool: conpool.Pool, n: int) -> Callable[[], bool]:
     return lambda: pool.stats().waiting == n
 
 
+#: The two ways to get a connection; each has its own short path for waiting.
+VIA = ["acquire", "lease"]
+
+
+async def take_and_give_back(pool: conpool.Pool, ep: conpool.Endpoint, via: str) -> int:
+    """Acquire through ``via``, give the connection back; its id."""
+    if via == "acquire":
+        conn = await pool.acquire(ep)
+        await pool.release(conn)
+    else:
+        async with pool.connection(ep) as conn:
+            pass
+    return conn.id
+
+
 # --------------------------------------------------------------------------
 # Reuse
 
@@ -168,16 +183,19 @@ async def test_waiters_are_served_first_come_first_served(echo_server: EchoServe
     assert order == list(range(10))
 
 
-async def test_acquire_timeout_raises_pool_timeout(echo_server: EchoServer) -> None:
+@pytest.mark.parametrize("via", VIA)
+async def test_acquire_timeout_raises_pool_timeout(echo_server: EchoServer, via: str) -> None:
     ep = endpoint(echo_server)
     config = conpool.Config(max_connections_per_endpoint=1, acquire_timeout=0.1)
     async with conpool.Pool(config) as pool:
         async with pool.connection(ep):
             start = time.monotonic()
             with pytest.raises(conpool.PoolTimeout) as info:
-                await pool.acquire(ep)
+                await take_and_give_back(pool, ep, via)
             elapsed = time.monotonic() - start
             assert 0.09 <= elapsed < 2.0
+            waits = pool.stats().endpoints[ep].wait_time
+            assert waits.count == 1 and 0.09 <= waits.sum <= elapsed
             assert isinstance(info.value, TimeoutError)
             assert isinstance(info.value, conpool.PoolError)
             assert str(ep) in str(info.value)
@@ -271,25 +289,30 @@ async def _echo_once(pool: conpool.Pool, ep: conpool.Endpoint) -> None:
         assert await echo(conn, b"hello") == b"hello"
 
 
-async def test_waiter_woken_by_release(echo_server: EchoServer) -> None:
+@pytest.mark.parametrize("via", VIA)
+async def test_waiter_woken_by_release(echo_server: EchoServer, via: str) -> None:
     ep = endpoint(echo_server)
     async with conpool.Pool(conpool.Config(max_connections_per_endpoint=1)) as pool:
         holder = await pool.acquire(ep)
-        result: list[conpool.Connection] = []
+        result: list[int] = []
 
         async def waiter() -> None:
-            conn = await pool.acquire(ep)
-            result.append(conn)
-            await pool.release(conn)
+            result.append(await take_and_give_back(pool, ep, via))
 
+        start = time.monotonic()
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(waiter)
                 await eventually(lambda: pool.stats().waiting == 1)
+                await anyio.sleep(0.05)
+                released = time.monotonic()
                 await pool.release(holder)
-        assert result == [holder]  # the same connection, handed over
+        assert result == [holder.id]  # the same connection, handed over
         stats = check_quiet(pool)
         assert (stats.endpoints[ep].created, stats.endpoints[ep].reused) == (1, 1)
+        # Counted from queueing until the release served it.
+        waits = stats.endpoints[ep].wait_time
+        assert waits.count == 1 and 0.05 <= waits.sum <= released - start
 
 
 async def test_waiter_woken_by_closed_connection(echo_server: EchoServer) -> None:
@@ -472,15 +495,16 @@ async def test_acquire_after_aclose(echo_server: EchoServer) -> None:
         await eventually(lambda: echo_server.current == 0, what="idle connection closed")
 
 
+@pytest.mark.parametrize("via", VIA)
 async def test_aclose_fails_waiters_and_closes_active_on_release(
-    echo_server: EchoServer,
+    echo_server: EchoServer, via: str
 ) -> None:
     ep = endpoint(echo_server)
     failures: list[BaseException] = []
 
     async def waiter() -> None:
         try:
-            await pool.acquire(ep)
+            await take_and_give_back(pool, ep, via)
         except conpool.PoolClosed as exc:
             failures.append(exc)
 

@@ -99,7 +99,7 @@ def drain(state: PoolState) -> tuple[list[tuple[ConnRecord, str]], list[Waiter]]
 
 def wait(state: PoolState, ep: EndpointState, now: float, name: str) -> Waiter:
     assert state.acquire(ep, now) == WAIT
-    w = state.enqueue(ep, name)
+    w = state.enqueue(ep, name, now)
     assert w is not None
     return w
 
@@ -186,19 +186,19 @@ def test_enqueue_refuses_beyond_max_waiters(max_waiters: int) -> None:
     for k in range(max_waiters):
         ep = (a, b)[k % 2]
         assert state.acquire(ep, 0.0) == WAIT
-        w = state.enqueue(ep, k)
+        w = state.enqueue(ep, k, 0.0)
         assert w is not None and w.grant is None and w.handle == k
         waiters.append(w)
     # The limit is across endpoints.
     for ep in (a, b):
         assert state.acquire(ep, 0.0) == WAIT
-        assert state.enqueue(ep, "late") is None
+        assert state.enqueue(ep, "late", 0.0) is None
     assert [*a.waiters, *b.waiters] == waiters[0::2] + waiters[1::2]
     assert state.n_waiters == max_waiters
     # A place frees when one gives up.
     if waiters:
         state.cancel(waiters[0], 1.0)
-        assert state.enqueue(a, "now") is not None
+        assert state.enqueue(a, "now", 1.0) is not None
 
 
 def test_enqueue_without_max_waiters_is_unbounded() -> None:
@@ -217,11 +217,12 @@ def test_release_hands_the_same_connection_to_waiters_in_arrival_order() -> None
     state, _ = make(max_connections_per_endpoint=1)
     ep = endpoint(state, "a")
     rec = dial(state, ep, 0.0)
-    w1, w2, w3 = (wait(state, ep, 0.0, name) for name in ("w1", "w2", "w3"))
+    w1, w2, w3 = (wait(state, ep, 0.5, name) for name in ("w1", "w2", "w3"))
     for k, w in enumerate((w1, w2, w3), start=1):
         state.release(rec, float(k), reusable=True)
         assert drain(state) == ([], [w])
         assert w.grant is rec
+        assert w.since == 0.5 and w.waited == k - 0.5
         assert rec.state == ACTIVE and rec.uses == 1 + k and rec.last_used == float(k)
         assert (ep.active, ep.idle, ep.reused, state.total) == (1, 0, k, 1)
         assert w not in ep.waiters and state.n_waiters == 3 - k
@@ -239,6 +240,7 @@ def test_freed_slots_become_dial_grants_in_arrival_order() -> None:
     state.dial_failed(ep)
     assert drain(state) == ([], [ws[0]])
     assert ws[0].grant == DIAL
+    assert ws[0].waited is None  # no time given: the shell reads the clock
     assert (ep.pending, ep.connect_failures, state.total) == (1, 1, 1)
 
     state.dial_abandoned(ep)  # ws[0]'s dial was cancelled
@@ -1265,6 +1267,8 @@ class PoolMachine(RuleBasedStateMachine):
             queue.pop(0)
             if isinstance(w.grant, ConnRecord):
                 rec = w.grant
+                # The release that served it says how long it waited.
+                assert w.waited == self.now - w.since
                 assert rec.ep is w.ep and rec.state == ACTIVE
                 # Handed over by release (or a cancelled grant), never from a holder.
                 assert rec is self.returning and self.holder_count(rec) == 0
@@ -1352,7 +1356,7 @@ class PoolMachine(RuleBasedStateMachine):
             else:
                 assert got == WAIT
                 before = sum(map(len, self.queued.values()))
-                w = self.state.enqueue(ep, "w")
+                w = self.state.enqueue(ep, "w", self.now)
                 if w is None:
                     assert config.max_waiters is not None and before >= config.max_waiters
                 else:

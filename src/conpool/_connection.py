@@ -466,7 +466,11 @@ class SocketOwner(Connection):
     def usable(self, idle: float) -> bool:
         if self.closed or self.broken:
             return False
-        # Nothing reads an idle trio socket, so every reuse asks the kernel.
+        # Nothing reads a trio socket between the user's reads, so there are
+        # no flags: every reuse asks the kernel, however short the idle time.
+        # Bytes the last user left unread (a request cut short) sit in the
+        # kernel, not in a buffer of ours, and may have come long before
+        # the release (test_cancel.py::test_cancel_while_holding).
         # (The descriptor is not kept: an int above 256 is 28 more bytes per
         # idle connection, and this path makes a system call anyway.)
         return _probe(self._sock.fileno(), self._tls)

@@ -20,7 +20,7 @@ of the native future the asyncio shell uses.  Imported only on trio.
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -182,9 +182,10 @@ class Parked:
     ``trio.Event`` does under its parking lot, without the lot, and without
     anyio's ``Event`` wrapped around it.
 
-    Made by the task that will wait.  :meth:`set` may come before
-    :meth:`wait` (then wait only checkpoints), while it waits, or after it
-    was cancelled (then it is a no-op: the cancelled task is not woken twice).
+    Made by the task that will wait, which then awaits it.  :meth:`set` may
+    come before the await (which then only checkpoints), while it waits, or
+    after it was cancelled (then it is a no-op: the cancelled task is not
+    woken twice).
     """
 
     __slots__ = ("_task", "is_set", "parked")
@@ -201,14 +202,15 @@ class Parked:
                 self.parked = False
                 trio.lowlevel.reschedule(self._task)
 
-    async def wait(self) -> None:
+    def __await__(self) -> Generator[Any, None, None]:
+        # ``await parked``, as the asyncio shell awaits its future: straight
+        # into trio's wait, with no coroutine of ours in between (a woken
+        # task resumes through every level).
         if self.is_set:
-            await trio.lowlevel.checkpoint()
-            return
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self.parked = False
-            return trio.lowlevel.Abort.SUCCEEDED
-
+            return trio.lowlevel.checkpoint().__await__()  # noqa: ASYNC105 (awaited by the caller)
         self.parked = True
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        return trio.lowlevel.wait_task_rescheduled(self._abort).__await__()  # noqa: ASYNC105
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self.parked = False
+        return trio.lowlevel.Abort.SUCCEEDED
