@@ -75,7 +75,7 @@ class _Lease:
                     pool._gave_up(w, endpoint, exc)
                     raise
                 rec = pool._served(w, endpoint)
-                conn = pool._reused(rec) if rec is not None else await pool._dial(ep, endpoint)
+                conn = pool._hand_out(rec) if rec is not None else await pool._dial(ep, endpoint)
             else:
                 conn = await pool._acquire(ep, endpoint, pool._got)
         self._conn = conn
@@ -268,7 +268,7 @@ class Pool:
                 raise
             rec = self._served(w, endpoint)
             if rec is not None:
-                return self._reused(rec)
+                return self._hand_out(rec)
             return await self._dial(ep, endpoint)
         return await self._acquire(ep, endpoint, self._got)
 
@@ -310,24 +310,21 @@ class Pool:
         self._got = got
         return None
 
-    def _hand_out(self, rec: ConnRecord) -> Connection:
-        """Give the user the connection of an active record.
+    def _hand_out(self, rec: ConnRecord, reused: bool = True) -> Connection:
+        """Give the user the connection of an active record: one the machine
+        granted from idle (traced as ``conn.reuse``), or a new one.
 
         While the user holds it, the pool keeps no strong reference to it
         (``rec.handle`` is None), so a connection dropped without release is
         garbage-collected, reported and reclaimed (see :mod:`conpool._leaks`).
         """
+        if reused and self._trace_rec is not None:
+            self._trace_rec("conn.reuse", rec, _monotonic())
         conn: Connection = rec.handle
         rec.handle = None
         if self._leak_after is not None:
             note_taken(rec)
         return conn
-
-    def _reused(self, rec: ConnRecord) -> Connection:
-        """Hand out an idle connection the machine granted (``conn.reuse``)."""
-        if self._trace_rec is not None:
-            self._trace_rec("conn.reuse", rec, _monotonic())
-        return self._hand_out(rec)
 
     async def _acquire(
         self, ep: EndpointState, endpoint: Endpoint, got: ConnRecord | int
@@ -339,7 +336,7 @@ class Pool:
                 rec: ConnRecord = got
                 conn: Connection = rec.handle
                 if self._health is None or await self._healthy(conn, rec):
-                    return self._reused(rec)
+                    return self._hand_out(rec)
             elif got == DIAL:
                 return await self._dial(ep, endpoint)
             else:
@@ -358,7 +355,7 @@ class Pool:
                 if granted is None:
                     return await self._dial(ep, endpoint)
                 if self._health is None or await self._healthy(granted.handle, granted):
-                    return self._reused(granted)
+                    return self._hand_out(granted)
             got = state.acquire(ep, _monotonic())
             if state.to_close or state.to_wake:
                 self._flush()
@@ -714,7 +711,7 @@ class Pool:
             self._flush()
             raise PoolClosed("the pool was closed while connecting")
         self._leaks.track(rec, conn)
-        return self._hand_out(rec)
+        return self._hand_out(rec, reused=False)
 
     # -- background work -----------------------------------------------------------
 
