@@ -123,7 +123,10 @@ class EndpointStats:
     :ivar stale: True while the name's answer is an old one kept because
         refreshing it failed.
     :ivar wait_time: how long acquires that found no free connection waited
-        for a slot (granted, timed out or cancelled), cumulative.
+        for a slot (granted, timed out or cancelled), cumulative: from
+        queueing until a release handed them a connection (or a slot was
+        freed for them, or they gave up), not counting the moment the event
+        loop then takes to resume the task.
     :ivar connect_time: how long successful connects took (TCP and TLS), cumulative.
     """
 
