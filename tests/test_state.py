@@ -1,7 +1,7 @@
 """The pool's state machine, driven directly: no event loop, no sockets.
 
-Times are plain floats, handles are plain objects and ``is_usable`` is a
-predicate the test controls, so each transition is checked exactly: the
+Times are plain floats, and handles answer ``usable()`` from a predicate the
+test controls, so each transition is checked exactly: the
 value returned, every count, and what lands in ``to_close`` (with the reason)
 and ``to_wake`` (in order).  A hypothesis state machine at the end checks the
 accounting invariants after every step of random interleavings.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -44,16 +44,23 @@ IP6 = "2001:db8::1"
 class Handle:
     """Stands in for the shell's stream object."""
 
+    #: What answers usable(): the Usability of the test (or model) that runs
+    #: now (make() and the model set it).
+    usability: ClassVar[Usability]
+
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def usable(self, idle: float) -> bool:
+        return Handle.usability(self, idle)
 
     def __repr__(self) -> str:
         return f"<Handle {self.name}>"
 
 
 class Usability:
-    """The ``is_usable`` predicate: every handle is usable unless marked dead.
-    Remembers what it was asked: (handle, seconds idle)."""
+    """What handles answer to ``usable()``: every handle is usable unless
+    marked dead.  Remembers what it was asked: (handle, seconds idle)."""
 
     def __init__(self) -> None:
         self.dead: set[object] = set()
@@ -65,8 +72,8 @@ class Usability:
 
 
 def make(**config: Any) -> tuple[PoolState, Usability]:
-    usable = Usability()
-    return PoolState(Config(**config), usable), usable
+    usable = Handle.usability = Usability()
+    return PoolState(Config(**config)), usable
 
 
 def endpoint(state: PoolState, key: str, *ips: str) -> EndpointState:
@@ -1132,9 +1139,9 @@ class PoolMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.usable = Usability()
+        self.usable = Handle.usability = Usability()
         self.config = Config()
-        self.state = PoolState(self.config, self.usable)
+        self.state = PoolState(self.config)
         self.now = 0.0
         self.listing: dict[str, list[str]] = {}
         self.dials: list[Dial] = []
@@ -1200,7 +1207,7 @@ class PoolMachine(RuleBasedStateMachine):
             eject_time_max=4 * eject_time,
             balance_seed=0,
         )
-        self.state = PoolState(self.config, self.usable)
+        self.state = PoolState(self.config)
         self.state.on_event = self.on_event
         for key in KEYS[:n_keys]:
             ips = data.draw(st.lists(st.sampled_from(ADDRESS_POOL), min_size=1, max_size=3))

@@ -262,17 +262,16 @@ class PoolState:
     """The synchronous, I/O-free pool.
 
     :param config: limits and lifetimes.
-    :param is_usable: ``is_usable(handle, idle_seconds)``, a cheap,
-        non-blocking check of an idle connection's handle before it is handed
-        out (the shell answers from flags its transport keeps, e.g. "the peer
-        sent EOF while idle", and from the kernel for long-idle ones).  None,
-        the default, calls ``handle.usable(idle_seconds)`` instead, without a
-        function in between: the reuse path of every request runs it.
+
+    Before handing out an idle connection, the machine asks its handle
+    ``handle.usable(idle_seconds)``: a cheap, non-blocking check (the shell
+    answers from flags its transport keeps, e.g. "the peer sent EOF while
+    idle", and from the kernel for long-idle ones).  It is the only thing
+    the machine ever asks of a handle, called directly because the reuse
+    path of every request runs it.
     """
 
-    def __init__(
-        self, config: Config, is_usable: Callable[[Any, float], bool] | None = None
-    ) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.per_endpoint = config.max_connections_per_endpoint
         self.max_total = config.max_connections
@@ -284,7 +283,6 @@ class PoolState:
         self.max_waiters = config.max_waiters
         self.policy = POLICIES[config.balance]
         self.rng = random.Random(config.balance_seed)
-        self.is_usable = is_usable
         self.endpoints: dict[Hashable, EndpointState] = {}
         self.total = 0  # pending + active + idle, all endpoints
         self.closed = False
@@ -408,11 +406,7 @@ class PoolState:
                     _drop_idle_addr(ep, addr)
             del self.lru[rec]
             ep.idle -= 1
-            if now < rec.expires and (
-                rec.handle.usable(now - rec.last_used)
-                if self.is_usable is None
-                else self.is_usable(rec.handle, now - rec.last_used)
-            ):
+            if now < rec.expires and rec.handle.usable(now - rec.last_used):
                 rec.state = ACTIVE
                 rec.uses += 1
                 ep.reused += 1
