@@ -116,7 +116,6 @@ class AddressState:
         "ejections",
         "failures",
         "idle",
-        "idle_pos",
         "ip",
         "listed",
         "open",
@@ -135,8 +134,6 @@ class AddressState:
         # is the oldest (expired first).  A dict is an ordered set with O(1)
         # removal from the middle.
         self.idle: dict[ConnRecord, None] = {}
-        # Index in the endpoint's idle_addrs list while idle is not empty.
-        self.idle_pos = -1
         self.created = 0
         self.failures = 0
         self.consecutive_failures = 0
@@ -227,9 +224,14 @@ class EndpointState:
         # The only address, when there is exactly one: the reuse path then
         # needs no choice among addresses.
         self.single: AddressState | None = None
-        # The addresses holding idle connections, so that choosing where to
-        # reuse from costs the same with 64 addresses as with 2 (kept only
-        # while there is more than one address; see _addresses_changed).
+        # The addresses holding idle connections, in the order they came to
+        # hold them, oldest first, so that choosing where to reuse from
+        # costs about the same with 64 addresses as with 2 (kept only while
+        # there is more than one address; see _addresses_changed).  An
+        # address is appended when it gains an idle connection and removed
+        # when it has none left; list.remove keeps the order (a scan and a
+        # move of pointers in C, cheaper up to some hundreds of addresses
+        # than keeping positions for a swap-remove in Python).
         self.idle_addrs: list[AddressState] = []
 
     @property
@@ -246,16 +248,6 @@ class EndpointState:
             f"<EndpointState {self.key} active={self.active} idle={self.idle} "
             f"pending={self.pending} waiting={len(self.waiters)}>"
         )
-
-
-def _drop_idle_addr(ep: EndpointState, addr: AddressState) -> None:
-    """``addr`` has no idle record left: swap-remove it from ``ep.idle_addrs``."""
-    idle_addrs = ep.idle_addrs
-    last = idle_addrs.pop()
-    if last is not addr:
-        idle_addrs[addr.idle_pos] = last
-        last.idle_pos = addr.idle_pos
-    addr.idle_pos = -1
 
 
 class PoolState:
@@ -369,14 +361,7 @@ class PoolState:
     def _addresses_changed(ep: EndpointState) -> None:
         addresses = ep.addresses
         ep.single = next(iter(addresses.values())) if len(addresses) == 1 else None
-        for addr in ep.idle_addrs:
-            addr.idle_pos = -1
-        ep.idle_addrs = []
-        if ep.single is None:
-            for addr in addresses.values():
-                if addr.idle:
-                    addr.idle_pos = len(ep.idle_addrs)
-                    ep.idle_addrs.append(addr)
+        ep.idle_addrs = [] if ep.single is not None else [a for a in addresses.values() if a.idle]
 
     # -- acquiring -------------------------------------------------------------
 
@@ -403,7 +388,7 @@ class PoolState:
                 addr = self._idle_address(ep)
                 rec, _ = addr.idle.popitem()
                 if not addr.idle:
-                    _drop_idle_addr(ep, addr)
+                    ep.idle_addrs.remove(addr)
             del self.lru[rec]
             ep.idle -= 1
             if now < rec.expires and rec.handle.usable(now - rec.last_used):
@@ -428,24 +413,27 @@ class PoolState:
         return WAIT
 
     def _idle_address(self, ep: EndpointState) -> AddressState:
-        """The address to reuse an idle connection from: the least loaded.
+        """The address to reuse an idle connection from: the least loaded;
+        equal ones take turns.
 
         Reusing from the address with the fewest connections in use spreads
-        requests as evenly as the dial policy spreads connections.
+        requests as evenly as the dial policy spreads connections.  The
+        turns matter as much as the loads: when every address is equally
+        busy (a client with fewer requests in flight than connections, the
+        common case), a fixed tie-break would send every request to the
+        same few addresses while the others' connections sit idle.  Here
+        the tie goes to the address that has held idle connections the
+        longest (the front of ``idle_addrs``); once it has none left it
+        goes to the back, so equal addresses serve in rotation.
         """
         candidates = ep.idle_addrs
         n = len(candidates)
         if n > 4:
-            # Many addresses: the less busy of two random ones (the power of
-            # two choices, see _balance.power_of_two) keeps this O(1).  One
-            # draw makes both indexes: the fraction left of r after taking
-            # i is uniform too, with some 47 of the 53 bits of r to spare.
-            # (randrange is pure Python, 5x slower.)
-            r = self.rng.random() * n
-            i = int(r)
-            j = int((r - i) * (n - 1))
-            a = candidates[i]
-            b = candidates[j + 1 if j >= i else j]
+            # Many addresses: the less busy of two, keeping this O(1) (the
+            # power of two choices, see _balance.power_of_two): the one
+            # idle longest and one halfway down the list.
+            a = candidates[0]
+            b = candidates[n >> 1]
             return a if a.open - len(a.idle) <= b.open - len(b.idle) else b
         best = candidates[0]
         best_busy = best.open - len(best.idle)
@@ -685,7 +673,6 @@ class PoolState:
             return
         rec.state = IDLE
         if ep.single is None and not addr.idle:
-            addr.idle_pos = len(ep.idle_addrs)
             ep.idle_addrs.append(addr)
         addr.idle[rec] = None
         ep.idle += 1
@@ -711,7 +698,7 @@ class PoolState:
         addr = rec.addr
         del addr.idle[rec]
         if not addr.idle and rec.ep.single is None:
-            _drop_idle_addr(rec.ep, addr)
+            rec.ep.idle_addrs.remove(addr)
         del self.lru[rec]
         rec.ep.idle -= 1
         rec.state = CLOSED
