@@ -143,6 +143,39 @@ async def test_four_addresses_share_connections_and_requests(
 
 
 @pytest.mark.realserver
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_requests_take_turns_over_idle_connections_when_few_are_in_flight(
+    nginx4: NginxServer, dnsmasq: DnsmasqServer, in_flight: int
+) -> None:
+    """One warm connection per address, then 80 requests with only one or
+    two in flight: every address serves a quarter of them, by nginx's count.
+    (Every address is then equally busy; reuse once broke that tie the same
+    way each time, and two of the four addresses served every request.)"""
+    endpoint = conpool.Endpoint("pool.test", nginx4.port)
+    async with conpool.Pool(resolver=dns_resolver(dnsmasq)) as pool:
+        async with holding(pool, endpoint, 4) as conns:  # one per address
+            assert sorted(conn.address[0] for conn in conns) == list(POOL_ADDRESSES)
+            for conn in conns:
+                assert await exchange(conn) == b"ok\n"
+        todo = iter(range(80))
+
+        async def client() -> None:
+            for _ in todo:
+                assert await get(pool, endpoint) == b"ok\n"
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for _ in range(in_flight):
+                    tg.start_soon(client)
+        stats = check_consistent(pool).endpoints[endpoint]
+    assert (stats.created, stats.reused) == (4, 80)
+    lines = nginx4.wait_for_log(84)
+    served = Counter(line.server_addr for line in lines[4:])
+    assert sum(served.values()) == 80
+    assert all(abs(served[ip] - 20) <= 2 * in_flight for ip in POOL_ADDRESSES), served
+
+
+@pytest.mark.realserver
 async def test_power_of_two_is_reproducible_with_a_seed(nginx4: NginxServer) -> None:
     resolver = conpool.StaticResolver({"pool.test": list(POOL_ADDRESSES)})
     endpoint = conpool.Endpoint("pool.test", nginx4.port)
