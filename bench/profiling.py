@@ -9,23 +9,34 @@ and prints the functions that cost the most, per operation:
   per-call overhead inflates small functions, so read the shares, not the
   absolute microseconds.
 * ``--tool pyinstrument``: statistical, low overhead; its call tree.
+* ``--tool opcodes``: Python bytecode instructions per operation, by function
+  and in total (``sys.settrace`` opcode events).  Exact and independent of
+  the machine's noise: what a change to the hot path adds or removes, and
+  how much of an operation is conpool's own code.  Slow (the cell runs about
+  fifty times slower under the tracer), so it runs for ``--seconds`` of the
+  slowed cell and counts every operation, warmup included.
 
 Examples::
 
     python -m bench.profiling
     python -m bench.profiling --workload contended --loop asyncio --conc 64
     python -m bench.profiling --workload echo --loop uvloop --conc 16 --tool pyinstrument
+    python -m bench.profiling --workload contended --conc 16 --tool opcodes
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dis
 import importlib
 import pstats
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Any
 
 from bench.cell import pin
 from bench.runner import HOST, EchoServer, cores
@@ -83,6 +94,62 @@ def _profile_pyinstrument(run: Callable[[], Metrics], interval: float) -> Metric
     return metrics
 
 
+def _profile_opcodes(run: Callable[[], Metrics], anchor: str, top: int) -> Metrics:
+    """Count bytecode instructions per function, and the anchor's calls."""
+    ops: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    names: dict[CodeType, str] = {}
+    starts: dict[CodeType, int] = {}
+
+    def name_of(frame: FrameType) -> str:
+        code = frame.f_code
+        name = names.get(code)
+        if name is None:
+            name = f"{_short(code.co_filename)}:{code.co_firstlineno}({code.co_qualname})"
+            names[code] = name
+        return name
+
+    def first_entry(frame: FrameType) -> bool:
+        # A coroutine's every resumption is a "call" event too; its first
+        # entry is the one at the code's first RESUME instruction.
+        code = frame.f_code
+        start = starts.get(code)
+        if start is None:
+            resumes = [i.offset for i in dis.get_instructions(code) if i.opname == "RESUME"]
+            start = starts[code] = resumes[0] if resumes else 0
+        return frame.f_lasti <= start
+
+    def tracer(frame: FrameType, event: str, _arg: object) -> Any:
+        if event == "opcode":
+            ops[name_of(frame)] += 1
+        elif event == "call":
+            frame.f_trace_opcodes = True
+            if first_entry(frame):
+                calls[name_of(frame)] += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        metrics = run()
+    finally:
+        sys.settrace(None)
+    anchored = [(n, c) for n, c in calls.items() if re.search(anchor, n)]
+    if not anchored:
+        raise SystemExit(f"no call of a function matching --anchor {anchor!r} was traced")
+    anchor_name, n = max(anchored, key=lambda nc: nc[1])
+    total = sum(ops.values())
+    own = sum(v for k, v in ops.items() if k.startswith("conpool/"))
+    harness = sum(v for k, v in ops.items() if "/bench/" in k)
+    print(f"\nopcodes: {n} operations, counted as first calls of {anchor_name}")
+    print(f"{'instr/op':>9} {'share':>6} {'calls/op':>9}  function")
+    for name, count in ops.most_common(top):
+        print(f"{count / n:9.1f} {count / total:6.1%} {calls[name] / n:9.2f}  {name}")
+    print(f"{own / n:9.1f}  in conpool's modules, per operation")
+    print(f"{harness / n:9.1f}  in the benchmark's own code (and its other phases)")
+    print(f"{(total - own - harness) / n:9.1f}  elsewhere (the loop, anyio, imports)")
+    return metrics
+
+
 def _short(filename: str) -> str:
     for marker in ("/site-packages/", "/src/", "/lib/python3"):
         if marker in filename:
@@ -98,14 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loop", choices=LOOPS, default="uvloop")
     p.add_argument("--conc", type=int, default=None, help="C (default: 1, contended 64)")
     p.add_argument("--seconds", type=float, default=2.0, help="measured seconds (per phase)")
-    p.add_argument("--tool", choices=("cprofile", "pyinstrument"), default="cprofile")
+    p.add_argument("--tool", choices=("cprofile", "pyinstrument", "opcodes"), default="cprofile")
     p.add_argument("--top", type=int, default=30, help="functions shown (cProfile)")
     p.add_argument(
         "--anchor",
         default=None,
-        help="regex naming the function whose calls count the operations (cProfile; default "
-        "for conpool's acquire workloads: Pool.release, a coroutine that never suspends: "
-        "cProfile counts every resumption of a coroutine as a call)",
+        help="regex naming the function whose calls count the operations (cProfile and "
+        "opcodes; default for conpool's acquire workloads: Pool.release, a coroutine that "
+        "never suspends: cProfile counts every resumption of a coroutine as a call; for "
+        "opcodes on the echo, http and tracing workloads: the lease's __aexit__)",
     )
     p.add_argument("--interval", type=float, default=0.0001, help="pyinstrument sampling (s)")
     args = p.parse_args(argv)
@@ -122,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
             "tracing",
         )
     ):
-        anchor = r"conpool/_pool\.py:\d+\(release\)"
+        anchor = r"conpool/_pool\.py:\d+\((Pool\.)?release\)"
+    if anchor is None and args.tool == "opcodes":
+        if args.impl in ("conpool", "echo-on", "echo-off"):
+            anchor = r"conpool/_pool\.py:\d+\(_Lease\.__aexit__\)"
+        else:
+            raise SystemExit("--tool opcodes needs --anchor for this implementation")
     for mod in ("anyio", "conpool", "uvloop", "trio", "bench.naive", "bench.peers"):
         try:
             importlib.import_module(mod)  # keep imports out of the profile
@@ -140,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.tool == "cprofile":
             metrics = _profile_cprofile(run, COUNTS.get(args.workload, "pairs"), anchor, args.top)
+        elif args.tool == "opcodes":
+            assert anchor is not None
+            metrics = _profile_opcodes(run, anchor, args.top)
         else:
             metrics = _profile_pyinstrument(run, args.interval)
     finally:
