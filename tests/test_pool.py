@@ -527,6 +527,31 @@ async def test_aclose_fails_waiters_and_closes_active_on_release(
         await eventually(lambda: echo_server.current == 0, what="released connection closed")
 
 
+class _Unpooled(conpool.Connection):
+    """A Connection no pool registered (only a subclass can make one)."""
+
+    def usable(self, idle: float) -> bool:
+        return True
+
+    def close_now(self) -> None:
+        self.closed = True
+
+    def closer(self) -> Callable[[], None]:
+        return lambda: None
+
+    async def send(self, item: bytes) -> None:
+        raise NotImplementedError
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        raise NotImplementedError
+
+    async def send_eof(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
 async def test_release_misuse(echo_server: EchoServer) -> None:
     ep = endpoint(echo_server)
     async with conpool.Pool() as pool, conpool.Pool() as other:
@@ -535,11 +560,13 @@ async def test_release_misuse(echo_server: EchoServer) -> None:
         async with await anyio.connect_tcp(echo_server.host, echo_server.port) as stream:
             with pytest.raises(TypeError):
                 await pool.release(stream)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="does not belong to this pool"):
+            await pool.release(_Unpooled(ep, ("127.0.0.1", ep.port)))
         conn = await pool.acquire(ep)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="does not belong to this pool"):
             await other.release(conn)
         await pool.release(conn)
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="already released"):
             await pool.release(conn)
         s = check_quiet(pool)
         assert (s.idle, s.endpoints[ep].created) == (1, 1)

@@ -10,8 +10,8 @@ import anyio
 import pytest
 
 import conpool
-from helpers_pool import echo, eventually
-from servers import EchoServer
+from helpers_pool import check_quiet, echo, eventually
+from servers import EchoServer, TLSEchoServer
 
 pytestmark = pytest.mark.anyio
 
@@ -176,3 +176,63 @@ async def test_bytes_handed_to_a_reader_cancelled_before_it_ran_are_kept(
         assert caught, "the reader always ran first: the window was never hit"
         assert conn.broken  # a cancelled read: not reused
         await pool.release(conn)
+
+
+# -- use after release ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("call", ["send", "receive", "send_eof"])
+async def test_a_connection_idle_in_the_pool_refuses_its_old_holder(
+    echo_server: EchoServer, tls_echo_server: TLSEchoServer, tls: bool, call: str
+) -> None:
+    """After release, the old reference is refused with a RuntimeError that
+    says why, and the refused call changes nothing: the next acquire gets the
+    same connection, still in step."""
+    if tls:
+        ep = conpool.Endpoint(
+            "127.0.0.1",
+            tls_echo_server.port,
+            tls=conpool.TLS(context=tls_echo_server.client_context()),
+        )
+    else:
+        ep = endpoint(echo_server)
+    async with conpool.Pool() as pool:
+        conn = await pool.acquire(ep)
+        assert await echo(conn, b"first") == b"first"
+        await pool.release(conn)
+        with pytest.raises(RuntimeError, match="released to the pool"):
+            if call == "send":
+                await conn.send(b"stale")
+            elif call == "receive":
+                await conn.receive()
+            else:
+                # (On TLS, where send_eof is not supported, this check comes
+                # before that refusal.)
+                await conn.send_eof()
+        assert not conn.broken and not conn.closed
+        again = await pool.acquire(ep)
+        assert again is conn
+        assert await echo(again, b"second") == b"second"
+        await pool.release(again)
+        s = check_quiet(pool).endpoints[ep]
+        assert (s.created, s.reused, s.closed) == (1, 1, 0)
+
+
+async def test_a_health_check_uses_the_connection_it_checks(echo_server: EchoServer) -> None:
+    """The health check runs while the connection is still the pool's, and
+    its I/O is not taken for a use after release."""
+    checked: list[bytes] = []
+
+    async def ping(conn: conpool.Connection) -> bool:
+        checked.append(await echo(conn, b"ping"))
+        return True
+
+    ep = endpoint(echo_server)
+    async with conpool.Pool(conpool.Config(health_check=ping)) as pool:
+        for _ in range(3):
+            async with pool.connection(ep) as conn:
+                assert await echo(conn, b"work") == b"work"
+        assert checked == [b"ping", b"ping"]
+        s = check_quiet(pool).endpoints[ep]
+        assert (s.created, s.reused, s.closed) == (1, 2, 0)

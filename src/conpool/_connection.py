@@ -56,6 +56,26 @@ _HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 _HIGH_WATER = 256 * 1024
 
 
+class _NoOwner:
+    __slots__ = ()
+    owner = None
+
+
+class _Unregistered:
+    """Stands in for the pool's record of a connection the pool has not
+    registered yet (it is being dialled).  Its ``handle`` is None, as a held
+    connection's is, so the idle check on every send and receive reads
+    ``self._rec.handle`` with no None test first; its endpoint has no owner,
+    so ``release()`` refuses it as not the pool's with the same test."""
+
+    __slots__ = ()
+    handle = None
+    ep = _NoOwner()
+
+
+_UNREGISTERED = _Unregistered()
+
+
 def _probe(fd: int, tls: bool) -> bool:
     """Ask the kernel whether an idle socket is still worth reusing, without
     reading and without raising.
@@ -83,7 +103,12 @@ class Connection(ByteStream):
 
     Return it with :meth:`Pool.release <conpool.Pool.release>` (or leave the
     ``pool.connection()`` block); ``await conn.aclose()`` closes it for good
-    and the pool will not reuse it.  Do not use it after releasing it.
+    and the pool will not reuse it.
+
+    Do not use it after releasing it.  While it sits idle in the pool, its
+    ``send``, ``receive`` and ``send_eof`` raise :class:`RuntimeError` (and
+    leave it as it was); once another task has acquired it, the pool cannot
+    tell a stale reference from the new holder's, so keep none.
 
     :ivar endpoint: the :class:`~conpool.Endpoint` it was acquired for.
     :ivar address: ``(ip, port)`` actually dialled.
@@ -102,7 +127,10 @@ class Connection(ByteStream):
     def __init__(self, endpoint: Endpoint, address: tuple[str, int]) -> None:
         self.endpoint = endpoint
         self.address = address
-        self._rec: ConnRecord | None = None
+        # The pool's record once registered.  Its ``handle`` is the pool's
+        # strong reference while the connection is idle and None while a
+        # task holds it: how send and receive tell a use after release.
+        self._rec: ConnRecord | _Unregistered = _UNREGISTERED
         # broken: an exception escaped a send or receive, so the protocol
         # state is unknown; closed: the user (or the pool) closed it.
         self.broken = False
@@ -115,20 +143,23 @@ class Connection(ByteStream):
     @property
     def created_at(self) -> float:
         """When the connection was established, in :func:`time.monotonic` seconds."""
-        assert self._rec is not None
-        return self._rec.created
+        rec = self._rec
+        assert not isinstance(rec, _Unregistered)
+        return rec.created
 
     @property
     def uses(self) -> int:
         """How many times the pool has handed this connection out, this time included."""
-        assert self._rec is not None
-        return self._rec.uses
+        rec = self._rec
+        assert not isinstance(rec, _Unregistered)
+        return rec.uses
 
     @property
     def id(self) -> int:
         """The pool's number for this connection, as used in trace events."""
-        assert self._rec is not None
-        return self._rec.id
+        rec = self._rec
+        assert not isinstance(rec, _Unregistered)
+        return rec.id
 
     @abstractmethod
     def usable(self, idle: float) -> bool:
@@ -148,13 +179,20 @@ class Connection(ByteStream):
         reference to this object: the pool keeps it to close a connection
         that was garbage-collected without being released."""
 
+    def _released(self) -> RuntimeError:
+        """The error of a send or receive on a connection idle in the pool."""
+        return RuntimeError(
+            f"{self!r} was released to the pool and is idle there: "
+            "acquire a connection again to use one"
+        )
+
     def __repr__(self) -> str:
         rec = self._rec
-        ident = f"#{rec.id} " if rec is not None else ""
+        ident = f"#{rec.id} " if not isinstance(rec, _Unregistered) else ""
         ip, port = self.address
         host = f"[{ip}]" if ":" in ip else ip
         state = "closed" if self.closed else "broken" if self.broken else "open"
-        uses = rec.uses if rec is not None else 0
+        uses = rec.uses if not isinstance(rec, _Unregistered) else 0
         return f"<conpool.Connection {ident}{self.endpoint} via {host}:{port} {state} uses={uses}>"
 
 
@@ -281,6 +319,8 @@ class ProtocolConnection(Connection):
         return _tls_protocol if tls else _Protocol
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._rec.handle is not None:
+            raise self._released()
         proto = self._proto
         buffer = proto.buffer
         if not buffer:
@@ -342,7 +382,7 @@ class ProtocolConnection(Connection):
 
     async def send(self, item: bytes) -> None:
         proto = self._proto
-        if self.closed or proto.lost:
+        if self.closed or proto.lost or self._rec.handle is not None:
             self._check_writable()
         self._transport.write(item)
         if proto.writing_paused:
@@ -359,6 +399,8 @@ class ProtocolConnection(Connection):
             self._check_writable()
 
     def _check_writable(self) -> None:
+        if self._rec.handle is not None:
+            raise self._released()
         if self.closed:
             raise anyio.ClosedResourceError
         if self._proto.lost:
@@ -366,6 +408,8 @@ class ProtocolConnection(Connection):
             raise anyio.BrokenResourceError from self._proto.exc
 
     async def send_eof(self) -> None:
+        if self._rec.handle is not None:
+            raise self._released()
         if self._tls:
             raise NotImplementedError("send_eof() is not supported on TLS connections")
         if self.closed:
@@ -489,6 +533,8 @@ class StreamConnection(SocketOwner):
         self._stream = stream
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._rec.handle is not None:
+            raise self._released()
         try:
             return await self._stream.receive(max_bytes)
         except BaseException:
@@ -496,6 +542,8 @@ class StreamConnection(SocketOwner):
             raise
 
     async def send(self, item: bytes) -> None:
+        if self._rec.handle is not None:
+            raise self._released()
         try:
             await self._stream.send(item)
         except BaseException:
@@ -503,6 +551,8 @@ class StreamConnection(SocketOwner):
             raise
 
     async def send_eof(self) -> None:
+        if self._rec.handle is not None:
+            raise self._released()
         self.broken = True
         await self._stream.send_eof()
 

@@ -372,11 +372,13 @@ class Pool:
 
     def _put_back(self, conn: Connection) -> None:
         try:
-            rec = conn._rec
+            # (A connection not registered yet has a stand-in record whose
+            # endpoint has no owner: refused below, as not this pool's.)
+            rec: ConnRecord = conn._rec  # type: ignore[assignment]
         except AttributeError:
             raise TypeError(f"release() takes a conpool.Connection, got {conn!r}") from None
         state = self._state
-        if rec is None or rec.ep.owner is not state:
+        if rec.ep.owner is not state:
             raise ValueError(f"{conn!r} does not belong to this pool")
         if rec.handle is not None:
             raise RuntimeError(f"{conn!r} is not in use: it was already released")
@@ -435,15 +437,20 @@ class Pool:
         """Run the user's health check on a connection about to be reused."""
         assert self._health is not None
         state = self._state
+        # The check uses the connection as its next holder will: not idle
+        # (see Connection._rec), so its send and receive work.
+        rec.handle = None
         try:
             ok = await self._health(conn)
         except Exception:
             ok = False
         except BaseException:
             # Cancelled mid-check: the exchange may be half done.
+            rec.handle = conn
             state.discard(rec, "health")
             self._flush()
             raise
+        rec.handle = conn
         if ok is True and not (conn.broken or conn.closed):
             return True
         state.discard(rec, "health")
@@ -705,7 +712,7 @@ class Pool:
             raise
         _histogram(self._connects, ep).observe(conn.connect_ns / 1e9)
         rec = conn._rec
-        assert rec is not None
+        assert isinstance(rec, ConnRecord)
         if state.closed:
             state.discard(rec, "pool-closed")
             self._flush()

@@ -69,6 +69,8 @@ class SocketConnection(SocketOwner):
         self._sending = False
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._rec.handle is not None:
+            raise self._released()
         if max_bytes < 1:
             raise ValueError("max_bytes must be a positive integer")
         if self._receiving:
@@ -107,6 +109,8 @@ class SocketConnection(SocketOwner):
             return data
 
     async def send(self, item: bytes) -> None:
+        if self._rec.handle is not None:
+            raise self._released()
         if self._sending:
             raise anyio.BusyResourceError("writing to")
         self._sending = True
@@ -145,6 +149,8 @@ class SocketConnection(SocketOwner):
             await _shielded_checkpoint()
 
     async def send_eof(self) -> None:
+        if self._rec.handle is not None:
+            raise self._released()
         if self.closed:
             raise anyio.ClosedResourceError
         # After a half-close the peer may still answer, but the connection
