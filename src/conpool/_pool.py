@@ -388,9 +388,10 @@ class Pool:
             state.release(rec, now, False, "closed" if conn.closed else "error")
         else:
             state.release(rec, now, True)
-            if rec.state == IDLE and rec.expires < self._sweep_at:
+            if rec.expires < self._sweep_at and rec.state == IDLE:
                 # The sweeper sleeps past this connection's expiry (it had
-                # nothing to wait for): bring its wake-up forward.
+                # nothing to wait for): bring its wake-up forward.  (The
+                # deadline first: it is usually false, and decides alone.)
                 self._sweep_sooner(rec.expires)
         if self._trace_rec is not None:
             self._trace_rec("conn.release", rec, now)
