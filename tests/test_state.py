@@ -665,6 +665,54 @@ def test_sweep_costs_what_expires_not_what_is_idle() -> None:
     assert state.next_deadline() == 1010.0
 
 
+def test_a_sweep_that_closes_many_compacts_the_lifetime_heap_once() -> None:
+    """Closing by idle time drops records from the lifetime heap lazily; a
+    sweep that closes most of them compacts the heap once, after closing,
+    not at every halving on the way (a sift with a Python comparison per
+    record each time: a fifth of a bulk sweep's cost)."""
+    n = 1_000
+    state, _ = make(max_connections_per_endpoint=n, max_idle_time=10.0, max_connection_lifetime=1e9)
+    ep = endpoint(state, "a")
+    records = [dial(state, ep, 0.0) for _ in range(n)]
+    for k, rec in enumerate(records):
+        state.release(rec, float(k), reusable=True)
+    compactions = 0
+    compact = state._compact_ages
+
+    def counting() -> None:
+        nonlocal compactions
+        compactions += 1
+        compact()
+
+    state._compact_ages = counting  # type: ignore[method-assign]
+    state.sweep(10.0 + n - 10 - 0.5)  # all but the last ten idled 10 s
+    closed, _ = drain(state)
+    assert closed == [(rec, "idle") for rec in records[: n - 10]]
+    assert compactions == 1
+    assert sorted(state.ages, key=id) == sorted(records[n - 10 :], key=id)
+    assert state.next_deadline() == 10.0 + n - 10
+
+
+def test_a_sweep_closing_many_by_lifetime_closes_each_once() -> None:
+    """Lifetime expiry walks the heap itself; when its closes compact the
+    heap on the way, the walk goes on in the compacted heap."""
+    n = 1_000
+    state, _ = make(
+        max_connections_per_endpoint=n, max_idle_time=1e6, max_connection_lifetime=100.0
+    )
+    ep = endpoint(state, "a")
+    records = [dial(state, ep, float(k) / 100) for k in range(n)]
+    for rec in records:
+        state.release(rec, 20.0, reusable=True)
+    state.sweep(100.0 + 9.985)  # opened at 0.00 .. 9.99 s: all but the last
+    closed, _ = drain(state)
+    assert closed == [(rec, "lifetime") for rec in records[:-1]]
+    assert (ep.idle, ep.closed, state.total) == (1, n - 1, 1)
+    assert [r for r in state.ages if r.state != CLOSED] == [records[-1]]
+    assert len(state.ages) <= 2 * state.live + 64
+    assert state.next_deadline() == records[-1].dies
+
+
 # -- release and discard --------------------------------------------------------------
 
 

@@ -294,6 +294,9 @@ class PoolState:
         self.ages: list[ConnRecord] = []
         self.jitter = config.lifetime_jitter
         self.live = 0
+        # True while a sweep closes records: it compacts ``ages`` once at
+        # the end instead of at every halving on the way.
+        self.sweeping = False
         self.to_close: list[tuple[ConnRecord, str]] = []
         self.to_wake: list[Waiter] = []
         # Told of what no return value carries (an address ejected or
@@ -715,7 +718,7 @@ class PoolState:
         self.live -= 1
         self.to_close.append((rec, reason))
         self._forget_if_unused(ep, rec.addr)
-        if len(self.ages) > 2 * self.live + 64:
+        if len(self.ages) > 2 * self.live + 64 and not self.sweeping:
             self._compact_ages()
         self._slot_freed(ep)
 
@@ -758,11 +761,17 @@ class PoolState:
         is idle: both queues are ordered by their deadline."""
         lru = self.lru
         max_idle = self.max_idle
-        while lru:
-            rec = next(iter(lru))
-            if now < rec.last_used + max_idle:
-                break
-            self._close_idle(rec, "idle")
+        self.sweeping = True
+        try:
+            while lru:
+                rec = next(iter(lru))
+                if now < rec.last_used + max_idle:
+                    break
+                self._close_idle(rec, "idle")
+        finally:
+            self.sweeping = False
+        if len(self.ages) > 2 * self.live + 64:
+            self._compact_ages()
         ages = self.ages
         while ages:
             rec = ages[0]
@@ -774,6 +783,7 @@ class PoolState:
             heapq.heappop(ages)
             if rec.state == IDLE:
                 self._close_idle(rec, "lifetime")
+                ages = self.ages  # (a close may have compacted it)
             # An active record past its lifetime closes on release.
 
     def next_deadline(self) -> float:
