@@ -294,8 +294,8 @@ class PoolState:
         self.ages: list[ConnRecord] = []
         self.jitter = config.lifetime_jitter
         self.live = 0
-        # True while a sweep closes records: it compacts ``ages`` once at
-        # the end instead of at every halving on the way.
+        # True while a sweep closes idle records: it compacts ``ages`` once
+        # when done, instead of at every halving on the way.
         self.sweeping = False
         self.to_close: list[tuple[ConnRecord, str]] = []
         self.to_wake: list[Waiter] = []
