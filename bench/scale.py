@@ -8,7 +8,7 @@ Four workloads:
 
   - ``core-a1`` / ``core-a64``: the state machine alone
     (:class:`conpool._state.PoolState`, no I/O, no event loop; fake handles
-    whose ``usable()`` says yes), N = 1, 100, 10,000 endpoints.  10,000
+    whose ``_usable()`` says yes), N = 1, 100, 10,000 endpoints.  10,000
     endpoints of real sockets would be 640,000 descriptors with 64
     addresses; the core is what could grow with them.
   - ``pool-a1`` / ``pool-a64``: the full ``Pool`` on uvloop with real idle
@@ -88,11 +88,11 @@ def _loop_order(loop: str) -> int:
 
 
 class FakeHandle:
-    """What the core keeps for a connection; it only ever asks ``usable``."""
+    """What the core keeps for a connection; it only ever asks ``_usable``."""
 
     __slots__ = ()
 
-    def usable(self, idle: float) -> bool:
+    def _usable(self, idle: float) -> bool:
         return True
 
 
@@ -132,7 +132,7 @@ def _core_state(n_endpoints: int, n_addrs: int) -> tuple[Any, list[Any]]:
         max_idle_time=1e6,
         max_connection_lifetime=1e7,
     )
-    state = PoolState(config)  # like the shell: handle.usable(idle)
+    state = PoolState(config)  # like the shell: conn._usable(idle)
     ips = addresses("127.0.2", n_addrs)
     keys = [conpool.Endpoint(f"e{i}.scale.test", 443) for i in range(n_endpoints)]
     handle = FakeHandle()
@@ -403,7 +403,7 @@ def _sweep_state(n: int, n_endpoints: int = 100) -> Any:
     config = conpool.Config(
         max_connections_per_endpoint=per, max_idle_time=1e6, max_connection_lifetime=1e8
     )
-    state = PoolState(config)  # like the shell: handle.usable(idle)
+    state = PoolState(config)  # like the shell: conn._usable(idle)
     handle = FakeHandle()
     eps = []
     for i in range(n_endpoints):

@@ -530,13 +530,13 @@ async def test_aclose_fails_waiters_and_closes_active_on_release(
 class _Unpooled(conpool.Connection):
     """A Connection no pool registered (only a subclass can make one)."""
 
-    def usable(self, idle: float) -> bool:
+    def _usable(self, idle: float) -> bool:
         return True
 
-    def close_now(self) -> None:
-        self.closed = True
+    def _close_now(self) -> None:
+        self._closed = True
 
-    def closer(self) -> Callable[[], None]:
+    def _closer(self) -> Callable[[], None]:
         return lambda: None
 
     async def send(self, item: bytes) -> None:
@@ -549,7 +549,7 @@ class _Unpooled(conpool.Connection):
         raise NotImplementedError
 
     async def aclose(self) -> None:
-        self.closed = True
+        self._closed = True
 
 
 async def test_release_misuse(echo_server: EchoServer) -> None:

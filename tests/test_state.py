@@ -1,6 +1,6 @@
 """The pool's state machine, driven directly: no event loop, no sockets.
 
-Times are plain floats, and handles answer ``usable()`` from a predicate the
+Times are plain floats, and connections answer ``_usable()`` from a predicate the
 test controls, so each transition is checked exactly: the
 value returned, every count, and what lands in ``to_close`` (with the reason)
 and ``to_wake`` (in order).  A hypothesis state machine at the end checks the
@@ -51,7 +51,7 @@ class Handle:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def usable(self, idle: float) -> bool:
+    def _usable(self, idle: float) -> bool:
         return Handle.usability(self, idle)
 
     def __repr__(self) -> str:
@@ -59,7 +59,7 @@ class Handle:
 
 
 class Usability:
-    """What handles answer to ``usable()``: every handle is usable unless
+    """What handles answer to ``_usable()``: every handle is usable unless
     marked dead.  Remembers what it was asked: (handle, seconds idle)."""
 
     def __init__(self) -> None:
@@ -124,7 +124,7 @@ def test_acquire_dial_release_reuse() -> None:
     assert addr.pending == 1
     handle = Handle("h")
     rec = state.connected(ep, IP1, handle, 1.0)
-    assert rec.state == ACTIVE and rec.handle is handle and rec.addr is addr and rec.ep is ep
+    assert rec.state == ACTIVE and rec.conn is handle and rec.addr is addr and rec.ep is ep
     assert (rec.uses, rec.created, rec.last_used) == (1, 1.0, 1.0)
     assert (ep.pending, ep.active, ep.idle, ep.created, state.total) == (0, 1, 0, 1, 1)
     assert (addr.pending, addr.active, addr.created) == (0, 1, 1)
@@ -583,10 +583,10 @@ def test_unusable_idle_connection_is_closed_and_acquire_moves_on() -> None:
     r1, r2, r3 = dial(state, ep, 0.0), dial(state, ep, 0.0), dial(state, ep, 0.0)
     for k, rec in enumerate((r1, r2, r3)):
         state.release(rec, float(k), reusable=True)
-    usable.dead.add(r3.handle)
+    usable.dead.add(r3.conn)
     assert state.acquire(ep, 5.0) is r2
     assert drain(state) == ([(r3, "stale")], [])
-    usable.dead.add(r1.handle)
+    usable.dead.add(r1.conn)
     assert state.acquire(ep, 5.0) == DIAL
     assert drain(state) == ([(r1, "stale")], [])
     assert (ep.idle, ep.active, ep.pending, ep.closed, ep.reused) == (0, 1, 1, 2, 1)
@@ -597,7 +597,7 @@ def test_expiry_is_reported_before_staleness() -> None:
     ep = endpoint(state, "a")
     rec = dial(state, ep, 0.0)
     state.release(rec, 0.0, reusable=True)
-    usable.dead.add(rec.handle)
+    usable.dead.add(rec.conn)
     assert state.acquire(ep, 5.0) == DIAL
     assert drain(state) == ([(rec, "idle")], [])
 
@@ -1309,7 +1309,7 @@ class PoolMachine(RuleBasedStateMachine):
         elif reason == "lifetime":
             assert self.now >= rec.dies
         elif reason == "stale":
-            assert rec in self.idle_since and rec.handle in self.usable.dead
+            assert rec in self.idle_since and rec.conn in self.usable.dead
         elif reason == "drained":
             assert rec.addr.ip not in self.listing[str(rec.ep.key)]
         elif reason == "evicted":
@@ -1414,12 +1414,12 @@ class PoolMachine(RuleBasedStateMachine):
             and self.now < rec.dies
             and self.now - since < config.max_idle_time
             and rec.addr.ip in self.listing[key]
-            and rec.handle not in self.usable.dead
+            and rec.conn not in self.usable.dead
         ]
         asked = len(self.usable.asked)
         got = self.state.acquire(ep, self.now)
         # Each connection checked is one of ep's idle ones, with its idle time.
-        by_handle = {r.handle: r for r in self.idle_since if r.ep is ep}
+        by_handle: dict[object, ConnRecord] = {r.conn: r for r in self.idle_since if r.ep is ep}
         for handle, idle in self.usable.asked[asked:]:
             assert idle == self.now - self.idle_since[by_handle[handle]]
         if isinstance(got, ConnRecord):
@@ -1604,7 +1604,7 @@ class PoolMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.records))
     @rule(data=st.data())
     def toggle_usable(self, data: st.DataObject) -> None:
-        handle = data.draw(st.sampled_from(self.records)).handle
+        handle = data.draw(st.sampled_from(self.records)).conn
         self.usable.dead ^= {handle}
 
     @rule(data=st.data(), roll=st.integers(0, 3))

@@ -174,7 +174,7 @@ async def test_bytes_handed_to_a_reader_cancelled_before_it_ran_are_kept(
             caught = True
             break
         assert caught, "the reader always ran first: the window was never hit"
-        assert conn.broken  # a cancelled read: not reused
+        assert conn._broken  # a cancelled read: not reused
         await pool.release(conn)
 
 
@@ -210,7 +210,7 @@ async def test_a_connection_idle_in_the_pool_refuses_its_old_holder(
                 # (On TLS, where send_eof is not supported, this check comes
                 # before that refusal.)
                 await conn.send_eof()
-        assert not conn.broken and not conn.closed
+        assert not conn._broken and not conn.closed
         again = await pool.acquire(ep)
         assert again is conn
         assert await echo(again, b"second") == b"second"

@@ -351,7 +351,7 @@ async def test_stale_expiry_on_acquire(echo_server: EchoServer) -> None:
             first = conn.id
             assert await echo(conn, b"hello") == b"hello"  # the server accepted it
         assert echo_server.close_all() == 1
-        await eventually(lambda: not conn.usable(1.0), what="the client saw the server's FIN")
+        await eventually(lambda: not conn._usable(1.0), what="the client saw the server's FIN")
         mark = len(tracer)
         async with pool.connection(ep) as fresh:
             second = fresh.id

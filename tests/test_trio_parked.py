@@ -1,4 +1,4 @@
-"""conpool._trio.Parked, what a waiting task parks on under trio: woken
+"""conpool._backends._trio.Parked, what a waiting task parks on under trio: woken
 once by set(), whether set() comes before the await, during it, or after the
 task was cancelled."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from conpool._trio import Parked
+from conpool._backends._trio import Parked
 
 
 def flags(parked: Parked) -> tuple[bool, bool]:

@@ -10,7 +10,8 @@ test can drive every policy exhaustively and reproducibly.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 
 __all__ = ["POLICIES", "Policy", "least_connections", "power_of_two", "round_robin"]
 
@@ -69,8 +70,13 @@ def power_of_two(loads: Sequence[int], turn: int, rng: random.Random) -> int:
     return j if loads[j] < loads[i] else i
 
 
-POLICIES: dict[str, Policy] = {
-    "least-connections": least_connections,
-    "round-robin": round_robin,
-    "power-of-two": power_of_two,
-}
+#: Every policy by its :attr:`Config.balance <conpool.Config.balance>` name
+#: (read-only: ``Config`` validates against it, and the pool looks its
+#: policy up in it).
+POLICIES: Mapping[str, Policy] = MappingProxyType(
+    {
+        "least-connections": least_connections,
+        "round-robin": round_robin,
+        "power-of-two": power_of_two,
+    }
+)

@@ -11,13 +11,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
+from ._balance import POLICIES
+
 if TYPE_CHECKING:
     from ._connection import Connection
 
 __all__ = ["BALANCE_POLICIES", "Config", "HealthCheck"]
 
 #: The names accepted by :attr:`Config.balance`.
-BALANCE_POLICIES: tuple[str, ...] = ("least-connections", "round-robin", "power-of-two")
+BALANCE_POLICIES: tuple[str, ...] = tuple(POLICIES)
 
 #: ``async def check(conn: conpool.Connection) -> bool``; a check annotated with a
 #: supertype such as :class:`anyio.abc.ByteStream` fits too. Quoted because the
@@ -264,7 +266,7 @@ class Config:
 
         if not isinstance(self.balance, str):
             raise TypeError(f"balance must be a str, got {_describe(self.balance)}")
-        if self.balance not in BALANCE_POLICIES:
+        if self.balance not in POLICIES:
             choices = ", ".join(repr(policy) for policy in BALANCE_POLICIES)
             raise ValueError(f"balance must be one of {choices}, got {self.balance!r}")
         if self.health_check is not None and not callable(self.health_check):

@@ -1,143 +1,108 @@
-"""Making one pooled connection: retries, address choice, Happy Eyeballs.
+"""Making one pooled connection: the shell that carries out a dial's plan.
 
-Each *round* dials the address the state machine picks (the balancing
-policy, skipping ejected addresses and those this dial already tried).  When
-the name has both IPv4 and IPv6 addresses, a round is a Happy Eyeballs race
-(RFC 8305, section 5): if the first attempt has neither succeeded nor failed
-after ``happy_eyeballs_delay`` (250 ms by default, the RFC's recommended
-"Connection Attempt Delay"), a second attempt starts to an address of the
-other family, the first to succeed wins, and the loser is cancelled and its
-socket closed.  A failure starts the next attempt at once instead of waiting
-out the delay (section 5: "... or the previous attempt fails").
-
-Between rounds the connector sleeps an exponential backoff with full jitter.
-Errors that retrying cannot fix (TLS certificate failures) end the dial early.
+Every choice is made elsewhere: the address of each attempt by the state
+machine (:meth:`PoolState.pick_address <conpool._state.PoolState.pick_address>`:
+the balancing policy, skipping ejected addresses and those this dial already
+tried); whether a round races two address families, what a lost race counts
+as, when to retry, how long to back off and when to give up by
+:mod:`conpool._dialplan`.  This module opens the sockets (through the backend),
+sleeps, races, traces, and registers the winner with the state machine.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import anyio
 
+from ._backends import Backend
 from ._connection import Connection
-from ._dial import backoff_delay, retryable, tls_failure
+from ._dialplan import DialPlan, Race, should_race, tls_failure
 from ._endpoint import Endpoint
 from ._errors import ConnectError, ResolveError, describe
 from ._state import EndpointState, PoolState
 
-__all__ = ["Connector", "Opener"]
+__all__ = ["Connector"]
 
-#: ``opener(endpoint, ip, port, connect_timeout) -> Connection``: one attempt.
-Opener = Callable[[Endpoint, str, int, "float | None"], Awaitable[Connection]]
 Emit = Callable[..., None]
-
-_monotonic = time.monotonic
-
-
-def _family(ip: str) -> int:
-    return 6 if ":" in ip else 4
+State = PoolState[Endpoint, Connection]
+Ep = EndpointState[Endpoint, Connection]
 
 
 class Connector:
-    """Opens connections in slots the state machine reserved."""
+    """Opens connections in slots the state machine reserved.
 
-    def __init__(self, state: PoolState, opener: Opener, emit: Emit, rng: random.Random) -> None:
+    :param state: the state machine.
+    :param backend: opens the sockets and tells the time.
+    :param emit: the shell's trace point.
+    :param rng: the backoff's jitter.
+    """
+
+    def __init__(self, state: State, backend: Backend, emit: Emit, rng: random.Random) -> None:
         self.state = state
         self.config = state.config
-        self.opener = opener
+        self.backend = backend
         self.emit = emit
         self.rng = rng
 
-    async def connect(self, ep: EndpointState, endpoint: Endpoint) -> Connection:
+    async def connect(self, ep: Ep) -> Connection:
         """A registered connection (its record active), or :class:`ConnectError`."""
         config = self.config
-        errors: list[tuple[str, BaseException]] = []
-        tried: list[str] = []
-        rounds = 1 + config.connect_retries
-        done = 0
-        for round_no in range(rounds):
-            if round_no:
-                delay = backoff_delay(
-                    round_no, config.retry_backoff, config.retry_backoff_max, self.rng
-                )
+        endpoint = ep.key
+        plan = DialPlan(
+            config.connect_retries, config.retry_backoff, config.retry_backoff_max, self.rng
+        )
+        while (delay := plan.next_round()) is not None:
+            if plan.round > 1:
                 self.emit(
                     "connect.retry",
                     endpoint,
-                    errors[-1][0],
-                    detail=f"attempt {round_no + 1} of {rounds} in {delay:.3f} s",
+                    plan.errors[-1][0],
+                    detail=f"attempt {plan.round} of {plan.rounds} in {delay:.3f} s",
                 )
                 await anyio.sleep(delay)
-            failed_before = len(errors)
-            done += 1
-            conn = await self._round(ep, endpoint, tried, errors)
+            conn = await self._round(ep, plan)
             if conn is not None:
                 return conn
-            if not any(retryable(exc) for _, exc in errors[failed_before:]):
-                break
-        ip, last = errors[-1]
-        host = f"[{ip}]" if ":" in ip else ip
-        context = [f"connecting to tcp:{host}:{endpoint.port}", f"connecting to {endpoint}"]
-        if done > 1:
-            retries = done - 1
-            context.append(f"after {retries} retry attempt{'s' if retries > 1 else ''}")
+        last = plan.errors[-1][1]
         raise ConnectError(
             describe(last),
             endpoint=endpoint,
-            errors=[exc for _, exc in errors],
-            context=context,
+            errors=[exc for _, exc in plan.errors],
+            context=plan.context(endpoint, endpoint.port),
         ) from last
 
-    async def _round(
-        self,
-        ep: EndpointState,
-        endpoint: Endpoint,
-        tried: list[str],
-        errors: list[tuple[str, BaseException]],
-    ) -> Connection | None:
+    async def _round(self, ep: Ep, plan: DialPlan) -> Connection | None:
         state = self.state
-        first = state.pick_address(ep, _monotonic(), tried)
+        first = state.pick_address(ep, self.backend.clock(), plan.tried)
         if first is None:
             raise ResolveError(
-                "the name has no address", endpoint=endpoint, context=[f"connecting to {endpoint}"]
+                "the name has no address", endpoint=ep.key, context=[f"connecting to {ep.key}"]
             )
-        families = {_family(a.ip) for a in ep.listed}
-        if len(families) < 2:
-            conn = await self._attempt(ep, endpoint, first, tried, errors)
-            return None if conn is None else self._register(ep, endpoint, conn)
-        return await self._race(ep, endpoint, first, tried, errors)
+        if not should_race(a.ip for a in ep.listed):
+            conn = await self._attempt(ep, first, plan)
+            return None if conn is None else self._register(ep, conn)
+        return await self._race(ep, first, plan)
 
-    async def _race(
-        self,
-        ep: EndpointState,
-        endpoint: Endpoint,
-        first: str,
-        tried: list[str],
-        errors: list[tuple[str, BaseException]],
-    ) -> Connection | None:
+    async def _race(self, ep: Ep, first: str, plan: DialPlan) -> Connection | None:
         state = self.state
+        race = Race(first)
         # The winner is registered with the state machine only after the race
         # is over, so a cancellation arriving while the loser is torn down
         # cannot strand a registered connection nobody holds.
         winner: list[Connection] = []
-        # An address that started first and lost to the other family counts
-        # a failure when cancelled: a black-holed family is then ejected
-        # after a few races instead of costing the delay on every dial.
-        slow: set[str] = set()
 
         async def attempt(ip: str, failed: anyio.Event, scope: anyio.CancelScope) -> None:
-            conn = await self._attempt(ep, endpoint, ip, tried, errors, slow)
+            conn = await self._attempt(ep, ip, plan, race)
             if conn is None:
                 failed.set()
-            elif winner:
-                _discard(state, ep, conn)
-            else:
+            elif race.won(ip):
                 winner.append(conn)
-                if ip != first:
-                    slow.add(first)
                 scope.cancel()
+            else:
+                self._discard(ep, conn)
 
         try:
             async with anyio.create_task_group() as tg:
@@ -146,35 +111,32 @@ class Connector:
                 with anyio.move_on_after(self.config.happy_eyeballs_delay):
                     await first_failed.wait()
                 if not winner:
-                    other = 4 if _family(first) == 6 else 6
-                    second = state.pick_address(ep, _monotonic(), [*tried, first], family=other)
+                    second = state.pick_address(
+                        ep, self.backend.clock(), [*plan.tried, first], family=race.second_family()
+                    )
                     if second is not None:
-                        self.emit("connect.race", endpoint, second, detail=f"racing {first}")
+                        race.second = second
+                        self.emit("connect.race", ep.key, second, detail=f"racing {first}")
                         tg.start_soon(attempt, second, anyio.Event(), tg.cancel_scope)
         except BaseException:
             for conn in winner:
-                _discard(state, ep, conn)
+                self._discard(ep, conn)
             raise
-        return self._register(ep, endpoint, winner[0]) if winner else None
+        return self._register(ep, winner[0]) if winner else None
 
     async def _attempt(
-        self,
-        ep: EndpointState,
-        endpoint: Endpoint,
-        ip: str,
-        tried: list[str],
-        errors: list[tuple[str, BaseException]],
-        slow: set[str] | frozenset[str] = frozenset(),
+        self, ep: Ep, ip: str, plan: DialPlan, race: Race | None = None
     ) -> Connection | None:
         """One connection attempt to ``ip`` (already counted pending there).
-        Returns the unregistered connection, or None after recording the error.
-        A cancellation counts as the address's failure when ``ip`` is in
-        ``slow`` (it lost a Happy Eyeballs race it started first)."""
+        Returns the unregistered connection, or None after recording the
+        error.  Whether a cancellation counts as the address's failure is the
+        race's to say."""
         state = self.state
+        endpoint = ep.key
         start = time.monotonic_ns()
         self.emit("connect.started", endpoint, ip)
         try:
-            conn = await self.opener(endpoint, ip, endpoint.port, self.config.connect_timeout)
+            conn = await self.backend.open(endpoint, ip, endpoint.port, self.config.connect_timeout)
         except BaseException as exc:
             # OSError covers refusals, resets, timeouts and TLS failures;
             # anything else is cancellation or a bug, and propagates as is.
@@ -182,7 +144,7 @@ class Connector:
             # so an ejection it decides on follows the failure that caused it.
             elapsed = time.monotonic_ns() - start
             if not isinstance(exc, OSError):
-                lost = ip in slow
+                lost = race is not None and race.cancel_counts(ip)
                 self.emit(
                     "connect.cancelled",
                     endpoint,
@@ -190,31 +152,27 @@ class Connector:
                     duration_ns=elapsed,
                     detail="lost the Happy Eyeballs race" if lost else type(exc).__name__,
                 )
-                state.attempt_failed(ep, ip, _monotonic(), counts=lost)
+                state.attempt_failed(ep, ip, self.backend.clock(), counts=lost)
                 raise
-            errors.append((ip, exc))
-            tried.append(ip)
+            plan.failed(ip, exc)
             if tls_failure(exc):
                 tls_ns = getattr(exc, "conpool_tls_ns", None)
                 self.emit("tls.failed", endpoint, ip, duration_ns=tls_ns, detail=describe(exc))
             self.emit("connect.failed", endpoint, ip, duration_ns=elapsed, detail=describe(exc))
-            state.attempt_failed(ep, ip, _monotonic(), counts=True)
+            state.attempt_failed(ep, ip, self.backend.clock(), counts=True)
             return None
-        conn.connect_ns = time.monotonic_ns() - start
-        if conn.tls_ns is not None:
-            self.emit("tls.complete", endpoint, ip, duration_ns=conn.tls_ns)
+        conn._connect_ns = time.monotonic_ns() - start
+        if conn._tls_ns is not None:
+            self.emit("tls.complete", endpoint, ip, duration_ns=conn._tls_ns)
         return conn
 
-    def _register(self, ep: EndpointState, endpoint: Endpoint, conn: Connection) -> Connection:
-        rec = self.state.connected(ep, conn.address[0], conn, _monotonic())
+    def _register(self, ep: Ep, conn: Connection) -> Connection:
+        rec = self.state.connected(ep, conn.address[0], conn, self.backend.clock())
         conn._rec = rec
-        self.emit(
-            "connect.complete", endpoint, conn.address[0], rec.id, duration_ns=conn.connect_ns
-        )
+        self.emit("connect.complete", ep.key, conn.address[0], rec.id, duration_ns=conn._connect_ns)
         return conn
 
-
-def _discard(state: PoolState, ep: EndpointState, conn: Connection) -> None:
-    """Close a connection that lost a race (never registered)."""
-    state.attempt_failed(ep, conn.address[0], _monotonic(), counts=False)
-    conn.close_now()
+    def _discard(self, ep: Ep, conn: Connection) -> None:
+        """Close a connection that lost a race (never registered)."""
+        self.state.attempt_failed(ep, conn.address[0], self.backend.clock(), counts=False)
+        conn._close_now()

@@ -1,7 +1,7 @@
 """Leak detection: connections dropped without release, and held too long.
 
 While a user holds a connection the pool keeps no strong reference to it
-(the record's ``handle`` is None), so one that is dropped gets
+(the record's ``conn`` is None), so one that is dropped gets
 garbage-collected.  A weak reference notices; its callback may run inside
 any allocation, even in the middle of a state transition, so it only
 schedules the reclaim on the pool's event loop.  The reclaim closes the
@@ -20,15 +20,22 @@ import traceback
 import warnings
 import weakref
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ._connection import Connection
 from ._hooks import logger
-from ._state import ACTIVE, ConnRecord, PoolState
+from ._records import ACTIVE, ConnRecord
+
+if TYPE_CHECKING:
+    from ._endpoint import Endpoint
+    from ._state import PoolState
+
+Rec = ConnRecord["Endpoint", Connection]
 
 __all__ = ["Leaks", "note_taken"]
 
 
-def note_taken(rec: ConnRecord) -> None:
+def note_taken(rec: Rec) -> None:
     """Record when and where the current holder acquired the connection."""
     watch: _Watch = rec.leak
     watch.taken = time.monotonic()
@@ -36,7 +43,7 @@ def note_taken(rec: ConnRecord) -> None:
     watch.reported = False
 
 
-class _Watch(weakref.ref):  # type: ignore[type-arg]
+class _Watch(weakref.ref[Connection]):
     """What the pool keeps of a connection it may not hold strongly: a weak
     reference that is also the record of what to do when it dies (one
     object per connection, not a weakref plus a callback plus a record)."""
@@ -47,7 +54,7 @@ class _Watch(weakref.ref):  # type: ignore[type-arg]
         cls,
         conn: Connection,
         callback: Callable[[_Watch], None],
-        rec: ConnRecord,
+        rec: Rec,
         closer: Callable[[], None],
     ) -> _Watch:
         return super().__new__(cls, conn, callback)
@@ -56,7 +63,7 @@ class _Watch(weakref.ref):  # type: ignore[type-arg]
         self,
         conn: Connection,
         callback: Callable[[_Watch], None],
-        rec: ConnRecord,
+        rec: Rec,
         closer: Callable[[], None],
     ) -> None:
         # (weakref.ref's own __init__ does nothing that __new__ did not.)
@@ -69,15 +76,6 @@ class _Watch(weakref.ref):  # type: ignore[type-arg]
         self.reported = False
 
 
-class _Closer:
-    """Stands in for a collected connection so the machine can close it."""
-
-    __slots__ = ("close_now",)
-
-    def __init__(self, close_now: Callable[[], None]) -> None:
-        self.close_now = close_now
-
-
 class Leaks:
     """The pool's leak watch.
 
@@ -87,7 +85,10 @@ class Leaks:
     """
 
     def __init__(
-        self, state: PoolState, flush: Callable[[], None], emit: Callable[..., None]
+        self,
+        state: PoolState[Endpoint, Connection],
+        flush: Callable[[], None],
+        emit: Callable[..., None],
     ) -> None:
         self.state = state
         self.flush = flush
@@ -96,24 +97,24 @@ class Leaks:
         # the pool is entered).
         self.soon: Callable[..., object] | None = None
 
-    def track(self, rec: ConnRecord, conn: Connection) -> None:
+    def track(self, rec: Rec, conn: Connection) -> None:
         """Watch a new connection for the rest of its life."""
-        rec.leak = _Watch(conn, self._collected, rec, conn.closer())
+        rec.leak = _Watch(conn, self._collected, rec, conn._closer())
 
     def _collected(self, watch: _Watch) -> None:
         rec = watch.rec
-        if rec.state == ACTIVE and rec.handle is None and self.soon is not None:
+        if rec.state is ACTIVE and rec.conn is None and self.soon is not None:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to do
                 self.soon(self.reclaim, rec)
 
-    def reclaim(self, rec: ConnRecord) -> None:
+    def reclaim(self, rec: Rec) -> None:
         """Close a connection that was dropped without release, give its
         slot back, and say so."""
-        if rec.state != ACTIVE or rec.handle is not None:
+        if rec.state is not ACTIVE or rec.conn is not None:
             return
         watch: _Watch = rec.leak
-        rec.handle = _Closer(watch.closer)
         self.state.discard(rec, "leaked")
+        watch.closer()
         self.flush()
         what = f"connection #{rec.id} to {rec.ep.key} via {rec.addr.ip}"
         self.emit("conn.leaked", rec.ep.key, rec.addr.ip, rec.id, detail=what)
@@ -132,7 +133,7 @@ class Leaks:
     def warn_held_too_long(self, now: float, after: float) -> None:
         """Log, once per hand-out, connections held longer than ``after``."""
         for rec in list(self.state.ages):
-            if rec.state != ACTIVE or rec.handle is not None or rec.leak is None:
+            if rec.state is not ACTIVE or rec.conn is not None or rec.leak is None:
                 continue
             watch: _Watch = rec.leak
             if watch.reported or watch.site is None or now - watch.taken < after:

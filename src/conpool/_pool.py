@@ -6,48 +6,59 @@ I/O only after the state update, and on any exception (cancellation included)
 hands the slot it held back to the machine before re-raising, so a cancelled
 task can never leak a slot, a socket or a waiter.
 
-On asyncio and uvloop, waiters park on native futures and connections are
-protocol-backed (see :mod:`conpool._connection`); on trio everything goes
-through anyio.
+Read it top to bottom: the lease (``async with pool.connection(ep)``), the
+lifecycle, the hot path (:meth:`Pool._grab` and :meth:`Pool._put_back`, plain
+functions because every request runs them), waiting, carrying out the
+machine's decisions (:meth:`Pool._flush`), hooks, then resolving and dialling
+and the background sweep.  Everything that depends on the event loop (how a
+connection is opened, how a task parks and is woken, the clock) is the
+backend's, picked once when the pool is entered (:mod:`conpool._backends`);
+how one dial proceeds is :mod:`conpool._connect`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Never
 
 import anyio
-import sniffio
 from anyio.abc import TaskGroup
 
+from ._backends import Backend, current_backend
 from ._config import Config
 from ._connect import Connector
 from ._connection import Connection
-from ._dial import open_anyio, open_asyncio
 from ._endpoint import Endpoint
 from ._errors import PoolClosed, PoolError, PoolTimeout, ResolveError, describe
 from ._hooks import Hook, Hooks, logger
 from ._leaks import Leaks, note_taken
 from ._resolve import ResolutionCache, Resolver, SystemResolver
-from ._state import DIAL, IDLE, WAIT, ConnRecord, EndpointState, PoolState, Waiter
+from ._state import (
+    DIAL,
+    EXPIRY_REASONS,
+    IDLE,
+    MAX_ENDPOINTS,
+    WAIT,
+    Answer,
+    ConnRecord,
+    EndpointState,
+    PoolState,
+    Waiter,
+)
 from ._stats import BUCKETS, Histogram, PoolStats, snapshot
 from ._trace import Tracer
 
-__all__ = ["Pool"]
+__all__ = ["MAX_ENDPOINTS", "Pool"]
 
-_monotonic = time.monotonic
-
-#: Endpoints remembered at most (beyond, those with nothing open are
-#: forgotten, oldest first, so a pool that talks to ever new hosts stays bounded).
-MAX_ENDPOINTS = 10_000
-
-# Close reasons that mean "expired" rather than "failed" or "closed by you".
-_EXPIRY_REASONS = frozenset({"idle", "lifetime", "uses", "health", "stale", "drained"})
+# The state machine's types, with the shell's key and connection.
+State = PoolState[Endpoint, Connection]
+Ep = EndpointState[Endpoint, Connection]
+Rec = ConnRecord[Endpoint, Connection]
+Wait = Waiter[Endpoint, Connection]
 
 
 class _Lease:
@@ -66,18 +77,18 @@ class _Lease:
         conn = pool._grab(endpoint)
         if conn is None:
             ep = pool._last_ep
-            if pool._got == WAIT and pool._quick_wait:
+            if pool._got is WAIT and pool._quick_wait:
                 # Pool.acquire's contended path, in this frame (see there).
-                w = pool._park(ep, endpoint)
+                w = pool._park(ep)
                 try:
                     await w.handle
                 except BaseException as exc:
-                    pool._gave_up(w, endpoint, exc)
+                    pool._gave_up(w, exc)
                     raise
-                rec = pool._served(w, endpoint)
-                conn = pool._hand_out(rec) if rec is not None else await pool._dial(ep, endpoint)
+                rec = pool._served(w)
+                conn = pool._hand_out(rec) if rec is not None else await pool._dial(ep)
             else:
-                conn = await pool._acquire(ep, endpoint, pool._got)
+                conn = await pool._acquire(ep, pool._got)
         self._conn = conn
         return conn
 
@@ -92,7 +103,7 @@ class _Lease:
         self._conn = None
         if exc_type is not None:
             # The exchange was interrupted: the peer may be mid-response.
-            conn.broken = True
+            conn._broken = True
         self._pool._put_back(conn)
 
 
@@ -140,23 +151,25 @@ class Pool:
         self._trace: Callable[..., None] | None = None
         # The same for the hottest trace points (reuse, release), which
         # pass the connection record instead of its fields.
-        self._trace_rec: Callable[[str, ConnRecord, float], None] | None = None
+        self._trace_rec: Callable[[str, Rec, float], None] | None = None
         self._retrace()
-        self._state = PoolState(config)  # asks conn.usable(idle)
+        self._state: State = PoolState(config)
         self._names = ResolutionCache(resolver, config.dns_stale_limit)
         self._rng = random.Random(config.balance_seed)
         self._health = config.health_check
         self._tg: TaskGroup | None = None
-        self._native = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # On trio: what a waiting task parks on (conpool._trio.Parked).
-        self._parked: Callable[[], Any] | None = None
-        self._refreshing: set[str] = set()
+        # The event loop's side (conpool._backends): picked when the pool is
+        # entered, unless set before (a test's scripted backend).  Its
+        # clock, parking and waking are bound here once, for the hot paths.
+        self._backend: Backend | None = None
+        self._clock: Callable[[], float] = time.monotonic
+        self._new_parked: Callable[[], Awaitable[None]] = _not_entered
+        self._wake: Callable[[list[Wait]], None] = _not_entered
         self._sweep_scope: anyio.CancelScope | None = None
         self._sweep_at = 0.0  # monotonic time the sweeper wakes up next
         self._last_key: object = object()  # matches no endpoint
-        self._last_ep = EndpointState(None)
-        self._got: ConnRecord | int = 0
+        self._last_ep: Ep = EndpointState(Endpoint("0.0.0.0", 1))  # (never used)
+        self._got: Rec | Answer = WAIT
         self._leak_after = config.leak_warning_after
         self._acquire_timeout = config.acquire_timeout
         # No timeout and no health check: a waiting acquire takes the short path.
@@ -166,9 +179,9 @@ class Pool:
         self._plain = self._health is None and self._leak_after is None
         self._leaks = Leaks(self._state, self._flush, self._emit)
         # Per endpoint: how long waits and connects took.
-        self._waits: dict[EndpointState, Histogram] = {}
-        self._connects: dict[EndpointState, Histogram] = {}
-        self._connector = Connector(self._state, open_anyio, self._emit, self._rng)
+        self._waits: dict[Ep, Histogram] = {}
+        self._connects: dict[Ep, Histogram] = {}
+        self._connector: Connector | None = None
         self._state.on_event = self._core_event
         self._closing = False
 
@@ -177,19 +190,14 @@ class Pool:
     async def __aenter__(self) -> Pool:
         if self._tg is not None or self._state.closed:
             raise RuntimeError("a Pool can be entered only once")
-        library = sniffio.current_async_library()
-        self._native = library == "asyncio"
-        if self._native:
-            self._loop = asyncio.get_running_loop()
-            self._connector.opener = open_asyncio
-            self._leaks.soon = self._loop.call_soon_threadsafe
-        else:
-            import trio
-
-            from ._trio import Parked  # trio is an optional extra
-
-            self._parked = Parked
-            self._leaks.soon = trio.lowlevel.current_trio_token().run_sync_soon
+        backend = self._backend
+        if backend is None:
+            backend = self._backend = current_backend()
+        self._clock = backend.clock
+        self._new_parked = backend.park
+        self._wake = backend.wake
+        self._leaks.soon = backend.call_soon_threadsafe
+        self._connector = Connector(self._state, backend, self._emit, self._rng)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -255,22 +263,22 @@ class Pool:
         if conn is not None:
             return conn
         ep = self._last_ep
-        if self._got == WAIT and self._quick_wait:
+        if self._got is WAIT and self._quick_wait:
             # Contended, with no timeout and no health check: wait in this
             # frame, not in _acquire's.  A woken task resumes through every
-            # coroutine level between it and the future, and one level costs
-            # about 0.4 µs of the contended pair (bench --workload contended).
-            w = self._park(ep, endpoint)
+            # coroutine level between it and what it awaits, and each level
+            # costs the contended path a visible share.
+            w = self._park(ep)
             try:
                 await w.handle
             except BaseException as exc:
-                self._gave_up(w, endpoint, exc)
+                self._gave_up(w, exc)
                 raise
-            rec = self._served(w, endpoint)
+            rec = self._served(w)
             if rec is not None:
                 return self._hand_out(rec)
-            return await self._dial(ep, endpoint)
-        return await self._acquire(ep, endpoint, self._got)
+            return await self._dial(ep)
+        return await self._acquire(ep, self._got)
 
     def _grab(self, endpoint: Endpoint) -> Connection | None:
         """The synchronous first step of every acquire: ask the machine.
@@ -295,68 +303,65 @@ class Pool:
             ep = self._new_endpoint(endpoint) if found is None else found
             self._last_key = endpoint
             self._last_ep = ep
-        now = _monotonic()
+        now = self._clock()
         got = state.acquire(ep, now)
         if state.to_close or state.to_wake:
             self._flush()
         if got.__class__ is ConnRecord and self._plain:
-            rec: ConnRecord = got
+            rec: Rec = got
             if self._trace_rec is not None:
                 self._trace_rec("conn.reuse", rec, now)
-            conn: Connection = rec.handle
+            conn = rec.conn
             # The holder's reference is the only strong one (see _hand_out).
-            rec.handle = None
+            rec.conn = None
             return conn
         self._got = got
         return None
 
-    def _hand_out(self, rec: ConnRecord, reused: bool = True) -> Connection:
+    def _hand_out(self, rec: Rec, reused: bool = True) -> Connection:
         """Give the user the connection of an active record: one the machine
         granted from idle (traced as ``conn.reuse``), or a new one.
 
         While the user holds it, the pool keeps no strong reference to it
-        (``rec.handle`` is None), so a connection dropped without release is
+        (``rec.conn`` is None), so a connection dropped without release is
         garbage-collected, reported and reclaimed (see :mod:`conpool._leaks`).
         """
         if reused and self._trace_rec is not None:
-            self._trace_rec("conn.reuse", rec, _monotonic())
-        conn: Connection = rec.handle
-        rec.handle = None
+            self._trace_rec("conn.reuse", rec, self._clock())
+        conn = rec.conn
+        assert conn is not None
+        rec.conn = None
         if self._leak_after is not None:
             note_taken(rec)
         return conn
 
-    async def _acquire(
-        self, ep: EndpointState, endpoint: Endpoint, got: ConnRecord | int
-    ) -> Connection:
+    async def _acquire(self, ep: Ep, got: Rec | Answer) -> Connection:
         """The rest of an acquire: health checks, dialling, waiting."""
         state = self._state
         while True:
-            if got.__class__ is ConnRecord:
-                rec: ConnRecord = got
-                conn: Connection = rec.handle
-                if self._health is None or await self._healthy(conn, rec):
-                    return self._hand_out(rec)
-            elif got == DIAL:
-                return await self._dial(ep, endpoint)
-            else:
+            if got is DIAL:
+                return await self._dial(ep)
+            if got is WAIT:
                 # Wait, in this frame: every contended acquire resumes
                 # through it, and each coroutine level costs.
-                w = self._park(ep, endpoint)
+                w = self._park(ep)
                 try:
                     if self._acquire_timeout is None:
-                        await w.handle  # an asyncio future, or a trio Parked
+                        await w.handle
                     else:
-                        await self._wait_timed(w, endpoint)
+                        await self._wait_timed(w)
                 except BaseException as exc:
-                    self._gave_up(w, endpoint, exc)
+                    self._gave_up(w, exc)
                     raise
-                granted = self._served(w, endpoint)
+                granted = self._served(w)
                 if granted is None:
-                    return await self._dial(ep, endpoint)
-                if self._health is None or await self._healthy(granted.handle, granted):
+                    return await self._dial(ep)
+                if self._health is None or await self._healthy(granted):
                     return self._hand_out(granted)
-            got = state.acquire(ep, _monotonic())
+            else:
+                if self._health is None or await self._healthy(got):
+                    return self._hand_out(got)
+            got = state.acquire(ep, self._clock())
             if state.to_close or state.to_wake:
                 self._flush()
 
@@ -374,18 +379,18 @@ class Pool:
         try:
             # (A connection not registered yet has a stand-in record whose
             # endpoint has no owner: refused below, as not this pool's.)
-            rec: ConnRecord = conn._rec  # type: ignore[assignment]
+            rec = conn._rec
         except AttributeError:
             raise TypeError(f"release() takes a conpool.Connection, got {conn!r}") from None
         state = self._state
         if rec.ep.owner is not state:
             raise ValueError(f"{conn!r} does not belong to this pool")
-        if rec.handle is not None:
+        if rec.conn is not None:
             raise RuntimeError(f"{conn!r} is not in use: it was already released")
-        rec.handle = conn
-        now = _monotonic()
-        if conn.broken or conn.closed:
-            state.release(rec, now, False, "closed" if conn.closed else "error")
+        rec.conn = conn
+        now = self._clock()
+        if conn._broken:  # (set too when it was closed)
+            state.release(rec, now, False, "closed" if conn._closed else "error")
         else:
             state.release(rec, now, True)
             if rec.expires < self._sweep_at and rec.state == IDLE:
@@ -400,12 +405,8 @@ class Pool:
 
     def stats(self) -> PoolStats:
         """A frozen snapshot of every count (see :class:`~conpool.PoolStats`)."""
-        stale = frozenset(
-            ep.key.host  # type: ignore[attr-defined]
-            for ep in self._state.endpoints.values()
-            if self._names.is_stale(ep.key.host)  # type: ignore[attr-defined]
-        )
-        return snapshot(self._state, _monotonic(), stale, self._waits, self._connects)
+        stale = frozenset(name for name in self._state.by_name if self._names.is_stale(name))
+        return snapshot(self._state, self._clock(), stale, self._waits, self._connects)
 
     def __repr__(self) -> str:
         s = self._state
@@ -420,7 +421,7 @@ class Pool:
 
     # -- helpers -------------------------------------------------------------------
 
-    def _new_endpoint(self, endpoint: Endpoint) -> EndpointState:
+    def _new_endpoint(self, endpoint: Endpoint) -> Ep:
         if not isinstance(endpoint, Endpoint):
             raise TypeError(f"endpoint must be a conpool.Endpoint, got {endpoint!r}")
         if self._tg is None:
@@ -429,30 +430,34 @@ class Pool:
             raise RuntimeError("use the pool as 'async with conpool.Pool(...) as pool:'")
         if self._state.closed:
             raise PoolClosed("the pool is closed")
-        ep = self._state.endpoint(endpoint)
         if endpoint.is_ip:
+            ep = self._state.endpoint(endpoint)
             self._state.set_addresses(ep, [endpoint.host])
+        else:
+            ep = self._state.endpoint(endpoint, endpoint.host)
         return ep
 
-    async def _healthy(self, conn: Connection, rec: ConnRecord) -> bool:
+    async def _healthy(self, rec: Rec) -> bool:
         """Run the user's health check on a connection about to be reused."""
         assert self._health is not None
         state = self._state
+        conn = rec.conn
+        assert conn is not None
         # The check uses the connection as its next holder will: not idle
         # (see Connection._rec), so its send and receive work.
-        rec.handle = None
+        rec.conn = None
         try:
             ok = await self._health(conn)
         except Exception:
             ok = False
         except BaseException:
             # Cancelled mid-check: the exchange may be half done.
-            rec.handle = conn
+            rec.conn = conn
             state.discard(rec, "health")
             self._flush()
             raise
-        rec.handle = conn
-        if ok is True and not (conn.broken or conn.closed):
+        rec.conn = conn
+        if ok is True and not conn._broken:
             return True
         state.discard(rec, "health")
         self._flush()
@@ -460,41 +465,26 @@ class Pool:
 
     # -- waiting: _acquire parks, awaits the handle, then asks _served ----------
 
-    def _park(self, ep: EndpointState, endpoint: Endpoint) -> Waiter:
+    def _park(self, ep: Ep) -> Wait:
         """Queue the calling task for the machine to serve; it then awaits
-        the waiter's handle (a native future, or a trio :class:`Parked`)."""
-        if self._native:
-            loop = self._loop
-            assert loop is not None
-            handle: Any = loop.create_future()
-        else:
-            assert self._parked is not None
-            handle = self._parked()
-        w = self._state.enqueue(ep, handle, _monotonic())
+        the waiter's handle (what the backend parks a task on)."""
+        w = self._state.enqueue(ep, self._new_parked(), self._clock())
         if w is None:
-            raise self._too_many_waiters(endpoint)
+            raise self._too_many_waiters(ep.key)
         if self._trace is not None:
-            self._trace("acquire.queued", endpoint)
+            self._trace("acquire.queued", ep.key)
         return w
 
-    async def _wait_timed(self, w: Waiter, endpoint: Endpoint) -> None:
+    async def _wait_timed(self, w: Wait) -> None:
         """Await a parked waiter's handle for at most ``acquire_timeout``."""
         timeout = self._acquire_timeout
-        assert timeout is not None
-        handle = w.handle
-        if self._native:
-            timer = handle.get_loop().call_later(timeout, self._expire, w)
-            try:
-                await handle
-            finally:
-                timer.cancel()
-        else:
-            with anyio.move_on_after(timeout):
-                await handle
-            if w.grant is None and not self._state.closed:
-                raise self._timed_out(endpoint)
+        backend = self._backend
+        assert timeout is not None and backend is not None
+        await backend.wait(w.handle, timeout)
+        if w.grant is None and not self._state.closed:
+            raise self._timed_out(w.ep.key)
 
-    def _served(self, w: Waiter, endpoint: Endpoint) -> ConnRecord | None:
+    def _served(self, w: Wait) -> Rec | None:
         """The parked task was woken: a connection record, or None for a
         reserved dial slot.
 
@@ -503,7 +493,7 @@ class Pool:
         """
         waited = w.waited
         if waited is None:  # served a dial slot, or woken by close
-            waited = _monotonic() - w.since
+            waited = self._clock() - w.since
         ep = w.ep
         # Histogram.observe, inlined.
         hist = self._waits.get(ep) or _histogram(self._waits, ep)
@@ -514,31 +504,22 @@ class Pool:
         if grant is None:
             raise PoolClosed("the pool was closed while waiting for a connection")
         if self._trace is not None:
-            self._trace("acquire.granted", endpoint, "", 0, int(waited * 1e9))
+            self._trace("acquire.granted", ep.key, "", 0, int(waited * 1e9))
         if grant.__class__ is ConnRecord:
             return grant
         return None
 
-    def _gave_up(self, w: Waiter, endpoint: Endpoint, exc: BaseException) -> None:
+    def _gave_up(self, w: Wait, exc: BaseException) -> None:
         """A parked task timed out, was cancelled, or was failed by close:
         whatever the machine granted it in the meantime goes to the next
         waiter, and the wait still counts."""
-        now = _monotonic()
+        now = self._clock()
         self._state.cancel(w, now)
         self._flush()
         waited = now - w.since
         _histogram(self._waits, w.ep).observe(waited)
         if isinstance(exc, PoolTimeout):
-            self._emit("acquire.timeout", endpoint, duration_ns=int(waited * 1e9))
-
-    def _expire(self, w: Waiter) -> None:
-        """acquire_timeout fired for a native waiter (a loop callback)."""
-        if w.grant is not None or w not in w.ep.waiters:
-            return
-        self._state.cancel(w, _monotonic())
-        fut: asyncio.Future[None] = w.handle
-        if not fut.done():
-            fut.set_exception(self._timed_out(w.ep.key))  # type: ignore[arg-type]
+            self._emit("acquire.timeout", w.ep.key, duration_ns=int(waited * 1e9))
 
     def _timed_out(self, endpoint: Endpoint) -> PoolTimeout:
         return PoolTimeout(
@@ -558,29 +539,23 @@ class Pool:
         state = self._state
         if state.to_wake:
             wake, state.to_wake = state.to_wake, []
-            if self._native:
-                for w in wake:
-                    handle = w.handle
-                    # (Done when its task was cancelled in the meantime:
-                    # its cancel() hands the grant on.)
-                    if not handle.done():
-                        handle.set_result(None)
-            else:
-                for w in wake:
-                    w.handle.set()
+            self._wake(wake)
         if state.to_close:
             closing, state.to_close = state.to_close, []
             for rec, reason in closing:
-                conn: Connection = rec.handle
+                conn = rec.conn
                 if self._trace is not None:
-                    if reason in _EXPIRY_REASONS:
+                    if reason in EXPIRY_REASONS:
                         self._trace("conn.expire", rec.ep.key, rec.addr.ip, rec.id, None, reason)
-                    lived = int((_monotonic() - rec.created) * 1e9)
+                    lived = int((self._clock() - rec.created) * 1e9)
                     self._trace("conn.close", rec.ep.key, rec.addr.ip, rec.id, lived, reason)
-                conn.close_now()
-                # Nothing needs a closed connection's stream any more (and a
-                # tracer may keep the record a while).
-                rec.handle = None
+                # (None for a connection garbage-collected while held: the
+                # leak watch closed its socket.)
+                if conn is not None:
+                    conn._close_now()
+                    # Nothing needs a closed connection's stream any more
+                    # (and a tracer may keep the record a while).
+                    rec.conn = None
 
     def _emit(
         self,
@@ -595,7 +570,7 @@ class Pool:
         if trace is not None:
             trace(kind, endpoint, address, conn_id, duration_ns, detail)
 
-    def _core_event(self, kind: str, ep: EndpointState, address: str, detail: str) -> None:
+    def _core_event(self, kind: str, ep: Ep, address: str, detail: str) -> None:
         """What the state machine reports by itself (ejections, re-admissions)."""
         self._emit(kind, ep.key, address, detail=detail)
 
@@ -636,7 +611,7 @@ class Pool:
             self._trace = None
             self._trace_rec = None
 
-    def _rec_event(self, kind: str, rec: ConnRecord, now: float) -> None:
+    def _rec_event(self, kind: str, rec: Rec, now: float) -> None:
         trace = self._trace
         if trace is not None:
             trace(kind, rec.ep.key, rec.addr.ip, rec.id)
@@ -659,61 +634,77 @@ class Pool:
 
     # -- resolving and dialling ----------------------------------------------------
 
-    async def _addresses(self, ep: EndpointState, endpoint: Endpoint) -> None:
-        """Make sure the machine knows the name's current addresses."""
-        if endpoint.is_ip:
+    async def _addresses(self, ep: Ep) -> None:
+        """Make sure the machine knows the name's current addresses.
+
+        Concurrent dials of one name share one lookup (the cache's): the
+        acquire that starts it traces ``resolve.started`` and its outcome,
+        each one that joins it traces ``resolve.joined``."""
+        name = ep.name
+        if name is None:
             return
-        host = endpoint.host
-        now = _monotonic()
-        ips = self._names.peek(host, now)
+        endpoint = ep.key
+        now = self._clock()
+        ips = self._names.peek(name, now)
         if ips is None:
-            start = time.monotonic_ns()
-            self._emit("resolve.started", endpoint)
+            start = 0
+
+            def started() -> None:
+                nonlocal start
+                start = time.monotonic_ns()
+                self._emit("resolve.started", endpoint)
+
+            if self._names.looking_up(name):
+                self._emit("resolve.joined", endpoint)
             try:
-                ips, _changed = await self._names.resolve(host, now)
+                ips, _changed = await self._names.resolve(name, now, on_lookup=started)
             except Exception as exc:
-                self._emit("resolve.failed", endpoint, detail=describe(exc))
+                if start:
+                    self._emit("resolve.failed", endpoint, detail=describe(exc))
                 raise ResolveError(
                     describe(exc),
                     endpoint=endpoint,
                     errors=[exc],
-                    context=[f"resolving {host}", f"connecting to {endpoint}"],
+                    context=[f"resolving {name}", f"connecting to {endpoint}"],
                 ) from exc
-            stale = self._names.stale_error(host)
-            if stale is not None:
-                self._emit("resolve.failed", endpoint, detail=describe(stale))
-                self._emit("resolve.stale", endpoint, detail=" ".join(ips))
-            else:
-                self._emit(
-                    "resolve.complete",
-                    endpoint,
-                    duration_ns=time.monotonic_ns() - start,
-                    detail=" ".join(ips),
-                )
-        if _listed(ep) != ips:
-            self._state.set_addresses(ep, ips)
+            if start:
+                stale = self._names.stale_error(name)
+                if stale is not None:
+                    self._emit("resolve.failed", endpoint, detail=describe(stale))
+                    self._emit("resolve.stale", endpoint, detail=" ".join(ips))
+                else:
+                    self._emit(
+                        "resolve.complete",
+                        endpoint,
+                        duration_ns=time.monotonic_ns() - start,
+                        detail=" ".join(ips),
+                    )
+        if tuple(a.ip for a in ep.listed) != ips:
+            # (Every endpoint of the name follows, not only this one.)
+            self._state.answer(name, ips)
             self._flush()
 
-    async def _dial(self, ep: EndpointState, endpoint: Endpoint) -> Connection:
+    async def _dial(self, ep: Ep) -> Connection:
         """Open a connection in the slot the machine reserved for us.
 
         On any failure, cancellation included, the slot goes back."""
         state = self._state
+        connector = self._connector
+        assert connector is not None
         try:
-            await self._addresses(ep, endpoint)
-            conn = await self._connector.connect(ep, endpoint)
+            await self._addresses(ep)
+            conn = await connector.connect(ep)
         except Exception as exc:
             state.dial_failed(ep)
             self._flush()
-            self._emit("acquire.failed", endpoint, detail=str(exc))
+            self._emit("acquire.failed", ep.key, detail=str(exc))
             raise
         except BaseException:
             state.dial_abandoned(ep)
             self._flush()
             raise
-        _histogram(self._connects, ep).observe(conn.connect_ns / 1e9)
+        _histogram(self._connects, ep).observe(conn._connect_ns / 1e9)
         rec = conn._rec
-        assert isinstance(rec, ConnRecord)
         if state.closed:
             state.discard(rec, "pool-closed")
             self._flush()
@@ -735,7 +726,7 @@ class Pool:
         state = self._state
         interval = self.config.sweep_interval
         while not state.closed:
-            now = _monotonic()
+            now = self._clock()
             if interval is not None:
                 delay = interval
             else:
@@ -754,7 +745,7 @@ class Pool:
 
     def _sweep_once(self) -> None:
         state = self._state
-        now = _monotonic()
+        now = self._clock()
         state.sweep(now)
         self._flush()
         if self._leak_after is not None:
@@ -764,50 +755,36 @@ class Pool:
             self._connects.pop(ep, None)
             if ep is self._last_ep:
                 self._last_key = object()
+        names = self._names
+        due = state.refresh_due(lambda name: names.peek(name, now))
+        self._flush()  # (a fresh answer spread to an endpoint may drain idle ones)
         tg = self._tg
-        for ep in list(state.endpoints.values()):
-            endpoint: Endpoint = ep.key  # type: ignore[assignment]
-            if endpoint.is_ip or not ep.total:
-                continue
-            host = endpoint.host
-            ips = self._names.peek(host, now)
-            if ips is not None:
-                # Another endpoint of the same name (another port, TLS or
-                # not) may have fetched a new answer: every endpoint of the
-                # name follows it, so none keeps using an address that left.
-                if _listed(ep) != ips:
-                    state.set_addresses(ep, ips)
-                    self._flush()
-            elif host not in self._refreshing and tg is not None:
-                self._refreshing.add(host)
-                tg.start_soon(self._refresh, ep, endpoint)
+        for ep in due:
+            if tg is None:
+                assert ep.name is not None
+                state.refresh_done(ep.name)
+            else:
+                tg.start_soon(self._refresh, ep)
 
     def _sweep_sooner(self, when: float) -> None:
-        """Wake the sweeper at monotonic time ``when`` instead of later."""
+        """Wake the sweeper at time ``when`` (the pool's clock) instead of later."""
         scope = self._sweep_scope
         if scope is not None and self.config.sweep_interval is None:
             self._sweep_at = when
-            scope.deadline = anyio.current_time() + max(when - _monotonic(), 0.0)
+            scope.deadline = anyio.current_time() + max(when - self._clock(), 0.0)
 
-    async def _refresh(self, ep: EndpointState, endpoint: Endpoint) -> None:
+    async def _refresh(self, ep: Ep) -> None:
+        """Look a name up again for the sweep (see PoolState.refresh_due)."""
+        assert ep.name is not None
         try:
-            await self._addresses(ep, endpoint)
+            await self._addresses(ep)
         except PoolError:
             pass  # kept serving the old answer, or nothing to drain; logged as an event
         finally:
-            self._refreshing.discard(endpoint.host)
-        # Every other endpoint of the name (another port, TLS or not) follows
-        # the new answer at once, so none keeps using an address that left.
-        ips = self._names.peek(endpoint.host, _monotonic())
-        if ips is not None:
-            for other in list(self._state.endpoints.values()):
-                key: Endpoint = other.key  # type: ignore[assignment]
-                if key.host == endpoint.host and _listed(other) != ips:
-                    self._state.set_addresses(other, ips)
-            self._flush()
+            self._state.refresh_done(ep.name)
 
 
-def _histogram(table: dict[EndpointState, Histogram], ep: EndpointState) -> Histogram:
+def _histogram(table: dict[Ep, Histogram], ep: Ep) -> Histogram:
     """``ep``'s histogram in ``table``, made on first use."""
     hist = table.get(ep)
     if hist is None:
@@ -815,8 +792,10 @@ def _histogram(table: dict[EndpointState, Histogram], ep: EndpointState) -> Hist
     return hist
 
 
-def _listed(ep: EndpointState) -> tuple[str, ...]:
-    return tuple(a.ip for a in ep.listed)
+def _not_entered(*_: object) -> Never:
+    # (What a pool not entered yet parks and wakes with: unreachable, since
+    # acquiring requires the pool entered.)
+    raise RuntimeError("use the pool as 'async with conpool.Pool(...) as pool:'")
 
 
 Pool.__module__ = "conpool"

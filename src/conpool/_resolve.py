@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -297,13 +297,25 @@ class ResolutionCache:
         entry = self._entries.get(host)
         return entry is not None and entry.stale
 
+    def looking_up(self, host: str) -> bool:
+        """Whether a lookup of ``host`` is in progress (a :meth:`resolve`
+        called now joins it)."""
+        entry = self._entries.get(host)
+        return entry is not None and entry.inflight is not None
+
     def stale_error(self, host: str) -> BaseException | None:
         """Why the answer served for ``host`` is an old one (None if fresh)."""
         entry = self._entries.get(host)
         return entry.error if entry is not None and entry.stale else None
 
-    async def resolve(self, host: str, now: float) -> tuple[tuple[str, ...], bool]:
+    async def resolve(
+        self, host: str, now: float, on_lookup: Callable[[], None] | None = None
+    ) -> tuple[tuple[str, ...], bool]:
         """The addresses of ``host``, looking them up when the answer expired.
+
+        :param on_lookup: called when this call starts a lookup of its own
+            (rather than sharing one in progress or the cached answer), for
+            the trace.
 
         :returns: ``(ips, changed)``; ``changed`` is True when this call
             fetched an answer different from the one cached before.
@@ -330,6 +342,8 @@ class ResolutionCache:
             # That lookup was cancelled with its task: ask again ourselves.
         lookup = entry.inflight = _Lookup()
         try:
+            if on_lookup is not None:
+                on_lookup()
             answer = await self.resolver.resolve(host)
             ips = tuple(dict.fromkeys(str(ipaddress.ip_address(a.ip)) for a in answer))
             if not ips:

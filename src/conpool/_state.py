@@ -13,6 +13,13 @@ passed -- together with the current time, and reads back what to do:
 Nothing in a transition awaits, so each one is atomic on the event loop and no
 lock is needed.  The shell drains ``to_close`` and ``to_wake`` after every call.
 
+Beside the connections, the machine decides which names to look up again and
+spreads each new answer to every endpoint of the name (:meth:`PoolState.answer`,
+:meth:`PoolState.refresh_due`), bounds the endpoints it remembers
+(:data:`MAX_ENDPOINTS`) and says which close reasons are expiry
+(:func:`is_expiry`).  How one dial proceeds (retries, backoff, Happy Eyeballs)
+is decided in :mod:`conpool._dialplan`, as pure as this.
+
 Accounting.  Every connection the pool is responsible for is in exactly one
 of three states, counted per address, per endpoint and in total:
 *pending* (a slot reserved for a dial in progress; per address only once the
@@ -27,240 +34,74 @@ import math
 import random
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, Generic
 
 from ._balance import POLICIES
 from ._config import Config
 from ._errors import PoolClosed
+from ._records import (
+    ACTIVE,
+    CLOSED,
+    DIAL,
+    IDLE,
+    WAIT,
+    AddressState,
+    Answer,
+    C,
+    ConnRecord,
+    EndpointState,
+    K,
+    Pooled,
+    RecordState,
+    Waiter,
+)
 
 __all__ = [
     "ACTIVE",
     "CLOSED",
     "DIAL",
+    "EXPIRY_REASONS",
     "IDLE",
+    "MAX_ENDPOINTS",
     "WAIT",
     "AddressState",
+    "Answer",
     "ConnRecord",
     "EndpointState",
     "PoolState",
+    "Pooled",
+    "RecordState",
     "Waiter",
+    "is_expiry",
 ]
 
-# Connection record states.
-IDLE: Final = 0
-ACTIVE: Final = 1
-CLOSED: Final = 2
 
-# Answers from PoolState.acquire (besides a ConnRecord).
-DIAL: Final = 1
-WAIT: Final = 2
+#: Endpoints remembered at most: beyond, those with nothing open are
+#: forgotten, oldest first, so a pool that talks to ever new hosts stays bounded.
+MAX_ENDPOINTS: Final = 10_000
 
-
-class ConnRecord:
-    """The pool's book-keeping for one open connection.
-
-    ``handle`` is the shell's stream object; the machine never touches it
-    except to ask whether it is still usable (see :class:`PoolState`).
-    """
-
-    __slots__ = (
-        "addr",
-        "created",
-        "dies",
-        "ep",
-        "expires",
-        "handle",
-        "id",
-        "last_used",
-        "leak",
-        "state",
-        "uses",
-    )
-
-    def __init__(
-        self, conn_id: int, ep: EndpointState, addr: AddressState, now: float, lifetime: float
-    ) -> None:
-        self.id = conn_id
-        self.ep = ep
-        self.addr = addr
-        self.created = now
-        self.last_used = now
-        # dies: end of its lifetime; expires: when it may no longer be reused
-        # (the earlier of dies and "idle too long"), refreshed at each release
-        # so the reuse path compares one number.
-        self.dies = now + lifetime
-        self.expires = self.dies
-        # The shell's own (leak detection); the machine never reads it.
-        self.leak: Any = None
-        self.uses = 1
-        self.state: int = ACTIVE
-        self.handle: Any = None
-
-    def __lt__(self, other: ConnRecord) -> bool:
-        # The order of PoolState.ages, a heap: the end of the lifetime.
-        return self.dies < other.dies
-
-    def __repr__(self) -> str:
-        state = ("idle", "active", "closed")[self.state]
-        return f"<ConnRecord #{self.id} {self.ep.key}@{self.addr.ip} {state} uses={self.uses}>"
+#: Close reasons that mean "expired" (traced as ``conn.expire`` too), as
+#: opposed to failed (error, leaked), made room for another (evicted) or
+#: closed on purpose (closed, pool-closed).
+EXPIRY_REASONS: Final = frozenset({"idle", "lifetime", "uses", "health", "stale", "drained"})
 
 
-class AddressState:
-    """One address of an endpoint's name, with its own counts and health."""
-
-    __slots__ = (
-        "consecutive_failures",
-        "created",
-        "ejected_until",
-        "ejections",
-        "failures",
-        "idle",
-        "ip",
-        "listed",
-        "open",
-        "pending",
-    )
-
-    def __init__(self, ip: str) -> None:
-        self.ip = ip
-        # Established connections, in use or idle.  "In use" is derived
-        # (open - idle) so that handing out and taking back a connection
-        # touches no counter but the idle ones.
-        self.open = 0
-        self.pending = 0
-        # Idle records in the order they became idle: the last is the most
-        # recently used (reused first, while its socket is warm) and the first
-        # is the oldest (expired first).  A dict is an ordered set with O(1)
-        # removal from the middle.
-        self.idle: dict[ConnRecord, None] = {}
-        self.created = 0
-        self.failures = 0
-        self.consecutive_failures = 0
-        self.ejections = 0
-        self.ejected_until = -math.inf
-        # False once the name's latest answer no longer lists this address:
-        # its connections drain and it receives no new ones.
-        self.listed = True
-
-    @property
-    def active(self) -> int:
-        """Connections to this address handed out now."""
-        return self.open - len(self.idle)
-
-    @property
-    def connections(self) -> int:
-        return self.open + self.pending
-
-    def ejected(self, now: float) -> bool:
-        return now < self.ejected_until
-
-    def __repr__(self) -> str:
-        return (
-            f"<AddressState {self.ip} active={self.active} idle={len(self.idle)} "
-            f"pending={self.pending} failures={self.failures}>"
-        )
+def is_expiry(reason: str) -> bool:
+    """Whether a connection closed for ``reason`` expired (rather than failed
+    or was closed on purpose)."""
+    return reason in EXPIRY_REASONS
 
 
-class Waiter:
-    """A task parked until a slot or a connection is free for its endpoint."""
-
-    __slots__ = ("ep", "grant", "handle", "since", "waited")
-
-    def __init__(self, ep: EndpointState, handle: Any, since: float) -> None:
-        self.ep = ep
-        self.handle = handle
-        # None while waiting; then a ConnRecord, or DIAL (a reserved slot).
-        self.grant: ConnRecord | int | None = None
-        self.since = since
-        # Seconds from queueing to being served, when a release served it
-        # (the release knows the time: the shell need not read the clock
-        # again); None otherwise.
-        self.waited: float | None = None
-
-
-class EndpointState:
-    """Everything the pool knows about one endpoint (one pool key)."""
-
-    __slots__ = (
-        "addresses",
-        "closed",
-        "connect_failures",
-        "created",
-        "idle",
-        "idle_addrs",
-        "key",
-        "listed",
-        "open",
-        "owner",
-        "pending",
-        "reused",
-        "single",
-        "turn",
-        "waiters",
-    )
-
-    def __init__(self, key: Hashable) -> None:
-        self.key = key
-        # The PoolState this belongs to: lets the shell reject a connection
-        # from another pool with one identity check.
-        self.owner: object = None
-        # Established connections, in use or idle; in use is open - idle.
-        self.open = 0
-        self.idle = 0
-        self.pending = 0
-        self.created = 0
-        self.reused = 0
-        self.closed = 0
-        self.connect_failures = 0
-        # Every address that holds connections or is in the latest answer.
-        self.addresses: dict[str, AddressState] = {}
-        # The latest answer, in the resolver's order.
-        self.listed: list[AddressState] = []
-        # Ordered dicts, not dicts: popping from the front of a plain dict
-        # again and again costs a scan over the holes its deletions left.
-        self.waiters: OrderedDict[Waiter, None] = OrderedDict()
-        self.turn = 0
-        # The only address, when there is exactly one: the reuse path then
-        # needs no choice among addresses.
-        self.single: AddressState | None = None
-        # The addresses holding idle connections, in the order they came to
-        # hold them, oldest first, so that choosing where to reuse from
-        # costs about the same with 64 addresses as with 2 (kept only while
-        # there is more than one address; see _addresses_changed).  An
-        # address is appended when it gains an idle connection and removed
-        # when it has none left; list.remove keeps the order (a scan and a
-        # move of pointers in C, cheaper up to some hundreds of addresses
-        # than keeping positions for a swap-remove in Python).
-        self.idle_addrs: list[AddressState] = []
-
-    @property
-    def active(self) -> int:
-        """Connections handed out now."""
-        return self.open - self.idle
-
-    @property
-    def total(self) -> int:
-        return self.open + self.pending
-
-    def __repr__(self) -> str:
-        return (
-            f"<EndpointState {self.key} active={self.active} idle={self.idle} "
-            f"pending={self.pending} waiting={len(self.waiters)}>"
-        )
-
-
-class PoolState:
+class PoolState(Generic[K, C]):
     """The synchronous, I/O-free pool.
 
     :param config: limits and lifetimes.
 
-    Before handing out an idle connection, the machine asks its handle
-    ``handle.usable(idle_seconds)``: a cheap, non-blocking check (the shell
-    answers from flags its transport keeps, e.g. "the peer sent EOF while
-    idle", and from the kernel for long-idle ones).  It is the only thing
-    the machine ever asks of a handle, called directly because the reuse
-    path of every request runs it.
+    Before handing out an idle connection, the machine asks it
+    ``conn._usable(idle_seconds)`` (see :class:`Pooled`): the only thing it
+    ever asks of a connection, called directly because the reuse path of
+    every request runs it.
     """
 
     def __init__(self, config: Config) -> None:
@@ -275,7 +116,11 @@ class PoolState:
         self.max_waiters = config.max_waiters
         self.policy = POLICIES[config.balance]
         self.rng = random.Random(config.balance_seed)
-        self.endpoints: dict[Hashable, EndpointState] = {}
+        self.endpoints: dict[K, EndpointState[K, C]] = {}
+        # The endpoints of each name (another port, TLS or not: one answer).
+        self.by_name: dict[str, dict[EndpointState[K, C], None]] = {}
+        # Names being looked up again by the sweep (see refresh_due).
+        self.refreshing: set[str] = set()
         self.total = 0  # pending + active + idle, all endpoints
         self.closed = False
         self.next_id = 0
@@ -284,58 +129,114 @@ class PoolState:
         # Every waiter, oldest first, for first-come-first-served across
         # endpoints when the total limit is what blocks them; kept only when
         # there is a total limit (otherwise each endpoint's queue suffices).
-        self.waiters: OrderedDict[Waiter, None] = OrderedDict()
+        self.waiters: OrderedDict[Waiter[K, C], None] = OrderedDict()
         # Every idle record, least recently used first: the expiry sweep and
         # the eviction for max_connections both start from the front.
-        self.lru: OrderedDict[ConnRecord, None] = OrderedDict()
+        self.lru: OrderedDict[ConnRecord[K, C], None] = OrderedDict()
         # Every open record, a heap ordered by the end of its lifetime (with
         # lifetime_jitter, creation order is not that order), for lifetime
         # expiry; closed records are dropped lazily (see _compact_ages).
-        self.ages: list[ConnRecord] = []
+        self.ages: list[ConnRecord[K, C]] = []
         self.jitter = config.lifetime_jitter
         self.live = 0
         # True while a sweep closes idle records: it compacts ``ages`` once
         # when done, instead of at every halving on the way.
         self.sweeping = False
-        self.to_close: list[tuple[ConnRecord, str]] = []
-        self.to_wake: list[Waiter] = []
+        self.to_close: list[tuple[ConnRecord[K, C], str]] = []
+        self.to_wake: list[Waiter[K, C]] = []
         # Told of what no return value carries (an address ejected or
         # re-admitted): ``on_event(kind, ep, ip, detail)``; rare, so no list.
-        self.on_event: Callable[[str, EndpointState, str, str], None] | None = None
+        self.on_event: Callable[[str, EndpointState[K, C], str, str], None] | None = None
 
     # -- endpoints and addresses ---------------------------------------------
 
-    def endpoint(self, key: Hashable) -> EndpointState:
+    def endpoint(self, key: K, name: str | None = None) -> EndpointState[K, C]:
+        """The state of ``key``, made on first use.
+
+        :param name: the host name whose answer lists the endpoint's
+            addresses; None for an IP literal (then the key's address is
+            given with :meth:`set_addresses`).
+        """
         ep = self.endpoints.get(key)
         if ep is None:
-            ep = self.endpoints[key] = EndpointState(key)
+            ep = self.endpoints[key] = EndpointState(key, name)
             ep.owner = self
+            if name is not None:
+                self.by_name.setdefault(name, {})[ep] = None
         return ep
 
-    def forget_unused(self, keep: int) -> list[EndpointState]:
+    def forget_unused(self, keep: int = MAX_ENDPOINTS) -> list[EndpointState[K, C]]:
         """Bound the endpoints remembered: while more than ``keep`` are known,
         forget those with nothing open, opening or waiting, oldest first.
-        Returns what was forgotten (its counts leave ``stats()``)."""
+        Returns what was forgotten (its counts leave ``stats()``); a
+        forgotten state has no owner any more."""
         excess = len(self.endpoints) - keep
-        forgotten: list[EndpointState] = []
+        forgotten: list[EndpointState[K, C]] = []
         if excess <= 0:
             return forgotten
         for key, ep in list(self.endpoints.items()):
             if ep.total == 0 and not ep.waiters:
                 del self.endpoints[key]
+                ep.owner = None
+                if ep.name is not None:
+                    same = self.by_name[ep.name]
+                    del same[ep]
+                    if not same:
+                        del self.by_name[ep.name]
                 forgotten.append(ep)
                 if len(forgotten) >= excess:
                     break
         return forgotten
 
-    def set_addresses(self, ep: EndpointState, ips: Sequence[str]) -> None:
+    # -- names -------------------------------------------------------------------
+
+    def answer(self, name: str, ips: Sequence[str]) -> None:
+        """The latest answer for ``name``: every endpoint of the name
+        (another port, TLS or not) follows it at once, so that none keeps
+        dialling or reusing an address that left (see :meth:`set_addresses`)."""
+        fresh = tuple(dict.fromkeys(ips))
+        for ep in list(self.by_name.get(name, ())):
+            if tuple(a.ip for a in ep.listed) != fresh:
+                self.set_addresses(ep, fresh)
+
+    def refresh_due(
+        self, cached: Callable[[str], Sequence[str] | None]
+    ) -> list[EndpointState[K, C]]:
+        """The sweep's decision for names: which to look up again.
+
+        A name is refreshed while some endpoint of it holds connections (or
+        is dialling), so that addresses that left its answer drain even when
+        nobody dials.  ``cached(name)`` is the cache's fresh answer, or None
+        when it expired: a fresh answer (another endpoint of the name fetched
+        it) is spread at once (:meth:`answer`); for an expired one, the
+        first endpoint of the name that holds connections is returned (the
+        shell looks the name up for it), once until :meth:`refresh_done`.
+        """
+        due: list[EndpointState[K, C]] = []
+        for name, eps in list(self.by_name.items()):
+            holding = next((ep for ep in eps if ep.total), None)
+            if holding is None:
+                continue
+            ips = cached(name)
+            if ips is not None:
+                self.answer(name, ips)
+            elif name not in self.refreshing:
+                self.refreshing.add(name)
+                due.append(holding)
+        return due
+
+    def refresh_done(self, name: str) -> None:
+        """A lookup :meth:`refresh_due` asked for is over (answered or not)."""
+        self.refreshing.discard(name)
+
+    def set_addresses(self, ep: EndpointState[K, C], ips: Sequence[str]) -> None:
         """Record the name's latest answer.
 
         New addresses receive connections at once.  Addresses that left are
         drained: their idle connections close now, active ones close when
         released, and none is reused or dialled again.
         """
-        listed: list[AddressState] = []
+        listed: list[AddressState[K, C]] = []
         seen: set[str] = set()
         for ip in ips:
             if ip in seen:
@@ -355,20 +256,20 @@ class PoolState:
                     self._close_idle(rec, "drained")
                 self._forget_if_unused(ep, addr)
 
-    def _forget_if_unused(self, ep: EndpointState, addr: AddressState) -> None:
+    def _forget_if_unused(self, ep: EndpointState[K, C], addr: AddressState[K, C]) -> None:
         if not addr.listed and addr.connections == 0:
             ep.addresses.pop(addr.ip, None)
             self._addresses_changed(ep)
 
     @staticmethod
-    def _addresses_changed(ep: EndpointState) -> None:
+    def _addresses_changed(ep: EndpointState[K, C]) -> None:
         addresses = ep.addresses
         ep.single = next(iter(addresses.values())) if len(addresses) == 1 else None
         ep.idle_addrs = [] if ep.single is not None else [a for a in addresses.values() if a.idle]
 
     # -- acquiring -------------------------------------------------------------
 
-    def acquire(self, ep: EndpointState, now: float) -> ConnRecord | int:
+    def acquire(self, ep: EndpointState[K, C], now: float) -> ConnRecord[K, C] | Answer:
         """A task asks for a connection to ``ep``.
 
         :returns: an idle :class:`ConnRecord` now active, :data:`DIAL` (a slot
@@ -385,8 +286,7 @@ class PoolState:
         while ep.idle:
             single = ep.single
             if single is not None:
-                addr = single
-                rec, _ = addr.idle.popitem()  # the most recently used
+                rec, _ = single.idle.popitem()  # the most recently used
             else:
                 addr = self._idle_address(ep)
                 rec, _ = addr.idle.popitem()
@@ -394,7 +294,8 @@ class PoolState:
                     ep.idle_addrs.remove(addr)
             del self.lru[rec]
             ep.idle -= 1
-            if now < rec.expires and rec.handle.usable(now - rec.last_used):
+            conn = rec.conn  # (never None while idle: the pool holds it)
+            if now < rec.expires and conn is not None and conn._usable(now - rec.last_used):
                 rec.state = ACTIVE
                 rec.uses += 1
                 ep.reused += 1
@@ -415,7 +316,7 @@ class PoolState:
                 return DIAL
         return WAIT
 
-    def _idle_address(self, ep: EndpointState) -> AddressState:
+    def _idle_address(self, ep: EndpointState[K, C]) -> AddressState[K, C]:
         """The address to reuse an idle connection from: the least loaded;
         equal ones take turns.
 
@@ -446,7 +347,7 @@ class PoolState:
                 best, best_busy = addr, busy
         return best
 
-    def _expiry(self, rec: ConnRecord, now: float) -> str | None:
+    def _expiry(self, rec: ConnRecord[K, C], now: float) -> str | None:
         if now >= rec.dies:
             return "lifetime"
         if now >= rec.expires:
@@ -464,7 +365,7 @@ class PoolState:
         self._close_idle(rec, "evicted")
         return True
 
-    def enqueue(self, ep: EndpointState, handle: Any, now: float) -> Waiter | None:
+    def enqueue(self, ep: EndpointState[K, C], handle: Any, now: float) -> Waiter[K, C] | None:
         """Park a task that got :data:`WAIT`.  Returns None when ``max_waiters``
         are already waiting: the caller fails at once."""
         if self.max_waiters is not None and self.n_waiters >= self.max_waiters:
@@ -476,7 +377,7 @@ class PoolState:
             self.waiters[w] = None
         return w
 
-    def cancel(self, w: Waiter, now: float) -> None:
+    def cancel(self, w: Waiter[K, C], now: float) -> None:
         """A waiter gave up (timeout or cancellation).
 
         If it was served in the meantime, what it was given goes to the next
@@ -486,7 +387,7 @@ class PoolState:
         if grant is None:
             if w in w.ep.waiters:  # idempotent: a timeout may have unqueued it
                 self._unqueue(w)
-        elif grant.__class__ is int:
+        elif grant is DIAL:
             w.grant = None
             self.dial_abandoned(w.ep)
         else:
@@ -496,7 +397,7 @@ class PoolState:
             w.ep.reused -= 1
             self.release(grant, now, reusable=True)
 
-    def _unqueue(self, w: Waiter) -> None:
+    def _unqueue(self, w: Waiter[K, C]) -> None:
         del w.ep.waiters[w]
         self.n_waiters -= 1
         if self.max_total is not None:
@@ -506,7 +407,7 @@ class PoolState:
 
     def pick_address(
         self,
-        ep: EndpointState,
+        ep: EndpointState[K, C],
         now: float,
         avoid: Iterable[str] = (),
         family: int | None = None,
@@ -526,8 +427,8 @@ class PoolState:
         if not listed:
             return None
         avoid = set(avoid)
-        candidates: list[AddressState] = []
-        admitted: list[AddressState] = []
+        candidates: list[AddressState[K, C]] = []
+        admitted: list[AddressState[K, C]] = []
         # One pass: re-admit addresses whose ejection is over, skip those
         # still ejected, and those this dial already tried.
         for a in listed:
@@ -553,7 +454,7 @@ class PoolState:
         return addr.ip
 
     def attempt_failed(
-        self, ep: EndpointState, ip: str, now: float, *, counts: bool = True
+        self, ep: EndpointState[K, C], ip: str, now: float, *, counts: bool = True
     ) -> None:
         """One attempt to ``ip`` failed (``counts``) or was abandoned (not)."""
         addr = ep.addresses[ip]
@@ -565,7 +466,7 @@ class PoolState:
                 self._maybe_eject(ep, addr, now)
         self._forget_if_unused(ep, addr)
 
-    def _maybe_eject(self, ep: EndpointState, addr: AddressState, now: float) -> None:
+    def _maybe_eject(self, ep: EndpointState[K, C], addr: AddressState[K, C], now: float) -> None:
         # Envoy's outlier detection: eject for base_time * times-ejected,
         # capped, and never more than a share of the hosts; when the share
         # would be exceeded the address stays in (fail open).
@@ -589,11 +490,11 @@ class PoolState:
             f"{self.config.eject_after_failures} consecutive failures; out for {duration:g} s",
         )
 
-    def _event(self, kind: str, ep: EndpointState, ip: str, detail: str) -> None:
+    def _event(self, kind: str, ep: EndpointState[K, C], ip: str, detail: str) -> None:
         if self.on_event is not None:
             self.on_event(kind, ep, ip, detail)
 
-    def connected(self, ep: EndpointState, ip: str, handle: Any, now: float) -> ConnRecord:
+    def connected(self, ep: EndpointState[K, C], ip: str, conn: C, now: float) -> ConnRecord[K, C]:
         """The dial that reserved a slot on ``ep`` succeeded on ``ip``."""
         addr = ep.addresses[ip]
         addr.pending -= 1
@@ -612,17 +513,17 @@ class PoolState:
         if self.jitter:
             lifetime *= 1.0 - self.jitter * self.rng.random()
         rec = ConnRecord(self.next_id, ep, addr, now, lifetime)
-        rec.handle = handle
+        rec.conn = conn
         heapq.heappush(self.ages, rec)
         self.live += 1
         return rec
 
-    def dial_failed(self, ep: EndpointState) -> None:
+    def dial_failed(self, ep: EndpointState[K, C]) -> None:
         """The dial that reserved a slot on ``ep`` gave up with an error."""
         ep.connect_failures += 1
         self.dial_abandoned(ep)
 
-    def dial_abandoned(self, ep: EndpointState) -> None:
+    def dial_abandoned(self, ep: EndpointState[K, C]) -> None:
         """The slot reserved for a dial is free again (failure or cancel)."""
         ep.pending -= 1
         self.total -= 1
@@ -630,7 +531,9 @@ class PoolState:
 
     # -- releasing ----------------------------------------------------------------
 
-    def release(self, rec: ConnRecord, now: float, reusable: bool, why: str = "error") -> None:
+    def release(
+        self, rec: ConnRecord[K, C], now: float, reusable: bool, why: str = "error"
+    ) -> None:
         """A handed-out connection comes back.
 
         :param reusable: False when the user closed it, an I/O error or an
@@ -638,7 +541,7 @@ class PoolState:
         :param why: the close reason when not reusable ("closed" for a
             connection the user closed, "error" otherwise).
         """
-        if rec.state != ACTIVE:
+        if rec.state is not ACTIVE:
             raise RuntimeError(f"connection #{rec.id} is not in use: it was already released")
         ep = rec.ep
         addr = rec.addr
@@ -681,7 +584,7 @@ class PoolState:
         ep.idle += 1
         self.lru[rec] = None
 
-    def _release_reason(self, rec: ConnRecord, now: float) -> str:
+    def _release_reason(self, rec: ConnRecord[K, C], now: float) -> str:
         if self.closed:
             return "pool-closed"
         if self.max_uses is not None and rec.uses >= self.max_uses:
@@ -690,14 +593,14 @@ class PoolState:
             return "lifetime"
         return "drained"
 
-    def discard(self, rec: ConnRecord, reason: str) -> None:
+    def discard(self, rec: ConnRecord[K, C], reason: str) -> None:
         """Close a handed-out connection (a failed health check, say)."""
-        if rec.state != ACTIVE:
+        if rec.state is not ACTIVE:
             raise RuntimeError(f"connection #{rec.id} is not in use")
         rec.state = CLOSED
         self._closed(rec, reason)
 
-    def _close_idle(self, rec: ConnRecord, reason: str) -> None:
+    def _close_idle(self, rec: ConnRecord[K, C], reason: str) -> None:
         addr = rec.addr
         del addr.idle[rec]
         if not addr.idle and rec.ep.single is None:
@@ -707,7 +610,7 @@ class PoolState:
         rec.state = CLOSED
         self._closed(rec, reason)
 
-    def _closed(self, rec: ConnRecord, reason: str) -> None:
+    def _closed(self, rec: ConnRecord[K, C], reason: str) -> None:
         """Book-keeping for a record just set CLOSED (and out of any idle
         set): free its slot."""
         ep = rec.ep
@@ -723,10 +626,10 @@ class PoolState:
         self._slot_freed(ep)
 
     def _compact_ages(self) -> None:
-        self.ages = [r for r in self.ages if r.state != CLOSED]
+        self.ages = [r for r in self.ages if r.state is not CLOSED]
         heapq.heapify(self.ages)
 
-    def _slot_freed(self, ep: EndpointState) -> None:
+    def _slot_freed(self, ep: EndpointState[K, C]) -> None:
         """A slot on ``ep`` (and in the total) is free: serve the waiter that
         has waited longest among those it can serve."""
         if not self.n_waiters or self.closed:
@@ -748,7 +651,7 @@ class PoolState:
         w.grant = DIAL
         self.to_wake.append(w)
 
-    def _oldest_dialable(self) -> Waiter | None:
+    def _oldest_dialable(self) -> Waiter[K, C] | None:
         for w in self.waiters:
             if w.ep.total < self.per_endpoint:
                 return w
@@ -775,13 +678,13 @@ class PoolState:
         ages = self.ages
         while ages:
             rec = ages[0]
-            if rec.state == CLOSED:
+            if rec.state is CLOSED:
                 heapq.heappop(ages)
                 continue
             if now < rec.dies:
                 break
             heapq.heappop(ages)
-            if rec.state == IDLE:
+            if rec.state is IDLE:
                 self._close_idle(rec, "lifetime")
                 ages = self.ages  # (a close may have compacted it)
             # An active record past its lifetime closes on release.
@@ -792,7 +695,7 @@ class PoolState:
         if self.lru:
             deadline = next(iter(self.lru)).last_used + self.max_idle
         ages = self.ages
-        while ages and ages[0].state == CLOSED:
+        while ages and ages[0].state is CLOSED:
             heapq.heappop(ages)  # (dropping what sweep would drop: no change seen)
         if ages:
             deadline = min(deadline, ages[0].dies)

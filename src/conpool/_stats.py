@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._endpoint import Endpoint
@@ -169,11 +169,11 @@ for _cls in (AddressStats, EndpointStats, HistogramStats, PoolStats):
 
 
 def snapshot(
-    state: PoolState,
+    state: PoolState[Endpoint, Any],
     now: float,
     stale: frozenset[str] = frozenset(),
-    waits: Mapping[EndpointState, Histogram] | None = None,
-    connects: Mapping[EndpointState, Histogram] | None = None,
+    waits: Mapping[EndpointState[Endpoint, Any], Histogram] | None = None,
+    connects: Mapping[EndpointState[Endpoint, Any], Histogram] | None = None,
 ) -> PoolStats:
     """Copy the counts out of the state machine (never a live view)."""
     endpoints: dict[Endpoint, EndpointStats] = {}
@@ -191,7 +191,7 @@ def snapshot(
             )
             for ip, a in ep.addresses.items()
         }
-        endpoint: Endpoint = key  # type: ignore[assignment]
+        endpoint = key
         endpoints[endpoint] = EndpointStats(
             active=ep.active,
             idle=ep.idle,
