@@ -219,6 +219,78 @@ async def test_dial_slot_handed_to_a_waiter(echo_server: EchoServer) -> None:
     assert [ev.detail for ev in events if ev.kind in ("conn.expire", "conn.close")] == ["uses"] * 4
 
 
+async def test_a_shared_lookup_is_traced_once_with_who_joined_it(echo_server: EchoServer) -> None:
+    """Three acquires of two endpoints of one name need its addresses at
+    once: one lookup is made, traced once (started, then complete), and each
+    acquire that shared it says so (resolve.joined, with its own endpoint)."""
+    tracer = conpool.Tracer()
+    resolver = StallingResolver({"shared.test": ["127.0.0.1"]}, delay=0.2)
+    first = conpool.Endpoint("shared.test", echo_server.port)
+    other_port = unused_port()  # never dialled: only its lookup matters
+    second = conpool.Endpoint("shared.test", other_port)
+    config = conpool.Config(max_connections_per_endpoint=4, connect_retries=0)
+    async with conpool.Pool(config, resolver=resolver, tracer=tracer) as pool:
+        outcomes: list[str] = []
+
+        async def take(ep: conpool.Endpoint) -> None:
+            try:
+                async with pool.connection(ep):
+                    outcomes.append("ok")
+            except conpool.ConnectError:
+                outcomes.append("refused")
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for ep in (first, first, second):
+                    tg.start_soon(take, ep)
+                    await anyio.sleep(0.01)  # in this order
+        assert sorted(outcomes) == ["ok", "ok", "refused"]
+        resolves = [ev for ev in tracer.events() if ev.kind.startswith("resolve.")]
+        assert [(ev.kind, ev.endpoint) for ev in resolves] == [
+            ("resolve.started", str(first)),
+            ("resolve.joined", str(first)),
+            ("resolve.joined", str(second)),
+            ("resolve.complete", str(first)),
+        ]
+        assert resolver.calls == 1
+        assert resolves[-1].detail == "127.0.0.1"
+        # Joining costs no lookup of its own: no duration, no detail.
+        assert all(ev.duration_ns is None and ev.detail == "" for ev in resolves[1:3])
+        check_quiet(pool)
+
+
+async def test_a_shared_failed_lookup_is_traced_once() -> None:
+    tracer = conpool.Tracer()
+    resolver = StallingResolver({"gone.test": ["127.0.0.1"]}, delay=0.2)
+    resolver.fail_next = 1
+    ep = conpool.Endpoint("gone.test", 80)
+    async with conpool.Pool(resolver=resolver, tracer=tracer) as pool:
+        errors: list[conpool.ResolveError] = []
+
+        async def take() -> None:
+            try:
+                await pool.acquire(ep)
+            except conpool.ResolveError as exc:
+                errors.append(exc)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(take)
+        assert len(errors) == 3
+        assert kinds(tracer.events()) == [
+            "resolve.started",
+            "resolve.joined",
+            "resolve.joined",
+            "resolve.failed",
+            "acquire.failed",
+            "acquire.failed",
+            "acquire.failed",
+        ]
+        assert resolver.calls == 1
+        check_quiet(pool)
+
+
 # --------------------------------------------------------------------------
 # Expiry, with its reason
 

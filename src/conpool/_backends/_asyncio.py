@@ -71,9 +71,9 @@ class _Protocol(asyncio.Protocol):
         # TLS transport cannot (and warns if asked).
         self.half_close = half_close
         self.transport: asyncio.Transport | None = None
-        # A list, not a deque: an empty deque costs 760 bytes per idle
-        # connection, a list 56; it rarely holds more than one chunk, and
-        # data_received coalesces it so that pop(0) stays cheap.
+        # A list, not a deque: an empty deque is many times the size of an
+        # empty list, on every idle connection; it rarely holds more than one
+        # chunk, and data_received coalesces it so that pop(0) stays cheap.
         self.buffer: list[bytes] = []
         self.buffered = 0
         self.paused = False

@@ -82,8 +82,8 @@ class SocketOwner(Connection):
         # Bytes the last user left unread (a request cut short) sit in the
         # kernel, not in a buffer of ours, and may have come long before
         # the release (test_cancel.py::test_cancel_while_holding).
-        # (The descriptor is not kept: an int above 256 is 28 more bytes per
-        # idle connection, and this path makes a system call anyway.)
+        # (The descriptor is not kept: an int above 256 is one more object
+        # on every idle connection, and this path makes a system call anyway.)
         return probe(self._sock.fileno(), self._tls)
 
 
@@ -273,8 +273,8 @@ class SocketConnection(SocketOwner):
     def _closer(self) -> Callable[[], None]:
         # For a connection dropped without release: nothing can be waiting
         # on its socket (a task waiting would hold the connection), so no
-        # trio.lowlevel.notify_closing is due, and a bound method costs 64
-        # bytes per connection where a partial of _close_socket costs 190.
+        # trio.lowlevel.notify_closing is due, and a bound method is kept
+        # on every connection, smaller than a partial of close_socket.
         return self._sock.close
 
     @property
