@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import cast
 
 __all__ = ["LatencyProxy"]
 
@@ -26,7 +27,9 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # (A stream connection's transport is an asyncio.Transport; uvloop's
+        # implement the interface without subclassing it.)
+        self.transport = cast(asyncio.Transport, transport)
         if not self.upstream:
             self.link.client_connected(self)
 

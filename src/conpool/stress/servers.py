@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .proxy import LatencyProxy
 
@@ -96,10 +96,12 @@ class _Base(asyncio.Protocol):
         self.ip = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sockname = transport.get_extra_info("sockname")
+        # (A stream connection's transport is an asyncio.Transport; uvloop's
+        # implement the interface without subclassing it.)
+        stream = self.transport = cast(asyncio.Transport, transport)
+        sockname = stream.get_extra_info("sockname")
         self.ip = sockname[0] if sockname else ""
-        self.hub.connections.setdefault(self.ip, set()).add(transport)  # type: ignore[arg-type]
+        self.hub.connections.setdefault(self.ip, set()).add(stream)
         self.hub.counts.accepted[f"{self.kind} {self.ip}"] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
