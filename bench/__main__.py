@@ -1,7 +1,7 @@
-"""``python -m bench``: run the benchmark matrix and print the table."""
+"""``python -m bench``: run the benchmark matrix and print the tables."""
 
 from __future__ import annotations
 
-from bench.runner import main
+from bench.harness import main
 
 raise SystemExit(main())

@@ -1,67 +1,35 @@
-"""HTTP/1.1 keep-alive: what the pool costs inside an HTTP client.
+"""``http``: HTTP/1.1 keep-alive GETs of a 64-byte body, C tasks, against
+nginx (or bench.servers' HTTP server) on the other core.
 
-C tasks each send ``GET /`` and read the whole response (a fixed 200 with a
-64-byte ``Content-Length`` body) as fast as they can, against an HTTP server
-the cell starts on the other core (nginx when installed, else the uvloop
-server of :mod:`bench.servers`; see the ``server_nginx`` metric).
-
-* ``raw``: the minimal client below over one persistent connection per
-  task, no pool: asyncio streams on asyncio and uvloop (``write``,
-  ``drain``, ``read``), trio's ``SocketStream`` on trio.
-* ``conpool``: the same minimal client, every request in ``async with
-  pool.connection(ep) as conn``, ``max_connections_per_endpoint = C``,
-  under ``anyio.run``.
-* ``httpcore``: ``httpcore.AsyncConnectionPool(max_connections=C)``,
-  ``await pool.request("GET", url)`` (reads the body); asyncio, uvloop and
-  trio.
-* ``aiohttp``: ``aiohttp.ClientSession`` with ``TCPConnector(limit=C)``,
-  ``async with session.get(url) as r: await r.read()``; asyncio and uvloop.
-
-The minimal client is the same code for ``raw`` and ``conpool`` (one
-request head, one head parser, a Content-Length body; no chunked bodies, no
-pipelining), so ``conpool/raw`` is what borrowing a connection per request
-costs in an HTTP stack, and ``httpcore/raw``, ``aiohttp/raw`` what a full
-HTTP client with its own pool costs.
+``raw`` and ``conpool`` share one minimal client (a request head, a head
+parser, a Content-Length body), so ``conpool/raw`` is what a lease per
+request costs in an HTTP stack; ``httpcore`` and ``aiohttp`` are full
+clients with their own pools.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import ClassVar
 
-from bench.common import fmt_num, fmt_ratio, phase_metrics, stat_fmt
-from bench.loops import (
+from bench.base import LOOPS, Cell, CellSpec, Impls, Metrics, Options, Summary, VersusRaw
+from bench.procs import server_core
+from bench.servers import BODY, Running, start
+from bench.timing import (
     Meter,
     drive_anyio,
     drive_asyncio,
-    drive_trio,
+    drive_native,
     run_anyio,
     run_asyncio,
-    run_trio,
+    run_native,
 )
-from bench.servers import BODY, Running, server_core, start
-from bench.workloads import (
-    LOOPS,
-    Cell,
-    CellSpec,
-    Metrics,
-    Options,
-    Ratio,
-    Stat,
-    Summary,
-    Workload,
-    table,
-)
-
-__all__ = ["Http", "ProtocolError", "parse_head", "request_head"]
 
 
 class ProtocolError(Exception):
     """The server's answer is not what the minimal client understands."""
-
-
-# -- the minimal HTTP/1.1 client ------------------------------------------------------
 
 
 def request_head(host: str, port: int, path: str = "/") -> bytes:
@@ -69,8 +37,8 @@ def request_head(host: str, port: int, path: str = "/") -> bytes:
 
 
 def parse_head(head: bytes) -> tuple[int, int, bool]:
-    """(status, Content-Length, keep-alive) from a response head (up to,
-    not including, the blank line)."""
+    """(status, Content-Length, keep-alive) of a response head (up to, not
+    including, the blank line)."""
     lower = head.lower()
     if not lower.startswith(b"http/1.1 "):
         raise ProtocolError(f"not an HTTP/1.1 response: {head[:40]!r}")
@@ -80,130 +48,91 @@ def parse_head(head: bytes) -> tuple[int, int, bool]:
         raise ProtocolError("no Content-Length (chunked bodies are not supported)")
     j = lower.find(b"\r\n", i + 17)
     length = int(lower[i + 17 : j] if j >= 0 else lower[i + 17 :])
-    keep = lower.find(b"\r\nconnection: close") < 0
-    return status, length, keep
+    return status, length, lower.find(b"\r\nconnection: close") < 0
 
 
-def _check(status: int, length: int, have: int) -> None:
+async def exchange(
+    send: Callable[[bytes], Awaitable[None]], recv: Callable[[], Awaitable[bytes]], request: bytes
+) -> bool:
+    """One request and its whole response; returns keep-alive."""
+    await send(request)
+    buf = await recv()
+    end = buf.find(b"\r\n\r\n")
+    while end < 0:
+        more = await recv()
+        if not more:
+            raise ProtocolError("connection closed mid-response")
+        buf += more
+        end = buf.find(b"\r\n\r\n")
+    status, length, keep = parse_head(buf[:end])
+    have = len(buf) - end - 4
+    while have < length:
+        more = await recv()
+        if not more:
+            raise ProtocolError("connection closed mid-body")
+        have += len(more)
     if status != 200 or have != length or length != len(BODY):
         raise ProtocolError(f"status {status}, body {have} of {length} bytes")
-
-
-async def get_conpool(conn: Any, request: bytes) -> bool:
-    """One exchange over a conpool Connection; returns keep-alive."""
-    await conn.send(request)
-    buf = await conn.receive()
-    end = buf.find(b"\r\n\r\n")
-    while end < 0:
-        buf += await conn.receive()
-        end = buf.find(b"\r\n\r\n")
-    status, length, keep = parse_head(buf[:end])
-    have = len(buf) - end - 4
-    while have < length:
-        have += len(await conn.receive())
-    _check(status, length, have)
     return keep
 
 
-async def get_asyncio(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> bool:
-    """The same exchange over asyncio streams."""
-    writer.write(request)
-    await writer.drain()
-    buf = await reader.read(65536)
-    end = buf.find(b"\r\n\r\n")
-    while end < 0:
-        more = await reader.read(65536)
-        if not more:
-            raise ProtocolError("connection closed mid-response")
-        buf += more
-        end = buf.find(b"\r\n\r\n")
-    status, length, keep = parse_head(buf[:end])
-    have = len(buf) - end - 4
-    while have < length:
-        more = await reader.read(65536)
-        if not more:
-            raise ProtocolError("connection closed mid-body")
-        have += len(more)
-    _check(status, length, have)
-    return keep
+Send = Callable[[bytes], Awaitable[None]]
+Recv = Callable[[], Awaitable[bytes]]
+Close = Callable[[], Awaitable[None]]
 
 
-async def get_trio(stream: Any, request: bytes) -> bool:
-    """The same exchange over a trio SocketStream."""
-    await stream.send_all(request)
-    buf = await stream.receive_some(65536)
-    end = buf.find(b"\r\n\r\n")
-    while end < 0:
-        more = await stream.receive_some(65536)
-        if not more:
-            raise ProtocolError("connection closed mid-response")
-        buf += more
-        end = buf.find(b"\r\n\r\n")
-    status, length, keep = parse_head(buf[:end])
-    have = len(buf) - end - 4
-    while have < length:
-        more = await stream.receive_some(65536)
-        if not more:
-            raise ProtocolError("connection closed mid-body")
-        have += len(more)
-    _check(status, length, have)
-    return keep
+async def _open_trio(host: str, port: int) -> tuple[Send, Recv, Close]:
+    import trio
+
+    stream = await trio.open_tcp_stream(host, port)
+    return stream.send_all, functools.partial(stream.receive_some, 65536), stream.aclose
 
 
-# -- one runner per implementation ------------------------------------------------------
+async def _open_asyncio(host: str, port: int) -> tuple[Send, Recv, Close]:
+    reader, writer = await asyncio.open_connection(host, port)
+
+    async def send(data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+
+    async def close() -> None:
+        writer.close()
+        await writer.wait_closed()
+
+    return send, functools.partial(reader.read, 65536), close
 
 
 def _raw(spec: CellSpec, srv: Running) -> Metrics:
+    """One persistent connection per task: trio's SocketStream, or asyncio streams."""
     host, port = srv.hosts[0], srv.port
     request = request_head(host, port)
-    if spec.cell.loop == "trio":
-        import trio
-
-        async def trio_worker(meter: Meter) -> None:
-            while not meter.stop:
-                stream = await trio.open_tcp_stream(host, port)
-                async with stream:
-                    while not meter.stop:
-                        keep = await get_trio(stream, request)
-                        meter.n += 1
-                        if not keep:
-                            break
-
-        async def trio_main() -> Metrics:
-            sample = await drive_trio(trio_worker, spec.cell.conc, spec.warmup, spec.duration)
-            return phase_metrics(sample)
-
-        return run_trio(trio_main)
+    loop = spec.cell.loop
+    open_ = _open_trio if loop == "trio" else _open_asyncio
 
     async def worker(meter: Meter) -> None:
         while not meter.stop:
-            reader, writer = await asyncio.open_connection(host, port)
+            send, recv, close = await open_(host, port)
             try:
                 while not meter.stop:
-                    keep = await get_asyncio(reader, writer, request)
+                    keep = await exchange(send, recv, request)
                     meter.n += 1
                     if not keep:
                         break
             finally:
-                writer.close()
-                await writer.wait_closed()
+                await close()
 
     async def main() -> Metrics:
-        return phase_metrics(
-            await drive_asyncio(worker, spec.cell.conc, spec.warmup, spec.duration)
-        )
+        sample = await drive_native(loop)(worker, spec.cell.conc, spec.warmup, spec.duration)
+        return sample.throughput()
 
-    return run_asyncio(spec.cell.loop, main)
+    return run_native(loop, main)
 
 
 def _conpool(spec: CellSpec, srv: Running) -> Metrics:
     import conpool
 
-    host, port = srv.hosts[0], srv.port
-    endpoint = conpool.Endpoint(host, port)
-    request = request_head(host, port)
+    endpoint = conpool.Endpoint(srv.hosts[0], srv.port)
+    request = request_head(srv.hosts[0], srv.port)
     config = conpool.Config(max_connections_per_endpoint=spec.cell.conc)
 
     async def main() -> Metrics:
@@ -212,12 +141,12 @@ def _conpool(spec: CellSpec, srv: Running) -> Metrics:
             async def worker(meter: Meter) -> None:
                 while not meter.stop:
                     async with pool.connection(endpoint) as conn:
-                        if not await get_conpool(conn, request):
+                        if not await exchange(conn.send, conn.receive, request):
                             await conn.aclose()
                     meter.n += 1
 
             sample = await drive_anyio(worker, spec.cell.conc, spec.warmup, spec.duration)
-        return phase_metrics(sample)
+        return sample.throughput()
 
     return run_anyio(spec.cell.loop, main)
 
@@ -239,15 +168,11 @@ def _httpcore(spec: CellSpec, srv: Running) -> Metrics:
                         raise ProtocolError(f"httpcore: status {response.status}")
                     meter.n += 1
 
-            if spec.cell.loop == "trio":
-                sample = await drive_trio(worker, conc, spec.warmup, spec.duration)
-            else:
-                sample = await drive_asyncio(worker, conc, spec.warmup, spec.duration)
-        return phase_metrics(sample)
+            drive = drive_native(spec.cell.loop)
+            sample = await drive(worker, conc, spec.warmup, spec.duration)
+        return sample.throughput()
 
-    if spec.cell.loop == "trio":
-        return run_trio(main)
-    return run_asyncio(spec.cell.loop, main)
+    return run_native(spec.cell.loop, main)
 
 
 def _aiohttp(spec: CellSpec, srv: Running) -> Metrics:
@@ -269,7 +194,7 @@ def _aiohttp(spec: CellSpec, srv: Running) -> Metrics:
                     meter.n += 1
 
             sample = await drive_asyncio(worker, conc, spec.warmup, spec.duration)
-        return phase_metrics(sample)
+        return sample.throughput()
 
     return run_asyncio(spec.cell.loop, main)
 
@@ -282,26 +207,21 @@ RUNNERS: dict[str, Callable[[CellSpec, Running], Metrics]] = {
 }
 
 
-class Http(Workload):
+class Http(VersusRaw):
     name = "http"
     title = "HTTP/1.1 keep-alive GET, 64 B body, C tasks"
-    impls: ClassVar[Mapping[str, tuple[str, ...]]] = {
-        "raw": ("asyncio", "uvloop", "trio"),
-        "conpool": ("asyncio", "uvloop", "trio"),
-        "httpcore": ("asyncio", "uvloop", "trio"),
+    impls: ClassVar[Impls] = {
+        "raw": LOOPS,
+        "conpool": LOOPS,
+        "httpcore": LOOPS,
         "aiohttp": ("asyncio", "uvloop"),
     }
-    POOLS = ("conpool", "httpcore", "aiohttp")
-    quick = False
+    pools = ("conpool", "httpcore", "aiohttp")
+    timing = (0.4, 0.15)  # each cell also starts its server (~0.05 s for nginx)
+    quick_timing = (0.15, 0.05)
 
-    def timing(self, quick: bool) -> tuple[float, float]:
-        # The runner asks for the timing before the cells: remember --quick.
-        self.quick = quick
-        # Each cell also starts its server (~0.05 s for nginx).
-        return (0.15, 0.05) if quick else (0.4, 0.15)
-
-    def concurrency(self, opts: Options) -> tuple[int, ...]:
-        if self.quick and opts.conc == (1, 16, 64):
+    def levels(self, opts: Options) -> tuple[int, ...]:
+        if opts.quick and opts.conc == (1, 16, 64):
             return (1, 64)  # --quick with the default levels: the ends only
         return opts.conc
 
@@ -311,77 +231,8 @@ class Http(Workload):
         metrics["server_nginx"] = 1.0 if srv.name.startswith("nginx") else 0.0
         return metrics
 
-    def _raw_of(self, cell: Cell) -> Cell:
-        return Cell(self.name, "raw", cell.loop, cell.conc)
-
-    def _pair(self, cell: Cell) -> tuple[Ratio, Ratio]:
-        raw = self._raw_of(cell)
-        return (
-            Ratio(f"{cell.impl}/raw", cell, raw, "rps"),
-            Ratio(f"{cell.impl}/raw cpu", raw, cell, "cpu_us"),
-        )
-
-    def ratios(self, cells: Sequence[Cell]) -> list[Ratio]:
-        present = set(cells)
-        out: list[Ratio] = []
-        for cell in cells:
-            if cell.impl in self.POOLS and self._raw_of(cell) in present:
-                out += self._pair(cell)
-        return out
-
     def report(self, summary: Summary, cells: Sequence[Cell]) -> list[str]:
-        present = set(cells)
-        impls = [i for i in self.impls if any(c.impl == i for c in cells)]
-        pools = [i for i in self.POOLS if i in impls]
-        grid = sorted({(c.loop, c.conc) for c in cells}, key=lambda lc: (LOOPS.index(lc[0]), lc[1]))
-        stats = [summary.cell(c, "server_nginx") for c in cells]
-        nginx = [s.median for s in stats if s is not None]
-        server = (
-            "nginx (1 worker, pinned)"
-            if nginx and min(nginx) == 1.0
-            else "the uvloop server of bench/servers.py"
-            if nginx and max(nginx) == 0.0
-            else "nginx or the uvloop server (mixed)"
-        )
-
-        def cells_table(metric: str, scale: float) -> list[str]:
-            rows = []
-            for loop, conc in grid:
-                row = [loop, str(conc)]
-                for impl in impls:
-                    cell = Cell(self.name, impl, loop, conc)
-                    stat = summary.cell(cell, metric)
-                    row.append(stat_fmt(stat, fmt_num, scale) if cell in present else "")
-                rows.append(row)
-            return table(["loop", "C", *impls], rows)
-
-        def ratio_table(which: int) -> list[str]:
-            rows = []
-            for loop, conc in grid:
-                row = [loop, str(conc)]
-                for impl in pools:
-                    cell = Cell(self.name, impl, loop, conc)
-                    stat: Stat | None = summary.ratio(self._pair(cell)[which])
-                    row.append(stat_fmt(stat, fmt_ratio) if cell in present else "")
-                rows.append(row)
-            return table(["loop", "C", *(f"{i}/raw" for i in pools)], rows)
-
-        return [
-            f"Server: {server}",
-            "",
-            "Throughput, thousands of requests/s, median [min-max] over the repeats",
-            "",
-            *cells_table("rps", 1e-3),
-            "",
-            "Throughput ratio to raw on the same loop and C (paired within each repeat)",
-            "",
-            *ratio_table(0),
-            "",
-            "Client CPU µs per request",
-            "",
-            *cells_table("cpu_us", 1.0),
-            "",
-            "CPU ratio: raw's CPU per request / the client's (1.00 = as cheap as raw; paired)",
-            "",
-            *ratio_table(1),
-        ]
+        nginx = {s.median for c in cells if (s := summary.cell(c, "server_nginx")) is not None}
+        server = {1.0: "nginx (1 worker, pinned)", 0.0: "the uvloop server of bench/servers.py"}
+        shown = server[nginx.pop()] if len(nginx) == 1 else "nginx or the uvloop server (mixed)"
+        return [f"Server: {shown}", "", *super().report(summary, cells)]

@@ -38,9 +38,12 @@ from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
-from bench.cell import pin
-from bench.runner import HOST, EchoServer, cores
-from bench.workloads import LOOPS, Cell, CellSpec, Metrics, registry
+from bench._internals import LEASE_EXIT_ANCHOR, RELEASE_ANCHOR
+from bench.base import LOOPS, Cell, CellSpec, Metrics
+from bench.harness import HOST
+from bench.procs import cores, pin
+from bench.registry import WORKLOADS
+from bench.servers import start
 
 # The metric that counts a cell's operations, per workload.
 COUNTS = {
@@ -158,58 +161,46 @@ def _short(filename: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    workloads = registry()
     p = argparse.ArgumentParser(prog="python -m bench.profiling")
-    p.add_argument("--workload", choices=list(workloads), default="acquire")
+    p.add_argument("--workload", choices=list(WORKLOADS), default="acquire")
     p.add_argument("--impl", default="conpool")
     p.add_argument("--loop", choices=LOOPS, default="uvloop")
     p.add_argument("--conc", type=int, default=None, help="C (default: 1, contended 64)")
     p.add_argument("--seconds", type=float, default=2.0, help="measured seconds (per phase)")
     p.add_argument("--tool", choices=("cprofile", "pyinstrument", "opcodes"), default="cprofile")
-    p.add_argument("--top", type=int, default=30, help="functions shown (cProfile)")
+    p.add_argument("--top", type=int, default=30, help="functions shown (cProfile, opcodes)")
     p.add_argument(
         "--anchor",
         default=None,
         help="regex naming the function whose calls count the operations (cProfile and "
-        "opcodes; default for conpool's acquire workloads: Pool.release, a coroutine that "
-        "never suspends: cProfile counts every resumption of a coroutine as a call; for "
-        "opcodes on the echo, http and tracing workloads: the lease's __aexit__)",
+        "opcodes; default for conpool's pairs: Pool.release, a coroutine that never "
+        "suspends, as cProfile counts every resumption as a call; for opcodes on "
+        "conpool's requests (echo, http, tracing): the lease's __aexit__)",
     )
     p.add_argument("--interval", type=float, default=0.0001, help="pyinstrument sampling (s)")
     args = p.parse_args(argv)
     conc = args.conc or (64 if args.workload == "contended" else 1)
-    workload = workloads[args.workload]
     anchor = args.anchor
-    if (
-        anchor is None
-        and args.impl in ("conpool", "pair-off", "pair-on")
-        and args.workload
-        in (
-            "acquire",
-            "contended",
-            "tracing",
-        )
-    ):
-        anchor = r"conpool/_pool\.py:\d+\((Pool\.)?release\)"
+    if anchor is None and args.impl in ("conpool", "pair-off", "pair-on"):
+        if args.workload in ("acquire", "contended", "tracing"):
+            anchor = RELEASE_ANCHOR
     if anchor is None and args.tool == "opcodes":
-        if args.impl in ("conpool", "echo-on", "echo-off"):
-            anchor = r"conpool/_pool\.py:\d+\(_Lease\.__aexit__\)"
-        else:
+        if args.impl not in ("conpool", "echo-on", "echo-off"):
             raise SystemExit("--tool opcodes needs --anchor for this implementation")
-    for mod in ("anyio", "conpool", "uvloop", "trio", "bench.naive", "bench.peers"):
+        anchor = LEASE_EXIT_ANCHOR
+    for mod in ("anyio", "conpool", "uvloop", "trio", "bench.peers"):
         try:
             importlib.import_module(mod)  # keep imports out of the profile
         except ImportError:
             pass
-    client_cpu, server_cpu = cores(False)
+    client_cpu, server_cpu = cores()
     pin(client_cpu)
-    server = EchoServer(server_cpu, args.seconds * 4 + 120.0)
-    try:
-        cell = Cell(args.workload, args.impl, args.loop, conc)
+    cell = Cell(args.workload, args.impl, args.loop, conc)
+    with start("echo", cpu=server_cpu, max_seconds=args.seconds * 4 + 120.0) as server:
         spec = CellSpec(cell, HOST, server.port, args.seconds, 0.2, client_cpu)
 
         def run() -> Metrics:
-            return workload.run(spec)
+            return WORKLOADS[args.workload].run(spec)
 
         if args.tool == "cprofile":
             metrics = _profile_cprofile(run, COUNTS.get(args.workload, "pairs"), anchor, args.top)
@@ -218,8 +209,6 @@ def main(argv: list[str] | None = None) -> int:
             metrics = _profile_opcodes(run, anchor, args.top)
         else:
             metrics = _profile_pyinstrument(run, args.interval)
-    finally:
-        server.stop()
     shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
     print(f"\n{cell.key} under {args.tool}: {shown}", file=sys.stderr)
     return 0

@@ -1,29 +1,14 @@
-"""``python -m bench.soak``: run the stress scenarios for minutes in one
-process and watch its memory and file descriptors.
+"""``python -m bench.soak [--minutes 10] [--out FILE]``: the ``conpool stress``
+scenarios round after round in one process, watching its RSS and descriptors.
 
-A leak that costs a few bytes or one descriptor per connection hides in a
-benchmark that runs for seconds; run for ten minutes in one long-lived
-process and it shows as a slope.  This runs the ``conpool stress`` scenarios
-(:func:`conpool.stress.runner.run_scenario`, against the embedded servers in
-a child process of their own) round after round, each round on the next
-backend (asyncio, uvloop, trio), each scenario with a fresh
-:class:`conpool.Pool`.  Every round also ends with an overload burst
-(thousands of tasks, ``max_waiters`` and ``acquire_timeout``, random
-cancellations), so time-outs and cancellations get soaked too, not only the
-happy path.
-
-A thread samples this process's RSS (``VmRSS`` in ``/proc/self/status``)
-and its open descriptors (``/proc/self/fd``) once a second, whatever the
-event loop is doing.  At the end it prints min / median / max, the slope of
-a least-squares line (per minute) and the first- and last-minute averages,
-and writes every sample to JSON::
-
-    .venv/bin/python -m bench.soak                       # 10 minutes
-    .venv/bin/python -m bench.soak --minutes 1 --out /tmp/soak.json
-
-Exit status 1 when a scenario raised, when the pool's counts did not come
-back to zero after a round, or with ``--max-rss-slope`` / ``--max-fd-growth``
-when the process grew more than allowed.
+A leak of a few bytes or one descriptor per connection hides in a benchmark
+of seconds; over ten minutes in one process it shows as a slope.  Each round
+runs every scenario on the next backend (asyncio, uvloop, trio), each with a
+fresh Pool, and ends with an overload burst (thousands of tasks,
+``max_waiters``, ``acquire_timeout``, random cancellations).  A thread
+samples RSS and open descriptors once a second.  Exit status 1 when a
+scenario raised, when a pool's counts did not come back to zero, or past
+``--max-rss-slope`` / ``--max-fd-growth``.
 """
 
 from __future__ import annotations
@@ -32,6 +17,7 @@ import argparse
 import datetime
 import functools
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -47,11 +33,10 @@ from typing import Any
 import anyio
 
 import conpool
+from bench.procs import cpu_model, status_kb
 from conpool.stress.runner import RunControl, run_scenario
 from conpool.stress.scenarios import Scenario, all_scenarios, select
 from conpool.stress.servers import ServerProcess, ServerSpec
-
-__all__ = ["Sampler", "main", "summarise"]
 
 BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
     "asyncio": ("asyncio", {}),
@@ -60,33 +45,25 @@ BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-# ----------------------------------------------------------------------------
-# Sampling
-
-
 def rss_kib() -> int:
-    """Resident set size of this process, in KiB (``VmRSS``)."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return int(status_kb("VmRSS"))
 
 
 def fd_count() -> int:
-    """Open file descriptors of this process (the listing's own one excluded)."""
+    """Open descriptors of this process (the listing's own one excluded)."""
     return len(os.listdir("/proc/self/fd")) - 1
 
 
 class Sampler:
-    """A daemon thread that records ``(t_s, rss_kib, fds)`` every ``interval`` s."""
+    """A daemon thread recording ``(t_s, rss_kib, fds)`` every ``interval`` s,
+    whatever the event loop is doing."""
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
         self.samples: list[tuple[float, int, int]] = []
         self._stop = threading.Event()
-        self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
+        self._t0 = time.monotonic()
 
     def start(self) -> None:
         self._t0 = time.monotonic()
@@ -104,39 +81,26 @@ class Sampler:
         self._thread.join(5)
 
 
-# ----------------------------------------------------------------------------
-# Numbers
-
-
 def slope_per_minute(ts: Sequence[float], ys: Sequence[float]) -> float:
     """Least-squares slope of ``ys`` over ``ts`` (seconds), per minute."""
-    n = len(ts)
-    if n < 2:
+    if len(ts) < 2:
         return 0.0
-    mt = statistics.fmean(ts)
-    my = statistics.fmean(ys)
+    mt, my = statistics.fmean(ts), statistics.fmean(ys)
     var = sum((t - mt) ** 2 for t in ts)
-    if var == 0:
-        return 0.0
     cov = sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True))
-    return cov / var * 60.0
+    return cov / var * 60.0 if var else 0.0
 
 
 def summarise(ts: Sequence[float], ys: Sequence[float], warmup: float = 60.0) -> dict[str, float]:
-    """min, median, max, first/last sample, first- and last-minute averages,
-    and the slope per minute over the whole run and after ``warmup`` seconds.
-
-    The warm-up holds the one-off growth: imports, the first TLS context,
-    each backend's first event loop and the allocator's arenas reaching
-    their working size.  :func:`main` passes the time by which every backend
-    has run one round.
-    """
+    """min, median, max, first and last, the first- and last-minute means, and
+    the slope per minute over the whole run and after ``warmup`` seconds (the
+    one-off growth: imports, first TLS contexts, each backend's first loop,
+    the allocator's arenas reaching their working size)."""
     if not ys:
         return {}
-    end = ts[-1]
     pairs = list(zip(ts, ys, strict=True))
     first = [y for t, y in pairs if t < 60.0] or [ys[0]]
-    last = [y for t, y in pairs if t >= end - 60.0] or [ys[-1]]
+    last = [y for t, y in pairs if t >= ts[-1] - 60.0] or [ys[-1]]
     steady = [(t, y) for t, y in pairs if t >= warmup]
     return {
         "min": min(ys),
@@ -155,24 +119,18 @@ def summarise(ts: Sequence[float], ys: Sequence[float], warmup: float = 60.0) ->
     }
 
 
-# ----------------------------------------------------------------------------
-# The load
-
-
 class Overload:
     """Totals of the overload bursts, over the whole soak."""
 
     def __init__(self) -> None:
-        self.ok = 0
-        self.timeouts = 0
-        self.cancelled = 0
+        self.ok = self.timeouts = self.cancelled = 0
         self.other: dict[str, int] = {}
 
 
 async def overload_burst(port: int, tasks: int, seed: int, totals: Overload) -> str | None:
     """``tasks`` tasks against a limit of 8 with ``max_waiters`` and
-    ``acquire_timeout``, a fifth of them cancelled at a random moment.
-    Returns a problem, or None when the pool came back to rest."""
+    ``acquire_timeout``, a fifth cancelled at a random moment.  Returns a
+    problem, or None when the pool came back to rest."""
     rng = random.Random(seed)
     ep = conpool.Endpoint("127.0.0.11", port)
     config = conpool.Config(
@@ -212,39 +170,29 @@ async def overload_burst(port: int, tasks: int, seed: int, totals: Overload) -> 
     return None
 
 
-def chosen_scenarios(patterns: str | None, seconds: float) -> list[Scenario]:
-    everything = all_scenarios(seconds)
-    if patterns is None:
-        return everything
-    return select(everything, [p.strip() for p in patterns.split(",") if p.strip()])
-
-
 async def one_round(
+    args: argparse.Namespace,
     scenarios: list[Scenario],
-    *,
-    seconds: float,
-    concurrency: int,
     servers: ServerProcess,
     deadline: float,
     round_no: int,
-    burst: int,
+    backend: str,
     totals: Overload,
     log: list[dict[str, Any]],
-    backend: str,
     t0: float,
 ) -> list[str]:
-    """Run every scenario once (stopping at ``deadline``); return the problems."""
+    """Every scenario once (stopping at ``deadline``), then the burst; the problems."""
     problems: list[str] = []
     control = RunControl()
     for scenario in scenarios:
-        if time.monotonic() + seconds > deadline:
+        if time.monotonic() + args.scenario_seconds > deadline:
             break
         started = time.monotonic()
         try:
             r = await run_scenario(
                 scenario,
-                duration=seconds,
-                concurrency=concurrency,
+                duration=args.scenario_seconds,
+                concurrency=args.concurrency,
                 servers=servers,
                 target=None,
                 control=control,
@@ -255,7 +203,6 @@ async def one_round(
         if r is None:
             problems.append(f"{backend} {scenario.name}: interrupted")
             continue
-        stats = r["pool_stats"]
         log.append(
             {
                 "round": round_no,
@@ -268,100 +215,52 @@ async def one_round(
                 "created": r["connections"]["created"],
             }
         )
-        if stats is not None and (stats.get("active"), stats.get("pending")) not in (
-            (0, 0),
-            (None, None),
-        ):
+        stats = r["pool_stats"] or {}
+        if stats.get("active", 0) or stats.get("pending", 0):
             problems.append(f"{backend} {scenario.name}: left {stats}")
-        del r
-    if burst and time.monotonic() + 5.0 < deadline:
-        problem = await overload_burst(servers.ports["echo"], burst, round_no, totals)
+    if args.burst and time.monotonic() + 5.0 < deadline:
+        problem = await overload_burst(servers.ports["echo"], args.burst, round_no, totals)
         if problem is not None:
             problems.append(f"{backend} overload: {problem}")
     return problems
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.soak", description="Soak the pool: RSS and descriptors over minutes."
+    )
+    add = p.add_argument
+    add("--minutes", type=float, default=10.0, help="how long (default 10)")
+    add("--out", type=Path, default=Path("bench/soak.json"), help="JSON (bench/soak.json)")
+    add("--scenario-seconds", type=float, default=5.0, help="seconds per scenario (default 5)")
+    add("--concurrency", type=int, default=32, help="clients (default 32)")
+    add("--scenarios", help="comma-separated names or globs (default: every scenario)")
+    add("--backends", default="asyncio,uvloop,trio", help="one per round in turn")
+    add("--burst", type=int, default=5000, help="tasks in each round's overload burst (0: none)")
+    add("--interval", type=float, default=1.0, help="sampling period, s")
+    add("--max-rss-slope", type=float, help="fail past this many MiB/min after the warm-up")
+    add("--max-fd-growth", type=int, help="fail if the last sample has this many more fds")
+    args = p.parse_args(argv)
+    if args.minutes <= 0 or args.scenario_seconds <= 0 or args.interval <= 0:
+        p.error("--minutes, --scenario-seconds and --interval must be positive")
+    everything = all_scenarios(args.scenario_seconds)
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "host": platform.node(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "conpool": conpool.__version__,
-    }
-
-
-def _available(backends: list[str]) -> list[str]:
-    out = []
-    for name in backends:
-        module = "trio" if name == "trio" else "uvloop" if name == "uvloop" else None
-        if module is not None:
-            try:
-                __import__(module)
-            except ImportError:
-                print(f"soak: {name} is not installed; left out", file=sys.stderr)
-                continue
-        out.append(name)
-    return out
+        patterns = [x.strip() for x in (args.scenarios or "").split(",") if x.strip()]
+        args.chosen = select(everything, patterns) if patterns else everything
+    except ValueError as exc:
+        p.error(str(exc))
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not args.backends or any(b not in BACKENDS for b in args.backends):
+        p.error(f"--backends: choose from {', '.join(BACKENDS)}")
+    for name in ("uvloop", "trio"):
+        if name in args.backends and importlib.util.find_spec(name) is None:
+            print(f"soak: {name} is not installed; left out", file=sys.stderr)
+            args.backends.remove(name)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.soak", description="Soak the pool: RSS and descriptors over minutes."
-    )
-    parser.add_argument("--minutes", type=float, default=10.0, help="how long (default 10)")
-    parser.add_argument("--out", default="bench/soak.json", help="JSON results (bench/soak.json)")
-    parser.add_argument(
-        "--scenario-seconds", type=float, default=5.0, help="seconds per scenario (default 5)"
-    )
-    parser.add_argument("--concurrency", type=int, default=32, help="clients (default 32)")
-    parser.add_argument(
-        "--scenarios", help="comma-separated names or globs (default: every scenario)"
-    )
-    parser.add_argument(
-        "--backends",
-        default="asyncio,uvloop,trio",
-        help="backends, one per round in turn (default asyncio,uvloop,trio)",
-    )
-    parser.add_argument(
-        "--burst", type=int, default=5000, help="tasks in each round's overload burst (0: none)"
-    )
-    parser.add_argument("--interval", type=float, default=1.0, help="sampling period, s")
-    parser.add_argument(
-        "--max-rss-slope",
-        type=float,
-        default=None,
-        help="fail if RSS grows faster than this many MiB/min after the warm-up",
-    )
-    parser.add_argument(
-        "--max-fd-growth",
-        type=int,
-        default=None,
-        help="fail if the last sample has more descriptors than the first plus this",
-    )
-    args = parser.parse_args(argv)
-    if args.minutes <= 0 or args.scenario_seconds <= 0 or args.interval <= 0:
-        parser.error("--minutes, --scenario-seconds and --interval must be positive")
-    try:
-        scenarios = chosen_scenarios(args.scenarios, args.scenario_seconds)
-    except ValueError as exc:
-        parser.error(str(exc))
-    backends = _available([b.strip() for b in args.backends.split(",") if b.strip()])
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown or not backends:
-        parser.error(f"--backends: choose from {', '.join(BACKENDS)}")
-    out = Path(args.out)
-
+    args = parse_args(argv)
     started_at = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     servers = ServerProcess(ServerSpec())
     servers.start()
@@ -369,46 +268,39 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
     log: list[dict[str, Any]] = []
     totals = Overload()
-    rounds = 0
-    # Between rounds no pool exists and no event loop runs: the process's
-    # resting size, the figure a leak moves.
+    # Between rounds no pool exists and no loop runs: the process's resting
+    # size, the figure a leak moves.
     rest: list[dict[str, Any]] = []
     t0 = time.monotonic()
     deadline = t0 + args.minutes * 60.0
     sampler.start()
     try:
         while time.monotonic() + args.scenario_seconds <= deadline:
-            backend = backends[rounds % len(backends)]
+            backend = args.backends[len(rest) % len(args.backends)]
             name, options = BACKENDS[backend]
-            rounds += 1
             print(
-                f"soak: round {rounds} on {backend} at {time.monotonic() - t0:.0f} s, "
+                f"soak: round {len(rest) + 1} on {backend} at {time.monotonic() - t0:.0f} s, "
                 f"RSS {rss_kib() / 1024:.1f} MiB, {fd_count()} fds",
                 file=sys.stderr,
                 flush=True,
             )
-            problems += anyio.run(
-                functools.partial(
-                    one_round,
-                    scenarios,
-                    seconds=args.scenario_seconds,
-                    concurrency=args.concurrency,
-                    servers=servers,
-                    deadline=deadline,
-                    round_no=rounds,
-                    burst=args.burst,
-                    totals=totals,
-                    log=log,
-                    backend=backend,
-                    t0=t0,
-                ),
-                backend=name,
-                backend_options=options,
+            run = functools.partial(
+                one_round,
+                args,
+                args.chosen,
+                servers,
+                deadline,
+                len(rest) + 1,
+                backend,
+                totals,
+                log,
+                t0,
             )
+            problems += anyio.run(run, backend=name, backend_options=options)
             gc.collect()
             rest.append(
                 {
-                    "round": rounds,
+                    "round": len(rest) + 1,
                     "backend": backend,
                     "t_s": round(time.monotonic() - t0, 1),
                     "rss_kib": rss_kib(),
@@ -422,32 +314,37 @@ def main(argv: list[str] | None = None) -> int:
         servers.stop()
 
     ts = [s[0] for s in sampler.samples]
-    rss_mib = [s[1] / 1024 for s in sampler.samples]
-    fds = [float(s[2]) for s in sampler.samples]
     # Warmed up once every backend has run a round.
-    warmup = float(rest[len(backends) - 1]["t_s"]) if len(rest) > len(backends) else 60.0
-    rss = summarise(ts, rss_mib, warmup)
-    fd = summarise(ts, fds, warmup)
-    requests_ok = sum(e["ok"] for e in log)
-    requests_err = sum(e["errors"] for e in log)
+    n_back = len(args.backends)
+    warmup = float(rest[n_back - 1]["t_s"]) if len(rest) > n_back else 60.0
+    rss = summarise(ts, [s[1] / 1024 for s in sampler.samples], warmup)
+    fd = summarise(ts, [float(s[2]) for s in sampler.samples], warmup)
+    ok, errors = sum(e["ok"] for e in log), sum(e["errors"] for e in log)
     result = {
         "tool": "bench.soak",
         "command": "python -m bench.soak " + " ".join(sys.argv[1:] if argv is None else argv),
         "started": started_at,
         "elapsed_s": round(time.monotonic() - t0, 1),
-        "machine": machine(),
+        "machine": {
+            "host": platform.node(),
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "conpool": conpool.__version__,
+        },
         "options": {
             "minutes": args.minutes,
             "scenario_seconds": args.scenario_seconds,
             "concurrency": args.concurrency,
-            "scenarios": [s.name for s in scenarios],
-            "backends": backends,
+            "scenarios": [s.name for s in args.chosen],
+            "backends": args.backends,
             "burst": args.burst,
             "interval_s": args.interval,
         },
-        "rounds": rounds,
+        "rounds": len(rest),
         "scenario_runs": len(log),
-        "requests": {"ok": requests_ok, "errors": requests_err},
+        "requests": {"ok": ok, "errors": errors},
         "overload": {
             "ok": totals.ok,
             "pool_timeouts": totals.timeouts,
@@ -459,38 +356,37 @@ def main(argv: list[str] | None = None) -> int:
         "problems": problems,
         "between_rounds": rest,
         "runs": log,
-        "samples": {"t_s": ts, "rss_kib": [s[1] for s in sampler.samples], "fds": fds},
+        "samples": {
+            "t_s": ts,
+            "rss_kib": [s[1] for s in sampler.samples],
+            "fds": [s[2] for s in sampler.samples],
+        },
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    os.replace(tmp, args.out)
 
     print(
-        f"{rounds} rounds, {len(log)} scenario runs, {requests_ok} requests "
-        f"({requests_err} errors), overload: {totals.ok} served, {totals.timeouts} "
-        f"PoolTimeout, {totals.cancelled} cancelled, {sum(totals.other.values())} other"
+        f"{len(rest)} rounds, {len(log)} scenario runs, {ok} requests ({errors} errors), "
+        f"overload: {totals.ok} served, {totals.timeouts} PoolTimeout, {totals.cancelled} "
+        f"cancelled, {sum(totals.other.values())} other"
     )
     for label, s, unit in (("RSS", rss, "MiB"), ("fds", fd, "")):
-        if not s:
-            continue
-        print(
-            f"{label:>4}: min {s['min']:.1f} median {s['median']:.1f} max {s['max']:.1f} {unit}; "
-            f"start {s['start']:.1f} end {s['end']:.1f}; first minute {s['first_minute_mean']:.1f}"
-            f" last minute {s['last_minute_mean']:.1f}; slope {s['slope_per_min']:+.3f}/min "
-            f"({s['slope_per_min_after_warmup']:+.3f}/min after the {s['warmup_s']:.0f} s "
-            f"warm-up, mean {s['steady_mean']:.1f})"
-        )
-    if rest:
-        print(
-            "between rounds (no pool, no loop): "
-            + ", ".join(
-                f"{r['backend']} {r['rss_kib'] / 1024:.1f} MiB/{r['fds']} fds" for r in rest
+        if s:
+            print(
+                f"{label:>4}: min {s['min']:.1f} median {s['median']:.1f} max {s['max']:.1f} "
+                f"{unit}; start {s['start']:.1f} end {s['end']:.1f}; first minute "
+                f"{s['first_minute_mean']:.1f} last minute {s['last_minute_mean']:.1f}; slope "
+                f"{s['slope_per_min']:+.3f}/min ({s['slope_per_min_after_warmup']:+.3f}/min "
+                f"after the {s['warmup_s']:.0f} s warm-up, mean {s['steady_mean']:.1f})"
             )
-        )
+    if rest:
+        shown = (f"{r['backend']} {r['rss_kib'] / 1024:.1f} MiB/{r['fds']} fds" for r in rest)
+        print("between rounds (no pool, no loop): " + ", ".join(shown))
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
-    print(f"samples written to {out}", file=sys.stderr)
+    print(f"samples written to {args.out}", file=sys.stderr)
     status = 1 if problems else 0
     if args.max_rss_slope is not None and rss:
         if rss["slope_per_min_after_warmup"] > args.max_rss_slope:

@@ -1,43 +1,24 @@
-"""What tracing costs: ``Pool(tracer=None)`` against ``Pool(tracer=Tracer(65536))``.
+"""``tracing``: ``Pool(tracer=None)`` against ``Pool(tracer=Tracer(65536))``,
+on the echo workload's pooled requests and on the uncontended pair.
 
-* ``echo-off`` / ``echo-on``: the echo workload's ``conpool`` column (C
-  tasks, 64-byte round trips, ``async with pool.connection(ep)`` per request,
-  ``max_connections_per_endpoint = C``) without and with a tracer, at C = 16
-  and 64 on asyncio and uvloop.  Paired ratio on/off: throughput, and CPU per
-  request (off's over on's), 1.00 = free.
-* ``pair-off`` / ``pair-on``: the uncontended ``acquire`` + ``release`` of
-  one idle connection (the ``acquire`` workload's loop), µs per pair.
-
-With no tracer each trace point is meant to cost one attribute check
-(``if self._trace is not None``).  A build without trace points to compare
-against does not exist, so the off cells measure the pieces instead:
-
-* ``guard_ns``: one such check on a live ``Pool``, timed in a loop (minus the
-  empty loop);
-* ``events_per_op`` (on cells): trace points hit per request or pair, from
-  the tracer's own count;
-* ``traced_calls_per_op`` (off cells): calls into the tracing code
-  (``Hooks``, ``Tracer``, ``Pool._emit``) per pair with no tracer, counted
-  with ``sys.setprofile`` over 2,000 pairs after the timing: 0 means every
-  trace point on that path is the attribute check alone.
-
-The report turns them into the no-tracer overhead: trace points per request
-x ``guard_ns`` / the request's CPU time.
+With no tracer each trace point should cost one attribute check.  There is
+no build without trace points to compare with, so the off cells measure the
+pieces: the check itself (``guard_ns``), the trace points an operation
+passes (``events_per_op``, on cells), and the calls into the tracing code per
+pair with no tracer (``traced_calls_per_op``: 0 means each trace point on
+that path is the check alone).
 """
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from bench.common import fmt_num, fmt_ratio, phase_metrics, stat_fmt
-from bench.loops import Meter, drive_anyio, run_anyio, time_batches
-from bench.workloads import (
-    LOOPS,
+from bench.acquire import conpool_pairs
+from bench.base import (
     Cell,
     CellSpec,
+    Impls,
     Metrics,
     Options,
     Ratio,
@@ -45,180 +26,73 @@ from bench.workloads import (
     Summary,
     Target,
     Workload,
+    fmt_ratio,
+    fmt_stat,
+    grid,
     table,
 )
+from bench.echo import conpool_echo
 
-__all__ = ["Tracing"]
-
-SIZE = 64
-MESSAGE = bytes(range(SIZE))
 CAPACITY = 65536
 ON_TARGET = 0.90  # tracer attached: at most 10 % of pooled echo throughput lost
-OFF_TARGET = 1.0  # no tracer: at most ~1 % (percent of a request's CPU)
+OFF_TARGET = 1.0  # no tracer: at most 1 % of a request's CPU
+KINDS = {  # kind: (what, throughput metric, CPU metric)
+    "echo": ("Pooled echo, 64 B", "rps", "cpu_us"),
+    "pair": ("Uncontended acquire + release", "us_per_pair", "cpu_us_per_pair"),
+}
 
 
-def guard_ns(obj: Any, n: int = 50_000) -> float:
-    """Nanoseconds of one ``obj._trace is not None`` check: ten checks per
-    turn of a loop, minus the empty loop, CPU time, median of 7."""
-    clock = time.process_time_ns
-    diffs = []
-    for _ in range(7):
-        t0 = clock()
-        for _ in range(n):
-            if obj._trace is not None:
-                pass
-            if obj._trace is not None:
-                pass
-            if obj._trace is not None:
-                pass
-            if obj._trace is not None:
-                pass
-            if obj._trace is not None:
-                pass
-            if obj._trace is not None:
-                pass
-            if obj._trace is not None:
-                pass
-            if obj._trace is not None:
-                pass
-            if obj._trace is not None:
-                pass
-            if obj._trace is not None:
-                pass
-        t1 = clock()
-        for _ in range(n):
+def _by_hand(pool: Any, endpoint: Any, n: int) -> None:
+    """n acquire + release pairs of an idle connection, driven without a
+    loop (neither suspends), so that a profile hook sees only the pool."""
+    for _ in range(n):
+        coro = pool.acquire(endpoint)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            conn = done.value
+        else:
+            raise RuntimeError("acquire suspended")
+        done_release = pool.release(conn)
+        try:
+            done_release.send(None)
+        except StopIteration:
             pass
-        t2 = clock()
-        diffs.append(((t1 - t0) - (t2 - t1)) / (10 * n))
-    diffs.sort()
-    return max(diffs[len(diffs) // 2], 0.0)
 
 
-def count_traced_calls(run: Any) -> int:
-    """Calls into the tracing code while ``run()`` runs (a sync callable)."""
-    import conpool._hooks
-    import conpool._trace
-
-    files = {conpool._hooks.__file__, conpool._trace.__file__}
-    calls = 0
-
-    def profile(frame: Any, event: str, arg: object) -> None:
-        nonlocal calls
-        if event == "call":
-            code = frame.f_code
-            if code.co_filename in files or code.co_name == "_emit":
-                calls += 1
-
-    sys.setprofile(profile)
-    try:
-        run()
-    finally:
-        sys.setprofile(None)
-    return calls
-
-
-def _echo(spec: CellSpec, traced: bool) -> Metrics:
+def _cell(spec: CellSpec) -> Metrics:
     import conpool
+    from bench import _internals
 
-    endpoint = conpool.Endpoint(spec.host, spec.port)
-    config = conpool.Config(max_connections_per_endpoint=spec.cell.conc)
-    tracer = conpool.Tracer(capacity=CAPACITY) if traced else None
-    total = [0]
+    kind, state = spec.cell.impl.split("-")
+    tracer = conpool.Tracer(capacity=CAPACITY) if state == "on" else None
 
-    async def main() -> Metrics:
-        async with conpool.Pool(config, tracer=tracer) as pool:
+    def extra(pool: Any, total: int) -> Metrics:
+        if tracer is not None:
+            return {"events_per_op": _internals.trace_events(tracer) / total}
+        out = {"guard_ns": _internals.guard_ns(pool)}
+        if kind == "pair":
+            endpoint = conpool.Endpoint(spec.host, spec.port)
+            calls = _internals.count_traced_calls(lambda: _by_hand(pool, endpoint, 2000))
+            out["traced_calls_per_op"] = calls / 2000
+        return out
 
-            async def worker(meter: Meter) -> None:
-                while not meter.stop:
-                    async with pool.connection(endpoint) as conn:
-                        await conn.send(MESSAGE)
-                        got = len(await conn.receive())
-                        while got < SIZE:
-                            got += len(await conn.receive())
-                    meter.n += 1
-                    total[0] += 1
-
-            sample = await drive_anyio(worker, spec.cell.conc, spec.warmup, spec.duration)
-            metrics = phase_metrics(sample)
-            if tracer is not None:
-                metrics["events_per_op"] = tracer._next / total[0]
-            else:
-                metrics["guard_ns"] = guard_ns(pool)
-        return metrics
-
-    return run_anyio(spec.cell.loop, main)
-
-
-def _pairs(spec: CellSpec, traced: bool) -> Metrics:
-    import conpool
-
-    endpoint = conpool.Endpoint(spec.host, spec.port)
-    config = conpool.Config(max_connections_per_endpoint=1)
-    tracer = conpool.Tracer(capacity=CAPACITY) if traced else None
-    total = [0]
-
-    async def main() -> Metrics:
-        async with conpool.Pool(config, tracer=tracer) as pool:
-
-            async def batch(n: int) -> None:
-                for _ in range(n):
-                    conn = await pool.acquire(endpoint)
-                    await pool.release(conn)
-                total[0] += n
-
-            await batch(1)  # dial outside the timing
-            sample = await time_batches(batch, spec.warmup, spec.duration)
-            wall, cpu = sample.per_op_us()
-            metrics = {"us_per_pair": wall, "cpu_us_per_pair": cpu, "pairs": float(sample.n)}
-            if tracer is not None:
-                metrics["events_per_op"] = tracer._next / total[0]
-            else:
-                metrics["guard_ns"] = guard_ns(pool)
-                # The same loop, driven by hand (acquire and release of an
-                # idle connection never suspend), under a profile hook.
-                n = 2000
-
-                def drive() -> None:
-                    for _ in range(n):
-                        coro = pool.acquire(endpoint)
-                        try:
-                            coro.send(None)
-                        except StopIteration as done:
-                            conn = done.value
-                        else:
-                            raise RuntimeError("acquire suspended")
-                        coro2 = pool.release(conn)
-                        try:
-                            coro2.send(None)
-                        except StopIteration:
-                            pass
-
-                metrics["traced_calls_per_op"] = count_traced_calls(drive) / n
-        return metrics
-
-    return run_anyio(spec.cell.loop, main)
+    if kind == "echo":
+        return conpool_echo(spec, tracer=tracer, extra=extra)
+    return conpool_pairs(spec, False, tracer=tracer, extra=extra)
 
 
 class Tracing(Workload):
     name = "tracing"
     title = "Tracing cost: Pool(tracer=None) vs Pool(tracer=Tracer(65536))"
-    impls: ClassVar[Mapping[str, tuple[str, ...]]] = {
-        "echo-off": ("asyncio", "uvloop"),
-        "echo-on": ("asyncio", "uvloop"),
-        "pair-off": ("asyncio", "uvloop"),
-        "pair-on": ("asyncio", "uvloop"),
+    impls: ClassVar[Impls] = {
+        f"{k}-{s}": ("asyncio", "uvloop") for k in KINDS for s in ("off", "on")
     }
-
-    quick = False
-
-    def timing(self, quick: bool) -> tuple[float, float]:
-        # The runner asks for the timing before the cells: remember --quick.
-        self.quick = quick
-        return (0.15, 0.05) if quick else (0.5, 0.15)
+    quick_timing = (0.15, 0.05)
 
     def cells(self, opts: Options) -> list[Cell]:
         echo = tuple(c for c in opts.conc if c >= 2) or opts.conc
-        if self.quick and opts.conc == (1, 16, 64):
+        if opts.quick and opts.conc == (1, 16, 64):
             echo = (64,)  # --quick with the default levels: the largest only
         return [
             Cell(self.name, impl, loop, c)
@@ -228,141 +102,87 @@ class Tracing(Workload):
         ]
 
     def run(self, spec: CellSpec) -> Metrics:
-        kind, state = spec.cell.impl.split("-")
-        return (_echo if kind == "echo" else _pairs)(spec, state == "on")
+        return _cell(spec)
 
-    @staticmethod
-    def _other(cell: Cell, state: str) -> Cell:
-        kind = cell.impl.split("-")[0]
-        return Cell(cell.workload, f"{kind}-{state}", cell.loop, cell.conc)
-
-    def _pairs_of(self, on: Cell) -> tuple[Ratio, ...]:
-        off = self._other(on, "off")
-        if on.impl == "echo-on":
-            return (
-                Ratio("on/off", on, off, "rps"),
-                Ratio("on/off cpu", off, on, "cpu_us"),
-            )
-        return (
-            Ratio("on/off", off, on, "us_per_pair"),
-            Ratio("on/off cpu", off, on, "cpu_us_per_pair"),
-        )
+    def _pair(self, on: Cell) -> tuple[Ratio, Ratio]:
+        """on/off by throughput (pairs: off's µs over on's) and by CPU per op."""
+        off = on.but(on.impl.replace("-on", "-off"))
+        _, rate, cpu = KINDS[on.impl.split("-")[0]]
+        num, den = (on, off) if rate == "rps" else (off, on)
+        return Ratio("on/off", num, den, rate), Ratio("on/off cpu", off, on, cpu)
 
     def ratios(self, cells: Sequence[Cell]) -> list[Ratio]:
         present = set(cells)
-        out: list[Ratio] = []
-        for cell in cells:
-            if cell.impl.endswith("-on") and self._other(cell, "off") in present:
-                out += self._pairs_of(cell)
-        return out
+        return [
+            r
+            for c in cells
+            if c.impl.endswith("-on") and c.but(c.impl.replace("-on", "-off")) in present
+            for r in self._pair(c)
+        ]
 
-    def _grid(self, cells: Sequence[Cell], kind: str) -> list[tuple[str, int]]:
-        return sorted(
-            {(c.loop, c.conc) for c in cells if c.impl.startswith(kind)},
-            key=lambda lc: (LOOPS.index(lc[0]), lc[1]),
-        )
-
-    def _overhead(self, summary: Summary, off: Cell, on: Cell, cpu_metric: str) -> Stat | None:
-        """No-tracer cost, % of the operation's CPU: events/op x guard / CPU."""
+    def _overhead(self, summary: Summary, on: Cell) -> Stat | None:
+        """The no-tracer cost, % of the operation's CPU: events/op x guard / CPU."""
+        off = on.but(on.impl.replace("-on", "-off"))
         guard = summary.cell(off, "guard_ns")
         events = summary.cell(on, "events_per_op")
-        cpu = summary.cell(off, cpu_metric)
+        cpu = summary.cell(off, KINDS[on.impl.split("-")[0]][2])
         if guard is None or events is None or cpu is None:
             return None
-        pct = events.median * guard.median / (cpu.median * 1000) * 100
-        return Stat(pct, pct, pct, 1)
+        return Stat.one(events.median * guard.median / (cpu.median * 1000) * 100)
 
     def report(self, summary: Summary, cells: Sequence[Cell]) -> list[str]:
-        present = set(cells)
         lines: list[str] = []
-        for kind, what, rmetric, cmetric in (
-            ("echo", "Pooled echo, 64 B", "rps", "cpu_us"),
-            ("pair", "Uncontended acquire + release", "us_per_pair", "cpu_us_per_pair"),
-        ):
-            grid = self._grid(cells, kind)
-            if not grid:
-                continue
+        for kind, (what, rate, cpu) in KINDS.items():
             rows = []
-            for loop, conc in grid:
-                off = Cell(self.name, f"{kind}-off", loop, conc)
-                on = Cell(self.name, f"{kind}-on", loop, conc)
-                scale = 1e-3 if kind == "echo" else 1.0
+            for loop, conc in grid(c for c in cells if c.impl.startswith(kind)):
+                on, off = (
+                    Cell(self.name, f"{kind}-on", loop, conc),
+                    Cell(self.name, f"{kind}-off", loop, conc),
+                )
+                scale = 1e-3 if rate == "rps" else 1.0
                 row = [loop, str(conc)]
-                for cell in (off, on):
-                    row.append(stat_fmt(summary.cell(cell, rmetric), fmt_num, scale))
-                    row.append(stat_fmt(summary.cell(cell, cmetric), fmt_num))
-                if on in present and off in present:
-                    rate, cpu = self._pairs_of(on)
+                for c in (off, on):
                     row += [
-                        stat_fmt(summary.ratio(rate), fmt_ratio),
-                        stat_fmt(summary.ratio(cpu), fmt_ratio),
+                        fmt_stat(summary.cell(c, rate), scale=scale),
+                        fmt_stat(summary.cell(c, cpu)),
                     ]
-                else:
-                    row += ["-", "-"]
-                row.append(stat_fmt(summary.cell(on, "events_per_op"), fmt_num))
-                row.append(stat_fmt(summary.cell(off, "guard_ns"), fmt_num))
-                pct = self._overhead(summary, off, on, cmetric)
-                row.append("-" if pct is None else f"{pct.median:.2f} %")
-                rows.append(row)
-            unit = "k req/s" if kind == "echo" else "µs/pair"
-            header = [
-                "loop",
-                "C",
-                f"off {unit}",
-                "off cpu µs",
-                f"on {unit}",
-                "on cpu µs",
-                "on/off",
-                "on/off cpu",
-                "events/op",
-                "guard ns",
-                "no-tracer cost",
-            ]
+                row += [fmt_stat(summary.ratio(r), fmt_ratio) for r in self._pair(on)]
+                row += [
+                    fmt_stat(summary.cell(on, "events_per_op")),
+                    fmt_stat(summary.cell(off, "guard_ns")),
+                ]
+                pct = self._overhead(summary, on)
+                rows.append([*row, "-" if pct is None else f"{pct.median:.2f} %"])
+            if not rows:
+                continue
+            unit = "k req/s" if rate == "rps" else "µs/pair"
+            header = ["loop", "C", f"off {unit}", "off cpu µs", f"on {unit}", "on cpu µs"]
+            header += ["on/off", "on/off cpu", "events/op", "guard ns", "no-tracer cost"]
             lines += [f"{what}: off = tracer=None, on = Tracer(capacity={CAPACITY})", ""]
             lines += [*table(header, rows), ""]
-        calls = [
-            s
-            for c in cells
-            if c.impl == "pair-off" and (s := summary.cell(c, "traced_calls_per_op")) is not None
-        ]
+        calls = [s.max for c in cells if (s := summary.cell(c, "traced_calls_per_op")) is not None]
         if calls:
-            worst = max(s.max for s in calls)
             lines.append(
-                f"Calls into the tracing code per acquire + release with tracer=None: {worst:g} "
-                "(0: each trace point on that path is the attribute check alone)"
+                "Calls into the tracing code per acquire + release with tracer=None: "
+                f"{max(calls):g} (0: each trace point on that path is the attribute check alone)"
             )
-        lines += [
+        return [
+            *lines,
             "on/off: throughput (pairs: off's µs over on's), and CPU per op off's over on's;",
             "1.00 = tracing is free.  no-tracer cost = events/op x guard ns / off's CPU per op.",
         ]
-        return lines
 
     def targets(self, summary: Summary, cells: Sequence[Cell]) -> list[Target]:
-        present = set(cells)
         out: list[Target] = []
-        for loop, conc in self._grid(cells, "echo"):
-            off = Cell(self.name, "echo-off", loop, conc)
-            on = Cell(self.name, "echo-on", loop, conc)
-            if on not in present or off not in present:
+        present = set(cells)
+        for c in sorted(cells, key=lambda c: (c.loop, c.conc)):
+            if c.impl != "echo-on" or c.but("echo-off") not in present:
                 continue
-            rate, cpu = self._pairs_of(on)
+            rate, cpu = (summary.ratio(r) for r in self._pair(c))
+            where = f"pooled echo, {c.loop}, C={c.conc}"
+            out.append(Target.check(f"tracer on/off, {where}", ">=", ON_TARGET, rate, cpu))
+            pct = self._overhead(summary, c)
             out.append(
-                Target.check(
-                    f"tracer on/off, pooled echo, {loop}, C={conc}",
-                    ">=",
-                    ON_TARGET,
-                    summary.ratio(rate),
-                    summary.ratio(cpu),
-                )
-            )
-            pct = self._overhead(summary, off, on, "cpu_us")
-            out.append(
-                Target.check(
-                    f"no-tracer cost % (est.), pooled echo, {loop}, C={conc}",
-                    "<=",
-                    OFF_TARGET,
-                    None,
-                    pct,
-                )
+                Target.check(f"no-tracer cost % (est.), {where}", "<=", OFF_TARGET, None, pct)
             )
         return out

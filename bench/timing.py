@@ -1,11 +1,11 @@
-"""Running a coroutine on each event loop, and timing C tasks that loop.
+"""Timing inside a client process: running a coroutine on each loop, and C
+tasks that loop.
 
-Every implementation is timed by the same machinery: C worker tasks loop
-until ``meter.stop`` is set, adding one to ``meter.n`` per operation; the
-main task sleeps through the warmup, reads the count and the clock, sleeps
-through the measured phase, reads them again and stops the workers.  Only the
-way tasks are spawned differs (asyncio.TaskGroup, an anyio task group, a trio
-nursery), as each implementation's users would spawn them.
+C worker tasks loop until ``meter.stop`` is set, adding one to ``meter.n``
+per operation; the main task sleeps through the warmup, reads the count and
+the clocks, sleeps through the measured phase, reads them again and stops
+the workers.  Only the way tasks are spawned differs (asyncio.TaskGroup, an
+anyio task group, a trio nursery), as each implementation's users spawn them.
 """
 
 from __future__ import annotations
@@ -15,18 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, TypeVar
 
-__all__ = [
-    "Meter",
-    "Sample",
-    "Worker",
-    "drive_anyio",
-    "drive_asyncio",
-    "drive_trio",
-    "run_anyio",
-    "run_asyncio",
-    "run_trio",
-    "time_batches",
-]
+from bench.base import Metrics
 
 T = TypeVar("T")
 
@@ -42,23 +31,36 @@ class Meter:
 
 
 Worker = Callable[[Meter], Coroutine[Any, Any, None]]
+Driver = Callable[[Worker, int, float, float], Awaitable["Sample"]]
 
 
 class Sample(NamedTuple):
-    """What one measured phase did: operations, wall seconds, and the CPU
-    seconds this process used meanwhile (user + system, all threads).
-
-    CPU time is the noise-robust figure on a shared machine: another
-    process that steals the core stretches the wall time, not the CPU time.
-    """
+    """One measured phase: operations, wall seconds, the CPU seconds this
+    process used meanwhile, and the operations of the whole run (warmup
+    included).  CPU time is the noise-robust figure on a shared machine:
+    another process on the core stretches the wall time, not the CPU time."""
 
     n: int
     wall: float
     cpu: float
+    total: int
 
     def per_op_us(self) -> tuple[float, float]:
         """(wall, CPU) microseconds per operation."""
+        if self.n == 0:
+            raise RuntimeError(f"no operation completed in the {self.wall:.3f} s measured")
         return self.wall / self.n * 1e6, self.cpu / self.n * 1e6
+
+    def throughput(self) -> Metrics:
+        """Requests/s and client CPU per request of C tasks."""
+        _, cpu_us = self.per_op_us()
+        return {
+            "rps": self.n / self.wall,
+            "cpu_us": cpu_us,
+            "cpu_share": self.cpu / self.wall,  # of the client's core
+            "requests": float(self.n),
+            "seconds": self.wall,
+        }
 
 
 async def _measure(
@@ -69,7 +71,7 @@ async def _measure(
     await sleep(duration)
     n1, t1, c1 = meter.n, time.perf_counter(), time.process_time()
     meter.stop = True
-    return Sample(n1 - n0, t1 - t0, c1 - c0)
+    return Sample(n1 - n0, t1 - t0, c1 - c0, n1)
 
 
 async def drive_asyncio(worker: Worker, conc: int, warmup: float, duration: float) -> Sample:
@@ -79,7 +81,7 @@ async def drive_asyncio(worker: Worker, conc: int, warmup: float, duration: floa
         for _ in range(conc):
             tg.create_task(worker(meter))
         result = await _measure(asyncio.sleep, meter, warmup, duration)
-    return result
+    return result._replace(total=meter.n)
 
 
 async def drive_anyio(worker: Worker, conc: int, warmup: float, duration: float) -> Sample:
@@ -91,7 +93,7 @@ async def drive_anyio(worker: Worker, conc: int, warmup: float, duration: float)
         for _ in range(conc):
             tg.start_soon(worker, meter)
         result = await _measure(anyio.sleep, meter, warmup, duration)
-    return result
+    return result._replace(total=meter.n)
 
 
 async def drive_trio(worker: Worker, conc: int, warmup: float, duration: float) -> Sample:
@@ -103,18 +105,20 @@ async def drive_trio(worker: Worker, conc: int, warmup: float, duration: float) 
         for _ in range(conc):
             nursery.start_soon(worker, meter)
         result = await _measure(trio.sleep, meter, warmup, duration)
-    return result
+    return result._replace(total=meter.n)
 
 
 async def time_batches(
     batch: Callable[[int], Awaitable[None]], warmup: float, duration: float, size: int = 1000
 ) -> Sample:
-    """One task: run ``batch(size)`` through the warmup, then time whole
-    batches until ``duration`` has passed."""
+    """One task: ``batch(size)`` through the warmup, then whole batches until
+    ``duration`` has passed."""
     clock = time.perf_counter
+    total = 0
     end = clock() + warmup
     while clock() < end:
         await batch(size)
+        total += size
     n = 0
     t0, c0 = clock(), time.process_time()
     end = t0 + duration
@@ -123,7 +127,24 @@ async def time_batches(
         n += size
         t = clock()
         if t >= end:
-            return Sample(n, t - t0, time.process_time() - c0)
+            return Sample(n, t - t0, time.process_time() - c0, total + n)
+
+
+def time_sync(batch: Callable[[int], None], warmup: float, duration: float) -> tuple[float, float]:
+    """(wall µs, CPU µs) per operation of ``batch(1000)`` calls, after a warmup."""
+    clock = time.perf_counter
+    end = clock() + warmup
+    while clock() < end:
+        batch(1000)
+    n = 0
+    t0, c0 = clock(), time.process_time()
+    end = t0 + duration
+    while True:
+        batch(1000)
+        n += 1000
+        t = clock()
+        if t >= end:
+            return (t - t0) / n * 1e6, (time.process_time() - c0) / n * 1e6
 
 
 def run_asyncio(loop: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -151,3 +172,12 @@ def run_trio(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     import trio
 
     return trio.run(main)
+
+
+def run_native(loop: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """trio.run on trio, else asyncio (or uvloop)."""
+    return run_trio(main) if loop == "trio" else run_asyncio(loop, main)
+
+
+def drive_native(loop: str) -> Driver:
+    return drive_trio if loop == "trio" else drive_asyncio
