@@ -23,6 +23,7 @@ from bench.base import (
     Workload,
     fmt_stat,
     grid_table,
+    sections,
 )
 from bench.timing import (
     Driver,
@@ -296,15 +297,13 @@ class Acquire(Workload):
         return RUNNERS[spec.cell.impl](spec, False)
 
     def report(self, summary: Summary, cells: Sequence[Cell]) -> list[str]:
-        return [
-            "µs per pair by wall-clock time, median [min-max]",
-            "",
-            *pairs_table(summary, cells, "us_per_pair"),
-            "",
-            "µs per pair by CPU time",
-            "",
-            *pairs_table(summary, cells, "cpu_us_per_pair"),
-        ]
+        return sections(
+            (
+                "µs per pair by wall-clock time, median [min-max]",
+                pairs_table(summary, cells, "us_per_pair"),
+            ),
+            ("µs per pair by CPU time", pairs_table(summary, cells, "cpu_us_per_pair")),
+        )
 
     def targets(self, summary: Summary, cells: Sequence[Cell]) -> list[Target]:
         return [

@@ -199,6 +199,14 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
+def sections(*parts: tuple[str, list[str]]) -> list[str]:
+    """Titled tables, a blank line after each title and between them."""
+    out: list[str] = []
+    for title, lines in parts:
+        out += [*([""] if out else []), title, "", *lines]
+    return out
+
+
 def loop_order(loop: str) -> int:
     return LOOPS.index(loop) if loop in LOOPS else -1
 
@@ -320,20 +328,15 @@ class VersusRaw(Workload):
                 [f"{i}/raw" for i in pools],
             )
 
-        return [
-            "Throughput, thousands of requests/s, median [min-max] over the repeats",
-            "",
-            *values("rps", 1e-3),
-            "",
-            "Throughput ratio to raw on the same loop and C (paired within each repeat)",
-            "",
-            *ratios(0),
-            "",
-            "Client CPU µs per request",
-            "",
-            *values("cpu_us", 1.0),
-            "",
-            "CPU ratio: raw's CPU per request / X's (1.00 = as cheap as raw; paired)",
-            "",
-            *ratios(1),
-        ]
+        return sections(
+            (
+                "Throughput, thousands of requests/s, median [min-max] over the repeats",
+                values("rps", 1e-3),
+            ),
+            (
+                "Throughput ratio to raw on the same loop and C (paired within each repeat)",
+                ratios(0),
+            ),
+            ("Client CPU µs per request", values("cpu_us", 1.0)),
+            ("CPU ratio: raw's CPU per request / X's (1.00 = as cheap as raw; paired)", ratios(1)),
+        )

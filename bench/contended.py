@@ -16,6 +16,7 @@ from bench.base import (
     Target,
     Workload,
     loop_order,
+    sections,
 )
 
 TARGET = 3.0  # µs per pair over the bare yield
@@ -35,19 +36,20 @@ class Contended(Workload):
         return RUNNERS[spec.cell.impl](spec, True)
 
     def report(self, summary: Summary, cells: Sequence[Cell]) -> list[str]:
-        return [
-            "µs per pair minus µs per bare yield, by wall-clock time, median [min-max]",
-            "",
-            *pairs_table(summary, cells, "us_over_yield", "us_per_yield"),
-            "",
-            "The same by CPU time",
-            "",
-            *pairs_table(summary, cells, "cpu_us_over_yield", "cpu_us_per_yield"),
-            "",
-            "Absolute µs per pair by wall-clock time (before subtracting the yield)",
-            "",
-            *pairs_table(summary, cells, "us_per_pair"),
-        ]
+        return sections(
+            (
+                "µs per pair minus µs per bare yield, by wall-clock time, median [min-max]",
+                pairs_table(summary, cells, "us_over_yield", "us_per_yield"),
+            ),
+            (
+                "The same by CPU time",
+                pairs_table(summary, cells, "cpu_us_over_yield", "cpu_us_per_yield"),
+            ),
+            (
+                "Absolute µs per pair by wall-clock time (before subtracting the yield)",
+                pairs_table(summary, cells, "us_per_pair"),
+            ),
+        )
 
     def targets(self, summary: Summary, cells: Sequence[Cell]) -> list[Target]:
         return [

@@ -7,7 +7,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
-from bench.base import LOOPS, Cell, CellSpec, Impls, Metrics, Summary, Target, VersusRaw, loop_order
+from bench.base import (
+    LOOPS,
+    Cell,
+    CellSpec,
+    Impls,
+    Metrics,
+    Ratio,
+    Summary,
+    Target,
+    VersusRaw,
+    loop_order,
+)
 from bench.timing import (
     Meter,
     drive_anyio,
@@ -202,12 +213,30 @@ class Echo(VersusRaw):
             return _raw_trio(spec) if spec.cell.loop == "trio" else _raw_asyncio(spec)
         return RUNNERS[spec.cell.impl](spec)
 
+    def _over_naive(self, cell: Cell) -> tuple[Ratio, Ratio]:
+        naive = cell.but("naive")
+        return (
+            Ratio("conpool/naive", cell, naive, "rps"),
+            Ratio("conpool/naive cpu", naive, cell, "cpu_us"),
+        )
+
+    def ratios(self, cells: Sequence[Cell]) -> list[Ratio]:
+        present = set(cells)
+        over = [c for c in cells if c.impl == "conpool" and c.but("naive") in present]
+        return super().ratios(cells) + [r for c in over for r in self._over_naive(c)]
+
     def targets(self, summary: Summary, cells: Sequence[Cell]) -> list[Target]:
         present = set(cells)
         out = []
         for cell in sorted(cells, key=lambda c: (loop_order(c.loop), c.conc)):
-            if cell.impl == "conpool" and cell.but("raw") in present:
-                rate, cpu = (summary.ratio(r) for r in self.pair(cell))
-                what = f"echo conpool/raw, {cell.loop}, C={cell.conc}"
-                out.append(Target.check(what, ">=", TARGET, rate, cpu))
+            where = f"{cell.loop}, C={cell.conc}"
+            for other, ratios, goal in (
+                ("raw", self.pair(cell), TARGET),
+                ("naive", self._over_naive(cell), 1.0),  # faster than the naive Queue pool
+            ):
+                if cell.impl == "conpool" and cell.but(other) in present:
+                    rate, cpu = (summary.ratio(r) for r in ratios)
+                    out.append(
+                        Target.check(f"echo conpool/{other}, {where}", ">=", goal, rate, cpu)
+                    )
         return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from typing import Any, NamedTuple, TypeVar
 
 from bench.base import Metrics
@@ -74,38 +75,49 @@ async def _measure(
     return Sample(n1 - n0, t1 - t0, c1 - c0, n1)
 
 
-async def drive_asyncio(worker: Worker, conc: int, warmup: float, duration: float) -> Sample:
-    """The measured phase of ``conc`` asyncio tasks."""
+async def _drive(
+    group: AbstractAsyncContextManager[Any],
+    spawn: Callable[[Any, Worker, Meter], object],
+    sleep: Callable[[float], Awaitable[None]],
+    worker: Worker,
+    conc: int,
+    warmup: float,
+    duration: float,
+) -> Sample:
     meter = Meter()
-    async with asyncio.TaskGroup() as tg:
+    async with group as tasks:
         for _ in range(conc):
-            tg.create_task(worker(meter))
-        result = await _measure(asyncio.sleep, meter, warmup, duration)
+            spawn(tasks, worker, meter)
+        result = await _measure(sleep, meter, warmup, duration)
     return result._replace(total=meter.n)
 
 
-async def drive_anyio(worker: Worker, conc: int, warmup: float, duration: float) -> Sample:
-    """The same with an anyio task group (asyncio, uvloop or trio backend)."""
+def drive_asyncio(worker: Worker, conc: int, warmup: float, duration: float) -> Awaitable[Sample]:
+    """The measured phase of ``conc`` asyncio tasks in an asyncio.TaskGroup."""
+
+    def spawn(tg: asyncio.TaskGroup, worker: Worker, meter: Meter) -> object:
+        return tg.create_task(worker(meter))
+
+    return _drive(asyncio.TaskGroup(), spawn, asyncio.sleep, worker, conc, warmup, duration)
+
+
+def drive_anyio(worker: Worker, conc: int, warmup: float, duration: float) -> Awaitable[Sample]:
+    """The same in an anyio task group (asyncio, uvloop or trio backend)."""
     import anyio
 
-    meter = Meter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(conc):
-            tg.start_soon(worker, meter)
-        result = await _measure(anyio.sleep, meter, warmup, duration)
-    return result._replace(total=meter.n)
+    group = anyio.create_task_group()
+    return _drive(group, _start_soon, anyio.sleep, worker, conc, warmup, duration)
 
 
-async def drive_trio(worker: Worker, conc: int, warmup: float, duration: float) -> Sample:
-    """The same with a trio nursery."""
+def drive_trio(worker: Worker, conc: int, warmup: float, duration: float) -> Awaitable[Sample]:
+    """The same in a trio nursery."""
     import trio
 
-    meter = Meter()
-    async with trio.open_nursery() as nursery:
-        for _ in range(conc):
-            nursery.start_soon(worker, meter)
-        result = await _measure(trio.sleep, meter, warmup, duration)
-    return result._replace(total=meter.n)
+    return _drive(trio.open_nursery(), _start_soon, trio.sleep, worker, conc, warmup, duration)
+
+
+def _start_soon(group: Any, worker: Worker, meter: Meter) -> object:
+    return group.start_soon(worker, meter)
 
 
 async def time_batches(
