@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
+from bench import timing
 from bench.base import (
     LOOPS,
     Cell,
@@ -24,18 +25,6 @@ from bench.base import (
     fmt_stat,
     grid_table,
     sections,
-)
-from bench.timing import (
-    Driver,
-    Meter,
-    Worker,
-    drive_anyio,
-    drive_asyncio,
-    drive_trio,
-    run_anyio,
-    run_asyncio,
-    run_trio,
-    time_batches,
 )
 
 IMPLS: Impls = {
@@ -57,11 +46,16 @@ def limit_for(spec: CellSpec, contended: bool) -> int:
 
 
 async def _measure(
-    spec: CellSpec, contended: bool, batch: Batch, worker: Worker, drive: Driver, yield_: Yield
+    spec: CellSpec,
+    contended: bool,
+    batch: Batch,
+    worker: timing.Worker,
+    drive: timing.Driver,
+    yield_: Yield,
 ) -> Metrics:
     if not contended:
         await batch(1)  # dial the one connection outside the timing
-        sample = await time_batches(batch, spec.warmup, spec.duration)
+        sample = await timing.time_batches(batch, spec.warmup, spec.duration)
         wall, cpu = sample.per_op_us()
         total = float(sample.total + 1)  # every pair of the run, the first included
         return {
@@ -71,7 +65,7 @@ async def _measure(
             "ops_total": total,
         }
 
-    async def bare(meter: Meter) -> None:
+    async def bare(meter: timing.Meter) -> None:
         while not meter.stop:
             await yield_(0)
             meter.n += 1
@@ -121,19 +115,19 @@ def conpool_pairs(
                     conn = await pool.acquire(endpoint)
                     await pool.release(conn)
 
-            async def worker(meter: Meter) -> None:
+            async def worker(meter: timing.Meter) -> None:
                 while not meter.stop:
                     conn = await pool.acquire(endpoint)
                     await yield_(0)
                     await pool.release(conn)
                     meter.n += 1
 
-            metrics = await _measure(spec, contended, batch, worker, drive_anyio, yield_)
+            metrics = await _measure(spec, contended, batch, worker, timing.drive_anyio, yield_)
             if extra is not None:
                 metrics.update(extra(pool, int(metrics["ops_total"])))
         return metrics
 
-    return run_anyio(spec.cell.loop, main)
+    return timing.run_anyio(spec.cell.loop, main)
 
 
 def _fifo(spec: CellSpec, contended: bool) -> Metrics:
@@ -150,7 +144,7 @@ def _fifo(spec: CellSpec, contended: bool) -> Metrics:
                 item = await trio_pool.acquire()
                 trio_pool.release(item)
 
-        async def trio_worker(meter: Meter) -> None:
+        async def trio_worker(meter: timing.Meter) -> None:
             while not meter.stop:
                 item = await trio_pool.acquire()
                 await trio.lowlevel.checkpoint()
@@ -158,9 +152,11 @@ def _fifo(spec: CellSpec, contended: bool) -> Metrics:
                 meter.n += 1
 
         async def trio_main() -> Metrics:
-            return await _measure(spec, contended, trio_batch, trio_worker, drive_trio, trio.sleep)
+            return await _measure(
+                spec, contended, trio_batch, trio_worker, timing.drive_trio, trio.sleep
+            )
 
-        return run_trio(trio_main)
+        return timing.run_trio(trio_main)
 
     pool = AsyncioFifo(size)
 
@@ -169,7 +165,7 @@ def _fifo(spec: CellSpec, contended: bool) -> Metrics:
             item = await pool.acquire()
             pool.release(item)
 
-    async def worker(meter: Meter) -> None:
+    async def worker(meter: timing.Meter) -> None:
         while not meter.stop:
             item = await pool.acquire()
             await asyncio.sleep(0)
@@ -177,9 +173,9 @@ def _fifo(spec: CellSpec, contended: bool) -> Metrics:
             meter.n += 1
 
     async def main() -> Metrics:
-        return await _measure(spec, contended, batch, worker, drive_asyncio, asyncio.sleep)
+        return await _measure(spec, contended, batch, worker, timing.drive_asyncio, asyncio.sleep)
 
-    return run_asyncio(spec.cell.loop, main)
+    return timing.run_asyncio(spec.cell.loop, main)
 
 
 def _naive(spec: CellSpec, contended: bool) -> Metrics:
@@ -193,7 +189,7 @@ def _naive(spec: CellSpec, contended: bool) -> Metrics:
                 conn = await pool.acquire()
                 await pool.release(conn)
 
-        async def worker(meter: Meter) -> None:
+        async def worker(meter: timing.Meter) -> None:
             while not meter.stop:
                 conn = await pool.acquire()
                 await asyncio.sleep(0)
@@ -201,11 +197,13 @@ def _naive(spec: CellSpec, contended: bool) -> Metrics:
                 meter.n += 1
 
         try:
-            return await _measure(spec, contended, batch, worker, drive_asyncio, asyncio.sleep)
+            return await _measure(
+                spec, contended, batch, worker, timing.drive_asyncio, asyncio.sleep
+            )
         finally:
             await pool.aclose()
 
-    return run_asyncio(spec.cell.loop, main)
+    return timing.run_asyncio(spec.cell.loop, main)
 
 
 def _acp(spec: CellSpec, contended: bool) -> Metrics:
@@ -219,18 +217,20 @@ def _acp(spec: CellSpec, contended: bool) -> Metrics:
                 async with pool.get_connection():
                     pass
 
-        async def worker(meter: Meter) -> None:
+        async def worker(meter: timing.Meter) -> None:
             while not meter.stop:
                 async with pool.get_connection():
                     await asyncio.sleep(0)
                 meter.n += 1
 
         try:
-            return await _measure(spec, contended, batch, worker, drive_asyncio, asyncio.sleep)
+            return await _measure(
+                spec, contended, batch, worker, timing.drive_asyncio, asyncio.sleep
+            )
         finally:
             await acp_close(pool)
 
-    return run_asyncio(spec.cell.loop, main)
+    return timing.run_asyncio(spec.cell.loop, main)
 
 
 def _gcp(spec: CellSpec, contended: bool) -> Metrics:
@@ -246,7 +246,7 @@ def _gcp(spec: CellSpec, contended: bool) -> Metrics:
                 conn = await pool.acquire(endpoint)
                 await pool.release(conn, endpoint)
 
-        async def worker(meter: Meter) -> None:
+        async def worker(meter: timing.Meter) -> None:
             while not meter.stop:
                 conn = await pool.acquire(endpoint)
                 await asyncio.sleep(0)
@@ -254,11 +254,13 @@ def _gcp(spec: CellSpec, contended: bool) -> Metrics:
                 meter.n += 1
 
         try:
-            return await _measure(spec, contended, batch, worker, drive_asyncio, asyncio.sleep)
+            return await _measure(
+                spec, contended, batch, worker, timing.drive_asyncio, asyncio.sleep
+            )
         finally:
             await pool.close(timeout=5.0)
 
-    return run_asyncio(spec.cell.loop, main)
+    return timing.run_asyncio(spec.cell.loop, main)
 
 
 RUNNERS: dict[str, Callable[[CellSpec, bool], Metrics]] = {

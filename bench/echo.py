@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
+from bench import timing
 from bench.base import (
     LOOPS,
     Cell,
@@ -19,15 +20,6 @@ from bench.base import (
     VersusRaw,
     loop_order,
 )
-from bench.timing import (
-    Meter,
-    drive_anyio,
-    drive_asyncio,
-    drive_trio,
-    run_anyio,
-    run_asyncio,
-    run_trio,
-)
 
 SIZE = 64
 MESSAGE = bytes(range(SIZE))
@@ -37,7 +29,7 @@ TARGET = 0.90  # conpool/raw
 def _raw_asyncio(spec: CellSpec) -> Metrics:
     host, port = spec.host, spec.port
 
-    async def worker(meter: Meter) -> None:
+    async def worker(meter: timing.Meter) -> None:
         reader, writer = await asyncio.open_connection(host, port)
         try:
             while not meter.stop:
@@ -50,10 +42,10 @@ def _raw_asyncio(spec: CellSpec) -> Metrics:
             await writer.wait_closed()
 
     async def main() -> Metrics:
-        sample = await drive_asyncio(worker, spec.cell.conc, spec.warmup, spec.duration)
+        sample = await timing.drive_asyncio(worker, spec.cell.conc, spec.warmup, spec.duration)
         return sample.throughput()
 
-    return run_asyncio(spec.cell.loop, main)
+    return timing.run_asyncio(spec.cell.loop, main)
 
 
 def _raw_trio(spec: CellSpec) -> Metrics:
@@ -61,7 +53,7 @@ def _raw_trio(spec: CellSpec) -> Metrics:
 
     host, port = spec.host, spec.port
 
-    async def worker(meter: Meter) -> None:
+    async def worker(meter: timing.Meter) -> None:
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
             while not meter.stop:
@@ -72,10 +64,10 @@ def _raw_trio(spec: CellSpec) -> Metrics:
                 meter.n += 1
 
     async def main() -> Metrics:
-        sample = await drive_trio(worker, spec.cell.conc, spec.warmup, spec.duration)
+        sample = await timing.drive_trio(worker, spec.cell.conc, spec.warmup, spec.duration)
         return sample.throughput()
 
-    return run_trio(main)
+    return timing.run_trio(main)
 
 
 def conpool_echo(
@@ -95,7 +87,7 @@ def conpool_echo(
     async def main() -> Metrics:
         async with conpool.Pool(config, tracer=tracer) as pool:
 
-            async def leased(meter: Meter) -> None:
+            async def leased(meter: timing.Meter) -> None:
                 while not meter.stop:
                     async with pool.connection(endpoint) as conn:
                         await conn.send(MESSAGE)
@@ -104,7 +96,7 @@ def conpool_echo(
                             got += len(await conn.receive())
                     meter.n += 1
 
-            async def kept(meter: Meter) -> None:
+            async def kept(meter: timing.Meter) -> None:
                 async with pool.connection(endpoint) as conn:
                     while not meter.stop:
                         await conn.send(MESSAGE)
@@ -114,13 +106,13 @@ def conpool_echo(
                         meter.n += 1
 
             worker = kept if held else leased
-            sample = await drive_anyio(worker, spec.cell.conc, spec.warmup, spec.duration)
+            sample = await timing.drive_anyio(worker, spec.cell.conc, spec.warmup, spec.duration)
             metrics = sample.throughput()
             if extra is not None:
                 metrics.update(extra(pool, sample.total))
         return metrics
 
-    return run_anyio(spec.cell.loop, main)
+    return timing.run_anyio(spec.cell.loop, main)
 
 
 Lease = Callable[[], AbstractAsyncContextManager[Any]]
@@ -135,7 +127,7 @@ def _peer(
     async def main() -> Metrics:
         lease, close = make()
 
-        async def worker(meter: Meter) -> None:
+        async def worker(meter: timing.Meter) -> None:
             while not meter.stop:
                 async with lease() as (reader, writer):
                     writer.write(MESSAGE)
@@ -144,12 +136,12 @@ def _peer(
                 meter.n += 1
 
         try:
-            sample = await drive_asyncio(worker, spec.cell.conc, spec.warmup, spec.duration)
+            sample = await timing.drive_asyncio(worker, spec.cell.conc, spec.warmup, spec.duration)
         finally:
             await close()
         return sample.throughput()
 
-    return run_asyncio(spec.cell.loop, main)
+    return timing.run_asyncio(spec.cell.loop, main)
 
 
 def _naive(spec: CellSpec) -> Metrics:

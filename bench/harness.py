@@ -53,6 +53,10 @@ PACKAGES += " httpcore h11 aiohttp"
 Planned = tuple[Workload, Options, Cell]
 
 
+def _levels(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
@@ -62,23 +66,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--workload", action="append", choices=list(WORKLOADS), help="only these (repeatable)")
     add("--repeat", type=int, default=None, help="repeats of the matrix (default 3, --quick 1)")
     add("--quick", action="store_true", help="short phases, a smaller matrix, 1 repeat")
-    add("--json", "--out", dest="json", type=Path, default=ROOT / "bench" / "results.json",
-        help="the JSON results (default bench/results.json)")  # fmt: skip
+    results = ROOT / "bench" / "results.json"
+    add("--json", "--out", dest="json", type=Path, default=results, metavar="FILE", help="results")
     add("--impl", action="append", help="only these implementations (repeatable)")
     add("--loop", action="append", choices=LOOPS, help="only these loops (repeatable)")
-    add("--conc", type=lambda s: tuple(int(x) for x in s.split(",")), default=(1, 16, 64),
-        help="concurrency levels, comma-separated (default 1,16,64)")  # fmt: skip
+    add("--conc", type=_levels, default=(1, 16, 64), help="concurrency levels (default 1,16,64)")
     add("--duration", type=float, help="seconds measured per phase (every workload)")
     add("--warmup", type=float, help="seconds of warmup per phase (every workload)")
     add("--seed", type=int, default=None, help="shuffle seed (default: random)")
     add("--no-pin", action="store_true", help="do not pin processes to cores")
-    add("--budget", type=float, default=None,
-        help="seconds for the whole run; cells past it are skipped "
-        "(default: 120 with --quick, else 1.5 x the estimate + 60)")  # fmt: skip
-    add("--quiet-wait", type=float, default=0.0, metavar="S",
-        help="before each cell, wait up to S s for other processes to use under "
-        "--quiet-cores (counts against --budget; default 0: do not wait)")  # fmt: skip
-    add("--quiet-cores", type=float, default=0.25, help="see --quiet-wait")
+    add("--budget", type=float, help="seconds for the run; cells past it are skipped")
+    add("--quiet-wait", type=float, default=0.0, metavar="S", help="wait up to S s before a cell")
+    add("--quiet-cores", type=float, default=0.25, metavar="X", help="for others to use < X cores")
     add("--list", action="store_true", help="print the matrix and exit")
     args = p.parse_args(argv)
     if args.repeat is None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from bench import timing
 from bench.base import (
     LOOPS,
     Cell,
@@ -24,7 +25,6 @@ from bench.base import (
 )
 from bench.procs import raise_nofile, server_core, status_kb
 from bench.servers import addresses, start
-from bench.timing import run_anyio
 
 N, TASKS, ADDRS = 10_000, 64, 8
 
@@ -103,7 +103,7 @@ def _hold_cell(spec: CellSpec) -> Metrics:
             out["peak_rss_mb"] = status_kb("VmHWM") / 1024
             return out
 
-        return run_anyio(spec.cell.loop, main)
+        return timing.run_anyio(spec.cell.loop, main)
 
 
 class Hold(Workload):

@@ -14,18 +14,10 @@ import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
 
+from bench import timing
 from bench.base import LOOPS, Cell, CellSpec, Impls, Metrics, Options, Summary, VersusRaw
 from bench.procs import server_core
 from bench.servers import BODY, Running, start
-from bench.timing import (
-    Meter,
-    drive_anyio,
-    drive_asyncio,
-    drive_native,
-    run_anyio,
-    run_asyncio,
-    run_native,
-)
 
 
 class ProtocolError(Exception):
@@ -109,7 +101,7 @@ def _raw(spec: CellSpec, srv: Running) -> Metrics:
     loop = spec.cell.loop
     open_ = _open_trio if loop == "trio" else _open_asyncio
 
-    async def worker(meter: Meter) -> None:
+    async def worker(meter: timing.Meter) -> None:
         while not meter.stop:
             send, recv, close = await open_(host, port)
             try:
@@ -122,10 +114,10 @@ def _raw(spec: CellSpec, srv: Running) -> Metrics:
                 await close()
 
     async def main() -> Metrics:
-        sample = await drive_native(loop)(worker, spec.cell.conc, spec.warmup, spec.duration)
+        sample = await timing.drive_native(loop)(worker, spec.cell.conc, spec.warmup, spec.duration)
         return sample.throughput()
 
-    return run_native(loop, main)
+    return timing.run_native(loop, main)
 
 
 def _conpool(spec: CellSpec, srv: Running) -> Metrics:
@@ -138,17 +130,17 @@ def _conpool(spec: CellSpec, srv: Running) -> Metrics:
     async def main() -> Metrics:
         async with conpool.Pool(config) as pool:
 
-            async def worker(meter: Meter) -> None:
+            async def worker(meter: timing.Meter) -> None:
                 while not meter.stop:
                     async with pool.connection(endpoint) as conn:
                         if not await exchange(conn.send, conn.receive, request):
                             await conn.aclose()
                     meter.n += 1
 
-            sample = await drive_anyio(worker, spec.cell.conc, spec.warmup, spec.duration)
+            sample = await timing.drive_anyio(worker, spec.cell.conc, spec.warmup, spec.duration)
         return sample.throughput()
 
-    return run_anyio(spec.cell.loop, main)
+    return timing.run_anyio(spec.cell.loop, main)
 
 
 def _httpcore(spec: CellSpec, srv: Running) -> Metrics:
@@ -161,18 +153,18 @@ def _httpcore(spec: CellSpec, srv: Running) -> Metrics:
         pool = httpcore.AsyncConnectionPool(max_connections=conc, max_keepalive_connections=conc)
         async with pool:
 
-            async def worker(meter: Meter) -> None:
+            async def worker(meter: timing.Meter) -> None:
                 while not meter.stop:
                     response = await pool.request("GET", url)
                     if response.status != 200 or response.content != BODY:
                         raise ProtocolError(f"httpcore: status {response.status}")
                     meter.n += 1
 
-            drive = drive_native(spec.cell.loop)
+            drive = timing.drive_native(spec.cell.loop)
             sample = await drive(worker, conc, spec.warmup, spec.duration)
         return sample.throughput()
 
-    return run_native(spec.cell.loop, main)
+    return timing.run_native(spec.cell.loop, main)
 
 
 def _aiohttp(spec: CellSpec, srv: Running) -> Metrics:
@@ -185,7 +177,7 @@ def _aiohttp(spec: CellSpec, srv: Running) -> Metrics:
         connector = aiohttp.TCPConnector(limit=conc)
         async with aiohttp.ClientSession(connector=connector) as session:
 
-            async def worker(meter: Meter) -> None:
+            async def worker(meter: timing.Meter) -> None:
                 while not meter.stop:
                     async with session.get(url) as response:
                         body = await response.read()
@@ -193,10 +185,10 @@ def _aiohttp(spec: CellSpec, srv: Running) -> Metrics:
                             raise ProtocolError(f"aiohttp: status {response.status}")
                     meter.n += 1
 
-            sample = await drive_asyncio(worker, conc, spec.warmup, spec.duration)
+            sample = await timing.drive_asyncio(worker, conc, spec.warmup, spec.duration)
         return sample.throughput()
 
-    return run_asyncio(spec.cell.loop, main)
+    return timing.run_asyncio(spec.cell.loop, main)
 
 
 RUNNERS: dict[str, Callable[[CellSpec, Running], Metrics]] = {

@@ -11,6 +11,7 @@ import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
+from bench import timing
 from bench.base import (
     LOOPS,
     Cell,
@@ -26,7 +27,6 @@ from bench.base import (
     table,
 )
 from bench.procs import raise_nofile
-from bench.timing import run_anyio
 
 TARGET = 1024.0  # bytes per idle connection beyond the socket's own objects
 N, N_QUICK = 1000, 500
@@ -147,7 +147,7 @@ def _memory_cell(spec: CellSpec) -> Metrics:
             "bytes_beyond_settled": settled - raw,
         }
 
-    return run_anyio(spec.cell.loop, main)
+    return timing.run_anyio(spec.cell.loop, main)
 
 
 class Memory(Workload):

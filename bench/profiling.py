@@ -38,6 +38,7 @@ from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
+from bench import timing
 from bench._internals import LEASE_EXIT_ANCHOR, RELEASE_ANCHOR
 from bench.base import LOOPS, Cell, CellSpec, Metrics
 from bench.harness import HOST
@@ -101,6 +102,11 @@ def _profile_opcodes(run: Callable[[], Metrics], anchor: str, top: int) -> Metri
     """Count bytecode instructions per function, and the anchor's calls."""
     ops: Counter[str] = Counter()
     calls: Counter[str] = Counter()
+    # The same, counted only within the measured phases: the steady state,
+    # without the one-off setup spread over however many operations fit.
+    measured_ops: Counter[str] = Counter()
+    measured_calls: Counter[str] = Counter()
+    measuring = [False]
     names: dict[CodeType, str] = {}
     starts: dict[CodeType, int] = {}
 
@@ -124,18 +130,29 @@ def _profile_opcodes(run: Callable[[], Metrics], anchor: str, top: int) -> Metri
 
     def tracer(frame: FrameType, event: str, _arg: object) -> Any:
         if event == "opcode":
-            ops[name_of(frame)] += 1
+            name = name_of(frame)
+            ops[name] += 1
+            if measuring[0]:
+                measured_ops[name] += 1
         elif event == "call":
             frame.f_trace_opcodes = True
             if first_entry(frame):
-                calls[name_of(frame)] += 1
+                name = name_of(frame)
+                calls[name] += 1
+                if measuring[0]:
+                    measured_calls[name] += 1
         return tracer
 
+    def phase(started: bool) -> None:
+        measuring[0] = started
+
+    timing.PHASE_HOOKS.append(phase)
     sys.settrace(tracer)
     try:
         metrics = run()
     finally:
         sys.settrace(None)
+        timing.PHASE_HOOKS.remove(phase)
     anchored = [(n, c) for n, c in calls.items() if re.search(anchor, n)]
     if not anchored:
         raise SystemExit(f"no call of a function matching --anchor {anchor!r} was traced")
@@ -150,6 +167,13 @@ def _profile_opcodes(run: Callable[[], Metrics], anchor: str, top: int) -> Metri
     print(f"{own / n:9.1f}  in conpool's modules, per operation")
     print(f"{harness / n:9.1f}  in the benchmark's own code (and its other phases)")
     print(f"{(total - own - harness) / n:9.1f}  elsewhere (the loop, anyio, imports)")
+    m = measured_calls[anchor_name]
+    if m:
+        mine = sum(v for k, v in measured_ops.items() if k.startswith("conpool/"))
+        print(
+            f"{mine / m:9.1f}  in conpool's modules, per operation of the measured phases "
+            f"({m} operations; the setup and warmup left out)"
+        )
     return metrics
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+from bench import timing
 from bench.base import (
     CORE,
     Cell,
@@ -34,7 +35,6 @@ from bench.base import (
 )
 from bench.procs import raise_nofile, server_core
 from bench.servers import addresses, start
-from bench.timing import run_anyio, time_batches, time_sync
 
 TARGET = 1.2  # x base
 PATTERNS = ("same", "spread")
@@ -56,7 +56,7 @@ def _core_cell(spec: CellSpec, n_addrs: int) -> Metrics:
     gc.freeze()
     for pattern, order in _orders(keys).items():
         batch = _internals.core_pairs(state, order)
-        out[f"us_{pattern}"], out[f"cpu_us_{pattern}"] = time_sync(
+        out[f"us_{pattern}"], out[f"cpu_us_{pattern}"] = timing.time_sync(
             batch, spec.warmup, spec.duration
         )
     if not _internals.core_at_rest(state):
@@ -107,7 +107,7 @@ def _pool_cell(spec: CellSpec, n_addrs: int) -> Metrics:
                         raise RuntimeError(f"expected {n_addrs} idle addresses on {key}")
                 gc.collect()
                 for pattern, order in _orders(keys).items():
-                    sample = await time_batches(
+                    sample = await timing.time_batches(
                         _pool_pairs(pool, order), spec.warmup, spec.duration
                     )
                     out[f"us_{pattern}"], out[f"cpu_us_{pattern}"] = sample.per_op_us()
@@ -116,7 +116,7 @@ def _pool_cell(spec: CellSpec, n_addrs: int) -> Metrics:
                     raise RuntimeError(f"{created} connections were made, expected {total}")
             return out
 
-        return run_anyio(spec.cell.loop, main)
+        return timing.run_anyio(spec.cell.loop, main)
 
 
 class Scale(Workload):

@@ -64,13 +64,25 @@ class Sample(NamedTuple):
         }
 
 
+# Called with True when a measured phase starts and False when it ends
+# (bench.profiling counts instructions of the measured phases apart).
+PHASE_HOOKS: list[Callable[[bool], None]] = []
+
+
+def _phase(started: bool) -> None:
+    for hook in PHASE_HOOKS:
+        hook(started)
+
+
 async def _measure(
     sleep: Callable[[float], Awaitable[None]], meter: Meter, warmup: float, duration: float
 ) -> Sample:
     await sleep(warmup)
+    _phase(True)
     n0, t0, c0 = meter.n, time.perf_counter(), time.process_time()
     await sleep(duration)
     n1, t1, c1 = meter.n, time.perf_counter(), time.process_time()
+    _phase(False)
     meter.stop = True
     return Sample(n1 - n0, t1 - t0, c1 - c0, n1)
 
@@ -132,6 +144,7 @@ async def time_batches(
         await batch(size)
         total += size
     n = 0
+    _phase(True)
     t0, c0 = clock(), time.process_time()
     end = t0 + duration
     while True:
@@ -139,7 +152,9 @@ async def time_batches(
         n += size
         t = clock()
         if t >= end:
-            return Sample(n, t - t0, time.process_time() - c0, total + n)
+            sample = Sample(n, t - t0, time.process_time() - c0, total + n)
+            _phase(False)
+            return sample
 
 
 def time_sync(batch: Callable[[int], None], warmup: float, duration: float) -> tuple[float, float]:
