@@ -11,21 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
-from bench import timing
-from bench.base import (
-    LOOPS,
-    Cell,
-    CellSpec,
-    Impls,
-    Metrics,
-    Options,
-    Summary,
-    Target,
-    Workload,
-    fmt_stat,
-    grid_table,
-    sections,
-)
+from bench import base, timing
+from bench.base import LOOPS, Cell, CellSpec, Impls, Metrics, Summary, Target, Workload
 
 IMPLS: Impls = {
     "conpool": LOOPS,
@@ -71,9 +58,9 @@ async def _measure(
             meter.n += 1
 
     conc = spec.cell.conc
-    base = await drive(bare, conc, spec.warmup, spec.duration)
+    bare_sample = await drive(bare, conc, spec.warmup, spec.duration)
     pool = await drive(worker, conc, spec.warmup, spec.duration)
-    yield_wall, yield_cpu = base.per_op_us()
+    yield_wall, yield_cpu = bare_sample.per_op_us()
     pair_wall, pair_cpu = pool.per_op_us()
     return {
         "us_over_yield": pair_wall - yield_wall,
@@ -84,7 +71,7 @@ async def _measure(
         "cpu_us_per_yield": yield_cpu,
         "pairs": float(pool.n),
         "ops_total": float(pool.total),
-        "yields": float(base.n),
+        "yields": float(bare_sample.n),
         "limit": float(limit_for(spec, True)),
     }
 
@@ -280,11 +267,11 @@ def pairs_table(summary: Summary, cells: Sequence[Cell], metric: str, extra: str
 
     def value(cell: Cell) -> str:
         if cell.impl == extra:
-            return fmt_stat(summary.cell(cell.but("conpool"), extra), "{:.2f}".format)
-        return fmt_stat(summary.cell(cell, metric), "{:.2f}".format)
+            return base.fmt_stat(summary.cell(cell.but("conpool"), extra), "{:.2f}".format)
+        return base.fmt_stat(summary.cell(cell, metric), "{:.2f}".format)
 
     extended = [*cells, *(c.but(extra) for c in cells if extra and c.impl == "conpool")]
-    return grid_table(extended, columns, value)
+    return base.grid_table(extended, columns, value)
 
 
 class Acquire(Workload):
@@ -292,14 +279,14 @@ class Acquire(Workload):
     title = "Uncontended acquire + release, one task, one idle connection"
     impls: ClassVar[Impls] = IMPLS
 
-    def levels(self, opts: Options) -> tuple[int, ...]:
+    def levels(self, opts: base.Options) -> tuple[int, ...]:
         return (1,)
 
     def run(self, spec: CellSpec) -> Metrics:
         return RUNNERS[spec.cell.impl](spec, False)
 
     def report(self, summary: Summary, cells: Sequence[Cell]) -> list[str]:
-        return sections(
+        return base.sections(
             (
                 "µs per pair by wall-clock time, median [min-max]",
                 pairs_table(summary, cells, "us_per_pair"),

@@ -5,19 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from bench import base
 from bench.acquire import IMPLS, RUNNERS, pairs_table
-from bench.base import (
-    Cell,
-    CellSpec,
-    Impls,
-    Metrics,
-    Options,
-    Summary,
-    Target,
-    Workload,
-    loop_order,
-    sections,
-)
+from bench.base import Cell, CellSpec, Impls, Metrics, Summary, Target, Workload
 
 TARGET = 3.0  # µs per pair over the bare yield
 
@@ -29,14 +19,14 @@ class Contended(Workload):
     timing = (0.4, 0.1)
     phases = 2  # the bare yield, then the pairs
 
-    def levels(self, opts: Options) -> tuple[int, ...]:
+    def levels(self, opts: base.Options) -> tuple[int, ...]:
         return tuple(c for c in opts.conc if c >= 4)  # C/4 of less is no pool
 
     def run(self, spec: CellSpec) -> Metrics:
         return RUNNERS[spec.cell.impl](spec, True)
 
     def report(self, summary: Summary, cells: Sequence[Cell]) -> list[str]:
-        return sections(
+        return base.sections(
             (
                 "µs per pair minus µs per bare yield, by wall-clock time, median [min-max]",
                 pairs_table(summary, cells, "us_over_yield", "us_per_yield"),
@@ -60,6 +50,6 @@ class Contended(Workload):
                 summary.cell(c, "us_over_yield"),
                 summary.cell(c, "cpu_us_over_yield"),
             )
-            for c in sorted(cells, key=lambda c: (c.conc, loop_order(c.loop), c.impl))
+            for c in sorted(cells, key=lambda c: (c.conc, base.loop_order(c.loop), c.impl))
             if c.impl in ("conpool", "fifo")
         ]

@@ -7,19 +7,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
-from bench import timing
-from bench.base import (
-    LOOPS,
-    Cell,
-    CellSpec,
-    Impls,
-    Metrics,
-    Ratio,
-    Summary,
-    Target,
-    VersusRaw,
-    loop_order,
-)
+from bench import base, timing
+from bench.base import LOOPS, Cell, CellSpec, Impls, Metrics, Summary, Target
 
 SIZE = 64
 MESSAGE = bytes(range(SIZE))
@@ -185,7 +174,7 @@ RUNNERS: dict[str, Callable[[CellSpec], Metrics]] = {
 }
 
 
-class Echo(VersusRaw):
+class Echo(base.VersusRaw):
     name = "echo"
     title = f"Echo round trips, {SIZE} B messages"
     impls: ClassVar[Impls] = {
@@ -205,14 +194,14 @@ class Echo(VersusRaw):
             return _raw_trio(spec) if spec.cell.loop == "trio" else _raw_asyncio(spec)
         return RUNNERS[spec.cell.impl](spec)
 
-    def _over_naive(self, cell: Cell) -> tuple[Ratio, Ratio]:
+    def _over_naive(self, cell: Cell) -> tuple[base.Ratio, base.Ratio]:
         naive = cell.but("naive")
         return (
-            Ratio("conpool/naive", cell, naive, "rps"),
-            Ratio("conpool/naive cpu", naive, cell, "cpu_us"),
+            base.Ratio("conpool/naive", cell, naive, "rps"),
+            base.Ratio("conpool/naive cpu", naive, cell, "cpu_us"),
         )
 
-    def ratios(self, cells: Sequence[Cell]) -> list[Ratio]:
+    def ratios(self, cells: Sequence[Cell]) -> list[base.Ratio]:
         present = set(cells)
         over = [c for c in cells if c.impl == "conpool" and c.but("naive") in present]
         return super().ratios(cells) + [r for c in over for r in self._over_naive(c)]
@@ -220,7 +209,7 @@ class Echo(VersusRaw):
     def targets(self, summary: Summary, cells: Sequence[Cell]) -> list[Target]:
         present = set(cells)
         out = []
-        for cell in sorted(cells, key=lambda c: (loop_order(c.loop), c.conc)):
+        for cell in sorted(cells, key=lambda c: (base.loop_order(c.loop), c.conc)):
             where = f"{cell.loop}, C={cell.conc}"
             for other, ratios, goal in (
                 ("raw", self.pair(cell), TARGET),

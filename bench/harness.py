@@ -42,7 +42,7 @@ from bench.base import (
 )
 from bench.procs import ROOT, child_env, cores, cpu_model, pin
 from bench.registry import WORKLOADS
-from bench.servers import start
+from bench.servers import Running, start
 
 HOST = "127.0.0.1"
 CELL_SLACK = 30.0  # seconds a client may take beyond its phases: a limit, not an estimate
@@ -313,6 +313,50 @@ def report(matrix: list[Planned], summary: Summary) -> tuple[list[str], list[Tar
     return lines, targets
 
 
+def measure(
+    item: Planned, run: dict[str, Any], args: argparse.Namespace, server: Running, cpu: int | None
+) -> None:
+    """Run one cell in a client process and record what it did in ``run``."""
+    w, opts, cell = item
+    if args.quiet_wait > 0:
+        waited = time.monotonic()
+        wait_for_quiet(server.pid, args.quiet_wait, args.quiet_cores)
+        run["quiet_wait_s"] = round(time.monotonic() - waited, 2)
+    spec = CellSpec(cell, HOST, server.port, opts.duration, opts.warmup, cpu)
+    t0 = time.monotonic()
+    others = Interference(server.pid)
+    metrics, error = run_cell(spec, expected_seconds(w, opts) + CELL_SLACK)
+    run["wall_s"] = round(time.monotonic() - t0, 3)
+    load = others.cores()
+    run["other_cores"] = None if load is None else round(load, 3)
+    run["metrics"] = metrics
+    if error is not None:
+        run["error"] = error
+
+
+def header(meta: dict[str, Any], runs: list[dict[str, Any]], pinned: str) -> list[str]:
+    """The lines above the tables: when, what, where, and how loaded (which
+    also goes into ``meta``)."""
+    lines = [
+        f"conpool bench  {meta['date']}  {meta['repeat']} repeat(s), shuffled, seed {meta['seed']}",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        "source: " + ", ".join(f"{k} {v}" for k, v in meta["source"].items()),
+        f"machine: {meta['cpu']}, nproc {meta['nproc']}; {pinned}; took {meta['elapsed_s']} s",
+    ]
+    loads = sorted(r["other_cores"] for r in runs if r.get("other_cores") is not None)
+    if loads:
+        median, over = loads[len(loads) // 2], sum(x > 0.25 for x in loads)
+        meta["other_cores"] = {"median": median, "max": loads[-1], "runs_over_0.25": over}
+        lines.append(
+            f"interference: other processes took a median {median:.2f} cores "
+            f"(max {loads[-1]:.2f}) while cells ran; {over} of {len(loads)} runs over 0.25"
+        )
+    failed = sum(1 for r in runs if r.get("error"))
+    if failed:
+        lines.append(f"{failed} run(s) failed or skipped: see 'runs' in the JSON")
+    return lines + [f"note: {n}" for n in meta["notes"]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 2 and argv[0] == "--cell":
@@ -332,13 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     rng = random.Random(seed)
     client_cpu, server_cpu = cores(args.no_pin)
+    pinned = "not pinned"
+    if client_cpu is not None:
+        pinned = f"clients on core {client_cpu}, server on core {server_cpu}"
     started = time.monotonic()
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    pinned = (
-        f"clients on core {client_cpu}, server on core {server_cpu}"
-        if client_cpu is not None
-        else "not pinned"
-    )
     meta: dict[str, Any] = {
         "date": now.isoformat(),
         "command": " ".join(["python -m bench", *argv]),
@@ -367,62 +409,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = len(matrix) * args.repeat
     with start("echo", cpu=server_cpu, max_seconds=budget + 120.0) as server:
         for r in range(args.repeat):
-            for i, (w, opts, cell) in enumerate(shuffled(matrix, rng)):
-                run: dict[str, Any] = {
-                    "repeat": r,
-                    "order": i,
-                    "key": cell.key,
-                    "cell": asdict(cell),
-                }
+            for i, item in enumerate(shuffled(matrix, rng)):
+                cell = item[2]
+                run: dict[str, Any] = {"repeat": r, "order": i, "key": cell.key}
+                run["cell"] = asdict(cell)
                 runs.append(run)
-                need = expected_seconds(w, opts)
-                if time.monotonic() - started + need > budget:
+                if time.monotonic() - started + expected_seconds(item[0], item[1]) > budget:
                     run["error"] = "skipped: over the time budget"
                     continue
-                if args.quiet_wait > 0:
-                    waited = time.monotonic()
-                    wait_for_quiet(server.pid, args.quiet_wait, args.quiet_cores)
-                    run["quiet_wait_s"] = round(time.monotonic() - waited, 2)
-                spec = CellSpec(cell, HOST, server.port, opts.duration, opts.warmup, client_cpu)
-                t0 = time.monotonic()
-                others = Interference(server.pid)
-                metrics, error = run_cell(spec, need + CELL_SLACK)
-                run["wall_s"] = round(time.monotonic() - t0, 3)
-                load = others.cores()
-                run["other_cores"] = None if load is None else round(load, 3)
-                run["metrics"] = metrics
-                if error is not None:
-                    run["error"] = error
-                shown = error or ", ".join(f"{k}={v:.4g}" for k, v in (metrics or {}).items())
+                measure(item, run, args, server, client_cpu)
+                metrics = run["metrics"] or {}
+                shown = run.get("error") or ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                load = run["other_cores"]
                 busy = "" if load is None else f" [others {load:.2f} cores]"
                 print(f"[{len(runs)}/{total}] {cell.key}: {shown}{busy}", file=sys.stderr)
 
     summary = summarize(matrix, runs, args.repeat)
     lines, targets = report(matrix, summary)
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    header = [
-        f"conpool bench  {meta['date']}  {args.repeat} repeat(s), shuffled, seed {seed}",
-        "versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
-        "source: " + ", ".join(f"{k} {v}" for k, v in meta["source"].items()),
-        f"machine: {meta['cpu']}, nproc {meta['nproc']}; {pinned}; took {meta['elapsed_s']} s",
-    ]
-    loads = sorted(r["other_cores"] for r in runs if r.get("other_cores") is not None)
-    if loads:
-        over = sum(x > 0.25 for x in loads)
-        meta["other_cores"] = {
-            "median": loads[len(loads) // 2],
-            "max": loads[-1],
-            "runs_over_0.25": over,
-        }
-        header.append(
-            f"interference: other processes took a median {loads[len(loads) // 2]:.2f} cores "
-            f"(max {loads[-1]:.2f}) while cells ran; {over} of {len(loads)} runs over 0.25"
-        )
-    failed = [r for r in runs if r.get("error")]
-    if failed:
-        header.append(f"{len(failed)} run(s) failed or skipped: see 'runs' in the JSON")
-    print("\n".join(header + [f"note: {n}" for n in notes] + lines))
-
+    print("\n".join(header(meta, runs, pinned) + lines))
     out = {
         "meta": meta,
         "runs": runs,
@@ -436,4 +441,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nJSON: {args.json}")
-    return 1 if any(not r["error"].startswith("skipped") for r in failed) else 0
+    failed = [r["error"] for r in runs if r.get("error")]
+    return 1 if any(not e.startswith("skipped") for e in failed) else 0

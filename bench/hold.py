@@ -9,20 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from bench import timing
-from bench.base import (
-    LOOPS,
-    Cell,
-    CellSpec,
-    Impls,
-    Metrics,
-    Options,
-    Summary,
-    Workload,
-    fmt_stat,
-    loop_order,
-    table,
-)
+from bench import base, timing
+from bench.base import LOOPS, Cell, CellSpec, Impls, Metrics, Summary, Workload
 from bench.procs import raise_nofile, server_core, status_kb
 from bench.servers import addresses, start
 
@@ -112,7 +100,7 @@ class Hold(Workload):
     impls: ClassVar[Impls] = {"conpool": LOOPS}
     timing = quick_timing = (2.5, 0.0)  # no phase: ~2-3 s of dialling, holding and closing
 
-    def cells(self, opts: Options) -> list[Cell]:
+    def cells(self, opts: base.Options) -> list[Cell]:
         loops = ("uvloop",) if opts.quick else LOOPS  # --quick: uvloop only
         return [Cell(self.name, "conpool", loop, N) for loop in loops]
 
@@ -132,7 +120,7 @@ class Hold(Workload):
             "peak RSS MB": "peak_rss_mb",
         }
         rows, skipped = [], []
-        for c in sorted(cells, key=lambda c: loop_order(c.loop)):
+        for c in sorted(cells, key=lambda c: base.loop_order(c.loop)):
 
             def get(metric: str, c: Cell = c) -> float:
                 stat = summary.cell(c, metric)
@@ -144,7 +132,11 @@ class Hold(Workload):
                     f"{c.loop}: SKIPPED: the hard RLIMIT_NOFILE is {hard:g}, {need:g} needed"
                 )
                 continue
-            row = [c.loop, str(c.conc), *(fmt_stat(summary.cell(c, m)) for m in columns.values())]
+            row = [
+                c.loop,
+                str(c.conc),
+                *(base.fmt_stat(summary.cell(c, m)) for m in columns.values()),
+            ]
             rows.append([*row, f"{get('addr_min'):g}-{get('addr_max'):g}"])
         out = [
             "open: C tasks acquire all N (dial), CPU µs per connection; echo all: one byte there",
@@ -153,5 +145,5 @@ class Hold(Workload):
             "",
         ]
         if rows:
-            out += table(["loop", "N", *columns, "conns per address"], rows)
+            out += base.table(["loop", "N", *columns, "conns per address"], rows)
         return out + skipped

@@ -14,8 +14,8 @@ import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
 
-from bench import timing
-from bench.base import LOOPS, Cell, CellSpec, Impls, Metrics, Options, Summary, VersusRaw
+from bench import base, timing
+from bench.base import LOOPS, Cell, CellSpec, Impls, Metrics, Summary
 from bench.procs import server_core
 from bench.servers import BODY, Running, start
 
@@ -199,7 +199,7 @@ RUNNERS: dict[str, Callable[[CellSpec, Running], Metrics]] = {
 }
 
 
-class Http(VersusRaw):
+class Http(base.VersusRaw):
     name = "http"
     title = "HTTP/1.1 keep-alive GET, 64 B body, C tasks"
     impls: ClassVar[Impls] = {
@@ -212,7 +212,7 @@ class Http(VersusRaw):
     timing = (0.4, 0.15)  # each cell also starts its server (~0.05 s for nginx)
     quick_timing = (0.15, 0.05)
 
-    def levels(self, opts: Options) -> tuple[int, ...]:
+    def levels(self, opts: base.Options) -> tuple[int, ...]:
         if opts.quick and opts.conc == (1, 16, 64):
             return (1, 64)  # --quick with the default levels: the ends only
         return opts.conc

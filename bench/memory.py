@@ -11,21 +11,8 @@ import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
-from bench import timing
-from bench.base import (
-    LOOPS,
-    Cell,
-    CellSpec,
-    Impls,
-    Metrics,
-    Options,
-    Summary,
-    Target,
-    Workload,
-    fmt_stat,
-    loop_order,
-    table,
-)
+from bench import base, timing
+from bench.base import LOOPS, Cell, CellSpec, Impls, Metrics, Summary, Target, Workload
 from bench.procs import raise_nofile
 
 TARGET = 1024.0  # bytes per idle connection beyond the socket's own objects
@@ -156,7 +143,7 @@ class Memory(Workload):
     impls: ClassVar[Impls] = {"conpool": LOOPS}
     timing = quick_timing = (1.0, 0.0)  # no phase: dialling 2 x N under tracemalloc
 
-    def cells(self, opts: Options) -> list[Cell]:
+    def cells(self, opts: base.Options) -> list[Cell]:
         return [Cell(self.name, "conpool", loop, N_QUICK if opts.quick else N) for loop in LOOPS]
 
     def run(self, spec: CellSpec) -> Metrics:
@@ -165,8 +152,8 @@ class Memory(Workload):
     def report(self, summary: Summary, cells: Sequence[Cell]) -> list[str]:
         metrics = ["pooled", "raw", "beyond", "settled", "beyond_settled"]
         rows = [
-            [c.loop, str(c.conc), *(fmt_stat(summary.cell(c, f"bytes_{m}")) for m in metrics)]
-            for c in sorted(cells, key=lambda c: loop_order(c.loop))
+            [c.loop, str(c.conc), *(base.fmt_stat(summary.cell(c, f"bytes_{m}")) for m in metrics)]
+            for c in sorted(cells, key=lambda c: base.loop_order(c.loop))
         ]
         header = ["loop", "N", "pooled", "raw", "beyond raw", "pooled, settled", "beyond, settled"]
         return [
@@ -175,7 +162,7 @@ class Memory(Workload):
             f"then the same two once the connects' deadlines have passed ({SETTLE} s later:",
             "trio frees a connect timeout's cancel scope only then)",
             "",
-            *table(header, rows),
+            *base.table(header, rows),
         ]
 
     def targets(self, summary: Summary, cells: Sequence[Cell]) -> list[Target]:
@@ -187,5 +174,5 @@ class Memory(Workload):
                 None,
                 summary.cell(c, "bytes_beyond_settled"),
             )
-            for c in sorted(cells, key=lambda c: loop_order(c.loop))
+            for c in sorted(cells, key=lambda c: base.loop_order(c.loop))
         ]

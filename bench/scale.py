@@ -17,22 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from bench import timing
-from bench.base import (
-    CORE,
-    Cell,
-    CellSpec,
-    Impls,
-    Metrics,
-    Options,
-    Ratio,
-    Summary,
-    Target,
-    Workload,
-    fmt_ratio,
-    fmt_stat,
-    table,
-)
+from bench import base, timing
+from bench.base import Cell, CellSpec, Impls, Metrics, Summary, Target, Workload
 from bench.procs import raise_nofile, server_core
 from bench.servers import addresses, start
 
@@ -123,8 +109,8 @@ class Scale(Workload):
     name = "scale"
     title = "Acquire + release vs endpoints and addresses per endpoint"
     impls: ClassVar[Impls] = {
-        "core-a1": (CORE,),
-        "core-a64": (CORE,),
+        "core-a1": (base.CORE,),
+        "core-a64": (base.CORE,),
         "pool-a1": ("uvloop",),
         "pool-a64": ("uvloop",),
     }
@@ -139,7 +125,7 @@ class Scale(Workload):
     timing = (0.3, 0.1)
     phases = 4
 
-    def cells(self, opts: Options) -> list[Cell]:
+    def cells(self, opts: base.Options) -> list[Cell]:
         return [
             Cell(self.name, impl, loop, n)
             for impl, loops in self.impls.items()
@@ -157,11 +143,13 @@ class Scale(Workload):
     def _base(self, cell: Cell) -> Cell:
         return Cell(self.name, cell.impl.split("-")[0] + "-a1", cell.loop, 1)
 
-    def _ratio(self, cell: Cell, pattern: str, cpu: bool) -> Ratio:
+    def _ratio(self, cell: Cell, pattern: str, cpu: bool) -> base.Ratio:
         metric = f"{'cpu_' if cpu else ''}us_{pattern}"
-        return Ratio(f"x base {'cpu ' if cpu else ''}{pattern}", cell, self._base(cell), metric)
+        return base.Ratio(
+            f"x base {'cpu ' if cpu else ''}{pattern}", cell, self._base(cell), metric
+        )
 
-    def ratios(self, cells: Sequence[Cell]) -> list[Ratio]:
+    def ratios(self, cells: Sequence[Cell]) -> list[base.Ratio]:
         present = set(cells)
         return [
             self._ratio(c, p, cpu)
@@ -173,14 +161,14 @@ class Scale(Workload):
 
     def report(self, summary: Summary, cells: Sequence[Cell]) -> list[str]:
         def stat(cell: Cell, metric: str) -> str:
-            return fmt_stat(summary.cell(cell, metric))
+            return base.fmt_stat(summary.cell(cell, metric))
 
         def ratio(cell: Cell, pattern: str) -> str:
-            return fmt_stat(summary.ratio(self._ratio(cell, pattern, True)), fmt_ratio)
+            return base.fmt_stat(summary.ratio(self._ratio(cell, pattern, True)), base.fmt_ratio)
 
         rows = [
             [
-                "core alone" if c.loop == CORE else f"Pool, {c.loop}",
+                "core alone" if c.loop == base.CORE else f"Pool, {c.loop}",
                 str(c.conc),
                 c.impl.split("-a")[1],
                 stat(c, "cpu_us_same"),
@@ -199,7 +187,7 @@ class Scale(Workload):
             "same family (paired).  same: one endpoint again and again; spread: every endpoint in",
             "turn, shuffled.  Every address holds one idle connection.",
             "",
-            *table(header, rows),
+            *base.table(header, rows),
         ]
 
     def targets(self, summary: Summary, cells: Sequence[Cell]) -> list[Target]:

@@ -12,20 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from bench.base import (
-    CORE,
-    Cell,
-    CellSpec,
-    Impls,
-    Metrics,
-    Options,
-    Stat,
-    Summary,
-    Target,
-    Workload,
-    fmt_stat,
-    table,
-)
+from bench import base
+from bench.base import Cell, CellSpec, Impls, Metrics, Summary, Target, Workload
 
 TARGET = 1.5  # per-expired cost from 10 to 100,000 expired: within this factor
 MAX_IDLE = 1e6  # the idle limit of the built state
@@ -94,22 +82,22 @@ def _sweep_cell(spec: CellSpec) -> Metrics:
     return out
 
 
-def spread(stats: Sequence[Stat | None]) -> Stat | None:
+def spread(stats: Sequence[base.Stat | None]) -> base.Stat | None:
     """max / min of the medians."""
     vals = [s.median for s in stats if s is not None]
-    return Stat.one(max(vals) / min(vals)) if len(vals) >= 2 and min(vals) > 0 else None
+    return base.Stat.one(max(vals) / min(vals)) if len(vals) >= 2 and min(vals) > 0 else None
 
 
 class Sweep(Workload):
     name = "sweep"
     title = "Idle sweep of the core with 100,000 idle connections"
-    impls: ClassVar[Impls] = {"core": (CORE,)}
+    impls: ClassVar[Impls] = {"core": (base.CORE,)}
     timing = (0.3, 0.0)  # building the 100,000 records (~0.5 s, three times) dominates
     quick_timing = (0.1, 0.0)
     phases = 10
 
-    def cells(self, opts: Options) -> list[Cell]:
-        return [Cell(self.name, "core", CORE, 100_000)]
+    def cells(self, opts: base.Options) -> list[Cell]:
+        return [Cell(self.name, "core", base.CORE, 100_000)]
 
     def run(self, spec: CellSpec) -> Metrics:
         return _sweep_cell(spec)
@@ -125,15 +113,17 @@ class Sweep(Workload):
                     [
                         f"{idle} idle",
                         str(k),
-                        fmt_stat(summary.cell(cell, f"cpu_us_sweep_{label}")),
-                        fmt_stat(summary.cell(cell, f"us_sweep_{label}")),
-                        fmt_stat(summary.cell(cell, f"cpu_us_per_expired_{label}")) if k else "",
+                        base.fmt_stat(summary.cell(cell, f"cpu_us_sweep_{label}")),
+                        base.fmt_stat(summary.cell(cell, f"us_sweep_{label}")),
+                        base.fmt_stat(summary.cell(cell, f"cpu_us_per_expired_{label}"))
+                        if k
+                        else "",
                     ]
                 )
         return [
             "µs per sweep(now), the core alone (PoolState.sweep; closing sockets is the shell's)",
             "",
-            *table(["idle", "expired", "cpu µs", "wall µs", "cpu µs per expired"], rows),
+            *base.table(["idle", "expired", "cpu µs", "wall µs", "cpu µs per expired"], rows),
         ]
 
     def targets(self, summary: Summary, cells: Sequence[Cell]) -> list[Target]:
@@ -141,17 +131,17 @@ class Sweep(Workload):
         for cell in cells:
             n = cell.conc
 
-            def get(metric: str, cell: Cell = cell) -> Stat | None:
+            def get(metric: str, cell: Cell = cell) -> base.Stat | None:
                 return summary.cell(cell, metric)
 
-            def per(prefix: str, n: int = n) -> Stat | None:
+            def per(prefix: str, n: int = n) -> base.Stat | None:
                 return spread([get(f"{prefix}_per_expired_{k}") for k in (10, 1_000, n)])
 
-            def empty(prefix: str) -> Stat | None:
+            def empty(prefix: str) -> base.Stat | None:
                 big, small = get(f"{prefix}_sweep_0"), get(f"{prefix}_sweep_0_small")
                 if big is None or small is None or small.median <= 0:
                     return None
-                return Stat.one(big.median / small.median)
+                return base.Stat.one(big.median / small.median)
 
             what = f"sweep: per-expired cost, max/min over 10..{n} expired"
             out.append(Target.check(what, "<=", TARGET, per("us"), per("cpu_us")))

@@ -14,23 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from bench import base
 from bench.acquire import conpool_pairs
-from bench.base import (
-    Cell,
-    CellSpec,
-    Impls,
-    Metrics,
-    Options,
-    Ratio,
-    Stat,
-    Summary,
-    Target,
-    Workload,
-    fmt_ratio,
-    fmt_stat,
-    grid,
-    table,
-)
+from bench.base import Cell, CellSpec, Impls, Metrics, Summary, Target, Workload
 from bench.echo import conpool_echo
 
 CAPACITY = 65536
@@ -90,7 +76,7 @@ class Tracing(Workload):
     }
     quick_timing = (0.15, 0.05)
 
-    def cells(self, opts: Options) -> list[Cell]:
+    def cells(self, opts: base.Options) -> list[Cell]:
         echo = tuple(c for c in opts.conc if c >= 2) or opts.conc
         if opts.quick and opts.conc == (1, 16, 64):
             echo = (64,)  # --quick with the default levels: the largest only
@@ -104,14 +90,14 @@ class Tracing(Workload):
     def run(self, spec: CellSpec) -> Metrics:
         return _cell(spec)
 
-    def _pair(self, on: Cell) -> tuple[Ratio, Ratio]:
+    def _pair(self, on: Cell) -> tuple[base.Ratio, base.Ratio]:
         """on/off by throughput (pairs: off's µs over on's) and by CPU per op."""
         off = on.but(on.impl.replace("-on", "-off"))
         _, rate, cpu = KINDS[on.impl.split("-")[0]]
         num, den = (on, off) if rate == "rps" else (off, on)
-        return Ratio("on/off", num, den, rate), Ratio("on/off cpu", off, on, cpu)
+        return base.Ratio("on/off", num, den, rate), base.Ratio("on/off cpu", off, on, cpu)
 
-    def ratios(self, cells: Sequence[Cell]) -> list[Ratio]:
+    def ratios(self, cells: Sequence[Cell]) -> list[base.Ratio]:
         present = set(cells)
         return [
             r
@@ -120,7 +106,7 @@ class Tracing(Workload):
             for r in self._pair(c)
         ]
 
-    def _overhead(self, summary: Summary, on: Cell) -> Stat | None:
+    def _overhead(self, summary: Summary, on: Cell) -> base.Stat | None:
         """The no-tracer cost, % of the operation's CPU: events/op x guard / CPU."""
         off = on.but(on.impl.replace("-on", "-off"))
         guard = summary.cell(off, "guard_ns")
@@ -128,13 +114,13 @@ class Tracing(Workload):
         cpu = summary.cell(off, KINDS[on.impl.split("-")[0]][2])
         if guard is None or events is None or cpu is None:
             return None
-        return Stat.one(events.median * guard.median / (cpu.median * 1000) * 100)
+        return base.Stat.one(events.median * guard.median / (cpu.median * 1000) * 100)
 
     def report(self, summary: Summary, cells: Sequence[Cell]) -> list[str]:
         lines: list[str] = []
         for kind, (what, rate, cpu) in KINDS.items():
             rows = []
-            for loop, conc in grid(c for c in cells if c.impl.startswith(kind)):
+            for loop, conc in base.grid(c for c in cells if c.impl.startswith(kind)):
                 on, off = (
                     Cell(self.name, f"{kind}-on", loop, conc),
                     Cell(self.name, f"{kind}-off", loop, conc),
@@ -143,13 +129,13 @@ class Tracing(Workload):
                 row = [loop, str(conc)]
                 for c in (off, on):
                     row += [
-                        fmt_stat(summary.cell(c, rate), scale=scale),
-                        fmt_stat(summary.cell(c, cpu)),
+                        base.fmt_stat(summary.cell(c, rate), scale=scale),
+                        base.fmt_stat(summary.cell(c, cpu)),
                     ]
-                row += [fmt_stat(summary.ratio(r), fmt_ratio) for r in self._pair(on)]
+                row += [base.fmt_stat(summary.ratio(r), base.fmt_ratio) for r in self._pair(on)]
                 row += [
-                    fmt_stat(summary.cell(on, "events_per_op")),
-                    fmt_stat(summary.cell(off, "guard_ns")),
+                    base.fmt_stat(summary.cell(on, "events_per_op")),
+                    base.fmt_stat(summary.cell(off, "guard_ns")),
                 ]
                 pct = self._overhead(summary, on)
                 rows.append([*row, "-" if pct is None else f"{pct.median:.2f} %"])
@@ -159,7 +145,7 @@ class Tracing(Workload):
             header = ["loop", "C", f"off {unit}", "off cpu µs", f"on {unit}", "on cpu µs"]
             header += ["on/off", "on/off cpu", "events/op", "guard ns", "no-tracer cost"]
             lines += [f"{what}: off = tracer=None, on = Tracer(capacity={CAPACITY})", ""]
-            lines += [*table(header, rows), ""]
+            lines += [*base.table(header, rows), ""]
         calls = [s.max for c in cells if (s := summary.cell(c, "traced_calls_per_op")) is not None]
         if calls:
             lines.append(
