@@ -40,7 +40,7 @@ from bench.base import (
     available,
     table,
 )
-from bench.procs import ROOT, child_env, cores, cpu_model, pin
+from bench.procs import ROOT, child_env, cores, cpu_model
 from bench.registry import WORKLOADS
 from bench.servers import Running, start
 
@@ -222,7 +222,7 @@ def expected_seconds(w: Workload, opts: Options) -> float:
 
 def run_cell(spec: CellSpec, timeout: float) -> tuple[dict[str, float] | None, str | None]:
     """(metrics, None) or (None, what went wrong)."""
-    cmd = [sys.executable, "-m", "bench", "--cell", spec.to_json()]
+    cmd = [sys.executable, "-m", "bench.cell", spec.to_json()]
     try:
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=ROOT
@@ -238,23 +238,6 @@ def run_cell(spec: CellSpec, timeout: float) -> tuple[dict[str, float] | None, s
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return None, f"bad output {lines[-1]!r}: {exc}"
     return metrics, None
-
-
-def cell_main(spec_json: str) -> int:
-    """In the client process: pin, measure one cell, print its metrics as
-    the last line of stdout."""
-    spec = CellSpec.from_json(spec_json)
-    pinned = pin(spec.cpu)
-    # asyncio's transports read with recv(256 KiB); glibc serves that with
-    # mmap until a large block has been freed once, so a small process (raw
-    # streams) paid an mmap + munmap per read (10-30 µs) that a process which
-    # had imported more (a pool) did not.  One freed 1 MiB block puts every
-    # client in the second case, where any real application is.
-    block = bytes(1 << 20)
-    del block
-    metrics = WORKLOADS[spec.cell.workload].run(spec)
-    print(json.dumps({"metrics": metrics, "pinned": pinned}), flush=True)
-    return 0
 
 
 def summarize(matrix: list[Planned], runs: list[dict[str, Any]], repeats: int) -> Summary:
@@ -359,8 +342,6 @@ def header(meta: dict[str, Any], runs: list[dict[str, Any]], pinned: str) -> lis
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 2 and argv[0] == "--cell":
-        return cell_main(argv[1])
     args = parse_args(argv)
     matrix, notes = plan(args)
     if not matrix:
