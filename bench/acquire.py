@@ -120,49 +120,32 @@ def conpool_pairs(
 def _fifo(spec: CellSpec, contended: bool) -> Metrics:
     from bench.peers import AsyncioFifo, TrioFifo
 
-    size = limit_for(spec, contended)
-    if spec.cell.loop == "trio":
+    loop = spec.cell.loop
+    if loop == "trio":
         import trio
 
-        trio_pool = TrioFifo(size)
-
-        async def trio_batch(n: int) -> None:
-            for _ in range(n):
-                item = await trio_pool.acquire()
-                trio_pool.release(item)
-
-        async def trio_worker(meter: timing.Meter) -> None:
-            while not meter.stop:
-                item = await trio_pool.acquire()
-                await trio.lowlevel.checkpoint()
-                trio_pool.release(item)
-                meter.n += 1
-
-        async def trio_main() -> Metrics:
-            return await _measure(
-                spec, contended, trio_batch, trio_worker, timing.drive_trio, trio.sleep
-            )
-
-        return timing.run_trio(trio_main)
-
-    pool = AsyncioFifo(size)
-
-    async def batch(n: int) -> None:
-        for _ in range(n):
-            item = await pool.acquire()
-            pool.release(item)
-
-    async def worker(meter: timing.Meter) -> None:
-        while not meter.stop:
-            item = await pool.acquire()
-            await asyncio.sleep(0)
-            pool.release(item)
-            meter.n += 1
+        yield_: Yield = trio.sleep
+    else:
+        yield_ = asyncio.sleep
 
     async def main() -> Metrics:
-        return await _measure(spec, contended, batch, worker, timing.drive_asyncio, asyncio.sleep)
+        pool = (TrioFifo if loop == "trio" else AsyncioFifo)(limit_for(spec, contended))
 
-    return timing.run_asyncio(spec.cell.loop, main)
+        async def batch(n: int) -> None:
+            for _ in range(n):
+                item = await pool.acquire()
+                pool.release(item)
+
+        async def worker(meter: timing.Meter) -> None:
+            while not meter.stop:
+                item = await pool.acquire()
+                await yield_(0)
+                pool.release(item)
+                meter.n += 1
+
+        return await _measure(spec, contended, batch, worker, timing.drive_native(loop), yield_)
+
+    return timing.run_native(loop, main)
 
 
 def _naive(spec: CellSpec, contended: bool) -> Metrics:
