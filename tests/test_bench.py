@@ -82,7 +82,7 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     cmd = [sys.executable, "-m", "bench", "--workload", "echo", "--impl", "raw"]
     cmd += ["--impl", "conpool", "--loop", "asyncio", "--conc", "1", "--repeat", "1"]
-    cmd += ["--duration", "0.05", "--warmup", "0.02", "--budget", "240", "--json", str(out)]
+    cmd += ["--duration", "0.2", "--warmup", "0.05", "--budget", "240", "--json", str(out)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "== Echo round trips" in done.stdout
