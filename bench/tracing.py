@@ -39,9 +39,9 @@ def _by_hand(pool: Any, endpoint: Any, n: int) -> None:
             conn = done.value
         else:
             raise RuntimeError("acquire suspended")
-        done_release = pool.release(conn)
+        releasing = pool.release(conn)
         try:
-            done_release.send(None)
+            releasing.send(None)
         except StopIteration:
             pass
 
