@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import gc
 import importlib.util
 import json
@@ -35,7 +34,7 @@ import anyio
 import conpool
 from bench.procs import cpu_model, status_kb
 from conpool.stress.runner import RunControl, run_scenario
-from conpool.stress.scenarios import Scenario, all_scenarios, select
+from conpool.stress.scenarios import all_scenarios, select
 from conpool.stress.servers import ServerProcess, ServerSpec
 
 BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -170,59 +169,89 @@ async def overload_burst(port: int, tasks: int, seed: int, totals: Overload) -> 
     return None
 
 
-async def one_round(
-    args: argparse.Namespace,
-    scenarios: list[Scenario],
-    servers: ServerProcess,
-    deadline: float,
-    round_no: int,
-    backend: str,
-    totals: Overload,
-    log: list[dict[str, Any]],
-    t0: float,
-) -> list[str]:
-    """Every scenario once (stopping at ``deadline``), then the burst; the problems."""
-    problems: list[str] = []
-    control = RunControl()
-    for scenario in scenarios:
-        if time.monotonic() + args.scenario_seconds > deadline:
-            break
-        started = time.monotonic()
-        try:
-            r = await run_scenario(
-                scenario,
-                duration=args.scenario_seconds,
-                concurrency=args.concurrency,
-                servers=servers,
-                target=None,
-                control=control,
+class Soak:
+    """One soak: the rounds run so far, what they logged, what went wrong."""
+
+    def __init__(self, args: argparse.Namespace, servers: ServerProcess) -> None:
+        self.args, self.servers = args, servers
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + args.minutes * 60.0
+        self.totals = Overload()
+        self.problems: list[str] = []
+        self.log: list[dict[str, Any]] = []  # one entry per scenario run
+        # Between rounds no pool exists and no loop runs: the process's
+        # resting size, the figure a leak moves.
+        self.rest: list[dict[str, Any]] = []
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def run(self) -> None:
+        args = self.args
+        while time.monotonic() + args.scenario_seconds <= self.deadline:
+            backend = args.backends[len(self.rest) % len(args.backends)]
+            name, options = BACKENDS[backend]
+            print(
+                f"soak: round {len(self.rest) + 1} on {backend} at {self.elapsed():.0f} s, "
+                f"RSS {rss_kib() / 1024:.1f} MiB, {fd_count()} fds",
+                file=sys.stderr,
+                flush=True,
             )
-        except Exception as exc:  # a crash of the pool is what a soak is for
-            problems.append(f"{backend} {scenario.name}: {type(exc).__name__}: {exc}")
-            continue
-        if r is None:
-            problems.append(f"{backend} {scenario.name}: interrupted")
-            continue
-        log.append(
-            {
-                "round": round_no,
-                "backend": backend,
-                "scenario": scenario.name,
-                "t_s": round(started - t0, 3),
-                "ok": r["requests"]["ok"],
-                "errors": r["requests"]["errors"],
-                "rps": r["throughput_rps"],
-                "created": r["connections"]["created"],
-            }
-        )
-        stats = r["pool_stats"] or {}
-        if stats.get("active", 0) or stats.get("pending", 0):
-            problems.append(f"{backend} {scenario.name}: left {stats}")
-    if args.burst and time.monotonic() + 5.0 < deadline:
-        problem = await overload_burst(servers.ports["echo"], args.burst, round_no, totals)
-        if problem is not None:
-            problems.append(f"{backend} overload: {problem}")
-    return problems
+            anyio.run(self.round, backend, backend=name, backend_options=options)
+            gc.collect()
+            self.rest.append(
+                {
+                    "round": len(self.rest) + 1,
+                    "backend": backend,
+                    "t_s": round(self.elapsed(), 1),
+                    "rss_kib": rss_kib(),
+                    "fds": fd_count(),
+                }
+            )
+
+    async def round(self, backend: str) -> None:
+        """Every scenario once (stopping at the deadline), then the burst."""
+        args, number = self.args, len(self.rest) + 1
+        control = RunControl()
+        for scenario in args.chosen:
+            if time.monotonic() + args.scenario_seconds > self.deadline:
+                break
+            started = self.elapsed()
+            try:
+                r = await run_scenario(
+                    scenario,
+                    duration=args.scenario_seconds,
+                    concurrency=args.concurrency,
+                    servers=self.servers,
+                    target=None,
+                    control=control,
+                )
+            except Exception as exc:  # a crash of the pool is what a soak is for
+                self.problems.append(f"{backend} {scenario.name}: {type(exc).__name__}: {exc}")
+                continue
+            if r is None:
+                self.problems.append(f"{backend} {scenario.name}: interrupted")
+                continue
+            self.log.append(
+                {
+                    "round": number,
+                    "backend": backend,
+                    "scenario": scenario.name,
+                    "t_s": round(started, 3),
+                    "ok": r["requests"]["ok"],
+                    "errors": r["requests"]["errors"],
+                    "rps": r["throughput_rps"],
+                    "created": r["connections"]["created"],
+                }
+            )
+            stats = r["pool_stats"] or {}
+            if stats.get("active", 0) or stats.get("pending", 0):
+                self.problems.append(f"{backend} {scenario.name}: left {stats}")
+        if args.burst and time.monotonic() + 5.0 < self.deadline:
+            port = self.servers.ports["echo"]
+            problem = await overload_burst(port, args.burst, number, self.totals)
+            if problem is not None:
+                self.problems.append(f"{backend} overload: {problem}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -265,53 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     servers = ServerProcess(ServerSpec())
     servers.start()
     sampler = Sampler(args.interval)
-    problems: list[str] = []
-    log: list[dict[str, Any]] = []
-    totals = Overload()
-    # Between rounds no pool exists and no loop runs: the process's resting
-    # size, the figure a leak moves.
-    rest: list[dict[str, Any]] = []
-    t0 = time.monotonic()
-    deadline = t0 + args.minutes * 60.0
+    soak = Soak(args, servers)
     sampler.start()
     try:
-        while time.monotonic() + args.scenario_seconds <= deadline:
-            backend = args.backends[len(rest) % len(args.backends)]
-            name, options = BACKENDS[backend]
-            print(
-                f"soak: round {len(rest) + 1} on {backend} at {time.monotonic() - t0:.0f} s, "
-                f"RSS {rss_kib() / 1024:.1f} MiB, {fd_count()} fds",
-                file=sys.stderr,
-                flush=True,
-            )
-            run = functools.partial(
-                one_round,
-                args,
-                args.chosen,
-                servers,
-                deadline,
-                len(rest) + 1,
-                backend,
-                totals,
-                log,
-                t0,
-            )
-            problems += anyio.run(run, backend=name, backend_options=options)
-            gc.collect()
-            rest.append(
-                {
-                    "round": len(rest) + 1,
-                    "backend": backend,
-                    "t_s": round(time.monotonic() - t0, 1),
-                    "rss_kib": rss_kib(),
-                    "fds": fd_count(),
-                }
-            )
+        soak.run()
     except KeyboardInterrupt:
-        problems.append("interrupted")
+        soak.problems.append("interrupted")
     finally:
         sampler.stop()
         servers.stop()
+    problems, log, rest, totals = soak.problems, soak.log, soak.rest, soak.totals
 
     ts = [s[0] for s in sampler.samples]
     # Warmed up once every backend has run a round.
@@ -324,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         "tool": "bench.soak",
         "command": "python -m bench.soak " + " ".join(sys.argv[1:] if argv is None else argv),
         "started": started_at,
-        "elapsed_s": round(time.monotonic() - t0, 1),
+        "elapsed_s": round(soak.elapsed(), 1),
         "machine": {
             "host": platform.node(),
             "cpu": cpu_model(),
