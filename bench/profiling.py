@@ -13,8 +13,8 @@ and prints the functions that cost the most, per operation:
   and in total (``sys.settrace`` opcode events).  Exact and independent of
   the machine's noise: what a change to the hot path adds or removes, and
   how much of an operation is conpool's own code.  Slow (the cell runs about
-  fifty times slower under the tracer), so it runs for ``--seconds`` of the
-  slowed cell and counts every operation, warmup included.
+  fifty times slower under the tracer); it counts every operation, warmup
+  included, and apart the operations of the measured phases alone.
 
 Examples::
 
@@ -46,19 +46,8 @@ from bench.procs import cores, pin
 from bench.registry import WORKLOADS
 from bench.servers import start
 
-# The metric that counts a cell's operations, per workload.
-COUNTS = {
-    "echo": "requests",
-    "acquire": "pairs",
-    "contended": "pairs",
-    "http": "requests",
-    "tracing": "requests",
-}
 
-
-def _profile_cprofile(
-    run: Callable[[], Metrics], ops_metric: str, anchor: str | None, top: int
-) -> Metrics:
+def _profile_cprofile(run: Callable[[], Metrics], anchor: str | None, top: int) -> Metrics:
     prof = cProfile.Profile()
     metrics = prof.runcall(run)
     entries = pstats.Stats(prof).stats  # type: ignore[attr-defined]
@@ -68,6 +57,7 @@ def _profile_cprofile(
     rows.sort(reverse=True)
     # Operations: the calls of the anchor function (warmup included, like the
     # profile), else the cell's own count of the measured phase.
+    ops_metric = "pairs" if "pairs" in metrics else "requests"
     ops = metrics.get(ops_metric, 0.0)
     source = f"the cell's {ops_metric} (measured phase only)"
     if anchor is not None:
@@ -227,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             return WORKLOADS[args.workload].run(spec)
 
         if args.tool == "cprofile":
-            metrics = _profile_cprofile(run, COUNTS.get(args.workload, "pairs"), anchor, args.top)
+            metrics = _profile_cprofile(run, anchor, args.top)
         elif args.tool == "opcodes":
             assert anchor is not None
             metrics = _profile_opcodes(run, anchor, args.top)
