@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from bench import base, timing
 from bench.base import LOOPS, Cell, CellSpec, Impls, Metrics, Summary, Target, Workload
+from bench.peers import REQUIRES as PEERS
 
 IMPLS: Impls = {
     "conpool": LOOPS,
@@ -261,6 +262,7 @@ class Acquire(Workload):
     name = "acquire"
     title = "Uncontended acquire + release, one task, one idle connection"
     impls: ClassVar[Impls] = IMPLS
+    requires = PEERS
 
     def levels(self, opts: base.Options) -> tuple[int, ...]:
         return (1,)

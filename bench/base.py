@@ -25,21 +25,13 @@ Impls = Mapping[str, tuple[str, ...]]  # implementation -> the loops it runs on
 LOOPS = ("asyncio", "uvloop", "trio")
 CORE = "core"  # the "loop" of cells that run the state machine alone, no loop
 
-# What must be importable for a loop or an implementation to be measured.
-REQUIRES: Mapping[str, str] = {
-    "uvloop": "uvloop",
-    "trio": "trio",
-    "acp": "asyncio_connection_pool",
-    "gcp": "generic_connection_pool",
-    "httpcore": "httpcore",
-    "aiohttp": "aiohttp",
-}
+# What must be importable for a loop to be measured (a workload names what
+# its implementations need in ``Workload.requires``).
+LOOP_REQUIRES: Mapping[str, str] = {"uvloop": "uvloop", "trio": "trio"}
 
 
-def available(name: str) -> bool:
-    """Whether what a loop or an implementation needs is installed."""
-    mod = REQUIRES.get(name)
-    return mod is None or importlib.util.find_spec(mod) is not None
+def installed(module: str | None) -> bool:
+    return module is None or importlib.util.find_spec(module) is not None
 
 
 @dataclass(frozen=True, order=True)
@@ -249,6 +241,14 @@ class Workload(ABC):
     timing: ClassVar[tuple[float, float]] = (0.5, 0.15)  # (duration, warmup) per phase
     quick_timing: ClassVar[tuple[float, float]] = (0.1, 0.05)
     phases: ClassVar[int] = 1  # warmup + duration phases per cell (for its time limit)
+    # implementation -> the module it needs (an optional peer); cells of what
+    # is not installed are left out, and the report says so.
+    requires: ClassVar[Mapping[str, str]] = {}
+
+    def missing(self, cell: Cell) -> list[str]:
+        """What ``cell`` needs that is not installed."""
+        needs = {cell.loop: LOOP_REQUIRES.get(cell.loop), cell.impl: self.requires.get(cell.impl)}
+        return [name for name, module in needs.items() if not installed(module)]
 
     def levels(self, opts: Options) -> tuple[int, ...]:
         """The concurrency levels this workload runs at."""

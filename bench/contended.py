@@ -8,6 +8,7 @@ from typing import ClassVar
 from bench import base
 from bench.acquire import IMPLS, RUNNERS, pairs_table
 from bench.base import Cell, CellSpec, Impls, Metrics, Summary, Target, Workload
+from bench.peers import REQUIRES as PEERS
 
 TARGET = 3.0  # µs per pair over the bare yield
 
@@ -16,6 +17,7 @@ class Contended(Workload):
     name = "contended"
     title = "Contended acquire + yield + release, C tasks, limit C/4"
     impls: ClassVar[Impls] = IMPLS
+    requires = PEERS
     timing = (0.4, 0.1)
     phases = 2  # the bare yield, then the pairs
 

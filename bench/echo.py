@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from bench import base, timing
 from bench.base import LOOPS, Cell, CellSpec, Impls, Metrics, Summary, Target
+from bench.peers import REQUIRES as PEERS
 
 SIZE = 64
 MESSAGE = bytes(range(SIZE))
@@ -185,6 +186,7 @@ class Echo(base.VersusRaw):
         "acp": ("asyncio", "uvloop"),
         "gcp": ("asyncio", "uvloop"),
     }
+    requires = PEERS
     pools = ("conpool", "held", "naive", "acp", "gcp")
     timing = (0.75, 0.25)
     quick_timing = (0.2, 0.05)

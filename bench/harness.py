@@ -37,7 +37,6 @@ from bench.base import (
     Summary,
     Target,
     Workload,
-    available,
     table,
 )
 from bench.procs import ROOT, child_env, cores, cpu_model
@@ -197,7 +196,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Planned], list[str]]:
                 args.loop and cell.loop not in args.loop
             ):
                 continue
-            absent = [x for x in (cell.loop, cell.impl) if not available(x)]
+            absent = w.missing(cell)
             missing.update(absent)
             if not absent:
                 out.append((w, opts, cell))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import ClassVar
 
 from bench import base, timing
@@ -208,6 +208,7 @@ class Http(base.VersusRaw):
         "httpcore": LOOPS,
         "aiohttp": ("asyncio", "uvloop"),
     }
+    requires: ClassVar[Mapping[str, str]] = {"httpcore": "httpcore", "aiohttp": "aiohttp"}
     pools = ("conpool", "httpcore", "aiohttp")
     timing = (0.4, 0.15)  # each cell also starts its server (~0.05 s for nginx)
     quick_timing = (0.15, 0.05)

@@ -22,6 +22,8 @@ from types import TracebackType
 from typing import Any
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+# The optional peers' modules (``Workload.requires``).
+REQUIRES = {"acp": "asyncio_connection_pool", "gcp": "generic_connection_pool"}
 
 
 class QueuePool:
