@@ -238,8 +238,8 @@ class Workload(ABC):
     title: ClassVar[str]
     # Implementations in column order, each with the loops it runs on.
     impls: ClassVar[Impls]
-    timing: ClassVar[tuple[float, float]] = (0.5, 0.15)  # (duration, warmup) per phase
-    quick_timing: ClassVar[tuple[float, float]] = (0.1, 0.05)
+    seconds: ClassVar[tuple[float, float]] = (0.5, 0.15)  # (duration, warmup) of a phase
+    quick_seconds: ClassVar[tuple[float, float]] = (0.1, 0.05)  # the same with --quick
     phases: ClassVar[int] = 1  # warmup + duration phases per cell (for its time limit)
     # implementation -> the module it needs (an optional peer); cells of what
     # is not installed are left out, and the report says so.

@@ -18,7 +18,7 @@ class Contended(Workload):
     title = "Contended acquire + yield + release, C tasks, limit C/4"
     impls: ClassVar[Impls] = IMPLS
     requires = PEERS
-    timing = (0.4, 0.1)
+    seconds = (0.4, 0.1)
     phases = 2  # the bare yield, then the pairs
 
     def levels(self, opts: base.Options) -> tuple[int, ...]:

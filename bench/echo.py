@@ -188,8 +188,8 @@ class Echo(base.VersusRaw):
     }
     requires = PEERS
     pools = ("conpool", "held", "naive", "acp", "gcp")
-    timing = (0.75, 0.25)
-    quick_timing = (0.2, 0.05)
+    seconds = (0.75, 0.25)
+    quick_seconds = (0.2, 0.05)
 
     def run(self, spec: CellSpec) -> Metrics:
         if spec.cell.impl == "raw":

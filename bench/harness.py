@@ -184,7 +184,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Planned], list[str]]:
     for name, w in WORKLOADS.items():
         if args.workload and name not in args.workload:
             continue
-        duration, warmup = w.quick_timing if args.quick else w.timing
+        duration, warmup = w.quick_seconds if args.quick else w.seconds
         opts = Options(
             duration=duration if args.duration is None else args.duration,
             warmup=warmup if args.warmup is None else args.warmup,

@@ -98,7 +98,7 @@ class Hold(Workload):
     name = "hold"
     title = f"{N:,} connections open at once ({TASKS} tasks, {ADDRS} addresses)"
     impls: ClassVar[Impls] = {"conpool": LOOPS}
-    timing = quick_timing = (2.5, 0.0)  # no phase: ~2-3 s of dialling, holding and closing
+    seconds = quick_seconds = (2.5, 0.0)  # no phase: ~2-3 s of dialling, holding and closing
 
     def cells(self, opts: base.Options) -> list[Cell]:
         loops = ("uvloop",) if opts.quick else LOOPS  # --quick: uvloop only

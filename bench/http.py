@@ -210,8 +210,8 @@ class Http(base.VersusRaw):
     }
     requires: ClassVar[Mapping[str, str]] = {"httpcore": "httpcore", "aiohttp": "aiohttp"}
     pools = ("conpool", "httpcore", "aiohttp")
-    timing = (0.4, 0.15)  # each cell also starts its server (~0.05 s for nginx)
-    quick_timing = (0.15, 0.05)
+    seconds = (0.4, 0.15)  # each cell also starts its server (~0.05 s for nginx)
+    quick_seconds = (0.15, 0.05)
 
     def levels(self, opts: base.Options) -> tuple[int, ...]:
         if opts.quick and opts.conc == (1, 16, 64):

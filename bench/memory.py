@@ -141,7 +141,7 @@ class Memory(Workload):
     name = "memory"
     title = "Python heap per idle pooled connection (tracemalloc)"
     impls: ClassVar[Impls] = {"conpool": LOOPS}
-    timing = quick_timing = (1.0, 0.0)  # no phase: dialling 2 x N under tracemalloc
+    seconds = quick_seconds = (1.0, 0.0)  # no phase: dialling 2 x N under tracemalloc
 
     def cells(self, opts: base.Options) -> list[Cell]:
         return [Cell(self.name, "conpool", loop, N_QUICK if opts.quick else N) for loop in LOOPS]

@@ -122,7 +122,7 @@ class Scale(Workload):
     }
     # Two patterns per cell, plus the setup (up to ~3 s for 640,000 records
     # in the core, ~1 s for 6,400 real connections).
-    timing = (0.3, 0.1)
+    seconds = (0.3, 0.1)
     phases = 4
 
     def cells(self, opts: base.Options) -> list[Cell]:

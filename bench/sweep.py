@@ -92,8 +92,8 @@ class Sweep(Workload):
     name = "sweep"
     title = "Idle sweep of the core with 100,000 idle connections"
     impls: ClassVar[Impls] = {"core": (base.CORE,)}
-    timing = (0.3, 0.0)  # building the 100,000 records (~0.5 s, three times) dominates
-    quick_timing = (0.1, 0.0)
+    seconds = (0.3, 0.0)  # building the 100,000 records (~0.5 s, three times) dominates
+    quick_seconds = (0.1, 0.0)
     phases = 10
 
     def cells(self, opts: base.Options) -> list[Cell]:

@@ -74,7 +74,7 @@ class Tracing(Workload):
     impls: ClassVar[Impls] = {
         f"{k}-{s}": ("asyncio", "uvloop") for k in KINDS for s in ("off", "on")
     }
-    quick_timing = (0.15, 0.05)
+    quick_seconds = (0.15, 0.05)
 
     def cells(self, opts: base.Options) -> list[Cell]:
         echo = tuple(c for c in opts.conc if c >= 2) or opts.conc
