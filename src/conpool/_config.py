@@ -7,9 +7,11 @@ whether a limit is ``0``, negative, ``NaN`` or a ``bool`` that slipped through.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, cast
+
+from ._proxy import NoProxy, Proxy
 
 from ._balance import POLICIES
 
@@ -152,6 +154,14 @@ class Config:
     :param dns_stale_limit: seconds past its expiry that a name's last good
         answer is still used while refreshing it fails (greater than 0;
         ``math.inf`` keeps it forever, a small value fails fast).
+    :param proxy: a :class:`~conpool.Proxy` every connection goes through
+        (``Proxy.parse("socks5://127.0.0.1:1080")``), or ``None`` to connect
+        directly.  The proxy connect and its handshake count in
+        *connect_timeout*.
+    :param no_proxy: endpoints that bypass *proxy*, as in ``NO_PROXY``:
+        host names (``example.com`` and the names under it), ``.suffix``
+        (only the names under it), IP addresses, CIDRs (``10.0.0.0/8``),
+        ``*`` for all, each optionally with ``:port``.  Stored as a tuple.
     :raises TypeError: if a field has the wrong type, e.g. a float or bool
         where an int is expected, or a non-callable *health_check*.
     :raises ValueError: if a field is out of range, NaN, or infinite where
@@ -181,8 +191,24 @@ class Config:
     dns_stale_limit: float = 300.0
     leak_warning_after: float | None = None
     lifetime_jitter: float = 0.0
+    proxy: Proxy | None = None
+    no_proxy: Sequence[str] = ()
 
     def __post_init__(self) -> None:
+        proxy: object = self.proxy
+        if proxy is not None and not isinstance(proxy, Proxy):
+            hint = " (use conpool.Proxy.parse(url))" if isinstance(proxy, str) else ""
+            raise TypeError(
+                f"proxy must be a conpool.Proxy or None, got {type(proxy).__name__}{hint}"
+            )
+        if isinstance(proxy, Proxy) and proxy.is_tls:
+            raise ValueError(
+                "proxy: https:// proxies (TLS to the proxy itself) are not supported yet; "
+                "use an http:// or socks5:// proxy"
+            )
+        # Compiled once here, which validates every entry; the pool asks it
+        # at each dial.
+        object.__setattr__(self, "no_proxy", NoProxy(self.no_proxy).entries)
         _int("max_connections_per_endpoint", self.max_connections_per_endpoint, 1)
         _int("max_connections", self.max_connections, 1, optional=True)
         _int("max_connection_uses", self.max_connection_uses, 1, optional=True)
@@ -278,6 +304,28 @@ class Config:
         for name, number in floats.items():
             # A frozen dataclass forbids normal assignment, even here.
             object.__setattr__(self, name, number)
+
+    def proxy_for(self, host: str, port: int) -> Proxy | None:
+        """The proxy a connection to ``host:port`` goes through, or ``None``
+        for a direct connection (no *proxy*, or *no_proxy* matches).
+
+        :param host: a normalised host, as :attr:`conpool.Endpoint.host`.
+        :param port: the port.
+        """
+        if self.proxy is None or not self.no_proxy:
+            return self.proxy
+        entries = cast("tuple[str, ...]", self.no_proxy)  # made a tuple by __post_init__
+        rules = _no_proxy_cache.get(entries)
+        if rules is None:
+            if len(_no_proxy_cache) > 64:
+                _no_proxy_cache.clear()
+            rules = _no_proxy_cache[entries] = NoProxy(entries)
+        return None if rules.matches_host(host, port) else self.proxy
+
+
+# Compiled no_proxy lists by their entries: a frozen, slotted dataclass has no
+# room for a cached attribute, and the entries are a hashable tuple.
+_no_proxy_cache: dict[tuple[str, ...], NoProxy] = {}
 
 
 Config.__module__ = "conpool"
