@@ -22,6 +22,8 @@ from ._export import prometheus_text as prometheus_text
 from ._hooks import Hook as Hook
 from ._hooks import LogExporter as LogExporter
 from ._pool import Pool as Pool
+from ._proxy import Proxy as Proxy
+from ._proxy import ProxyError as ProxyError
 from ._resolve import DNSResolver as DNSResolver
 from ._resolve import ResolvedAddress as ResolvedAddress
 from ._resolve import Resolver as Resolver
@@ -55,6 +57,8 @@ __all__ = (
     "PoolError",
     "PoolStats",
     "PoolTimeout",
+    "Proxy",
+    "ProxyError",
     "ResolveError",
     "ResolvedAddress",
     "Resolver",

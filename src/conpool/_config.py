@@ -11,9 +11,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias, cast
 
-from ._proxy import NoProxy, Proxy
-
 from ._balance import POLICIES
+from ._proxy import NoProxy, Proxy
 
 if TYPE_CHECKING:
     from ._connection import Connection

@@ -19,7 +19,7 @@ import anyio
 
 from ._backends import Backend
 from ._connection import Connection
-from ._dialplan import DialPlan, Race, should_race, tls_failure
+from ._dialplan import DialPlan, Race, blames_address, should_race, tls_failure
 from ._endpoint import Endpoint
 from ._errors import ConnectError, ResolveError, describe
 from ._state import EndpointState, PoolState
@@ -71,7 +71,9 @@ class Connector:
             describe(last),
             endpoint=endpoint,
             errors=[exc for _, exc in plan.errors],
-            context=plan.context(endpoint, endpoint.port),
+            context=plan.context(
+                endpoint, endpoint.port, config.proxy_for(endpoint.host, endpoint.port)
+            ),
         ) from last
 
     async def _round(self, ep: Ep, plan: DialPlan) -> Connection | None:
@@ -135,8 +137,21 @@ class Connector:
         endpoint = ep.key
         start = time.monotonic_ns()
         self.emit("connect.started", endpoint, ip)
+        proxy = self.config.proxy_for(endpoint.host, endpoint.port)
         try:
-            conn = await self.backend.open(endpoint, ip, endpoint.port, self.config.connect_timeout)
+            if proxy is None:
+                conn = await self.backend.open(
+                    endpoint, ip, endpoint.port, self.config.connect_timeout
+                )
+            else:
+                conn = await self.backend.open(
+                    endpoint,
+                    ip,
+                    endpoint.port,
+                    self.config.connect_timeout,
+                    proxy=proxy,
+                    trace=self._tracer(endpoint, ip),
+                )
         except BaseException as exc:
             # OSError covers refusals, resets, timeouts and TLS failures;
             # anything else is cancellation or a bug, and propagates as is.
@@ -159,12 +174,21 @@ class Connector:
                 tls_ns = getattr(exc, "conpool_tls_ns", None)
                 self.emit("tls.failed", endpoint, ip, duration_ns=tls_ns, detail=describe(exc))
             self.emit("connect.failed", endpoint, ip, duration_ns=elapsed, detail=describe(exc))
-            state.attempt_failed(ep, ip, self.backend.clock(), counts=True)
+            state.attempt_failed(ep, ip, self.backend.clock(), counts=blames_address(exc))
             return None
         conn._connect_ns = time.monotonic_ns() - start
         if conn._tls_ns is not None:
             self.emit("tls.complete", endpoint, ip, duration_ns=conn._tls_ns)
         return conn
+
+    def _tracer(self, endpoint: Endpoint, ip: str) -> Callable[[str, int | None, str], None]:
+        """What a proxied attempt reports its handshake span through."""
+        emit = self.emit
+
+        def trace(kind: str, duration_ns: int | None, detail: str) -> None:
+            emit(kind, endpoint, ip, duration_ns=duration_ns, detail=detail)
+
+        return trace
 
     def _register(self, ep: Ep, conn: Connection) -> Connection:
         rec = self.state.connected(ep, conn.address[0], conn, self.backend.clock())

@@ -27,10 +27,13 @@ import random
 import ssl
 from collections.abc import Iterable
 
+from ._proxy import Proxy, ProxyError
+
 __all__ = [
     "DialPlan",
     "Race",
     "backoff_delay",
+    "blames_address",
     "family",
     "retryable",
     "should_race",
@@ -63,9 +66,21 @@ def retryable(exc: BaseException) -> bool:
     A TLS error (a certificate that does not verify, a server that does not
     speak TLS) will fail the same way on every attempt: retrying only delays
     the error and hammers the server.  Anything but an :class:`OSError` is not
-    a connection failure at all.
+    a connection failure at all.  A proxy's refusal says itself
+    (:attr:`conpool.ProxyError.retryable`: a 407 will repeat, a proxy that
+    was down may be back).
     """
+    if isinstance(exc, ProxyError):
+        return exc.retryable
     return isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError)
+
+
+def blames_address(exc: BaseException) -> bool:
+    """Whether a failed attempt counts against the address it dialled (and
+    so towards its ejection): every direct failure does; through a proxy,
+    only a failure of the target behind it
+    (:attr:`conpool.ProxyError.blames_target`), not the proxy's own."""
+    return exc.blames_target if isinstance(exc, ProxyError) else True
 
 
 def backoff_delay(retry: int, base: float, cap: float, rng: random.Random) -> float:
@@ -137,12 +152,14 @@ class DialPlan:
             return 0.0
         return backoff_delay(self.round - 1, self.backoff, self.backoff_max, self.rng)
 
-    def context(self, endpoint: object, port: int) -> list[str]:
+    def context(self, endpoint: object, port: int, proxy: Proxy | None = None) -> list[str]:
         """The story of a dial that failed, innermost first, for its
-        :class:`~conpool.ConnectError`."""
+        :class:`~conpool.ConnectError`; through *proxy*, the first line says
+        so (without its credentials)."""
         ip = self.errors[-1][0]
         host = f"[{ip}]" if ":" in ip else ip
-        context = [f"connecting to tcp:{host}:{port}", f"connecting to {endpoint}"]
+        via = "" if proxy is None else f" via {proxy}"
+        context = [f"connecting to tcp:{host}:{port}{via}", f"connecting to {endpoint}"]
         if self.round > 1:
             retries = self.round - 1
             context.append(f"after {retries} retry attempt{'s' if retries > 1 else ''}")

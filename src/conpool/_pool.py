@@ -430,12 +430,25 @@ class Pool:
             raise RuntimeError("use the pool as 'async with conpool.Pool(...) as pool:'")
         if self._state.closed:
             raise PoolClosed("the pool is closed")
-        if endpoint.is_ip:
+        if endpoint.is_ip or self._proxy_resolves(endpoint):
+            # No name to resolve (and so none to refresh): the host is the
+            # endpoint's one address.
             ep = self._state.endpoint(endpoint)
             self._state.set_addresses(ep, [endpoint.host])
         else:
             ep = self._state.endpoint(endpoint, endpoint.host)
         return ep
+
+    def _proxy_resolves(self, endpoint: Endpoint) -> bool:
+        """Whether the endpoint's name goes to a proxy that resolves it
+        (``socks5h``, ``socks4a``): the state machine then balances the name
+        itself as a single address."""
+        proxy = self.config.proxy
+        return (
+            proxy is not None
+            and proxy.remote_dns
+            and self.config.proxy_for(endpoint.host, endpoint.port) is proxy
+        )
 
     async def _healthy(self, rec: Rec) -> bool:
         """Run the user's health check on a connection about to be reused."""

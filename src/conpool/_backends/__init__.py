@@ -8,6 +8,7 @@ and asks them only through :class:`Backend`:
 * ``open(endpoint, ip, port, connect_timeout)``: one connection attempt to one
   address (TCP, then TLS if the endpoint asks for it), returning an
   unregistered :class:`~conpool.Connection` or raising :class:`OSError`;
+  with ``proxy=`` and ``trace=``, through that proxy;
 * ``park()`` / ``wake(waiters)``: what a waiting task awaits (made in that
   task; awaiting it is the whole wait, so the contended path resumes through
   no coroutine of ours), and waking the waiters the state machine served;
@@ -35,7 +36,9 @@ import sniffio
 if TYPE_CHECKING:
     from .._connection import Connection
     from .._endpoint import Endpoint
+    from .._proxy import Proxy
     from .._records import Waiter
+    from .._tunnel import Trace
 
 __all__ = ["Backend", "current_backend"]
 
@@ -67,9 +70,21 @@ class Backend(Protocol):
         ...
 
     async def open(
-        self, endpoint: Endpoint, ip: str, port: int, connect_timeout: float | None
+        self,
+        endpoint: Endpoint,
+        ip: str,
+        port: int,
+        connect_timeout: float | None,
+        *,
+        proxy: Proxy | None = None,
+        trace: Trace | None = None,
     ) -> Connection:
-        """One connection attempt; :class:`OSError` when it fails."""
+        """One connection attempt; :class:`OSError` when it fails.
+
+        With *proxy* (only then are the keywords passed), the attempt goes
+        through it to ``ip:port``: a backend runs
+        :class:`conpool._tunnel.ProxyAttempt` on its socket before it builds
+        the connection, and reports the handshake span through *trace*."""
         ...
 
     def call_soon_threadsafe(self, fn: Callable[..., object], /, *args: Any) -> object:

@@ -28,6 +28,8 @@ from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSAttribute
 
 from .._connection import Connection
+from .._proxy import Proxy
+from .._tunnel import ProxyAttempt, Trace
 from ._sockets import (
     PROBE_AFTER,
     NotTLSError,
@@ -334,18 +336,31 @@ class ProtocolConnection(Connection):
 
 
 async def open_asyncio(
-    endpoint: Endpoint, ip: str, port: int, connect_timeout: float | None
-) -> ProtocolConnection:
-    """One attempt on asyncio/uvloop: a native protocol-backed connection."""
+    endpoint: Endpoint,
+    ip: str,
+    port: int,
+    connect_timeout: float | None,
+    *,
+    proxy: Proxy | None = None,
+    trace: Trace | None = None,
+) -> Connection:
+    """One attempt on asyncio/uvloop: a native protocol-backed connection.
+
+    With *proxy*, the socket is the proxy's, with the tunnel to ``ip:port``
+    open (see :mod:`conpool._tunnel`); all the rest is as without one."""
     loop = asyncio.get_running_loop()
-    sock = make_socket(ip)
+    via = None if proxy is None else ProxyAttempt(proxy, ip, port, trace)
+    sock = make_socket(ip) if via is None else _NO_SOCKET
     transport: asyncio.Transport | None = None
     tls = endpoint.tls
     stage = "TCP connect"
     tls_start = 0  # set when the handshake starts
     try:
         with anyio.fail_after(connect_timeout):
-            await loop.sock_connect(sock, (ip, port))
+            if via is None:
+                await loop.sock_connect(sock, (ip, port))
+            else:
+                sock = await via.open()
             raw, protocol = await loop.create_connection(
                 ProtocolConnection.protocol_factory(tls is not None), sock=sock
             )
@@ -384,12 +399,16 @@ async def open_asyncio(
                     raise closed_in_handshake()
                 transport = tls_transport
     except TimeoutError as exc:
-        _abort(transport, sock)
+        _abort(transport, sock, via)
+        if via is not None and not via.finished:
+            raise via.failed(exc, connect_timeout) from None
         if exc.errno is not None or connect_timeout is None:  # not our deadline
             raise
         raise tls_timed(timeout_error(stage, connect_timeout), tls_start) from None
     except ConnectionError as exc:
-        _abort(transport, sock)
+        _abort(transport, sock, via)
+        if via is not None and not via.finished:
+            raise via.failed(exc, connect_timeout) from None
         if tls_start and not exc.args:
             # asyncio's TLS layer raises a bare ConnectionResetError when the
             # peer hangs up mid-handshake: say what happened.
@@ -397,7 +416,9 @@ async def open_asyncio(
         tls_timed(exc, tls_start)
         raise
     except BaseException as exc:
-        _abort(transport, sock)
+        _abort(transport, sock, via)
+        if via is not None:
+            via.failed(exc, connect_timeout)
         tls_timed(exc, tls_start)
         raise
     conn = ProtocolConnection(endpoint, (ip, port), transport, protocol, tls is not None)
@@ -406,10 +427,20 @@ async def open_asyncio(
     return conn
 
 
-def _abort(transport: asyncio.Transport | None, sock: socket.socket) -> None:
+def _abort(
+    transport: asyncio.Transport | None, sock: socket.socket, via: ProxyAttempt | None = None
+) -> None:
     if transport is not None:
         transport.abort()
     sock.close()
+    if via is not None:
+        via.close()
+
+
+# Stands in for the socket of a proxied attempt until the proxy is connected
+# (closing it is harmless), so the error paths need no None test.
+_NO_SOCKET = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+_NO_SOCKET.close()
 
 
 class AsyncioBackend:

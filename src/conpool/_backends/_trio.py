@@ -34,6 +34,8 @@ from anyio.abc import ByteStream, SocketAttribute, SocketStream
 from anyio.streams.tls import TLSStream
 
 from .._connection import Connection
+from .._proxy import Proxy
+from .._tunnel import ProxyAttempt, Trace
 from ._sockets import (
     close_socket,
     closed_in_handshake,
@@ -331,24 +333,37 @@ class Parked:
 
 
 async def open_trio(
-    endpoint: Endpoint, ip: str, port: int, connect_timeout: float | None
+    endpoint: Endpoint,
+    ip: str,
+    port: int,
+    connect_timeout: float | None,
+    *,
+    proxy: Proxy | None = None,
+    trace: Trace | None = None,
 ) -> Connection:
     """One attempt on trio: the socket itself for plain TCP
     (:class:`SocketConnection`), an anyio socket stream wrapped in TLS
-    otherwise (:class:`StreamConnection`)."""
-    sock = make_socket(ip)
+    otherwise (:class:`StreamConnection`).
+
+    With *proxy*, the socket is the proxy's, with the tunnel to ``ip:port``
+    open (see :mod:`conpool._tunnel`); all the rest is as without one."""
+    via = None if proxy is None else ProxyAttempt(proxy, ip, port, trace)
+    sock = make_socket(ip) if via is None else _NO_SOCKET
     stream: SocketStream | None = None
     tls = endpoint.tls
     stage = "TCP connect"
     tls_start = 0  # set when the handshake starts
     try:
         with anyio.fail_after(connect_timeout):
-            err = sock.connect_ex((ip, port))
-            if err in (errno.EINPROGRESS, errno.EAGAIN):
-                await anyio.wait_writable(sock)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, os.strerror(err))
+            if via is None:
+                err = sock.connect_ex((ip, port))
+                if err in (errno.EINPROGRESS, errno.EAGAIN):
+                    await anyio.wait_writable(sock)
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err))
+            else:
+                sock = await via.open()
             if tls is None:
                 return SocketConnection(endpoint, (ip, port), sock)
             stream = await SocketStream.from_socket(sock)
@@ -369,21 +384,35 @@ async def open_trio(
             conn._tls_ns = time.monotonic_ns() - tls_start
             return conn
     except TimeoutError as exc:
-        await _aclose_quietly(stream, sock)
+        await _aclose_quietly(stream, sock, via)
+        if via is not None and not via.finished:
+            raise via.failed(exc, connect_timeout) from None
         if exc.errno is not None or connect_timeout is None:  # not our deadline
             raise
         raise tls_timed(timeout_error(stage, connect_timeout), tls_start) from None
     except BaseException as exc:
-        await _aclose_quietly(stream, sock)
+        await _aclose_quietly(stream, sock, via)
+        if via is not None:
+            via.failed(exc, connect_timeout)
         tls_timed(exc, tls_start)
         raise
 
 
-async def _aclose_quietly(stream: SocketStream | None, sock: socket.socket) -> None:
+async def _aclose_quietly(
+    stream: SocketStream | None, sock: socket.socket, via: ProxyAttempt | None = None
+) -> None:
     if stream is not None:
         await anyio.aclose_forcefully(stream)
     else:
         sock.close()
+        if via is not None:
+            via.close()
+
+
+# Stands in for the socket of a proxied attempt until the proxy is connected
+# (closing it is harmless), so the error paths need no None test.
+_NO_SOCKET = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+_NO_SOCKET.close()
 
 
 class TrioBackend:
