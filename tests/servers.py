@@ -1079,3 +1079,202 @@ class TLSEchoServer(EchoServer):
         with self._lock:
             self._handshake_failures += 1
         return None
+
+
+# --------------------------------------------------------------------------
+# Proxies
+
+
+class TinyproxyServer(ServerProcess):
+    """tinyproxy (HTTP ``CONNECT``) on 127.0.0.1, in the foreground (``-d``).
+
+    *connect_ports* are the target ports ``CONNECT`` may reach (tinyproxy
+    refuses every other port with 403); with *username* and *password* it
+    wants Basic proxy authentication (407 without it).  *allow_hosts*, when
+    given, are the only target addresses it tunnels to (a filter in
+    default-deny mode; the others get 403 "Filtered").
+    """
+
+    name = "tinyproxy"
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        connect_ports: Sequence[int],
+        username: str | None = None,
+        password: str | None = None,
+        allow_hosts: Sequence[str] | None = None,
+        port: int | None = None,
+        binary: str | None = None,
+    ) -> None:
+        super().__init__(
+            directory,
+            binary or need("tinyproxy", "HTTP proxy fixture"),
+            port_given=port is not None,
+        )
+        self.host = LOOPBACK
+        self.port = port if port is not None else unused_port(self.host)
+        self.connect_ports = list(connect_ports)
+        self.username = username
+        self.password = password
+        self.allow_hosts = allow_hosts
+        self.conf_path = directory / "tinyproxy.conf"
+        self.log_file = directory / "tinyproxy.log"
+
+    def url(self, *, username: str | None = None, password: str | None = None) -> str:
+        auth = f"{username}:{password}@" if username is not None else ""
+        return f"http://{auth}{self.host}:{self.port}"
+
+    def choose_new_port(self) -> None:
+        self.port = unused_port(self.host)
+
+    def argv(self) -> list[str]:
+        lines = [
+            f"Port {self.port}",
+            f"Listen {self.host}",
+            "Timeout 30",
+            f'LogFile "{self.log_file}"',
+            "LogLevel Info",
+            f'PidFile "{self.directory}/tinyproxy.pid"',
+            "MaxClients 200",
+            "Allow 127.0.0.1",
+            "DisableViaHeader Yes",
+        ]
+        if os.geteuid() == 0:
+            # As root it would drop to the tinyproxy user, who cannot write
+            # the private test directory.
+            lines += ["User root", "Group root"]
+        lines += [f"ConnectPort {port}" for port in self.connect_ports]
+        if self.username is not None:
+            lines.append(f"BasicAuth {self.username} {self.password}")
+        if self.allow_hosts is not None:
+            filter_file = self.directory / "filter"
+            filter_file.write_text("".join(f"^{re.escape(host)}$\n" for host in self.allow_hosts))
+            lines += [
+                f'Filter "{filter_file}"',
+                "FilterType ere",
+                "FilterDefaultDeny Yes",
+                "FilterURLs Off",
+            ]
+        self.conf_path.write_text("\n".join(lines) + "\n")
+        return [self.binary, "-d", "-c", str(self.conf_path)]
+
+    def is_ready(self) -> bool:
+        return can_connect(self.host, self.port)
+
+    def log_paths(self) -> list[Path]:
+        return [self.log_file]
+
+
+class MicrosocksServer(ServerProcess):
+    """microsocks (SOCKS5) on 127.0.0.1; with *username* and *password* it
+    wants RFC 1929 user/password authentication."""
+
+    name = "microsocks"
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        port: int | None = None,
+        binary: str | None = None,
+    ) -> None:
+        super().__init__(
+            directory,
+            binary or need("microsocks", "SOCKS5 proxy fixture"),
+            port_given=port is not None,
+        )
+        self.host = LOOPBACK
+        self.port = port if port is not None else unused_port(self.host)
+        self.username = username
+        self.password = password
+
+    def url(
+        self, scheme: str = "socks5", *, username: str | None = None, password: str | None = None
+    ) -> str:
+        auth = f"{username}:{password}@" if username is not None else ""
+        return f"{scheme}://{auth}{self.host}:{self.port}"
+
+    def choose_new_port(self) -> None:
+        self.port = unused_port(self.host)
+
+    def argv(self) -> list[str]:
+        argv = [self.binary, "-i", self.host, "-p", str(self.port)]
+        if self.username is not None:
+            argv += ["-u", self.username, "-P", self.password or ""]
+        return argv
+
+    def is_ready(self) -> bool:
+        return can_connect(self.host, self.port)
+
+
+class DanteServer(ServerProcess):
+    """dante (``danted``: SOCKS4, SOCKS4a and SOCKS5) on 127.0.0.1, no
+    authentication.  *allow_hosts*, when given, are the only target
+    addresses it connects to; the others are refused by its rules (SOCKS5
+    reply 2, SOCKS4 reply 91)."""
+
+    name = "danted"
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        allow_hosts: Sequence[str] | None = None,
+        port: int | None = None,
+        binary: str | None = None,
+    ) -> None:
+        super().__init__(
+            directory,
+            binary or need("danted", "SOCKS4/5 proxy fixture"),
+            port_given=port is not None,
+        )
+        self.host = LOOPBACK
+        self.port = port if port is not None else unused_port(self.host)
+        self.allow_hosts = allow_hosts
+        self.conf_path = directory / "danted.conf"
+        self.log_file = directory / "danted.log"
+
+    def url(self, scheme: str = "socks5") -> str:
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def choose_new_port(self) -> None:
+        self.port = unused_port(self.host)
+
+    def argv(self) -> list[str]:
+        targets = (
+            ["0.0.0.0/0"]
+            if self.allow_hosts is None
+            else [f"{host}/32" for host in self.allow_hosts]
+        )
+        rules = "".join(
+            f"socks pass {{ from: 127.0.0.0/8 to: {target} command: connect }}\n"
+            for target in targets
+        )
+        user = "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
+        self.conf_path.write_text(
+            f"""\
+logoutput: {self.log_file}
+internal: {self.host} port = {self.port}
+external: {self.host}
+clientmethod: none
+socksmethod: none
+user.privileged: {user}
+user.unprivileged: {user}
+client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}
+{rules}socks block {{ from: 0.0.0.0/0 to: 0.0.0.0/0 log: connect error }}
+"""
+        )
+        return [
+            self.binary, "-f", str(self.conf_path), "-p", str(self.directory / "danted.pid"),
+            "-N", "1",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        return can_connect(self.host, self.port)
+
+    def log_paths(self) -> list[Path]:
+        return [self.log_file]
