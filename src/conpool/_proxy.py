@@ -750,13 +750,19 @@ class ConnectHandshake(Handshake):
 
     def _refused(self, status: int, reason: str, headers: list[tuple[str, str]]) -> ProxyError:
         said = f"{status} {reason}".strip()
-        if status == 407:
+        # 407 is the status for a proxy (RFC 9110 section 15.5.8); tinyproxy
+        # 1.11 answers a CONNECT with wrong credentials 401, so both mean it.
+        if status in (401, 407):
             why = (
                 "the user name or password was not accepted"
                 if self.proxy.has_credentials
                 else "it needs a user name and password"
             )
-            schemes = [v.split(" ", 1)[0] for k, v in headers if k == "proxy-authenticate"]
+            schemes = [
+                v.split(" ", 1)[0]
+                for k, v in headers
+                if k in ("proxy-authenticate", "www-authenticate")
+            ]
             if schemes:
                 why += f" (it offers {', '.join(schemes)})"
             return self._error(
