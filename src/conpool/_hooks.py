@@ -23,7 +23,14 @@ logger = logging.getLogger("conpool")
 Hook: TypeAlias = Callable[[Event], object]
 
 # Event kinds that mark a failure: logged at WARNING-worthy detail by LogExporter.
-_FAILURES = ("connect.failed", "resolve.failed", "acquire.failed", "tls.failed", "hook.disabled")
+_FAILURES = (
+    "connect.failed",
+    "resolve.failed",
+    "acquire.failed",
+    "tls.failed",
+    "proxy.handshake.failed",
+    "hook.disabled",
+)
 
 
 def _matches(pattern: str, kind: str) -> bool:

@@ -493,6 +493,10 @@ class NoProxy:
                 "no_proxy must be a sequence of str (a str would be read letter by letter); "
                 "split a NO_PROXY value on ','"
             )
+        if not isinstance(entries, Iterable):
+            raise TypeError(
+                f"no_proxy must be a sequence of str, got {type(entries).__name__} {entries!r}"
+            )
         self.entries: tuple[str, ...] = tuple(entries)
         self._all = False
         # (name, port or None); suffixes are "sub.example" without the dot.

@@ -39,6 +39,8 @@ _SPANS = {
     "connect.complete": "conpool.connect",
     "connect.failed": "conpool.connect",
     "tls.complete": "conpool.tls_handshake",
+    "proxy.handshake.complete": "conpool.proxy_handshake",
+    "proxy.handshake.failed": "conpool.proxy_handshake",
     "resolve.complete": "conpool.resolve",
     "acquire.granted": "conpool.acquire.wait",
 }
