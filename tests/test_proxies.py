@@ -24,6 +24,7 @@ import anyio
 import pytest
 
 import conpool
+from conpool._tunnel import run_handshake_blocking
 from servers import (
     LOOPBACK,
     POOL_ADDRESSES,
@@ -436,3 +437,40 @@ async def test_no_proxy_endpoints_connect_directly(echo_server: EchoServer) -> N
             assert await conn.receive() == b"direct"
     assert not [e for e in tracer.events() if e.kind.startswith("proxy.")]
     assert echo_server.peers[0][0] == LOOPBACK
+
+
+# --------------------------------------------------------------------------
+# The blocking driver (for a threaded shell)
+
+
+@pytest.mark.parametrize("kind", ["tinyproxy-auth", "microsocks-auth", "dante-socks4"])
+def test_blocking_driver_through_a_real_proxy(
+    kind: str, tmp_path: Path, echo_server: EchoServer
+) -> None:
+    """The sans-I/O handshake on a plain blocking socket, as a threaded
+    shell drives it: the tunnel carries bytes both ways; a refusal raises
+    the same ProxyError the async pool wraps."""
+    with proxy_for(kind, tmp_path, [echo_server.port]) as proxy:
+        with socket.create_connection((proxy.host, proxy.port), timeout=5) as sock:
+            run_handshake_blocking(sock, proxy.handshake(LOOPBACK, echo_server.port), 5.0)
+            assert sock.gettimeout() == 5
+            sock.sendall(b"blocking")
+            assert sock.recv(100) == b"blocking"
+        refused = refused_port()
+        with socket.create_connection((proxy.host, proxy.port), timeout=5) as sock:
+            with pytest.raises(conpool.ProxyError) as caught:
+                run_handshake_blocking(sock, proxy.handshake(LOOPBACK, refused), 5.0)
+    assert caught.value.blames_target and caught.value.retryable
+
+
+def test_blocking_driver_stall_is_bounded() -> None:
+    listener = socket.socket()
+    listener.bind((LOOPBACK, 0))
+    listener.listen(1)
+    proxy = conpool.Proxy.parse(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        with socket.create_connection((proxy.host, proxy.port), timeout=5) as sock:
+            with pytest.raises(conpool.ProxyError, match=r"within 0\.3 s"):
+                run_handshake_blocking(sock, proxy.handshake(LOOPBACK, 80), 0.3)
+    finally:
+        listener.close()

@@ -564,7 +564,7 @@ def test_socks4_reply_codes(code: int, name: str, blames: bool) -> None:
 def test_socks4_limits() -> None:
     with pytest.raises(conpool.ProxyError, match="SOCKS4 knows only IPv4") as caught:
         SOCKS4.handshake("::1", 80)
-    assert caught.value.blames_target and not caught.value.retryable
+    assert caught.value.blames_target and caught.value.retryable
     with pytest.raises(conpool.ProxyError, match="socks4a for names"):
         SOCKS4.handshake("pool.test", 80)
     with pytest.raises(conpool.ProxyError, match="did not answer like a SOCKS4 proxy"):

@@ -940,13 +940,15 @@ class Socks4Handshake(Handshake):
         self._conn = socksio.SOCKS4Connection(user_id)
         is_ipv4 = ":" not in host and host.replace(".", "").isdigit()
         if ":" in host or (not is_ipv4 and not proxy.remote_dns):
-            # Not retried: an IPv6 address can never go through SOCKS4 (nor
-            # a name through socks4 without the "a"), so the address is
-            # blamed at once and the next one tried.
+            # An IPv6 address can never go through SOCKS4 (nor a name
+            # through socks4 without the "a"): the address is blamed, so a
+            # dual-stack name soon ejects it, and the dial goes on to the
+            # next address (no byte was sent: the retry costs nothing).
             raise self._error(
                 f"{self._who()} cannot carry the target {self.target}: "
                 "SOCKS4 knows only IPv4 addresses (use socks5, or socks4a for names)",
                 blames_target=True,
+                retryable=True,
             )
         request: socksio.SOCKS4Request | socksio.SOCKS4ARequest
         if is_ipv4:

@@ -25,7 +25,7 @@ import anyio
 
 from ._proxy import Handshake, Proxy, ProxyError, unreachable
 
-__all__ = ["ProxyAttempt", "Trace", "run_handshake"]
+__all__ = ["ProxyAttempt", "Trace", "run_handshake", "run_handshake_blocking"]
 
 #: ``trace(kind, duration_ns, detail)``: one trace event about this attempt.
 Trace = Callable[[str, "int | None", str], None]
@@ -176,3 +176,45 @@ class ProxyAttempt:
     def _trace(self, kind: str, duration_ns: int | None, detail: str) -> None:
         if self.trace is not None:
             self.trace(kind, duration_ns, detail)
+
+
+def run_handshake_blocking(
+    sock: socket.socket, handshake: Handshake, timeout: float | None = None
+) -> None:
+    """Drive *handshake* on a connected **blocking** socket (a threaded
+    shell's), the same way :func:`run_handshake` does on the event loops:
+    peek, feed, take only what the handshake used.
+
+    :param timeout: seconds for the whole handshake, or ``None`` to leave
+        the socket's own timeout as it is; the socket's timeout is restored
+        afterwards.
+    :raises ProxyError: the proxy refused, broke the protocol, closed, or
+        did not finish within *timeout*.
+    """
+    previous = sock.gettimeout()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise handshake.stalled(timeout or 0.0)
+                sock.settimeout(left)
+            try:
+                out = handshake.data_to_send()
+                if out:
+                    sock.sendall(out)
+                if handshake.done:
+                    return
+                data = sock.recv(_PEEK, socket.MSG_PEEK)
+            except TimeoutError:
+                raise handshake.stalled(timeout or 0.0) from None
+            except OSError as exc:
+                raise handshake.closed() from exc
+            if not data:
+                raise handshake.closed()
+            used = handshake.feed(data)
+            while used:
+                used -= len(sock.recv(used))
+    finally:
+        sock.settimeout(previous)
