@@ -1278,3 +1278,101 @@ client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}
 
     def log_paths(self) -> list[Path]:
         return [self.log_file]
+
+
+class TLSTerminator:
+    """TLS in front of a TCP server (a real proxy such as tinyproxy, which
+    has no TLS of its own), making it an ``https://`` proxy: each TLS
+    connection is relayed, decrypted, to *backend*.  Threaded, on blocking
+    sockets; the certificate names *names*, from a fresh trustme CA."""
+
+    def __init__(self, backend: tuple[str, int], *, names: Sequence[str] = ("127.0.0.1",)) -> None:
+        self.backend = backend
+        self.ca = trustme.CA()
+        self.server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert(*names).configure_cert(self.server_context)
+        self._listener = socket.socket()
+        self._listener.bind((LOOPBACK, unused_port()))
+        self._listener.listen(64)
+        self._listener.settimeout(0.05)
+        self.host = LOOPBACK
+        self.port: int = self._listener.getsockname()[1]
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.accepted = 0
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for thread in list(self._threads):
+            thread.join(STOP_TIMEOUT)
+        self._listener.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, _peer = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.accepted += 1
+            thread = threading.Thread(target=self._relay, args=(sock,), daemon=True)
+            with self._lock:
+                self._threads.append(thread)
+            thread.start()
+
+    def _relay(self, raw: socket.socket) -> None:
+        with contextlib.ExitStack() as stack:
+            stack.callback(raw.close)
+            raw.settimeout(START_TIMEOUT)
+            try:
+                tls = self.server_context.wrap_socket(raw, server_side=True)
+            except (ssl.SSLError, OSError):
+                return
+            stack.callback(tls.close)
+            try:
+                backend = socket.create_connection(self.backend, timeout=START_TIMEOUT)
+            except OSError:
+                return
+            stack.callback(backend.close)
+            tls.settimeout(0.05)
+            backend.settimeout(0.05)
+            while not self._stopping.is_set():
+                moved = False
+                for source, sink in ((tls, backend), (backend, tls)):
+                    try:
+                        data = source.recv(65536)
+                    except (TimeoutError, ssl.SSLWantReadError):
+                        continue
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    sink.sendall(data)
+                    moved = True
+                if not moved:
+                    continue
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

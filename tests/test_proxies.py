@@ -14,6 +14,7 @@ allowed to reach only some addresses (the others are ejected).
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import threading
 from collections import Counter
@@ -25,6 +26,7 @@ import pytest
 
 import conpool
 from conpool._tunnel import run_handshake_blocking
+from helpers_pool import check_quiet, echo, fd_baseline, fds_back_to
 from servers import (
     LOOPBACK,
     POOL_ADDRESSES,
@@ -35,6 +37,7 @@ from servers import (
     NginxServer,
     TinyproxyServer,
     TLSEchoServer,
+    TLSTerminator,
     refused_port,
     unused_port,
 )
@@ -474,3 +477,124 @@ def test_blocking_driver_stall_is_bounded() -> None:
                 run_handshake_blocking(sock, proxy.handshake(LOOPBACK, 80), 0.3)
     finally:
         listener.close()
+
+
+# --------------------------------------------------------------------------
+# https:// proxies: TLS to the proxy, then TLS to the target inside it
+
+
+@pytest.mark.parametrize("target_tls", [False, True], ids=["plain", "tls"])
+async def test_https_proxy(target_tls: bool, tmp_path: Path) -> None:
+    """tinyproxy behind TLS: the pool verifies the proxy's certificate,
+    tunnels with CONNECT and Basic auth inside that TLS, and (for a TLS
+    target) runs a second TLS session inside the tunnel, SNI by name."""
+    with contextlib.ExitStack() as stack:
+        if target_tls:
+            server: EchoServer = stack.enter_context(TLSEchoServer(names=("tls.test",)))
+        else:
+            server = stack.enter_context(EchoServer())
+        tiny = stack.enter_context(
+            TinyproxyServer(
+                tmp_path / "tiny", connect_ports=[server.port], username=USER, password=PASSWORD
+            )
+        )
+        front = stack.enter_context(TLSTerminator((tiny.host, tiny.port)))
+        proxy = conpool.Proxy.parse(
+            f"https://{USER}:{PASSWORD}@127.0.0.1:{front.port}",
+            tls_context=front.client_context(),
+        )
+        tls = None
+        if isinstance(server, TLSEchoServer):
+            tls = conpool.TLS(context=server.client_context())
+        endpoint = conpool.Endpoint("tls.test", server.port, tls=tls)
+        resolver = conpool.StaticResolver({"tls.test": [LOOPBACK]})
+        tracer = conpool.Tracer()
+        config = conpool.Config(proxy=proxy)
+        async with conpool.Pool(config, resolver=resolver, tracer=tracer) as pool:
+            for _ in range(2):
+                async with pool.connection(endpoint) as conn:
+                    await conn.send(b"twice wrapped")
+                    assert await conn.receive() == b"twice wrapped"
+            assert pool.stats().endpoints[endpoint].created == 1
+        if isinstance(server, TLSEchoServer):
+            assert server.server_names == ["tls.test"]
+        assert front.accepted == 1
+    expected = ["connect.started", "proxy.handshake.started", "proxy.handshake.complete"]
+    expected += ["tls.complete"] if target_tls else []
+    assert handshake_events(tracer) == [*expected, "connect.complete"]
+    no_secret_anywhere(tracer)
+
+
+async def test_https_proxy_with_an_untrusted_certificate(
+    tmp_path: Path, echo_server: EchoServer
+) -> None:
+    with (
+        TinyproxyServer(tmp_path / "tiny", connect_ports=[echo_server.port]) as tiny,
+        TLSTerminator((tiny.host, tiny.port)) as front,
+    ):
+        proxy = conpool.Proxy.parse(f"https://127.0.0.1:{front.port}")  # system CAs
+        config = conpool.Config(proxy=proxy, connect_retries=2, retry_backoff=0.0)
+        async with conpool.Pool(config) as pool:
+            with pytest.raises(conpool.ConnectError) as caught:
+                await pool.acquire(conpool.Endpoint(LOOPBACK, echo_server.port))
+    exc = caught.value
+    assert exc.attempts == 1  # a certificate that does not verify will not later
+    assert str(exc).startswith(
+        f"TLS to the proxy {proxy} failed: TLS certificate verification failed"
+    )
+    assert echo_server.accepted == 0
+
+
+# --------------------------------------------------------------------------
+# Nothing leaks: failures and cancellations through a proxy
+
+
+@pytest.mark.parametrize("where", ["refused", "wrong-password", "cancelled", "https"])
+async def test_no_descriptor_leaks_through_proxies(
+    where: str, tmp_path: Path, echo_server: EchoServer
+) -> None:
+    """Failed and cancelled attempts through a proxy close their sockets
+    (and, on asyncio, their transports), and the pool's counts add up."""
+    refused = refused_port()  # its socket lives for the whole run: open it first
+    baseline = await fd_baseline()
+    endpoint = conpool.Endpoint(LOOPBACK, echo_server.port)
+    with contextlib.ExitStack() as stack:
+        if where == "cancelled":
+            # A proxy that accepts and never answers: cancel mid-handshake.
+            listener = stack.enter_context(socket.socket())
+            listener.bind((LOOPBACK, 0))
+            listener.listen(64)
+            proxy = conpool.Proxy.parse(f"socks5://127.0.0.1:{listener.getsockname()[1]}")
+        elif where == "https":
+            tiny = stack.enter_context(
+                TinyproxyServer(tmp_path / "tiny", connect_ports=[echo_server.port])
+            )
+            front = stack.enter_context(TLSTerminator((tiny.host, tiny.port)))
+            proxy = conpool.Proxy.parse(
+                f"https://127.0.0.1:{front.port}", tls_context=front.client_context()
+            )
+        else:
+            micro = stack.enter_context(
+                MicrosocksServer(tmp_path / "m", username=USER, password=PASSWORD)
+            )
+            password = "nope" if where == "wrong-password" else PASSWORD
+            proxy = conpool.Proxy.parse(micro.url(username=USER, password=password))
+            if where == "refused":
+                endpoint = conpool.Endpoint(LOOPBACK, refused)
+        config = conpool.Config(proxy=proxy, connect_retries=1, retry_backoff=0.0)
+        async with conpool.Pool(config) as pool:
+            for _ in range(5):
+                if where == "cancelled":
+                    with anyio.move_on_after(0.2) as scope:
+                        await pool.acquire(endpoint)
+                    assert scope.cancelled_caught
+                elif where == "https":
+                    async with pool.connection(endpoint) as conn:
+                        assert await echo(conn, b"x") == b"x"
+                        await conn.aclose()
+                else:
+                    with pytest.raises(conpool.ConnectError):
+                        await pool.acquire(endpoint)
+                check_quiet(pool)
+        gc.collect()
+    await fds_back_to(baseline)

@@ -250,8 +250,6 @@ def test_config_proxy_validation() -> None:
         TypeError, match=r"conpool.Proxy or None, got str \(use conpool.Proxy.parse"
     ):
         conpool.Config(proxy="socks5://127.0.0.1")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="https:// proxies"):
-        conpool.Config(proxy=conpool.Proxy.parse("https://127.0.0.1"))
     with pytest.raises(TypeError, match="no_proxy must be a sequence of str"):
         conpool.Config(no_proxy="localhost")
     with pytest.raises(ValueError, match=r"no_proxy\[0\]"):
@@ -583,3 +581,32 @@ def test_proxy_error_pickles_and_is_an_oserror() -> None:
         407,
         False,
     )
+
+
+@given(
+    kind=st.sampled_from(["connect", "connect-lf", "socks5", "socks5-name", "socks4"]),
+    tail=st.binary(min_size=1, max_size=20),
+)
+def test_reading_what_it_wants_never_reads_past_the_reply(kind: str, tail: bytes) -> None:
+    """A driver that cannot peek reads ``wants()`` bytes at a time: that
+    takes the whole reply and not one byte of what follows."""
+    proxy = {"socks5": SOCKS5, "socks5-name": SOCKS5_AUTH, "socks4": SOCKS4}.get(kind, PROXY)
+    reply = {
+        "connect": b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n",
+        "connect-lf": b"HTTP/1.0 200 OK\nA: \r\n\n",
+        "socks5": b"\x05\x00" + _socks5_reply(0, 1),
+        "socks5-name": b"\x05\x02\x01\x00" + _socks5_reply(0, 3),
+        "socks4": SOCKS4_OK,
+    }[kind]
+    hs = proxy.handshake("pool.test" if kind == "socks5-name" else "127.0.0.11", 80)
+    stream = reply + tail
+    position = 0
+    while not hs.done:
+        hs.data_to_send()
+        want = hs.wants()
+        assert want >= 1
+        chunk = stream[position : position + want]
+        assert hs.feed(chunk) == len(chunk)
+        position += len(chunk)
+    assert position == len(reply)
+    assert hs.wants() == 0 and hs.feed(b"more") == 0

@@ -200,11 +200,6 @@ class Config:
             raise TypeError(
                 f"proxy must be a conpool.Proxy or None, got {type(proxy).__name__}{hint}"
             )
-        if isinstance(proxy, Proxy) and proxy.is_tls:
-            raise ValueError(
-                "proxy: https:// proxies (TLS to the proxy itself) are not supported yet; "
-                "use an http:// or socks5:// proxy"
-            )
         # Compiled once here, which validates every entry; the pool asks it
         # at each dial.
         object.__setattr__(self, "no_proxy", NoProxy(self.no_proxy).entries)

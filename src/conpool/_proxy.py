@@ -633,6 +633,12 @@ class Handshake(ABC):
         return out
 
     @abstractmethod
+    def wants(self) -> int:
+        """How many bytes the handshake can take next without reading past
+        its end (at least 1 while not done): for a driver that cannot peek,
+        a ``receive(wants())`` never takes the tunnel's bytes."""
+
+    @abstractmethod
     def feed(self, data: bytes) -> int:
         """Take bytes received from the proxy; return how many belong to the
         handshake (at least one, unless *data* is empty or the handshake is
@@ -724,6 +730,14 @@ class ConnectHandshake(Handshake):
 
     def _who(self) -> str:
         return f"the HTTP proxy {self.proxy}"
+
+    def wants(self) -> int:
+        if self.done:
+            return 0
+        # The fewest bytes that could end the head ("\n\n", "\r\n\r\n"
+        # and mixes): one after a line end or a "\n\r", two otherwise.
+        tail = bytes(self._head[-2:])
+        return 1 if tail.endswith(b"\n") or tail == b"\n\r" else 2
 
     def feed(self, data: bytes) -> int:
         if self.done or not data:
@@ -827,6 +841,9 @@ class Socks5Handshake(Handshake):
 
     def _who(self) -> str:
         return f"the SOCKS5 proxy {self.proxy}"
+
+    def wants(self) -> int:
+        return 0 if self.done else self._need() - len(self._buf)
 
     def _pull(self) -> None:
         self._out += self._conn.data_to_send()
@@ -965,6 +982,9 @@ class Socks4Handshake(Handshake):
 
     def _who(self) -> str:
         return f"the {self.proxy.scheme.upper()} proxy {self.proxy}"
+
+    def wants(self) -> int:
+        return 0 if self.done else 8 - len(self._buf)
 
     def feed(self, data: bytes) -> int:
         if self.done or not data:

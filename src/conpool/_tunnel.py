@@ -16,16 +16,27 @@ with the same loop; see that module's docstring.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
 import anyio
+from anyio.abc import ByteStream, SocketStream
+from anyio.streams.tls import TLSStream
 
+from ._errors import describe
 from ._proxy import Handshake, Proxy, ProxyError, unreachable
 
-__all__ = ["ProxyAttempt", "Trace", "run_handshake", "run_handshake_blocking"]
+__all__ = [
+    "ProxyAttempt",
+    "Trace",
+    "run_handshake",
+    "run_handshake_blocking",
+    "run_handshake_stream",
+]
 
 #: ``trace(kind, duration_ns, detail)``: one trace event about this attempt.
 Trace = Callable[[str, "int | None", str], None]
@@ -59,6 +70,26 @@ async def run_handshake(sock: socket.socket, handshake: Handshake) -> None:
         # follows is the target's.
         while used:
             used -= len(sock.recv(used))
+
+
+async def run_handshake_stream(stream: ByteStream, handshake: Handshake) -> None:
+    """Drive *handshake* over a byte stream that cannot peek (TLS to an
+    ``https://`` proxy): it asks for no more than :meth:`Handshake.wants`,
+    so it never reads the tunnel's first bytes.
+
+    :raises ProxyError: the proxy refused, broke the protocol, or closed.
+    """
+    while True:
+        out = handshake.data_to_send()
+        try:
+            if out:
+                await stream.send(out)
+            if handshake.done:
+                return
+            data = await stream.receive(handshake.wants())
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError) as exc:
+            raise handshake.closed() from exc
+        handshake.feed(data)
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:
@@ -104,6 +135,11 @@ async def _proxy_address(proxy: Proxy) -> tuple[int, tuple[str, int]]:
     return family, (str(sockaddr[0]), int(sockaddr[1]))
 
 
+@functools.cache
+def _default_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
 class ProxyAttempt:
     """One connection through *proxy* to ``host:port`` (the address the pool
     chose, or the name for ``socks5h``/``socks4a``).
@@ -123,8 +159,54 @@ class ProxyAttempt:
         self.handshake: Handshake | None = None
         self.started_ns = 0
         self.finished = False
+        # For an https:// proxy: the socket stream and the TLS stream to it.
+        self.raw: SocketStream | None = None
+        self.stream: TLSStream | None = None
 
     async def open(self) -> socket.socket:
+        proxy = self.proxy
+        sock = await self._connect()
+        self.started_ns = time.monotonic_ns()
+        self._trace("proxy.handshake.started", None, str(proxy))
+        handshake = self.handshake = proxy.handshake(self.host, self.port)
+        await run_handshake(sock, handshake)
+        self.finished = True
+        self._trace("proxy.handshake.complete", time.monotonic_ns() - self.started_ns, str(proxy))
+        return sock
+
+    async def open_tls(self) -> tuple[TLSStream, socket.socket]:
+        """As :meth:`open`, for an ``https://`` proxy: TLS to the proxy
+        (verified against its host), then the handshake inside it.  Returns
+        the TLS stream with the tunnel open, and the raw socket."""
+        proxy = self.proxy
+        sock = await self._connect()
+        self.started_ns = time.monotonic_ns()
+        self._trace("proxy.handshake.started", None, str(proxy))
+        handshake = self.handshake = proxy.handshake(self.host, self.port)
+        raw = self.raw = await SocketStream.from_socket(sock)
+        try:
+            context = proxy.tls_context or _default_context()
+            stream = await TLSStream.wrap(
+                raw, hostname=proxy.host, ssl_context=context, standard_compatible=False
+            )
+        except ssl.SSLError as exc:
+            await anyio.aclose_forcefully(raw)
+            raise ProxyError(
+                f"TLS to the proxy {proxy} failed: {describe(exc)}", proxy=proxy
+            ) from exc
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError) as exc:
+            await anyio.aclose_forcefully(raw)
+            raise handshake.closed() from exc
+        except BaseException:
+            await anyio.aclose_forcefully(raw)
+            raise
+        self.stream = stream
+        await run_handshake_stream(stream, handshake)
+        self.finished = True
+        self._trace("proxy.handshake.complete", time.monotonic_ns() - self.started_ns, str(proxy))
+        return stream, sock
+
+    async def _connect(self) -> socket.socket:
         proxy = self.proxy
         try:
             family, address = await _proxy_address(proxy)
@@ -137,12 +219,6 @@ class ProxyAttempt:
                 raise OSError(err, os.strerror(err))
         except OSError as exc:
             raise unreachable(proxy, exc) from exc
-        self.started_ns = time.monotonic_ns()
-        self._trace("proxy.handshake.started", None, str(proxy))
-        handshake = self.handshake = proxy.handshake(self.host, self.port)
-        await run_handshake(sock, handshake)
-        self.finished = True
-        self._trace("proxy.handshake.complete", time.monotonic_ns() - self.started_ns, str(proxy))
         return sock
 
     def failed(self, exc: BaseException, timeout: float | None) -> BaseException:
@@ -172,6 +248,11 @@ class ProxyAttempt:
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            await anyio.aclose_forcefully(self.stream)
+        self.close()
 
     def _trace(self, kind: str, duration_ns: int | None, detail: str) -> None:
         if self.trace is not None:

@@ -346,7 +346,13 @@ async def open_trio(
     otherwise (:class:`StreamConnection`).
 
     With *proxy*, the socket is the proxy's, with the tunnel to ``ip:port``
-    open (see :mod:`conpool._tunnel`); all the rest is as without one."""
+    open (see :mod:`conpool._tunnel`); all the rest is as without one.  An
+    ``https://`` proxy needs TLS in TLS, which goes through
+    :mod:`._tunnel`'s stream connection."""
+    if proxy is not None and proxy.is_tls:
+        from ._tunnel import open_tls_proxied
+
+        return await open_tls_proxied(endpoint, ip, port, connect_timeout, proxy, trace)
     via = None if proxy is None else ProxyAttempt(proxy, ip, port, trace)
     sock = make_socket(ip) if via is None else _NO_SOCKET
     stream: SocketStream | None = None
