@@ -1168,7 +1168,7 @@ class TinyproxyServer(ServerProcess):
 
 
 class MicrosocksServer(ServerProcess):
-    """microsocks (SOCKS5) on 127.0.0.1; with *username* and *password* it
+    """microsocks (SOCKS5) on *host* (127.0.0.1); with *username* and *password* it
     wants RFC 1929 user/password authentication."""
 
     name = "microsocks"
@@ -1179,6 +1179,7 @@ class MicrosocksServer(ServerProcess):
         *,
         username: str | None = None,
         password: str | None = None,
+        host: str = LOOPBACK,
         port: int | None = None,
         binary: str | None = None,
     ) -> None:
@@ -1187,7 +1188,7 @@ class MicrosocksServer(ServerProcess):
             binary or need("microsocks", "SOCKS5 proxy fixture"),
             port_given=port is not None,
         )
-        self.host = LOOPBACK
+        self.host = host
         self.port = port if port is not None else unused_port(self.host)
         self.username = username
         self.password = password
@@ -1196,7 +1197,8 @@ class MicrosocksServer(ServerProcess):
         self, scheme: str = "socks5", *, username: str | None = None, password: str | None = None
     ) -> str:
         auth = f"{username}:{password}@" if username is not None else ""
-        return f"{scheme}://{auth}{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{auth}{host}:{self.port}"
 
     def choose_new_port(self) -> None:
         self.port = unused_port(self.host)

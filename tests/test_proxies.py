@@ -598,3 +598,30 @@ async def test_no_descriptor_leaks_through_proxies(
                 check_quiet(pool)
         gc.collect()
     await fds_back_to(baseline)
+
+
+# --------------------------------------------------------------------------
+# IPv6
+
+
+@pytest.mark.parametrize("kind", ["tinyproxy", "microsocks-v6"])
+async def test_ipv6_target_and_ipv6_proxy(kind: str, tmp_path: Path) -> None:
+    """An IPv6 target goes to the proxy as an IPv6 address (CONNECT [::1]:port,
+    SOCKS5 address type 4); a proxy listening on ::1 is reached over IPv6."""
+    with contextlib.ExitStack() as stack:
+        echo_v6 = stack.enter_context(EchoServer("::1"))
+        if kind == "tinyproxy":
+            tiny = stack.enter_context(
+                TinyproxyServer(tmp_path / "tiny", connect_ports=[echo_v6.port])
+            )
+            proxy = conpool.Proxy.parse(tiny.url())
+        else:
+            micro = stack.enter_context(MicrosocksServer(tmp_path / "m", host="::1"))
+            proxy = conpool.Proxy.parse(micro.url())
+            assert str(proxy) == f"socks5://[::1]:{micro.port}"
+        endpoint = conpool.Endpoint("::1", echo_v6.port)
+        async with conpool.Pool(conpool.Config(proxy=proxy)) as pool:
+            async with pool.connection(endpoint) as conn:
+                assert conn.address == ("::1", echo_v6.port)
+                assert await echo(conn, b"over six") == b"over six"
+        assert echo_v6.accepted == 1
