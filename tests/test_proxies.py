@@ -26,7 +26,7 @@ import pytest
 
 import conpool
 from conpool._tunnel import run_handshake_blocking
-from helpers_pool import check_quiet, echo, fd_baseline, fds_back_to
+from helpers_pool import check_quiet, echo, fd_baseline, fds_back_to, fill_backlog
 from servers import (
     LOOPBACK,
     POOL_ADDRESSES,
@@ -625,3 +625,35 @@ async def test_ipv6_target_and_ipv6_proxy(kind: str, tmp_path: Path) -> None:
                 assert conn.address == ("::1", echo_v6.port)
                 assert await echo(conn, b"over six") == b"over six"
         assert echo_v6.accepted == 1
+
+
+async def test_a_proxy_that_does_not_answer_the_connect_is_bounded_by_connect_timeout() -> None:
+    """The proxy's accept queue is full, so our SYN goes unanswered: the
+    attempt ends at connect_timeout as 'unreachable', is retried, and blames
+    no address (it never got as far as a handshake)."""
+    listener = socket.socket()
+    listener.bind((LOOPBACK, unused_port()))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filler = fill_backlog(LOOPBACK, port)
+    try:
+        proxy = conpool.Proxy.parse(f"http://127.0.0.1:{port}")
+        config = conpool.Config(
+            proxy=proxy, connect_timeout=0.3, connect_retries=1, retry_backoff=0.0
+        )
+        tracer = conpool.Tracer()
+        async with conpool.Pool(config, tracer=tracer) as pool:
+            endpoint = conpool.Endpoint(LOOPBACK, 9)
+            with anyio.fail_after(10), pytest.raises(conpool.ConnectError) as caught:
+                await pool.acquire(endpoint)
+            assert pool.stats().endpoints[endpoint].addresses.get(LOOPBACK) is None or (
+                pool.stats().endpoints[endpoint].addresses[LOOPBACK].failures == 0
+            )
+    finally:
+        for sock in filler:
+            sock.close()
+        listener.close()
+    exc = caught.value
+    assert exc.attempts == 2
+    assert str(exc).startswith(f"the proxy {proxy} is unreachable: TCP connect")
+    assert not [e for e in tracer.events() if e.kind.startswith("proxy.")]

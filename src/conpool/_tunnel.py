@@ -232,7 +232,9 @@ class ProxyAttempt:
         ours = isinstance(exc, TimeoutError) and exc.errno is None and timeout is not None
         if ours and timeout is not None:
             if self.handshake is None:
-                exc = unreachable(self.proxy, TimeoutError(f"timed out after {timeout:g} s"))
+                exc = unreachable(
+                    self.proxy, TimeoutError(f"TCP connect timed out after {timeout:g} s")
+                )
             else:
                 exc = self.handshake.stalled(timeout)
         if self.started_ns and isinstance(exc, ProxyError):
