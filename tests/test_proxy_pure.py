@@ -17,6 +17,7 @@ import conpool
 from conpool._proxy import (
     MAX_REPLY,
     ConnectHandshake,
+    EnvironmentProxies,
     Handshake,
     NoProxy,
     Socks4Handshake,
@@ -610,3 +611,46 @@ def test_reading_what_it_wants_never_reads_past_the_reply(kind: str, tail: bytes
         position += len(chunk)
     assert position == len(reply)
     assert hs.wants() == 0 and hs.feed(b"more") == 0
+
+
+# --------------------------------------------------------------------------
+# The environment, as httpx reads it
+
+
+def test_environment_proxies() -> None:
+    env = EnvironmentProxies(
+        {
+            "HTTP_PROXY": "proxy.test:3128",
+            "https_proxy": "socks5://u:secret@127.0.0.1:1080",
+            "HTTPS_PROXY": "http://ignored.test",
+            "NO_PROXY": "localhost, .internal.test,,",
+        }
+    )
+    assert env.http == conpool.Proxy.parse("http://proxy.test:3128")
+    assert env.https == conpool.Proxy.parse("socks5://u:secret@127.0.0.1:1080")
+    assert env.all is None and env.no_proxy == ("localhost", ".internal.test")
+    tls = conpool.TLS()
+    assert env.proxy_for(conpool.Endpoint("pool.test", 80)) == env.http
+    assert env.proxy_for(conpool.Endpoint("pool.test", 443, tls=tls)) == env.https
+    assert env.proxy_for(conpool.Endpoint("db.internal.test", 443, tls=tls)) is None
+    assert "secret" not in repr(env)
+
+
+def test_environment_all_proxy_and_star() -> None:
+    env = EnvironmentProxies({"ALL_PROXY": "socks5h://127.0.0.1", "http_proxy": ""})
+    assert env.http is None and env.proxy_for(conpool.Endpoint("a.test", 80)) == env.all
+    assert EnvironmentProxies({"ALL_PROXY": "http://p.test", "NO_PROXY": "*"}).all is None
+    assert EnvironmentProxies({}).proxy_for(conpool.Endpoint("a.test", 80)) is None
+
+
+def test_environment_cgi_ignores_http_proxy() -> None:
+    # httpoxy: in a CGI script HTTP_PROXY may come from the client.
+    env = EnvironmentProxies({"REQUEST_METHOD": "GET", "HTTP_PROXY": "http://evil.test"})
+    assert env.http is None
+    env = EnvironmentProxies({"REQUEST_METHOD": "GET", "http_proxy": "http://ok.test"})
+    assert env.http == conpool.Proxy.parse("http://ok.test")
+
+
+def test_environment_bad_value_names_the_variable() -> None:
+    with pytest.raises(ValueError, match=r"HTTPS_PROXY: invalid proxy URL 'ftp://\*\*\*@x.test'"):
+        EnvironmentProxies({"HTTPS_PROXY": "ftp://u:secret@x.test"})

@@ -2,8 +2,8 @@
 handshake drivers for HTTP ``CONNECT`` and SOCKS4/4a/5/5h.
 
 Nothing here does I/O.  A handshake is driven by whoever owns the socket
-(:func:`conpool._dial.proxy_handshake` on the event loops; a blocking socket
-works the same way)::
+(:func:`conpool._tunnel.run_handshake` on the event loops,
+:func:`conpool._tunnel.run_handshake_blocking` on a blocking socket)::
 
     hs = proxy.handshake(target_host, target_port)
     while True:
@@ -14,7 +14,7 @@ works the same way)::
             break
         data = sock.recv(65536, socket.MSG_PEEK)   # look, do not take
         if not data:
-            hs.closed()                            # raises ProxyError
+            raise hs.closed()                      # a ProxyError
         used = hs.feed(data)                       # >= 1 byte of the reply
         sock.recv(used)                            # take exactly those
 
@@ -22,7 +22,8 @@ Peeking and then taking only what :meth:`Handshake.feed` used means the
 bytes the target sends right after the proxy's reply (a server that speaks
 first) stay in the kernel for the connection, and no "leftover" buffer has
 to be handed from the handshake to the stream.  A driver that cannot peek
-(a TLS stream to an ``https://`` proxy) keeps ``data[used:]`` itself.
+(a TLS stream to an ``https://`` proxy) asks for at most
+:meth:`Handshake.wants` bytes at a time, which never reaches past the reply.
 
 Which failures blame the target address, and which may be retried, is
 decided here once per failure (:class:`ProxyError`), so that every shell
@@ -36,7 +37,7 @@ import ipaddress
 import re
 import ssl
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import FrozenInstanceError
 from typing import TYPE_CHECKING, Final, final
 from urllib.parse import unquote
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PORTS",
+    "EnvironmentProxies",
     "SCHEMES",
     "Handshake",
     "NoProxy",
@@ -1017,3 +1019,76 @@ def unreachable(proxy: Proxy, exc: BaseException) -> ProxyError:
     return ProxyError(
         f"the proxy {proxy} is unreachable: {describe(exc)}", proxy=proxy, retryable=True
     )
+
+
+# --------------------------------------------------------------------------
+# The environment (for the httpx transports' trust_env)
+
+
+class EnvironmentProxies:
+    """``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` read as
+    httpx reads them (``urllib.request.getproxies()``'s rules: lower-case
+    names win over upper-case ones, an empty value unsets, ``HTTP_PROXY`` is
+    ignored when ``REQUEST_METHOD`` says this is a CGI script; a value
+    without a scheme means ``http://``; ``NO_PROXY=*`` means no proxy at all).
+
+    :ivar http: for plain-text endpoints (``HTTP_PROXY``), or ``None``.
+    :ivar https: for TLS endpoints (``HTTPS_PROXY``), or ``None``.
+    :ivar all: for either when the specific one is unset (``ALL_PROXY``).
+    :ivar no_proxy: ``NO_PROXY`` split on ``,`` (blank entries dropped),
+        for ``Config.no_proxy``.
+    """
+
+    __slots__ = ("all", "http", "https", "no_proxy")
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        found: dict[str, str] = {}
+        # Two passes, as urllib does: any case first, then lower case only,
+        # so that http_proxy beats HTTP_PROXY whatever the order.
+        for name, value in environ.items():
+            lower = name.lower()
+            if value and lower.endswith("_proxy"):
+                found[lower[:-6]] = value
+        if "REQUEST_METHOD" in environ:
+            # CGI: HTTP_PROXY may come from the client's "Proxy:" header
+            # (httpoxy, CVE-2016-5385).
+            found.pop("http", None)
+        for name, value in environ.items():
+            if name.endswith("_proxy"):
+                key = name.lower()[:-6]
+                if value:
+                    found[key] = value
+                else:
+                    found.pop(key, None)
+        self.no_proxy: tuple[str, ...] = tuple(
+            entry.strip() for entry in found.get("no", "").split(",") if entry.strip()
+        )
+        self.http: Proxy | None = None
+        self.https: Proxy | None = None
+        self.all: Proxy | None = None
+        if "*" in self.no_proxy:
+            return
+        for key in ("http", "https", "all"):
+            setting = found.get(key)
+            if setting:
+                url = setting if "://" in setting else f"http://{setting}"
+                try:
+                    proxy = Proxy.parse(url)
+                except ValueError as exc:
+                    raise ValueError(f"{key.upper()}_PROXY: {exc}") from None
+                setattr(self, key, proxy)
+
+    def proxy_for(self, endpoint: Endpoint) -> Proxy | None:
+        """The proxy for *endpoint*: ``HTTPS_PROXY`` for TLS, ``HTTP_PROXY``
+        otherwise, ``ALL_PROXY`` when that one is unset; ``None`` when
+        ``NO_PROXY`` matches or nothing is set."""
+        proxy = (self.https if endpoint.tls is not None else self.http) or self.all
+        if proxy is None or (self.no_proxy and NoProxy(self.no_proxy).matches(endpoint)):
+            return None
+        return proxy
+
+    def __repr__(self) -> str:
+        return (
+            f"EnvironmentProxies(http={self.http!r}, https={self.https!r}, "
+            f"all={self.all!r}, no_proxy={self.no_proxy!r})"
+        )
