@@ -657,3 +657,20 @@ async def test_a_proxy_that_does_not_answer_the_connect_is_bounded_by_connect_ti
     assert exc.attempts == 2
     assert str(exc).startswith(f"the proxy {proxy} is unreachable: TCP connect")
     assert not [e for e in tracer.events() if e.kind.startswith("proxy.")]
+
+
+def test_blocking_driver_over_tls_to_an_https_proxy(
+    tmp_path: Path, echo_server: EchoServer
+) -> None:
+    """On an SSLSocket (no peeking) the blocking driver reads only what the
+    handshake wants; the target's bytes then come through the same socket."""
+    with (
+        TinyproxyServer(tmp_path / "tiny", connect_ports=[echo_server.port]) as tiny,
+        TLSTerminator((tiny.host, tiny.port)) as front,
+    ):
+        raw = socket.create_connection((front.host, front.port), timeout=5)
+        with front.client_context().wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            proxy = conpool.Proxy.parse(f"https://127.0.0.1:{front.port}")
+            run_handshake_blocking(sock, proxy.handshake(LOOPBACK, echo_server.port), 5.0)
+            sock.sendall(b"inside tls")
+            assert sock.recv(100) == b"inside tls"

@@ -266,7 +266,9 @@ def run_handshake_blocking(
 ) -> None:
     """Drive *handshake* on a connected **blocking** socket (a threaded
     shell's), the same way :func:`run_handshake` does on the event loops:
-    peek, feed, take only what the handshake used.
+    peek, feed, take only what the handshake used.  On an
+    :class:`ssl.SSLSocket` (an ``https://`` proxy), which cannot peek, it
+    reads :meth:`~conpool._proxy.Handshake.wants` bytes at a time instead.
 
     :param timeout: seconds for the whole handshake, or ``None`` to leave
         the socket's own timeout as it is; the socket's timeout is restored
@@ -275,6 +277,7 @@ def run_handshake_blocking(
         did not finish within *timeout*.
     """
     previous = sock.gettimeout()
+    tls = isinstance(sock, ssl.SSLSocket)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
@@ -289,7 +292,12 @@ def run_handshake_blocking(
                     sock.sendall(out)
                 if handshake.done:
                     return
-                data = sock.recv(_PEEK, socket.MSG_PEEK)
+                if tls:
+                    # TLS to an https:// proxy cannot peek: read no more
+                    # than the handshake wants, which never reaches past it.
+                    data = sock.recv(handshake.wants())
+                else:
+                    data = sock.recv(_PEEK, socket.MSG_PEEK)
             except TimeoutError:
                 raise handshake.stalled(timeout or 0.0) from None
             except OSError as exc:
@@ -297,7 +305,7 @@ def run_handshake_blocking(
             if not data:
                 raise handshake.closed()
             used = handshake.feed(data)
-            while used:
+            while used and not tls:
                 used -= len(sock.recv(used))
     finally:
         sock.settimeout(previous)
