@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import pickle
+import random
 import ssl
 import struct
 from urllib.parse import quote
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import conpool
+from conpool._dialplan import DialPlan, blames_address, retryable
 from conpool._proxy import (
     MAX_REPLY,
     ConnectHandshake,
@@ -654,3 +656,36 @@ def test_environment_cgi_ignores_http_proxy() -> None:
 def test_environment_bad_value_names_the_variable() -> None:
     with pytest.raises(ValueError, match=r"HTTPS_PROXY: invalid proxy URL 'ftp://\*\*\*@x.test'"):
         EnvironmentProxies({"HTTPS_PROXY": "ftp://u:secret@x.test"})
+
+
+# --------------------------------------------------------------------------
+# What the dial plan makes of a proxy's failures
+
+
+def test_dial_plan_retry_and_blame_of_proxy_errors() -> None:
+    def error(*, blames: bool, retry: bool) -> conpool.ProxyError:
+        return conpool.ProxyError("x", proxy=SOCKS5, blames_target=blames, retryable=retry)
+
+    wrong_password = error(blames=False, retry=False)
+    proxy_down = error(blames=False, retry=True)
+    target_refused = error(blames=True, retry=True)
+    assert not retryable(wrong_password) and not blames_address(wrong_password)
+    assert retryable(proxy_down) and not blames_address(proxy_down)
+    assert retryable(target_refused) and blames_address(target_refused)
+    # Direct failures are as before: every one blames its address.
+    assert retryable(ConnectionRefusedError()) and blames_address(ConnectionRefusedError())
+    assert not retryable(ssl.SSLError()) and blames_address(ssl.SSLError())
+
+    plan = DialPlan(2, 0.0, 0.0, random.Random(1))
+    assert plan.next_round() == 0.0
+    plan.failed("127.0.0.11", wrong_password)
+    assert plan.next_round() is None  # nothing of this round could go otherwise
+    assert plan.context("pool.test:80", 80, SOCKS5_AUTH) == [
+        "connecting to tcp:127.0.0.11:80 via socks5h://127.0.0.1:1080",
+        "connecting to pool.test:80",
+    ]
+    plan = DialPlan(2, 0.0, 0.0, random.Random(1))
+    plan.next_round()
+    plan.failed("::1", proxy_down)
+    assert plan.next_round() == 0.0  # proxy down: another round
+    assert plan.context("[::1]:80", 80)[0] == "connecting to tcp:[::1]:80"
