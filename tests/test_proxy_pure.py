@@ -16,12 +16,11 @@ from hypothesis import strategies as st
 
 import conpool
 from conpool._dialplan import DialPlan, blames_address, retryable
+from conpool._noproxy import EnvironmentProxies, NoProxy
 from conpool._proxy import (
     MAX_REPLY,
     ConnectHandshake,
-    EnvironmentProxies,
     Handshake,
-    NoProxy,
     Socks4Handshake,
     Socks5Handshake,
     parse_connect_reply,

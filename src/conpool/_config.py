@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias, cast
 
 from ._balance import POLICIES
-from ._proxy import NoProxy, Proxy
+from ._noproxy import NoProxy
+from ._proxy import Proxy
 
 if TYPE_CHECKING:
     from ._connection import Connection
