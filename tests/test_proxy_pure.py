@@ -688,3 +688,26 @@ def test_dial_plan_retry_and_blame_of_proxy_errors() -> None:
     plan.failed("::1", proxy_down)
     assert plan.next_round() == 0.0  # proxy down: another round
     assert plan.context("[::1]:80", 80)[0] == "connecting to tcp:[::1]:80"
+
+
+_label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True).filter(
+    lambda s: not s.isdigit()
+)
+
+
+@given(
+    # ("localhost" is the one name that matches only itself.)
+    name=st.lists(_label, min_size=1, max_size=3).map(".".join).filter(lambda n: n != "localhost"),
+    sub=_label,
+    port=st.integers(1, 65535),
+)
+def test_no_proxy_name_rules_hold_for_any_name(name: str, sub: str, port: int) -> None:
+    """``name`` covers itself and every name under it, ``.name`` only the
+    names under it; neither covers a name that merely ends the same way."""
+    plain, dotted = NoProxy([name]), NoProxy(["." + name])
+    below = f"{sub}.{name}"
+    assert plain.matches_host(name, port) and plain.matches_host(below, port)
+    assert not dotted.matches_host(name, port) and dotted.matches_host(below, port)
+    assert not plain.matches_host(sub + name, port)
+    assert NoProxy([f"{name}:{port}"]).matches_host(below, port)
+    assert not NoProxy([f"{name}:{port}"]).matches_host(below, port % 65535 + 1)
