@@ -52,7 +52,12 @@ class _Selector(selectors.DefaultSelector):
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         ready = super().select(0)
         loop = self.loop
-        if ready or timeout == 0 or loop is None:
+        if loop is None:
+            return ready
+        loop._spins += 1
+        if loop._spins > loop.spin_limit:
+            raise Deadlock(f"the loop ran {loop.spin_limit} iterations without time passing")
+        if ready or timeout == 0:
             return ready
         return loop._idle(timeout)
 
@@ -68,9 +73,13 @@ class VirtualLoop(asyncio.SelectorEventLoop):
     #: :class:`Deadlock` (the pool's sweeper always has a timer armed, so a
     #: scenario that waits forever would otherwise run forever).
     limit = 3600.0
+    #: Loop iterations without the clock moving past which it raises
+    #: :class:`Deadlock` (something reschedules itself forever).
+    spin_limit = 200_000
 
     def __init__(self) -> None:
         self._now = 0.0
+        self._spins = 0
         self._mode: Literal["jump", "settle", "until"] = "jump"
         self._until = 0.0
         selector = _Selector()
@@ -90,10 +99,12 @@ class VirtualLoop(asyncio.SelectorEventLoop):
                 self.stop()
             else:
                 self._now += timeout
+                self._spins = 0
         elif timeout is None:
             raise Deadlock("nothing is ready and no timer is armed")
         else:
             self._now += timeout
+            self._spins = 0
             if self._now > self.limit:
                 raise Deadlock(f"still waiting after {self.limit:g} virtual seconds")
         return []
@@ -107,6 +118,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         """Run what is ready, and what that makes ready, without moving the
         clock."""
         self._mode = "settle"
+        self._spins = 0
         self.run_forever()
 
     def advance(self, seconds: float) -> None:
