@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: the async backends and the real servers.
+"""Fixtures shared by the whole suite: the async backends and the real servers,
+and the tier of every test (see tests/README.md).
 
 Server helpers live in ``servers.py``; tests that need an unusual server (a second
 dnsmasq, nginx with TLS) build one from there.
@@ -19,6 +20,46 @@ from servers import (
     RedisServer,
     TLSEchoServer,
 )
+
+#: The test tiers, fastest and most isolated first (tests/README.md): each
+#: test carries exactly one as a marker, so ``pytest -m scripted`` runs a tier.
+TIERS = ("pure", "scripted", "loopback", "realserver", "root")
+
+#: The tier of a file's tests when they carry no tier marker of their own;
+#: any other file is "loopback".  A new file may name its tier with
+#: ``pytestmark = pytest.mark.<tier>`` instead.
+FILE_TIERS = {
+    "test_all_attributes.py": "pure",
+    "test_balance.py": "pure",
+    "test_config.py": "pure",
+    "test_dialplan.py": "pure",
+    "test_endpoint.py": "pure",
+    "test_imports.py": "pure",
+    "test_state.py": "pure",
+    "test_state_names.py": "pure",
+    "test_scripted.py": "scripted",
+    "test_scripted_machine.py": "scripted",
+    "test_trio_parked.py": "scripted",
+    "test_realservers.py": "realserver",
+    "test_faults_root.py": "root",
+}
+
+
+def tier_of(item: pytest.Item) -> str:
+    """A test's own tier marker (the most demanding, if several), else its
+    file's tier."""
+    own = {mark.name for mark in item.iter_markers()} & set(TIERS)
+    for tier in reversed(TIERS):
+        if tier in own:
+            return tier
+    return FILE_TIERS.get(item.path.name, "loopback")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = tier_of(item)
+        item.add_marker(getattr(pytest.mark, tier))
+        item.user_properties.append(("tier", tier))
 
 
 @pytest.fixture(
