@@ -157,6 +157,8 @@ class Attempt:
     ip: str
     port: int
     started: float
+    #: Its socket: made when the attempt starts, closed when it fails.
+    wire: Wire
     ended: float | None = None
     #: "connected", "refused", "tls", "cancelled" (timed out or abandoned).
     result: str = ""
@@ -170,6 +172,8 @@ class Wire:
         self.ip = ip
         self.port = port
         self.inbound: list[bytes] = []
+        #: False while the attempt that made it is in progress.
+        self.connected = False
         self.closed = False
         self.peer_closed = False
         self.reader: asyncio.Future[None] | None = None
@@ -222,6 +226,11 @@ class Network:
         return self.always.get(ip, self.default)
 
     def open_wires(self) -> list[Wire]:
+        """The established connections not closed yet."""
+        return [w for w in self.wires if w.connected and not w.closed]
+
+    def unclosed(self) -> list[Wire]:
+        """Every socket not closed yet, attempts in progress included."""
         return [w for w in self.wires if not w.closed]
 
     def to(self, ip: str) -> list[Attempt]:
@@ -321,7 +330,8 @@ class ScriptedBackend(AsyncioBackend):
         self, endpoint: conpool.Endpoint, ip: str, port: int, connect_timeout: float | None
     ) -> Connection:
         network = self.network
-        attempt = Attempt(ip, port, self._loop.time())
+        wire = Wire(network, ip, port)
+        attempt = Attempt(ip, port, self._loop.time(), wire)
         network.attempts.append(attempt)
         plan = network.plan(ip)
         try:
@@ -330,20 +340,25 @@ class ScriptedBackend(AsyncioBackend):
                     await anyio.sleep_forever()
                 await anyio.sleep(plan.after)
         except TimeoutError:
+            wire.close()
             attempt.ended, attempt.result = self._loop.time(), "cancelled"
             raise TimeoutError(f"TCP connect timed out after {connect_timeout:g} s") from None
         except BaseException:
+            wire.close()
             attempt.ended, attempt.result = self._loop.time(), "cancelled"
             raise
         attempt.ended = self._loop.time()
         if plan.outcome == "refuse":
+            wire.close()
             attempt.result = "refused"
             raise ConnectionRefusedError(111, "Connection refused")
         if plan.outcome == "tls":
+            wire.close()
             attempt.result = "tls"
             raise ssl.SSLCertVerificationError("certificate verify failed (scripted)")
         attempt.result = "connected"
-        return ScriptedConnection(endpoint, Wire(network, ip, port))
+        wire.connected = True
+        return ScriptedConnection(endpoint, wire)
 
 
 # -- names --------------------------------------------------------------------------

@@ -34,6 +34,7 @@ def quiet(pool: conpool.Pool, network: Network) -> conpool.PoolStats:
     assert (s.pending, s.waiting) == (0, 0), s
     opened = len(network.open_wires())
     assert s.active + s.idle == opened, (s, opened)
+    assert len(net_unclosed := network.unclosed()) == opened, net_unclosed  # no attempt left
     return s
 
 
@@ -184,6 +185,7 @@ def test_the_second_family_starts_after_the_delay_and_the_slow_loser_is_closed()
             assert v6.started == 0.0
             assert v4.started == pytest.approx(0.3)  # the Connection Attempt Delay
             assert v6.result == "cancelled" and v6.ended == pytest.approx(0.35)
+            assert v6.wire.closed and not v4.wire.closed  # the loser's socket closed
             race = [e for e in tracer.events() if e.kind.startswith("connect.")]
             assert [(e.kind, e.address) for e in race] == [
                 ("connect.started", V6A),
@@ -199,6 +201,37 @@ def test_the_second_family_starts_after_the_delay_and_the_slow_loser_is_closed()
             assert s.endpoints[EP].addresses[V6A].failures == 1
             assert s.endpoints[EP].addresses[V4A].failures == 0
             assert len(net.open_wires()) == 1
+
+    run(main)
+
+
+def test_a_black_holed_family_is_ejected_after_losing_a_few_races() -> None:
+    async def main() -> None:
+        net = Network()
+        net.set(V6A, "hang")
+        net.set(V4A, "accept", after=0.01)
+        resolver = ScriptedResolver({NAME: [V6A, V4A]})
+        config = conpool.Config(
+            happy_eyeballs_delay=0.3, eject_after_failures=2, eject_time=30.0, balance_seed=0
+        )
+        tracer = conpool.Tracer()
+        async with scripted_pool(net, config, resolver=resolver, tracer=tracer) as pool:
+            for _ in range(2):
+                start = anyio.current_time()
+                conn = await pool.acquire(EP)
+                assert conn.address[0] == V4A
+                assert anyio.current_time() - start == pytest.approx(0.31)  # the delay, each time
+                await conn.aclose()  # (so that the next acquire dials)
+                await pool.release(conn)
+            assert [e.address for e in tracer.events() if e.kind == "address.eject"] == [V6A]
+            # Ejected: the next dial goes to IPv4 at once, without a race.
+            start = anyio.current_time()
+            conn = await pool.acquire(EP)
+            assert conn.address[0] == V4A
+            assert anyio.current_time() - start == pytest.approx(0.01)
+            assert [a.ip for a in net.attempts[-1:]] == [V4A] and len(net.to(V6A)) == 2
+            await pool.release(conn)
+            quiet(pool, net)
 
     run(main)
 
@@ -309,7 +342,7 @@ def test_a_cancelled_dial_leaves_the_pool_consistent(at: float) -> None:
             async with pool.connection(EP) as conn:
                 assert await echo(conn, b"after") == b"after"
             quiet(pool, net)
-        assert net.open_wires() == []
+        assert net.unclosed() == []  # every attempt's socket, and the pool's
 
     run(main)
 

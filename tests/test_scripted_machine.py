@@ -240,6 +240,12 @@ class ScriptedPool(RuleBasedStateMachine):
         s = self.pool.stats()
         assert s.active + s.idle == len(self.net.open_wires())
         assert s.active == len(self.holding())
+        # Every attempt in progress is one pending count on its address.
+        connecting = [w for w in self.net.unclosed() if not w.connected]
+        pending = sum(
+            a.pending for ep in self.pool._state.endpoints.values() for a in ep.addresses.values()
+        )
+        assert len(connecting) == pending
         if self.closed:
             assert s.idle == 0 and s.waiting == 0
 
@@ -252,8 +258,9 @@ class ScriptedPool(RuleBasedStateMachine):
             self.loop.advance(5.0)
             assert self.driver.done()
             self.driver.result()
-            # Nothing left open: every connection was released or closed.
-            assert self.net.open_wires() == []
+            # Nothing left open: every connection was released or closed, and
+            # every attempt's socket closed with it.
+            assert self.net.unclosed() == []
         finally:
             self.loop.close()
 
