@@ -166,7 +166,7 @@ class Pool:
         self._new_parked: Callable[[], Awaitable[None]] = _not_entered
         self._wake: Callable[[list[Wait]], None] = _not_entered
         self._sweep_scope: anyio.CancelScope | None = None
-        self._sweep_at = 0.0  # monotonic time the sweeper wakes up next
+        self._sweep_at = 0.0  # when the sweeper wakes up next (the pool's clock)
         self._last_key: object = object()  # matches no endpoint
         self._last_ep: Ep = EndpointState(Endpoint("0.0.0.0", 1))  # (never used)
         self._got: Rec | Answer = WAIT
@@ -183,7 +183,6 @@ class Pool:
         self._connects: dict[Ep, Histogram] = {}
         self._connector: Connector | None = None
         self._state.on_event = self._core_event
-        self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------
 
