@@ -1,14 +1,18 @@
 """The state machine's decisions beside the connections, driven directly (no
 event loop, no sockets, no clock): its answers are distinct values, a name's
 new answer spreads to every endpoint of the name, which names the sweep looks
-up again, how many endpoints it remembers, and which close reasons are
-expiry."""
+up again, how many endpoints it remembers, which close reasons are expiry,
+and the balancing policies Config accepts."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from conpool import Config
+from conpool._balance import POLICIES
+from conpool._config import BALANCE_POLICIES
 from conpool._records import Answer, RecordState
 from conpool._state import (
     ACTIVE,
@@ -141,3 +145,13 @@ def test_which_close_reasons_are_expiry() -> None:
         assert is_expiry(reason)
     for reason in ("error", "closed", "evicted", "leaked", "pool-closed"):
         assert not is_expiry(reason)
+
+
+def test_the_policies_are_read_only_and_config_accepts_exactly_them() -> None:
+    with pytest.raises(TypeError):
+        POLICIES["mine"] = POLICIES["round-robin"]  # type: ignore[index]
+    assert BALANCE_POLICIES == tuple(POLICIES)
+    for name in POLICIES:
+        assert Config(balance=name).balance == name
+    with pytest.raises(ValueError, match="balance must be one of"):
+        Config(balance="random")
