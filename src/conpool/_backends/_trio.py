@@ -52,6 +52,28 @@ if TYPE_CHECKING:
 __all__ = ["Parked", "SocketConnection", "StreamConnection", "TrioBackend", "open_trio"]
 
 
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
+_wait_readable = trio.lowlevel.wait_readable
+_wait_writable = trio.lowlevel.wait_writable
+# Bound once: each parked waiter (the contended path) uses these, and a
+# module attribute lookup per use is measurable there.
+_current_task = trio.lowlevel.current_task
+_reschedule = trio.lowlevel.reschedule
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+_checkpoint = trio.lowlevel.checkpoint
+_ABORTED = trio.lowlevel.Abort.SUCCEEDED
+
+
+async def _ready(wait: Callable[[socket.socket], Awaitable[None]], sock: socket.socket) -> None:
+    """Wait until ``sock`` is readable or writable; a close from another
+    task (trio.lowlevel.notify_closing) surfaces as anyio's error."""
+    try:
+        await wait(sock)
+    except trio.ClosedResourceError:
+        raise anyio.ClosedResourceError from None
+
+
 class SocketOwner(Connection):
     """A connection on trio, where the pool holds the socket itself: closing
     it and checking it while idle are the same for plain TCP
@@ -135,28 +157,6 @@ class StreamConnection(SocketOwner):
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return self._stream.extra_attributes
-
-
-_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
-_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
-_wait_readable = trio.lowlevel.wait_readable
-_wait_writable = trio.lowlevel.wait_writable
-# Bound once: each parked waiter (the contended path) uses these, and a
-# module attribute lookup per use is measurable there.
-_current_task = trio.lowlevel.current_task
-_reschedule = trio.lowlevel.reschedule
-_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
-_checkpoint = trio.lowlevel.checkpoint
-_ABORTED = trio.lowlevel.Abort.SUCCEEDED
-
-
-async def _ready(wait: Callable[[socket.socket], Awaitable[None]], sock: socket.socket) -> None:
-    """Wait until ``sock`` is readable or writable; a close from another
-    task (trio.lowlevel.notify_closing) surfaces as anyio's error."""
-    try:
-        await wait(sock)
-    except trio.ClosedResourceError:
-        raise anyio.ClosedResourceError from None
 
 
 class SocketConnection(SocketOwner):
