@@ -20,6 +20,14 @@ and asks them only through :class:`Backend`:
 
 Tasks, sleeps and cancel scopes come from anyio, which runs on every backend.
 
+What stays outside this interface is the core: the state machine
+(:mod:`conpool._state`), the dial's plan (:mod:`conpool._dialplan`) and the
+balancing policies take events and the time and answer with actions, and
+know nothing of any loop.  A threaded shell reuses them as they are, with a
+lock around each transition (they never block) and its own blocking
+counterparts of these five things: a socket connect, a condition or event per
+waiter, a timed wait, and ``time.monotonic``.
+
 :func:`current_backend` picks the one for the running loop: asyncio (and
 uvloop, which is asyncio's loop API) in :mod:`._asyncio`, trio in
 :mod:`._trio`.  A test backend (:mod:`conpool.testing`) implements the same
