@@ -25,7 +25,7 @@ What stays outside this interface is the core: the state machine
 balancing policies take events and the time and answer with actions, and
 know nothing of any loop.  A threaded shell reuses them as they are, with a
 lock around each transition (they never block) and its own blocking
-counterparts of these five things: a socket connect, a condition or event per
+counterparts of what it needs here: a socket connect, a condition or event per
 waiter, a timed wait, and ``time.monotonic``.
 
 :func:`current_backend` picks the one for the running loop: asyncio (and
