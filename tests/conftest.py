@@ -35,6 +35,7 @@ FILE_TIERS = {
     "test_dialplan.py": "pure",
     "test_endpoint.py": "pure",
     "test_imports.py": "pure",
+    "test_proxy_pure.py": "pure",
     "test_state.py": "pure",
     "test_state_names.py": "pure",
     "test_scripted.py": "scripted",

@@ -32,6 +32,7 @@ import anyio.lowlevel
 import conpool
 from conpool._backends._asyncio import AsyncioBackend
 from conpool._connection import Connection
+from conpool._tunnel import Trace
 
 T = TypeVar("T")
 
@@ -327,8 +328,17 @@ class ScriptedBackend(AsyncioBackend):
         self.open = self._open
 
     async def _open(
-        self, endpoint: conpool.Endpoint, ip: str, port: int, connect_timeout: float | None
+        self,
+        endpoint: conpool.Endpoint,
+        ip: str,
+        port: int,
+        connect_timeout: float | None,
+        *,
+        proxy: conpool.Proxy | None = None,
+        trace: Trace | None = None,
     ) -> Connection:
+        if proxy is not None:
+            raise NotImplementedError("the scripted network has no proxies (yet)")
         network = self.network
         wire = Wire(network, ip, port)
         attempt = Attempt(ip, port, self._loop.time(), wire)

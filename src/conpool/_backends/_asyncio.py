@@ -20,7 +20,7 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -462,9 +462,7 @@ class AsyncioBackend:
         # whole wait.
         self.park: Callable[[], asyncio.Future[None]] = loop.create_future
         self.call_soon_threadsafe = loop.call_soon_threadsafe
-        self.open: Callable[[Endpoint, str, int, float | None], Coroutine[Any, Any, Connection]] = (
-            open_asyncio
-        )
+        self.open = open_asyncio
 
     @staticmethod
     def wake(waiters: Sequence[Waiter[Any, Any]]) -> None:
