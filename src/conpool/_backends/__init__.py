@@ -30,7 +30,7 @@ waiter, a timed wait, and ``time.monotonic``.
 
 :func:`current_backend` picks the one for the running loop: asyncio (and
 uvloop, which is asyncio's loop API) in :mod:`._asyncio`, trio in
-:mod:`._trio`.  A test backend (:mod:`conpool.testing`) implements the same
+:mod:`._trio`.  The scripted test backend (``tests/scripted.py``) implements the same
 interface over in-memory streams and trio's virtual clock.
 """
 
