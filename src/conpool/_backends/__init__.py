@@ -31,7 +31,7 @@ waiter, a timed wait, and ``time.monotonic``.
 :func:`current_backend` picks the one for the running loop: asyncio (and
 uvloop, which is asyncio's loop API) in :mod:`._asyncio`, trio in
 :mod:`._trio`.  The scripted test backend (``tests/scripted.py``) implements the same
-interface over in-memory streams and trio's virtual clock.
+interface over in-memory streams and an asyncio loop on a virtual clock.
 """
 
 from __future__ import annotations
