@@ -342,9 +342,10 @@ def retirement_waves(
     return waves
 
 
-def balance_over_time(req: Requests, buckets: int = 20) -> dict[str, Any]:
+def balance_over_time(req: Requests, buckets: int = 10) -> dict[str, Any]:
     """Requests per address in ``buckets`` equal slices of the run, and each
-    slice's imbalance (the busiest address's count over the least busy one's)."""
+    slice's imbalance (the busiest address's count over the least busy one's;
+    None for a slice with fewer than 20 requests, too few to say)."""
     n = len(req)
     if n == 0 or not req.addresses:
         return {"t_s": [], "imbalance": [], "counts": {}}
@@ -358,7 +359,7 @@ def balance_over_time(req: Requests, buckets: int = 20) -> dict[str, Any]:
     imbalance = []
     for b in range(buckets):
         column = [counts[a][b] for a in range(len(req.addresses))]
-        imbalance.append(round(max(column) / max(min(column), 1), 3) if sum(column) else None)
+        imbalance.append(round(max(column) / max(min(column), 1), 3) if sum(column) >= 20 else None)
     return {
         "t_s": [round((b + 1) * width / 1e9, 4) for b in range(buckets)],
         "imbalance": imbalance,

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_TIMELINE_ITEMS", "timeline_window", "trace_events", "write_trace"]
 
+#: Instant events of the hottest kinds kept per trace file.
+HOT_KINDS = frozenset({"conn.reuse", "conn.release", "acquire.queued"})
+HOT_LIMIT = 20_000
+
 #: Spans drawn in the report's timeline at most (connections, waits, connects).
 MAX_TIMELINE_ITEMS = 2500
 
@@ -39,13 +43,31 @@ def trace_events(
     sampler: Sequence[tuple[int, int]],
     slow: Sequence[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The whole trace as a JSON-ready dict (``{"traceEvents": [...]}``)."""
+    """The whole trace as a JSON-ready dict (``{"traceEvents": [...]}``).
+
+    The instants a busy pool emits by the hundred thousand (``conn.reuse``,
+    ``conn.release``, ``acquire.queued``) are kept for the first
+    :data:`HOT_LIMIT` of each kind only, so that a long run still gives a
+    file a browser opens; ``otherData.left_out`` counts the rest.
+    """
     tracer = conpool.Tracer(capacity=max(len(raw), 1))
+    hot: dict[str, int] = {}
     for ts, kind, ep, addr, cid, dur, detail in raw:
+        if kind in HOT_KINDS:
+            seen = hot[kind] = hot.get(kind, 0) + 1
+            if seen > HOT_LIMIT:
+                continue
         tracer.emit(kind, ep, addr, cid, dur, detail, ts_ns=ts)
     trace = tracer.chrome_trace()
     events: list[dict[str, Any]] = trace["traceEvents"]
-    origin = min((ts - (dur or 0) for ts, _k, _e, _a, _c, dur, _d in raw), default=t0_ns)
+    first = min((ts - (dur or 0) for ts, _k, _e, _a, _c, dur, _d in raw), default=t0_ns)
+    # The client's own measurements start with the scenario, maybe before
+    # the pool's first event: count from whichever came first.
+    origin = min(first, t0_ns)
+    shift = (first - origin) / 1000
+    for ev in events:
+        if "ts" in ev:
+            ev["ts"] += shift
     for ev in events:
         ev.setdefault("tid", 0)  # the format asks for pid and tid on every event
     next_pid = max((ev["pid"] for ev in events), default=0) + 1
@@ -89,7 +111,11 @@ def trace_events(
                       "parts_ms": r["parts_ms"], "flags": r["flags"]}}
         )  # fmt: skip
     trace["traceEvents"] = events + extra
-    trace["otherData"] = {"tool": "conpool stress", "clock": "time.monotonic_ns"}
+    trace["otherData"] = {
+        "tool": "conpool stress",
+        "clock": "time.monotonic_ns",
+        "left_out": {k: n - HOT_LIMIT for k, n in hot.items() if n > HOT_LIMIT},
+    }
     return trace
 
 

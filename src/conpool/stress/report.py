@@ -91,13 +91,18 @@ details summary { cursor: pointer; color: var(--muted); }
 nav ol { columns: 3 220px; margin: 4px 0 8px; padding-left: 22px; font-size: 0.9rem; }
 .note { border-left: 4px solid #E69F00; background: #fff8e6; padding: 6px 10px; margin: 6px 0; }
 .status.expected { color: #5b4b00; }
+td.num.expected { white-space: normal; }
+td.expected::after { content: " (expected)"; color: var(--muted); font-size: 0.8em; }
 .note.skipped ul, .note ul { margin: 2px 0; }
 .warn-cpu { border-left-color: #D55E00; background: #fff1ea; }
 .tl-buttons { margin: 4px 0; }
 .tl-buttons button { font: inherit; font-size: 0.85rem; padding: 2px 10px; margin-right: 4px; }
 .tl-scroll { overflow-x: auto; }
+.wide-table { overflow-x: auto; max-width: 100%; }
+ul.traces { columns: 4 200px; }
 svg.timeline { width: 100%; height: auto; display: block; user-select: none; cursor: grab; }
 table.breakdown td, table.address-breakdown td, table.tail-requests td { white-space: nowrap; }
+table.tail-requests td:last-child { white-space: normal; min-width: 260px; }
 footer { margin-top: 40px; color: var(--muted); font-size: 0.8rem; }
 @media print {
   body { font-size: 11pt; }
@@ -219,12 +224,11 @@ def _summary_table(results: dict[str, Any]) -> str:
     body = []
     expected = {r["name"] for r in results.get("scenarios", []) if r.get("expected_errors")}
     for row in summary_rows(results):
-        err_cls = (
-            ' class="num bad"'
-            if row["errors"] and row["name"] not in expected
-            else (' class="num"')
-        )
-        err_note = " (expected)" if row["errors"] and row["name"] in expected else ""
+        if row["errors"] and row["name"] in expected:
+            # Marked by the stylesheet: the cell's text stays the number alone.
+            err_cls = ' class="num expected" title="expected: faults injected on purpose"'
+        else:
+            err_cls = ' class="num bad"' if row["errors"] else ' class="num"'
         body.append(
             f'<tr data-scenario="{_e(row["name"])}">'
             f'<td><a href="#s-{_e(row["name"])}">{_e(row["name"])}</a></td>'
@@ -241,7 +245,7 @@ def _summary_table(results: dict[str, Any]) -> str:
             + _num(row["created"], f"{row['created']:,}", "created")
             + _num(row["reused"], f"{row['reused']:,}", "reused")
             + f'<td{err_cls} data-field="errors" data-value="{row["errors"]}">'
-            f"{row['errors']:,}{err_note}</td></tr>"
+            f"{row['errors']:,}</td></tr>"
         )
     return (
         '<table class="summary" id="summary"><caption hidden>Summary per scenario</caption>'
@@ -705,7 +709,8 @@ def _address_breakdown(r: dict[str, Any]) -> str:
     )
     return (
         "<h3>Where the time goes, per address</h3>"
-        f'<table class="address-breakdown"><thead>{head}</thead><tbody>{rows}</tbody></table>'
+        '<div class="wide-table"><table class="address-breakdown">'
+        f"<thead>{head}</thead><tbody>{rows}</tbody></table></div>"
     )
 
 
@@ -811,6 +816,17 @@ def render(results: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------
 # Where the time goes
 
+#: Short column heads for the parts (the chart's legend has the long names).
+PART_SHORT = {
+    "wait": "wait",
+    "resolve": "resolve",
+    "connect": "connect",
+    "tls": "TLS",
+    "pool": "pool",
+    "wire": "wire",
+    "lag": "loop lag",
+}
+
 PART_COLORS = {
     "wait": OKABE_ITO["purple"],
     "resolve": OKABE_ITO["yellow"],
@@ -877,29 +893,27 @@ def _breakdown_section(results: dict[str, Any]) -> str:
     )
     head = (
         "<tr><th>Scenario</th><th class=num>Mean request</th>"
-        + "".join(f"<th class=num>{_e(PART_LABELS[p])}</th>" for p in PARTS)
+        + "".join(
+            f'<th class=num title="{_e(PART_LABELS[p])}">{_e(PART_SHORT[p])}</th>' for p in PARTS
+        )
         + "<th class=num>Client CPU</th><th class=num>Server CPU</th>"
-        "<th class=num>Client waiting for a CPU</th></tr>"
+        '<th class=num title="time the client was runnable but not running">Client waiting '
+        "for a CPU</th></tr>"
     )
     rows = []
-    warnings = []
+    warnings: list[tuple[str, str, float]] = []
     for r in scenarios:
         b = r["breakdown"]
         total = b["total_ms"] or 0.0
         cells = "".join(
-            _num(
-                b["mean_ms"][p],
-                f"{fmt_ms(b['mean_ms'][p])} · {_pct(b['mean_ms'][p], total)}",
-                f"breakdown.{p}",
-            )
-            for p in PARTS
+            _num(b["mean_ms"][p], fmt_ms(b["mean_ms"][p]), f"breakdown.{p}") + "" for p in PARTS
         )
         cpu = r.get("cpu") or {}
         client = cpu.get("client") or {}
         rq = client.get("runqueue_share")
         starved = _starved(r)
         if starved:
-            warnings.append(f"<li><b>{_e(r['name'])}</b>: {_e(starved)}.</li>")
+            warnings.append((r["name"], starved, rq or 0.0))
         rows.append(
             f'<tr data-scenario="{_e(r["name"])}"><td><a href="#s-{_e(r["name"])}">'
             f"{_e(r['name'])}</a></td>"
@@ -914,13 +928,16 @@ def _breakdown_section(results: dict[str, Any]) -> str:
             )
             + "</tr>"
         )
-    warn = (
-        '<div class="note warn-cpu"><b>The client was starved of CPU</b> in '
-        f"{len(warnings)} scenario{'s' if len(warnings) != 1 else ''}; their numbers "
-        f"measure the machine as much as the pool.<ul>{''.join(warnings)}</ul></div>"
-        if warnings
-        else ""
-    )
+    warn = ""
+    if warnings:
+        worst = max(warnings, key=lambda w: w[2])
+        starved_names = ", ".join(f"{n} {share * 100:.0f} %" for n, _text, share in warnings)
+        warn = (
+            '<div class="note warn-cpu"><b>The client was starved of CPU</b> in '
+            f"{len(warnings)} of {len(scenarios)} scenarios (share of the run it waited for a "
+            f"CPU: {_e(starved_names)}); their latencies measure the machine as much as the pool. "
+            f"Worst, {_e(worst[0])}: {_e(worst[1])}.</div>"
+        )
     gap = max(r["breakdown"]["max_gap_ns"] for r in scenarios)
     return (
         '<section id="time"><h2>Where the time goes</h2>'
@@ -936,8 +953,8 @@ def _breakdown_section(results: dict[str, Any]) -> str:
         "exchange less that lag. The parts add up to the measured time "
         f"(largest difference over every request: {gap} ns).</p>"
         f"{warn}{chart}"
-        '<table class="breakdown" id="breakdown">'
-        f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+        '<div class="wide-table"><table class="breakdown" id="breakdown">'
+        f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></div>"
         '<p class="sub">CPU: user + system time of the process over the scenario\'s wall time '
         "(100 % is one core). Waiting for a CPU: time the client's event-loop thread was "
         "runnable but not running (<code>/proc/self/schedstat</code>); above "
@@ -1040,9 +1057,9 @@ def _tail(r: dict[str, Any]) -> str:
         "<th class=num>Among the slowest</th><th class=num>Among all requests</th>"
         f"<th>Shared</th></tr></thead><tbody>{rows}</tbody></table>"
         "<details><summary>the ten slowest requests, part by part</summary>"
-        '<table class="tail-requests"><thead><tr><th class=num>Started</th>'
+        '<div class="wide-table"><table class="tail-requests"><thead><tr><th class=num>Started</th>'
         f"<th class=num>Took</th><th>Connection</th>{head}<th>Circumstances</th></tr></thead>"
-        f"<tbody>{samples}</tbody></table></details>"
+        f"<tbody>{samples}</tbody></table></div></details>"
     )
 
 
@@ -1100,16 +1117,19 @@ def _balance_section(results: dict[str, Any]) -> str:
         over_time = [v for v in (r.get("balance_time") or {}).get("imbalance", []) if v]
         rows.append(
             f'<tr data-scenario="{_e(r["name"])}"><td>{_e(r["config"]["balance"])}</td>'
-            + "".join(_num(s, f"{s:.1f} %") for s in share)
+            + "".join(
+                _num(
+                    sh,
+                    f"{sh:.1f} %" + (f" · {fmt_ms(by_addr[ip]['total'])}" if ip in by_addr else ""),
+                    "share",
+                )
+                for sh, ip in zip(share, addresses, strict=True)
+            )
             + _num(ratio, f"{ratio:.2f}\u00d7", "imbalance")
             + _num(None, f"{max(over_time):.2f}\u00d7" if over_time else DASH)
             + _num(None, fmt_ms(r["latency_ms"]["p50"]))
             + _num(None, fmt_ms(r["latency_ms"]["p99"]))
             + _num(None, f"{round(r['throughput_rps']):,} req/s")
-            + _num(
-                None,
-                " / ".join(fmt_ms(by_addr[ip]["total"]) for ip in addresses if ip in by_addr),
-            )
             + "</tr>"
         )
     chart = svg.hbar_chart(
@@ -1150,7 +1170,7 @@ def _balance_section(results: dict[str, Any]) -> str:
                 x_label="time since the scenario started (s)",
                 y_label="busiest / least busy address (ratio)",
                 y_fmt=lambda v: f"{v:.3g}\u00d7",
-                caption="Requests per address in 20 slices of each run: the busiest "
+                caption="Requests per address in 10 slices of each run: the busiest "
                 "address's count over the least busy one's (1\u00d7 is even).",
             )
         )
@@ -1158,16 +1178,24 @@ def _balance_section(results: dict[str, Any]) -> str:
         "<tr><th>Policy</th>"
         + "".join(f"<th class=num>{_e(ip)}</th>" for ip in addresses)
         + "<th class=num>Imbalance (max/min)</th><th class=num>Worst slice</th>"
-        "<th class=num>p50</th><th class=num>p99</th><th class=num>Throughput</th>"
-        "<th class=num>Mean request per address</th></tr>"
+        "<th class=num>p50</th><th class=num>p99</th><th class=num>Throughput</th></tr>"
     )
-    desc = runs[0]["description"]
+    desc = (
+        "The same load under each Config.balance policy, side by side. "
+        + runs[0]["description"].split(" chooses ", 1)[-1].capitalize()
+        if " chooses " in runs[0]["description"]
+        else runs[0]["description"]
+    )
     return (
         '<section id="balance"><h2>Balancing policies compared</h2>'
         f"<p>{_e(desc)}</p>"
         f'<div class="charts">{"".join(charts)}</div>'
-        f'<table class="balance" id="balance-table"><thead>{head}</thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></section>"
+        f'<div class="wide-table"><table class="balance" id="balance-table"><thead>{head}</thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+        '<p class="sub">Each address cell: its share of the requests, and the mean time of a '
+        "request there. Imbalance: the busiest address's requests over the least busy one's "
+        "(1.00\u00d7 is even); worst slice: the same in the most uneven of 10 slices of the "
+        "run.</p></section>"
     )
 
 

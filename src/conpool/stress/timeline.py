@@ -26,6 +26,7 @@ MAX_ROWS = 14  # rows per track; more overlapping spans share rows
 CONNECT_COLOR = "#E69F00"
 FAILED_COLOR = "#D55E00"
 WAIT_COLOR = "#CC79A7"
+CONN_COLOR = "#B8C4D6"  # a neutral grey-blue: the close ticks carry the colours
 
 _SCRIPT = """
 (function () {
@@ -134,7 +135,7 @@ def interactive_timeline(r: dict[str, Any], chart_id: str = "timeline") -> str:
     legend = [("acquire wait", WAIT_COLOR), ("connect", CONNECT_COLOR)]
     if any(c[3] == "failed" for c in tl["connects"]):
         legend.append(("failed connect", FAILED_COLOR))
-    legend.append(("connection (open)", "#56B4E9"))
+    legend.append(("connection", CONN_COLOR))
     legend += [(f"closed: {x}", REASON_COLORS.get(x, "#777")) for x in reasons if x != "open"]
     top = 34.0
     body: list[str] = []
@@ -168,7 +169,7 @@ def interactive_timeline(r: dict[str, Any], chart_id: str = "timeline") -> str:
             )
             zoomed.append(
                 f'<rect class="span conn" x="{x0:.2f}" y="{cy:.1f}" width="{max(x1 - x0, 0.3):.2f}"'
-                f' height="{ROW - 2:.0f}" fill="#56B4E9" fill-opacity="0.75">'
+                f' height="{ROW - 2:.0f}" fill="{CONN_COLOR}">'
                 f"<title>{escape(tip)}</title></rect>"
             )
             spans += 1
