@@ -1194,3 +1194,77 @@ def test_lifetime_chart_aggregates_many_connections() -> None:
     height = float(re.search(r'height="([\d.]+)" role="img"', chart)[1])  # type: ignore[index]
     assert height < 200  # 64 rows of bars would be 400 px and more
     assert "open connections, peak 64" in chart
+
+
+def test_a_registered_scenario_with_its_own_driver_runs(tmp_path: Path) -> None:
+    """The scenario list is pluggable: a provider adds a scenario whose driver
+    never shows the runner the connection (as an HTTP client over the pool's
+    transport would not); the breakdown then comes from the pool's hand-out
+    and release events, and still adds up."""
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    import anyio
+
+    from conpool.stress.measure import Slot
+    from conpool.stress.protocols import Protocol
+    from conpool.stress.servers import ServerProcess, ServerSpec
+
+    @contextlib.asynccontextmanager
+    async def explicit(
+        pool: conpool.Pool, endpoint: conpool.Endpoint, proto: Protocol
+    ) -> AsyncIterator[runner.Request]:
+        async def request(slot: Slot) -> tuple[str, int]:
+            conn = await pool.acquire(endpoint)
+            try:
+                await proto.exchange(conn)
+            finally:
+                await pool.release(conn)
+            return conn.address[0], conn.id
+
+        yield request
+
+    def provider(duration: float, target: bool) -> list[scenarios.Scenario]:
+        return [
+            scenarios.Scenario(
+                name="explicit-acquire",
+                title="acquire and release by hand",
+                group="plugin",
+                description="a driver of its own",
+                port="echo",
+                protocol="echo",
+                config={"max_connections_per_endpoint": 4},
+                driver="explicit",
+            )
+        ]
+
+    runner.DRIVERS["explicit"] = explicit
+    scenarios.register(provider)
+    try:
+        chosen = scenarios.select(scenarios.all_scenarios(0.3), ["explicit-*"])
+        assert [s.name for s in chosen] == ["explicit-acquire"]
+        with pytest.raises(TypeError, match="must be callable"):
+            scenarios.register(42)  # type: ignore[arg-type]
+        with ServerProcess(ServerSpec()) as servers:
+
+            async def main() -> dict[str, Any] | None:
+                return await runner.run_scenario(
+                    chosen[0],
+                    duration=0.3,
+                    concurrency=8,
+                    servers=servers,
+                    target=None,
+                    control=runner.RunControl(),
+                    trace_path=str(tmp_path / "x.trace.json"),
+                )
+
+            r = anyio.run(main)
+    finally:
+        scenarios._PROVIDERS.remove(provider)
+        del runner.DRIVERS["explicit"]
+    assert r is not None and r["requests"]["ok"] > 0 and r["errors"] == []
+    b = r["breakdown"]
+    assert b["max_gap_ns"] == 0
+    assert b["mean_ms"]["wire"] > 0 and b["mean_ms"]["wait"] > 0  # 8 clients, 4 connections
+    assert json.loads((tmp_path / "x.trace.json").read_text())["traceEvents"]
+    assert "explicit-acquire" not in scenarios.scenario_names()

@@ -24,7 +24,8 @@ import time
 import traceback
 from array import array
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -35,6 +36,7 @@ import conpool
 from . import analysis, chrome
 from .measure import (
     GCWatch,
+    HandoffTracer,
     LoopProbe,
     Requests,
     Slot,
@@ -49,6 +51,8 @@ from .scenarios import Action, Scenario
 from .servers import STRESS_ADDRESSES, STRESS_NAME, ServerError, ServerProcess
 
 __all__ = [
+    "DRIVERS",
+    "Driver",
     "RunControl",
     "Target",
     "TraceDigest",
@@ -73,6 +77,38 @@ Raw = tuple[int, str, Any, str, int, "int | None", str]
 KEEP_EVENTS = 2_000_000
 #: Acquire waits and connects kept per scenario for the report's timeline.
 KEEP_SPANS = 200_000
+
+
+#: One request: fills the slot's ``got_ns``/``xend_ns`` when it can (else the
+#: pool's hand-out and release times are used) and returns the (ip, conn_id)
+#: it used.
+Request = Callable[[Slot], Awaitable[tuple[str, int]]]
+#: A driver: ``driver(pool, endpoint, protocol)`` is an async context manager
+#: giving the request function of a scenario's run (set up once, shared by
+#: every client).
+Driver = Callable[[conpool.Pool, conpool.Endpoint, Protocol], AbstractAsyncContextManager[Request]]
+
+
+@contextlib.asynccontextmanager
+async def pool_driver(
+    pool: conpool.Pool, endpoint: conpool.Endpoint, proto: Protocol
+) -> AsyncIterator[Request]:
+    """``pool.connection(endpoint)`` and the protocol's exchange over it."""
+    mono = time.monotonic_ns
+
+    async def request(slot: Slot) -> tuple[str, int]:
+        async with pool.connection(endpoint) as conn:
+            slot.got_ns = mono()
+            await proto.exchange(conn)
+            slot.xend_ns = mono()
+            return conn.address[0], conn.id
+
+    yield request
+
+
+#: The drivers a scenario may name (``Scenario.driver``); add to it to drive
+#: the pool another way (through an HTTP client, say).
+DRIVERS: dict[str, Driver] = {"pool": pool_driver}
 
 
 @dataclasses.dataclass
@@ -467,7 +503,10 @@ async def run_scenario(
     http_host = target.host if target is not None else STRESS_NAME
     proto: Protocol = make_protocol(protocol_name, http_host)
     config = conpool.Config(**scenario.config)
-    tracer = StressTracer(capacity=TRACE_CAPACITY)
+    driver = DRIVERS.get(scenario.driver)
+    if driver is None:
+        raise ValueError(f"scenario {scenario.name!r}: no driver {scenario.driver!r}")
+    tracer = (StressTracer if scenario.driver == "pool" else HandoffTracer)(TRACE_CAPACITY)
     # pool.stats() is cheap: sample it finely enough to see bursts of tens
     # of milliseconds; throughput is counted in coarser buckets to be readable.
     interval = min(max(duration / 150.0, 0.01), 0.05)
@@ -500,7 +539,10 @@ async def run_scenario(
     final_stats: conpool.PoolStats | None = None
     interrupted = False
 
-    async with conpool.Pool(config, resolver=resolver, tracer=tracer) as pool:
+    async with (
+        conpool.Pool(config, resolver=resolver, tracer=tracer) as pool,
+        driver(pool, endpoint, proto) as request,
+    ):
 
         async def client(index: int) -> None:
             nonlocal finished_ns
@@ -531,13 +573,10 @@ async def run_scenario(
                     with anyio.fail_after(REQUEST_TIMEOUT):
                         slot.reset()
                         start = mono()
-                        async with pool.connection(endpoint) as conn:
-                            got = mono()
-                            await proto.exchange(conn)
-                            xend = mono()
-                            ip = conn.address[0]
-                            conn_id = conn.id
+                        ip, conn_id = await request(slot)
                         end = mono()
+                    got = slot.got_ns or slot.handed_ns or slot.dial_end_ns or start
+                    xend = slot.xend_ns or slot.released_ns or end
                 except anyio.get_cancelled_exc_class():
                     raise
                 except TimeoutError as exc:

@@ -8,12 +8,13 @@ servers while it runs.  :mod:`conpool.stress.runner` runs one.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .servers import STRESS_ADDRESSES
 
-__all__ = ["Action", "Scenario", "all_scenarios", "scenario_names", "select"]
+__all__ = ["Action", "Scenario", "all_scenarios", "register", "scenario_names", "select"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class Scenario:
     :ivar embedded_only: needs the embedded servers (not possible with ``--target``).
     :ivar expected_errors: why failed requests are expected in this scenario
         (empty: none are).
+    :ivar driver: how a client makes one request: a name in
+        :data:`conpool.stress.runner.DRIVERS` (``"pool"``: ``pool.connection()``
+        and the protocol's exchange).
     """
 
     name: str
@@ -63,6 +67,7 @@ class Scenario:
     embedded_only: bool = False
     notes: tuple[str, ...] = field(default=())
     expected_errors: str = ""
+    driver: str = "pool"
 
 
 LIMITS = (1, 4, 16, 64)
@@ -75,13 +80,43 @@ IDLE_CLOSE = 0.15
 UNEVEN_DELAYS = (0.0, 0.001, 0.002, 0.004)
 
 
+Provider = Callable[[float, bool], list[Scenario]]
+_PROVIDERS: list[Provider] = []
+
+
+def register(provider: Provider) -> Provider:
+    """Add scenarios to the matrix: ``provider(duration, target)`` returns them
+    (run after the built-in ones, in registration order).  Usable as a decorator.
+
+    :raises TypeError: ``provider`` is not callable.
+    """
+    if not callable(provider):
+        raise TypeError(f"a scenario provider must be callable, got {provider!r}")
+    if provider not in _PROVIDERS:
+        _PROVIDERS.append(provider)
+    return provider
+
+
 def all_scenarios(duration: float, *, target: bool = False) -> list[Scenario]:
-    """Every scenario, in the order they run.
+    """Every scenario, in the order they run: the built-in ones, then those of
+    every :func:`register` ed provider.
 
     :param duration: seconds each scenario runs (some settings scale with it).
     :param target: the servers are a real ``--target``: scenarios that need
         to control the servers are left out.
+    :raises ValueError: two scenarios have the same name.
     """
+    out = _builtin(duration, target=target)
+    for provider in _PROVIDERS:
+        out.extend(provider(duration, target))
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"scenario names must be unique: {', '.join(dupes)}")
+    return out
+
+
+def _builtin(duration: float, *, target: bool) -> list[Scenario]:
     load = "echo" if not target else None
     web = "http" if not target else None
     port = "target" if target else None
