@@ -120,6 +120,45 @@ def breakdown(req: Requests, parts: dict[str, list[int]]) -> dict[str, Any]:
     }
 
 
+def spike_causes(
+    probe: LoopProbe, gcw: GCWatch, sampler: Sequence[tuple[int, int]], threshold: int
+) -> list[tuple[int, int, str]]:
+    """Each probe measurement ``threshold`` ns late or more, as (from, to, cause):
+    the stretch of the probe's sleep and what held the loop most in it."""
+    runqueue = probe.runqueue
+    gc_iv = sorted(zip(gcw.start, gcw.duration, gcw.generation, strict=True))
+    interval_ns = int(PROBE_INTERVAL * 1e9)
+    out = []
+    for i in range(len(probe.at)):
+        lateness = probe.late[i]
+        if lateness < threshold:
+            continue
+        woke = probe.at[i]
+        cpu_wait = runqueue[i] if i < len(runqueue) else 0
+        # The probe slept from woke - lateness - interval; whatever held the
+        # loop in that stretch delayed it.  The biggest contributor names it.
+        lo = woke - lateness - interval_ns
+        held: Counter[str] = Counter()
+        for s, d, g in gc_iv:
+            if s >= woke:
+                break
+            overlap = min(s + d, woke) - max(s, lo)
+            if overlap > 0:
+                held[f"a garbage collection (generation {g})"] += overlap
+        for s, d in sampler:
+            overlap = min(s + d, woke) - max(s, lo)
+            if overlap > 0:
+                held["the stress tool's own sampler"] += overlap
+        if cpu_wait:
+            held["the machine: the loop's thread was waiting for a CPU"] = cpu_wait
+        top = held.most_common(1)
+        if top and top[0][1] >= lateness // 4:
+            out.append((woke - lateness, woke, top[0][0]))
+        else:
+            out.append((woke - lateness, woke, "the loop's other work (its tasks and callbacks)"))
+    return out
+
+
 def lag_summary(
     probe: LoopProbe, gcw: GCWatch, sampler: Sequence[tuple[int, int]]
 ) -> dict[str, Any]:
@@ -134,28 +173,9 @@ def lag_summary(
 
     median_ns = late[max(0, math.ceil(n / 2) - 1)]
     threshold = max(2_000_000, 3 * median_ns)
-    spikes = [(probe.at[i], probe.late[i]) for i in range(n) if probe.late[i] >= threshold]
+    spikes = spike_causes(probe, gcw, sampler, threshold)
+    causes: Counter[str] = Counter(cause for _lo, _hi, cause in spikes)
     gc_iv = sorted(zip(gcw.start, gcw.duration, gcw.generation, strict=True))
-    causes: Counter[str] = Counter()
-    interval_ns = int(PROBE_INTERVAL * 1e9)
-    for woke, lateness in spikes:
-        # The probe slept from woke - lateness - interval; anything that held
-        # the loop in [due, woke] delayed it.
-        due = woke - lateness
-        lo = due - interval_ns
-        hit = "neither (other tasks, or the machine's other processes)"
-        for s, d, g in gc_iv:
-            if s >= woke:
-                break
-            if s + d > lo and d >= lateness // 4:
-                hit = f"a garbage collection (generation {g})"
-                break
-        else:
-            for s, d in sampler:
-                if s < woke and s + d > lo and d >= lateness // 4:
-                    hit = "the stress tool's own sampler"
-                    break
-        causes[hit] += 1
     gc_by_gen: dict[str, dict[str, float]] = {}
     for gen in (0, 1, 2):
         ds = [d for _s, d, g in gc_iv if g == gen]
@@ -214,13 +234,12 @@ def tail(
     order = sorted(range(n), key=lambda i: total[i], reverse=True)
     slow = order[:k]
     threshold_ns = int(lag.get("spike_threshold_ms", 2.0) * 1e6)
-    spike_at = [probe.at[i] for i in range(len(probe.at)) if probe.late[i] >= threshold_ns]
-    spike_from = [
-        probe.at[i] - probe.late[i] for i in range(len(probe.at)) if probe.late[i] >= threshold_ns
-    ]
-    spike_pairs = sorted(zip(spike_from, spike_at, strict=True))
-    s_starts = [a for a, _b in spike_pairs]
-    s_ends = [b for _a, b in spike_pairs]
+    spikes = spike_causes(probe, gcw, sampler, threshold_ns)
+    spike_kinds: dict[str, tuple[list[int], list[int]]] = {}
+    for lo, hi, cause in sorted(spikes):
+        starts, ends = spike_kinds.setdefault(cause, ([], []))
+        starts.append(lo)
+        ends.append(hi)
     # Only pauses long enough to matter to a request (1 ms or more).
     gc_pairs = sorted(
         (s, s + d, g)
@@ -248,8 +267,9 @@ def tail(
             out.append("dialled a new connection")
         if failures[i] > 0:
             out.append("had a failed connect attempt")
-        if spike_pairs and _overlaps(s_starts, s_ends, start[i], end[i]):
-            out.append("met an event-loop lag spike")
+        for cause, (starts, ends) in spike_kinds.items():
+            if _overlaps(starts, ends, start[i], end[i]):
+                out.append(f"met an event-loop lag spike caused by {cause}")
         if gc_full and _overlaps(*gcf, start[i], end[i]):
             out.append("overlapped a full garbage collection (generation 2) of 1 ms or more")
         if gc_young and _overlaps(*gcy, start[i], end[i]):

@@ -254,22 +254,30 @@ class Requests:
 
 
 class LoopProbe:
-    """Sleeps :data:`PROBE_INTERVAL` again and again, recording how late it woke."""
+    """Sleeps :data:`PROBE_INTERVAL` again and again, recording how late it woke,
+    and how much of each interval the loop's thread spent waiting for a CPU
+    (``/proc/self/schedstat``, where there is one)."""
 
     def __init__(self, t0_ns: int) -> None:
         self.t0_ns = t0_ns
         self.at = array("q")  # wake time, ns since t0
         self.late = array("q")  # ns later than asked
+        self.runqueue = array("q")  # ns runnable but not running since the last wake
 
     async def run(self) -> None:
         mono = time.monotonic_ns
         interval_ns = int(PROBE_INTERVAL * 1e9)
+        waited = _runqueue_reader()
+        before = waited()
         while True:
             asked = mono()
             await anyio.sleep(PROBE_INTERVAL)
             woke = mono()
             self.at.append(woke - self.t0_ns)
             self.late.append(max(0, woke - asked - interval_ns))
+            now = waited()
+            self.runqueue.append(max(0, now - before))
+            before = now
 
     def lag_at(self) -> Callable[[int], int]:
         """A function: the probe's lateness measured nearest to a time (ns since t0)."""
@@ -286,6 +294,24 @@ class LoopProbe:
             return late[min(i, n - 1)]
 
         return lag
+
+
+def _runqueue_reader() -> Callable[[], int]:
+    """A function: ns this thread has spent runnable but not running, so far
+    (always 0 where /proc/thread-self/schedstat cannot be read)."""
+    try:
+        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        int(os.pread(fd, 128, 0).split()[1])
+    except (OSError, IndexError, ValueError):
+        return lambda: 0
+
+    def read() -> int:
+        try:
+            return int(os.pread(fd, 128, 0).split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    return read
 
 
 class GCWatch:
