@@ -97,6 +97,7 @@ def build_parser(prog: str = "conpool stress") -> argparse.ArgumentParser:
             "  conpool stress --quick\n"
             "  conpool stress --scenarios 'limit-*,tls' --json results.json\n"
             "  conpool stress --target 127.0.0.1:6379 --protocol redis\n"
+            "  conpool stress --trace traces/   # then open traces/churn.trace.json in Perfetto\n"
             "\n"
             "Ctrl-C stops the run and still writes the report of the scenarios that finished "
             "(exit status 130)."

@@ -1059,7 +1059,7 @@ def _tail(r: dict[str, Any]) -> str:
         "<details><summary>the ten slowest requests, part by part</summary>"
         '<div class="wide-table"><table class="tail-requests"><thead><tr><th class=num>Started</th>'
         f"<th class=num>Took</th><th>Connection</th>{head}<th>Circumstances</th></tr></thead>"
-        f"<tbody>{samples}</tbody></table></div></details>"
+        f"<tbody>{samples}</tbody></table></div></details></div>"
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import importlib.metadata
 import math
 import os
@@ -526,6 +527,11 @@ async def run_scenario(
     if servers is not None and scenario.port != "target":
         server_before = await _call(servers.status)
 
+    # What earlier scenarios left (their results, the servers' handles) is
+    # not this scenario's garbage: frozen, the collector's full passes during
+    # the run scan only what the run allocates.
+    gc.collect()
+    gc.freeze()
     t0_ns = time.monotonic_ns()
     deadline_ns = t0_ns + int(duration * 1e9)
     digest = TraceDigest(t0_ns, keep=trace_path is not None)
@@ -706,6 +712,7 @@ async def run_scenario(
             final_stats = pool.stats()
     end_ns = time.monotonic_ns()
     cpu_after = (cpu_snapshot(), cpu_snapshot(server_pid), machine_snapshot())
+    gc.unfreeze()
     if interrupted:
         return None
     digest.drain(tracer)
