@@ -69,9 +69,8 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
     html_path, json_path = out / "report.html", out / "results.json"
     start = time.monotonic()
     proc = _run_cli(
-        "stress", "--quick", "--out", str(html_path), "--json", str(json_path),
-        "--trace", str(out / "traces"), timeout=55,
-    )  # fmt: skip
+        "stress", "--quick", "--out", str(html_path), "--json", str(json_path), timeout=55
+    )
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return QuickRun(
@@ -272,23 +271,59 @@ def test_render_from_saved_results_gives_the_same_report(quick: QuickRun, tmp_pa
     assert out.read_text() == quick.html
 
 
-def test_report_is_self_contained(quick: QuickRun) -> None:
-    html = quick.html
-    # Inline script only (the timeline's zoom); no stylesheet, image or font
-    # from anywhere; links to anchors, or to the --trace files next to it.
+def _check_self_contained(run: QuickRun) -> list[str]:
+    """The report's links to files (the --trace files), after checking that it
+    loads nothing: inline script only (the timeline's zoom), no stylesheet,
+    image or font from anywhere, links only to anchors or to files next to it."""
+    html = run.html
     assert html.count("<script>") == html.count("<script") == 1
     assert not re.search(r"""\b(src|srcset)\s*=""", html)
     assert not re.search(r"@import|url\((?!#)", html)
-    traces = []
+    files = []
     for href in re.findall(r'href="([^"]*)"', html):
         if href.startswith("#") or href == "data:,":
             continue
         assert "://" not in href and not href.startswith("/"), href
-        assert (quick.html_path.parent / href).is_file(), href
-        traces.append(href)
-    assert sorted(traces) == sorted(
-        f"traces/{s['name']}.trace.json" for s in quick.results["scenarios"]
+        assert (run.html_path.parent / href).is_file(), href
+        files.append(href)
+    return files
+
+
+def test_report_is_self_contained(quick: QuickRun) -> None:
+    assert _check_self_contained(quick) == []
+    assert "Run with <code>--trace DIR</code>" in quick.html
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    """A short run with --trace (three scenarios)."""
+    out = tmp_path_factory.mktemp("traced")
+    html_path, json_path = out / "report.html", out / "results.json"
+    start = time.monotonic()
+    proc = _run_cli(
+        "stress", "--duration", "0.3", "--scenarios", "churn,slow-address,address-down",
+        "--out", str(html_path), "--json", str(json_path), "--trace", str(out / "traces"),
+        timeout=55,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return QuickRun(
+        html_path=html_path,
+        json_path=json_path,
+        results=json.loads(json_path.read_text()),
+        html=html_path.read_text(),
+        elapsed=time.monotonic() - start,
+        stdout=proc.stdout,
+        stderr=proc.stderr,
     )
+
+
+def test_report_links_the_trace_files(traced: QuickRun) -> None:
+    names = [s["name"] for s in traced.results["scenarios"]]
+    assert names == ["churn", "address-down", "slow-address"]
+    assert sorted(_check_self_contained(traced)) == sorted(
+        f"traces/{name}.trace.json" for name in names
+    )
+    assert all(s["trace_file"] == f"{s['name']}.trace.json" for s in traced.results["scenarios"])
 
 
 # ----------------------------------------------------------------------------
@@ -1012,10 +1047,10 @@ def test_starved_client_is_flagged() -> None:
 _PHASES = {"B", "E", "X", "i", "I", "C", "M", "b", "e", "n", "s", "t", "f"}
 
 
-def test_trace_files_are_trace_event_format(quick: QuickRun) -> None:
-    folder = quick.html_path.parent / "traces"
+def test_trace_files_are_trace_event_format(traced: QuickRun) -> None:
+    folder = traced.html_path.parent / "traces"
     names = sorted(p.name for p in folder.iterdir())
-    assert names == sorted(f"{s['name']}.trace.json" for s in quick.results["scenarios"])
+    assert names == sorted(f"{s['name']}.trace.json" for s in traced.results["scenarios"])
     for path in folder.iterdir():
         data = json.loads(path.read_text())
         assert isinstance(data, dict) and isinstance(data["traceEvents"], list), path
@@ -1039,7 +1074,7 @@ def test_trace_files_are_trace_event_format(quick: QuickRun) -> None:
         assert {"connection", "loop lag", "request"} <= kinds, (path, kinds)
     churn = json.loads((folder / "churn.trace.json").read_text())
     conns = [e for e in churn["traceEvents"] if e.get("cat") == "connection"]
-    r = _by_name(quick.results)["churn"]
+    r = _by_name(traced.results)["churn"]
     assert len(conns) == r["connections"]["created"]
 
 

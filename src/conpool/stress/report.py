@@ -531,7 +531,11 @@ def _charts(r: dict[str, Any], idx: int) -> str:
             lane.bars.append(
                 Bar(start, stop, reason, f"connection #{conn_id} to {ip}, {span}, closed: {reason}")
             )
-        cap = "One bar per connection, from connected to closed; overlapping connections stack."
+        cap = (
+            "One bar per connection, from connected to closed; overlapping connections stack. "
+            f"An address with more than {svg.MAX_LANE_ROWS} at once shows how many were open, "
+            "with a tick per close."
+        )
         if len(lifetimes) > len(shown):
             cap += f" Showing the first {len(shown):,} of {len(lifetimes):,} connections."
         out.append(
@@ -897,8 +901,8 @@ def _breakdown_section(results: dict[str, Any]) -> str:
             f'<th class=num title="{_e(PART_LABELS[p])}">{_e(PART_SHORT[p])}</th>' for p in PARTS
         )
         + "<th class=num>Client CPU</th><th class=num>Server CPU</th>"
-        '<th class=num title="time the client was runnable but not running">Client waiting '
-        "for a CPU</th></tr>"
+        '<th class=num title="time the client was runnable but not running">Client '
+        "waiting</th></tr>"
     )
     rows = []
     warnings: list[tuple[str, str, float]] = []
@@ -956,7 +960,7 @@ def _breakdown_section(results: dict[str, Any]) -> str:
         '<div class="wide-table"><table class="breakdown" id="breakdown">'
         f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></div>"
         '<p class="sub">CPU: user + system time of the process over the scenario\'s wall time '
-        "(100 % is one core). Waiting for a CPU: time the client's event-loop thread was "
+        "(100 % is one core). Client waiting: time the client's event-loop thread was "
         "runnable but not running (<code>/proc/self/schedstat</code>); above "
         f"{STARVED_SHARE * 100:.0f} % the client counts as starved.</p>"
         f"{_queueing_note(scenarios, results)}</section>"
@@ -1051,7 +1055,7 @@ def _tail(r: dict[str, Any]) -> str:
         )
     head = "".join(f"<th class=num>{_e(PART_LABELS[p])}</th>" for p in PARTS)
     return (
-        "<h3>Why the slowest requests were slow</h3>"
+        '<div class="tail"><h3>Why the slowest requests were slow</h3>'
         f'<p class="tail-verdict">{_e(_tail_sentence(r))}</p>{_waves_text(r)}{lag_text}'
         '<table class="tail-factors"><thead><tr><th>Circumstance</th>'
         "<th class=num>Among the slowest</th><th class=num>Among all requests</th>"
@@ -1180,12 +1184,9 @@ def _balance_section(results: dict[str, Any]) -> str:
         + "<th class=num>Imbalance (max/min)</th><th class=num>Worst slice</th>"
         "<th class=num>p50</th><th class=num>p99</th><th class=num>Throughput</th></tr>"
     )
-    desc = (
-        "The same load under each Config.balance policy, side by side. "
-        + runs[0]["description"].split(" chooses ", 1)[-1].capitalize()
-        if " chooses " in runs[0]["description"]
-        else runs[0]["description"]
-    )
+    first = runs[0]["description"]
+    rest = first.split(" chooses among ", 1)[-1] if " chooses among " in first else first
+    desc = "The same load under each Config.balance policy, side by side: " + rest
     return (
         '<section id="balance"><h2>Balancing policies compared</h2>'
         f"<p>{_e(desc)}</p>"

@@ -20,7 +20,7 @@ __all__ = ["interactive_timeline"]
 
 WIDTH = 1240.0
 LEFT = 120.0
-RIGHT = 16.0
+RIGHT = 36.0
 ROW = 7.0
 MAX_ROWS = 14  # rows per track; more overlapping spans share rows
 CONNECT_COLOR = "#E69F00"
