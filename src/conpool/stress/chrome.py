@@ -15,14 +15,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import conpool
 
-from .measure import GCWatch, LoopProbe
-
-if TYPE_CHECKING:
-    from .runner import Raw, TraceDigest
+from .measure import GCWatch, LoopProbe, Raw
 
 __all__ = ["MAX_TIMELINE_ITEMS", "timeline_window", "trace_events", "write_trace"]
 
@@ -141,14 +138,21 @@ def write_trace(
     os.replace(tmp, path)
 
 
-def timeline_window(digest: TraceDigest, elapsed: float) -> dict[str, Any]:
-    """Connections, acquire waits and connects of the first stretch of the
-    run that holds at most :data:`MAX_TIMELINE_ITEMS` of them (0.6 s at most)."""
+def timeline_window(
+    lifetimes: Sequence[list[Any]],
+    waits_all: Sequence[list[float]],
+    connects_all: Sequence[list[Any]],
+    elapsed: float,
+) -> dict[str, Any]:
+    """Connections (``[id, ip, start_s, end_s, reason]``), acquire waits
+    (``[start_s, end_s]``) and connects (``[ip, start_s, end_s, status]``) of
+    the first stretch of the run that holds at most
+    :data:`MAX_TIMELINE_ITEMS` of them (0.6 s at most)."""
     end = min(elapsed, 0.6)
     while True:
-        conns = [lt for lt in digest.lifetimes if lt[2] < end and (lt[3] is None or lt[3] >= 0)]
-        waits = [w for w in digest.waits if w[0] < end]
-        connects = [c for c in digest.connects if c[1] < end]
+        conns = [list(lt) for lt in lifetimes if lt[2] < end]
+        waits = [w for w in waits_all if w[0] < end]
+        connects = [c for c in connects_all if c[1] < end]
         if len(conns) + len(waits) + len(connects) <= MAX_TIMELINE_ITEMS or end < 0.005:
             break
         end /= 1.5

@@ -39,6 +39,7 @@ from .measure import (
     GCWatch,
     HandoffTracer,
     LoopProbe,
+    Raw,
     Requests,
     Slot,
     StressTracer,
@@ -72,7 +73,6 @@ GRACE = REQUEST_TIMEOUT + 1.0
 TRACE_CAPACITY = 1 << 17
 
 Progress = Callable[[str, float, int, int], None]
-Raw = tuple[int, str, Any, str, int, "int | None", str]
 
 #: Events kept for ``--trace`` per scenario (beyond that the file is cut short).
 KEEP_EVENTS = 2_000_000
@@ -953,6 +953,8 @@ def _result(
         "waves": waves,
         "balance_time": analysis.balance_over_time(reqs),
         "cpu": cpu,
-        "timeline": chrome.timeline_window(digest, elapsed),
+        "timeline": chrome.timeline_window(
+            digest.lifetimes, digest.waits, digest.connects, elapsed
+        ),
         "trace_file": trace_file,
     }
