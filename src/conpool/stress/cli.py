@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
         parser.error(str(exc))  # exits with status 2
 
     results: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,  # 2: breakdown, lag, tail, waves, cpu, timeline, trace files
         "tool": "conpool stress",
         "started": _now(),
         "finished": None,
@@ -514,6 +514,8 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
         "log": [],
         "trace_dir": os.path.relpath(trace_dir, out.parent.resolve()) if trace_dir else None,
     }
+    for s in skipped:
+        err.print(f"[yellow]not run: {s['name']}: {s['reason']}[/]", highlight=False)
     ui = _UI(err, [s.name for s in scenarios])
     control = RunControl()
     servers: ServerProcess | None = None

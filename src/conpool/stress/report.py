@@ -730,14 +730,29 @@ def _scenario(r: dict[str, Any], idx: int) -> str:
     )
 
 
+def _option_name(key: str) -> str:
+    return {"duration_s": "duration per scenario", "concurrency": "concurrent clients"}.get(
+        key, key.replace("_", " ")
+    )
+
+
+def _option_value(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if key == "duration_s":
+        return f"{value:g} s"
+    if key == "concurrency":
+        return f"{value} tasks"
+    return str(value)
+
+
 def _environment(results: dict[str, Any]) -> str:
     env = results.get("environment", {})
     opts = results.get("options", {})
     rows = [(k.replace("_", " "), "" if v is None else str(v)) for k, v in env.items()]
-    opt_rows = [
-        (k.replace("_", " "), ", ".join(v) if isinstance(v, list) else "" if v is None else str(v))
-        for k, v in opts.items()
-    ]
+    opt_rows = [(_option_name(k), _option_value(k, v)) for k, v in opts.items()]
     servers = results.get("servers") or {}
     srv_rows = [(k.replace("_", " "), str(v)) for k, v in servers.items()]
     extra = ""
