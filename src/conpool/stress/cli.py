@@ -514,8 +514,8 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
         "log": [],
         "trace_dir": os.path.relpath(trace_dir, out.parent.resolve()) if trace_dir else None,
     }
-    for s in skipped:
-        err.print(f"[yellow]not run: {s['name']}: {s['reason']}[/]", highlight=False)
+    for skip in skipped:
+        err.print(f"[yellow]not run: {skip['name']}: {skip['reason']}[/]", highlight=False)
     ui = _UI(err, [s.name for s in scenarios])
     control = RunControl()
     servers: ServerProcess | None = None

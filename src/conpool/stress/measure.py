@@ -51,12 +51,14 @@ class Slot:
     """The pool's events of the request a client task is making (reset per request)."""
 
     __slots__ = (
+        "conn_id",
         "dial_end_ns",
         "dial_start_ns",
         "failures",
         "got_ns",
         "granted_ns",
         "handed_ns",
+        "ip",
         "released_ns",
         "resolve_ns",
         "retries",
@@ -83,6 +85,9 @@ class Slot:
         # ... or by HandoffTracer from the pool's conn.reuse and conn.release.
         self.handed_ns = 0
         self.released_ns = 0
+        # The connection the request got, for a driver that cannot say.
+        self.ip = ""
+        self.conn_id = 0
 
 
 current_slot: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
@@ -136,6 +141,8 @@ class StressTracer(conpool.Tracer):
                         slot.dial_start_ns = ts_ns
                 elif kind == "connect.complete":
                     slot.dial_end_ns = ts_ns
+                    slot.ip = address
+                    slot.conn_id = conn_id
                 elif kind == "tls.complete":
                     slot.tls_ns += duration_ns or 0
                 elif kind == "resolve.complete":
@@ -209,6 +216,8 @@ class HandoffTracer(StressTracer):
         if slot is not None:
             if kind == "conn.reuse":
                 slot.handed_ns = round(now * 1e9)
+                slot.ip = rec.addr.ip
+                slot.conn_id = rec.id
             elif kind == "conn.release":
                 slot.released_ns = round(now * 1e9)
         conpool.Tracer._record(self, kind, rec, now)

@@ -82,7 +82,7 @@ KEEP_SPANS = 200_000
 
 #: One request: fills the slot's ``got_ns``/``xend_ns`` when it can (else the
 #: pool's hand-out and release times are used) and returns the (ip, conn_id)
-#: it used.
+#: it used, or ``("", 0)`` to take them from the trace too.
 Request = Callable[[Slot], Awaitable[tuple[str, int]]]
 #: A driver: ``driver(pool, endpoint, protocol)`` is an async context manager
 #: giving the request function of a scenario's run (set up once, shared by
@@ -583,6 +583,8 @@ async def run_scenario(
                         end = mono()
                     got = slot.got_ns or slot.handed_ns or slot.dial_end_ns or start
                     xend = slot.xend_ns or slot.released_ns or end
+                    if not ip:
+                        ip, conn_id = slot.ip or "?", slot.conn_id
                 except anyio.get_cancelled_exc_class():
                     raise
                 except TimeoutError as exc:
