@@ -267,6 +267,7 @@ def _legend(
     *,
     style: str = "rect",
     dashes: Sequence[str | None] = (),
+    outlined: Sequence[bool] = (),
 ) -> str:
     """A wrapping row of swatches and names."""
     out = ['<g class="legend">']
@@ -282,6 +283,11 @@ def _legend(
             out.append(
                 f'<line x1="{_f(x)}" y1="{_f(y + 6)}" x2="{_f(x + 16)}" y2="{_f(y + 6)}" '
                 f'stroke="{color}" stroke-width="2.5"{dash_attr}/>'
+            )
+        elif i < len(outlined) and outlined[i]:
+            out.append(
+                f'<rect x="{_f(x + 1)}" y="{_f(y + 1)}" width="12" height="9" fill="none" '
+                f'stroke="{color}" stroke-width="2.2" stroke-dasharray="5 2"/>'
             )
         else:
             out.append(
@@ -338,6 +344,11 @@ def _axis_labels(frame: _Frame, x_label: str, y_label: str, *, y_at: float) -> l
     ]
 
 
+#: Room above a plot for the markers' labels (two staggered rows), so that
+#: they never sit on the data.
+MARKER_STRIP = 28.0
+
+
 def _markers(
     frame: _Frame, x: Callable[[float], float], markers: Sequence[tuple[float, str]]
 ) -> str:
@@ -346,15 +357,14 @@ def _markers(
         px = x(mx)
         if not frame.left <= px <= frame.right:
             continue
+        row_y = frame.top - 4 - 13 * ((len(markers) - 1 - i) % 2)
         out.append(
-            f'<line class="marker" x1="{_f(px)}" x2="{_f(px)}" y1="{_f(frame.top)}" '
+            f'<line class="marker" x1="{_f(px)}" x2="{_f(px)}" y1="{_f(row_y + 3)}" '
             f'y2="{_f(frame.bottom)}"/>'
         )
         anchor = "start" if px < frame.left + frame.width * 0.7 else "end"
         dx = 4 if anchor == "start" else -4
-        out.append(
-            _text(px + dx, frame.top + 12 + 13 * (i % 2), label, anchor=anchor, cls="marker-label")
-        )
+        out.append(_text(px + dx, row_y, label, anchor=anchor, cls="marker-label"))
     return "".join(out)
 
 
@@ -422,6 +432,7 @@ def line_chart(
     """Lines through each series' points, on linear axes starting at y = 0."""
     legend = [(s.name, s.color) for s in series]
     legend_top, top = _top(legend, width)
+    top += MARKER_STRIP if markers else 0.0
     frame = _Frame(MARGIN_LEFT, top, width - MARGIN_RIGHT, HEIGHT - MARGIN_BOTTOM + top - 40)
     height = frame.bottom + MARGIN_BOTTOM
     all_x = [x for s in series for x in s.xs]
@@ -496,6 +507,7 @@ def stacked_area_chart(
     if overlay is not None:
         legend.append((overlay.name, overlay.color))
     legend_top, top = _top(legend, width)
+    top += MARKER_STRIP if markers else 0.0
     frame = _Frame(MARGIN_LEFT, top, width - MARGIN_RIGHT, HEIGHT - MARGIN_BOTTOM + top - 40)
     height = frame.bottom + MARGIN_BOTTOM
     n = len(xs)
@@ -560,7 +572,8 @@ def histogram_chart(
     desc: str = "",
     width: float = WIDTH,
 ) -> str:
-    """Counts per bin on a logarithmic x axis, one translucent step outline per series."""
+    """Counts per bin on a logarithmic x axis: the first series a translucent filled
+    step outline, the others dashed outlines only (no fill to mix with)."""
     legend = [(name, color) for name, color, _ in series]
     legend_top, top = _top(legend, width)
     frame = _Frame(MARGIN_LEFT, top, width - MARGIN_RIGHT, HEIGHT - MARGIN_BOTTOM + top - 40)
@@ -571,7 +584,13 @@ def histogram_chart(
     y_ticks_v = nice_ticks(0.0, peak or 1)
     y = Linear(0.0, y_ticks_v[-1], frame.bottom, frame.top)
     body = [
-        _legend(legend, frame.left, legend_top, frame.width),
+        _legend(
+            legend,
+            frame.left,
+            legend_top,
+            frame.width,
+            outlined=[i > 0 for i in range(len(legend))],
+        ),
         _axes(
             frame,
             [(x(t), x_fmt(t)) for t in log_ticks(lo, hi, frame.width)],
@@ -762,6 +781,7 @@ def timeline_chart(
         (f"closed: {r}" if r != "open" else "still open", colors.get(r, "#777")) for r in used
     ]
     legend_top, top = _top(legend, width)
+    top += MARKER_STRIP if markers else 0.0
     label_w = 96.0
     frame_left = label_w
     frame_right = width - MARGIN_RIGHT
