@@ -1304,3 +1304,16 @@ def test_a_registered_scenario_with_its_own_driver_runs(tmp_path: Path) -> None:
     assert b["mean_ms"]["wire"] > 0 and b["mean_ms"]["wait"] > 0  # 8 clients, 4 connections
     assert json.loads((tmp_path / "x.trace.json").read_text())["traceEvents"]
     assert "explicit-acquire" not in scenarios.scenario_names()
+
+
+def test_render_results_of_the_previous_schema(quick: QuickRun) -> None:
+    old = json.loads(json.dumps(quick.results))
+    old["schema"] = 1
+    new_keys = ("expected_errors", "breakdown", "lag", "tail", "waves", "balance_time", "cpu",
+                "timeline", "trace_file")  # fmt: skip
+    for r in old["scenarios"]:
+        for key in new_keys:
+            del r[key]
+    page = report.render(old)
+    assert 'id="summary"' in page and 'id="balance"' in page
+    assert 'id="time"' not in page and 'svg class="timeline"' not in page
