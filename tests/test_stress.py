@@ -1325,3 +1325,12 @@ def test_render_results_of_the_previous_schema(quick: QuickRun) -> None:
     page = report.render(old)
     assert 'id="summary"' in page and 'id="balance"' in page
     assert 'id="time"' not in page and 'svg class="timeline"' not in page
+
+
+def test_config_values_survive_json() -> None:
+    cfg = conpool.Config(no_proxy=["internal.test"], max_idle_time=float("inf"))
+    saved = runner.config_dict(cfg)
+    assert json.loads(json.dumps(saved)) == saved
+    assert saved["max_idle_time"] == "inf" and saved["no_proxy"] == ["internal.test"]
+    assert report._config_value("no_proxy", saved["no_proxy"]) == "internal.test"
+    assert report._config_value("no_proxy", []) == "none"

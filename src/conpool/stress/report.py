@@ -683,6 +683,8 @@ def _config_value(key: str, value: Any) -> str:
         return "inf (no limit)"
     if isinstance(value, bool):
         return str(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value) if value else "none"
     if key in _SECONDS and isinstance(value, (int, float)):
         text = f"{value:g} s"
         return text + f" ({fmt_ms(value * 1000)})" if 0 < value < 1 else text

@@ -440,9 +440,14 @@ def environment(backend: str) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
+    """A configuration value as JSON keeps it, the same once saved and read back."""
     if isinstance(value, float) and not math.isfinite(value):
         return "inf" if value > 0 else "-inf"
-    return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # a Proxy, say: its text
 
 
 def config_dict(config: conpool.Config) -> dict[str, Any]:
