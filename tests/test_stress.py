@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -270,14 +271,59 @@ def test_render_from_saved_results_gives_the_same_report(quick: QuickRun, tmp_pa
     assert out.read_text() == quick.html
 
 
-def test_report_is_self_contained(quick: QuickRun) -> None:
-    html = quick.html
-    # No script, no stylesheet, image or font from anywhere; links only to anchors.
-    assert "<script" not in html
+def _check_self_contained(run: QuickRun) -> list[str]:
+    """The report's links to files (the --trace files), after checking that it
+    loads nothing: inline script only (the timeline's zoom), no stylesheet,
+    image or font from anywhere, links only to anchors or to files next to it."""
+    html = run.html
+    assert html.count("<script>") == html.count("<script") == 1
     assert not re.search(r"""\b(src|srcset)\s*=""", html)
-    assert not re.search(r"@import|url\(", html)
+    assert not re.search(r"@import|url\((?!#)", html)
+    files = []
     for href in re.findall(r'href="([^"]*)"', html):
-        assert href.startswith("#") or href == "data:,", href
+        if href.startswith("#") or href == "data:,":
+            continue
+        assert "://" not in href and not href.startswith("/"), href
+        assert (run.html_path.parent / href).is_file(), href
+        files.append(href)
+    return files
+
+
+def test_report_is_self_contained(quick: QuickRun) -> None:
+    assert _check_self_contained(quick) == []
+    assert "Run with <code>--trace DIR</code>" in quick.html
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    """A short run with --trace (three scenarios)."""
+    out = tmp_path_factory.mktemp("traced")
+    html_path, json_path = out / "report.html", out / "results.json"
+    start = time.monotonic()
+    proc = _run_cli(
+        "stress", "--duration", "0.3", "--scenarios", "churn,slow-address,address-down",
+        "--out", str(html_path), "--json", str(json_path), "--trace", str(out / "traces"),
+        timeout=55,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return QuickRun(
+        html_path=html_path,
+        json_path=json_path,
+        results=json.loads(json_path.read_text()),
+        html=html_path.read_text(),
+        elapsed=time.monotonic() - start,
+        stdout=proc.stdout,
+        stderr=proc.stderr,
+    )
+
+
+def test_report_links_the_trace_files(traced: QuickRun) -> None:
+    names = [s["name"] for s in traced.results["scenarios"]]
+    assert names == ["churn", "address-down", "slow-address"]
+    assert sorted(_check_self_contained(traced)) == sorted(
+        f"traces/{name}.trace.json" for name in names
+    )
+    assert all(s["trace_file"] == f"{s['name']}.trace.json" for s in traced.results["scenarios"])
 
 
 # ----------------------------------------------------------------------------
@@ -873,3 +919,418 @@ def test_servers_process_up_down_and_stop() -> None:
         pid = servers.pid
     assert pid is not None
     assert not Path(f"/proc/{pid}").exists()  # stopped and reaped
+
+
+# ----------------------------------------------------------------------------
+# Where the time goes, the tail, the trace files, the timeline
+
+
+def test_breakdown_adds_up_and_finds_the_injected_delay(quick: QuickRun) -> None:
+    """slow-address: the proxy on one address holds every answer 20 ms.  The
+    parts of each request add up to its measured time; the slow address's
+    exchange (wire and the loop lag within it) is about 20 ms longer, nearly
+    all of it on the wire, and the pool's own part does not move."""
+    by = _by_name(quick.results)
+    for r in quick.results["scenarios"]:
+        b = r["breakdown"]
+        assert b["requests"] == r["requests"]["ok"], r["name"]
+        # Per request, exact (integers); the means to within rounding (1 ns).
+        assert b["max_gap_ns"] == 0, r["name"]
+        assert sum(b["mean_ms"].values()) == pytest.approx(b["total_ms"], abs=1e-4), r["name"]
+        # The breakdown's total is the latency the summary reports.
+        assert b["total_ms"] == pytest.approx(r["latency_ms"]["mean"], rel=1e-3, abs=1e-3)
+        assert all(v >= 0 for v in b["mean_ms"].values()), r["name"]
+    slow = by["slow-address"]["breakdown"]["by_address"]
+    delayed = slow[scenarios.SLOW_ADDRESS]
+    others = [v for ip, v in slow.items() if ip != scenarios.SLOW_ADDRESS]
+    assert len(others) == 3
+
+    def mean(key: str) -> float:
+        return float(sum(v[key] for v in others)) / len(others)
+
+    delay_ms = scenarios.SLOW_DELAY * 1000
+    exchange = (delayed["wire"] + delayed["lag"]) - (mean("wire") + mean("lag"))
+    assert delay_ms * 0.95 <= exchange <= delay_ms * 1.75, slow
+    assert delayed["wire"] - mean("wire") >= delay_ms * 0.6, slow
+    assert abs(delayed["pool"] - mean("pool")) < 0.5, slow  # ms
+    # TLS shows as its own part, only where there is TLS.
+    assert by["tls"]["breakdown"]["mean_ms"]["tls"] > 0
+    assert by["plain"]["breakdown"]["mean_ms"]["tls"] == 0
+    # With 64 clients and 1 connection, waiting is most of a request.
+    limit1 = by["limit-1"]["breakdown"]
+    assert limit1["mean_ms"]["wait"] > 0.5 * limit1["total_ms"]
+
+
+def test_request_parts_from_known_timestamps() -> None:
+    from conpool.stress import analysis, measure
+
+    req = measure.Requests()
+    ms = 1_000_000
+    # start, got, xend, end; wait, resume, resolve, dial, tls
+    rows = [
+        (0, 10 * ms, 15 * ms, 15 * ms + 20_000, 6 * ms, ms, 0, 2 * ms, ms // 2),
+        (ms, ms + 5_000, 4 * ms, 4 * ms + 7_000, 0, 0, 0, 0, 0),
+    ]
+    for start, got, xend, end, wait, resume, resolve, dial, tls in rows:
+        for name, v in zip(
+            ("start", "got", "xend", "end", "wait", "resume", "resolve", "dial", "tls"),
+            (start, got, xend, end, wait, resume, resolve, dial, tls),
+            strict=True,
+        ):
+            req.column(name).append(v)
+        req.column("failures").append(0)
+        req.column("conn").append(1)
+        req.column("addr").append(req.address_index("10.0.0.1"))
+    probe = measure.LoopProbe(0)
+    probe.at.extend([3 * ms, 16 * ms])
+    probe.late.extend([0, 400_000])  # 0.4 ms late just after the first answer
+    parts = analysis.request_parts(req, probe)
+    assert parts["wait"] == [6 * ms, 0]
+    assert parts["tls"] == [ms // 2, 0]
+    assert parts["connect"] == [2 * ms - ms // 2, 0]
+    assert parts["lag"] == [ms + 400_000, 400_000]
+    assert parts["wire"] == [5 * ms - 400_000, 3 * ms - 5_000 - 400_000]
+    assert parts["pool"] == [ms + 20_000, 5_000 + 7_000]
+    for i in range(2):
+        assert sum(parts[p][i] for p in analysis.PARTS) == parts["total"][i]
+
+
+def test_tail_names_what_the_slowest_requests_share(quick: QuickRun) -> None:
+    by = _by_name(quick.results)
+    for r in quick.results["scenarios"]:
+        t = r["tail"]
+        assert 1 <= t["sample"] <= 50
+        assert t["threshold_ms"] <= r["latency_ms"]["max"] + 1e-6
+        assert len(t["requests"]) == t["sample"]
+        totals = [q["total_ms"] for q in t["requests"]]
+        assert totals == sorted(totals, reverse=True)
+        assert totals[0] == pytest.approx(r["latency_ms"]["max"], abs=1e-3)
+    # One address 20 ms slower: the slowest requests all went there.
+    slow = by["slow-address"]["tail"]
+    top = slow["factors"][0] if slow["factors"][0]["common"] else None
+    assert any(
+        f["factor"] == f"used address {scenarios.SLOW_ADDRESS}" and f["common"]
+        for f in slow["factors"]
+    ), slow["factors"]
+    assert top is not None
+    verdict = report._tail_sentence(by["slow-address"])
+    assert f"used address {scenarios.SLOW_ADDRESS}" in verdict
+    assert f"used address {scenarios.SLOW_ADDRESS}" in quick.html
+    # Connections opened together retire together (by uses or lifetime):
+    # waves, found in some scenario of the run and named in the report.
+    waves = {r["name"]: r["waves"] for r in quick.results["scenarios"] if r["waves"]}
+    assert waves, "no retirement wave in any scenario"
+    for name, found in waves.items():
+        assert all(w["reason"] in ("uses", "lifetime", "idle") and w["size"] >= 4 for w in found)
+        assert (
+            by[name]["config"]["max_connection_uses"]
+            or by[name]["config"]["max_connection_lifetime"] < 300
+            or by[name]["config"]["max_idle_time"] < 60
+        ), name
+    assert "Connection retirement waves" in quick.html
+
+
+def test_cpu_is_measured(quick: QuickRun) -> None:
+    for r in quick.results["scenarios"]:
+        cpu = r["cpu"]
+        assert cpu["wall_s"] > 0
+        client = cpu["client"]
+        assert 0 < client["cpu_s"] <= cpu["wall_s"] * (os.cpu_count() or 1) + 0.05
+        assert client["runqueue_s"] >= 0
+        assert cpu["server"] is not None and cpu["server"]["cpu_s"] >= 0
+    assert 'id="breakdown"' in quick.html
+
+
+def test_starved_client_is_flagged() -> None:
+    r = {"cpu": {"wall_s": 1.0, "cpus": 2, "client": {"runqueue_s": 0.3, "runqueue_share": 0.3,
+                                                      "cpu_s": 0.6},
+                 "server": {"cpu_s": 0.2}, "machine": {"busy_s": 1.9, "total_s": 2.0}}}  # fmt: skip
+    text = report._starved(r)
+    assert text is not None and "300 ms of 1000 ms (30 %)" in text
+    assert "other processes used 1.10 of the machine's 2 CPUs" in text
+    r["cpu"]["client"]["runqueue_share"] = 0.01  # type: ignore[index]
+    assert report._starved(r) is None
+
+
+_PHASES = {"B", "E", "X", "i", "I", "C", "M", "b", "e", "n", "s", "t", "f"}
+
+
+def test_trace_files_are_trace_event_format(traced: QuickRun) -> None:
+    folder = traced.html_path.parent / "traces"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(f"{s['name']}.trace.json" for s in traced.results["scenarios"])
+    for path in folder.iterdir():
+        data = json.loads(path.read_text())
+        assert isinstance(data, dict) and isinstance(data["traceEvents"], list), path
+        kinds: set[str] = set()
+        for ev in data["traceEvents"]:
+            assert ev["ph"] in _PHASES, ev
+            assert isinstance(ev["name"], str) and ev["name"], ev
+            assert isinstance(ev["pid"], int) and isinstance(ev["tid"], int), ev
+            if ev["ph"] != "M":
+                assert isinstance(ev["ts"], (int, float)) and ev["ts"] >= 0, ev
+            if ev["ph"] == "X":
+                assert isinstance(ev["dur"], (int, float)) and ev["dur"] >= 0, ev
+            if ev["ph"] == "C":
+                assert all(isinstance(v, (int, float)) for v in ev["args"].values()), ev
+            if ev["ph"] == "i":
+                assert ev.get("s", "t") in ("g", "p", "t"), ev
+            if ev["ph"] == "M":
+                assert ev["name"] in ("process_name", "thread_name") and ev["args"]["name"]
+            kinds.add(ev.get("cat", ev["name"]))
+        # Connections, the loop probe and the slowest requests are all there.
+        assert {"connection", "loop lag", "request"} <= kinds, (path, kinds)
+    churn = json.loads((folder / "churn.trace.json").read_text())
+    conns = [e for e in churn["traceEvents"] if e.get("cat") == "connection"]
+    r = _by_name(traced.results)["churn"]
+    assert len(conns) == r["connections"]["created"]
+
+
+def test_timeline_in_headless_chromium(quick: QuickRun) -> None:
+    executable = _chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("playwright is not installed (pip install -e '.[dev]')")
+    r = _by_name(quick.results)["churn"]  # the timeline's first choice
+    tl = r["timeline"]
+    expected = len(tl["connections"]) + len(tl["connects"]) + len(tl["waits"])
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            page.on(
+                "console",
+                lambda msg: problems.append(msg.text) if msg.type in ("error", "warning") else None,
+            )
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.goto(quick.html_path.as_uri())
+            page.wait_for_load_state("load")
+            found = page.evaluate(
+                """() => {
+                    const svg = document.querySelector('svg.timeline');
+                    const spans = [...svg.querySelectorAll('rect.span')];
+                    return {
+                        declared: Number(svg.dataset.spans),
+                        spans: spans.length,
+                        conns: svg.querySelectorAll('rect.span.conn').length,
+                        connects: svg.querySelectorAll('rect.span.connect').length,
+                        waits: svg.querySelectorAll('rect.span.wait').length,
+                        closes: svg.querySelectorAll('line.close').length,
+                        drawn: spans.filter(s => s.getBBox().width > 0).length,
+                        ticks: svg.querySelectorAll('g.tl-ticks text').length,
+                        zoom: svg.dataset.zoom,
+                    };
+                }"""
+            )
+            page.click("button[data-op=in]")
+            page.click("button[data-op=in]")
+            zoomed = page.evaluate(
+                """() => {
+                    const svg = document.querySelector('svg.timeline');
+                    const t = [...svg.querySelectorAll('g.tl-ticks text')].map(e => e.textContent);
+                    return {zoom: svg.dataset.zoom, first: t[0], last: t[t.length - 1]};
+                }"""
+            )
+            page.locator("svg.timeline").hover()
+            page.mouse.wheel(0, 300)  # zoom out again by wheel
+            after_wheel = page.evaluate("() => document.querySelector('svg.timeline').dataset.zoom")
+            page.click("button[data-op=reset]")
+            reset = page.evaluate("() => document.querySelector('svg.timeline').dataset.zoom")
+        finally:
+            browser.close()
+    assert problems == []
+    assert found["declared"] == found["spans"] == found["drawn"] == expected
+    assert found["conns"] == len(tl["connections"])
+    assert found["connects"] == len(tl["connects"])
+    assert found["waits"] == len(tl["waits"])
+    assert found["closes"] >= 1 and found["ticks"] >= 3
+    assert found["zoom"] == "1"  # the script ran
+    assert zoomed["zoom"] == "4"
+    assert float(after_wheel) < 4
+    assert reset == "1"
+
+
+def test_expected_failures_are_shown_as_expected(quick: QuickRun) -> None:
+    results = json.loads(json.dumps(quick.results))
+    down = _by_name(results)["address-down"]
+    down["requests"]["errors"] = 4
+    down["errors"] = [
+        {"type": "anyio.BrokenResourceError", "message": "anyio.BrokenResourceError: reset",
+         "count": 4, "first_s": 0.2, "last_s": 0.2, "traceback": ""}
+    ]  # fmt: skip
+    for r in results["scenarios"]:
+        if r["name"] != "address-down":
+            r["requests"]["errors"] = 0
+            r["errors"] = []
+    page = report.render(results)
+    assert "4 expected failed requests (address-down: injected faults)" in page
+    assert "no unexpected failed request" in page
+    assert "unexpected failed requests</span>" not in page
+    assert "4 failed requests, expected:" in page
+    assert f"{scenarios.DOWN_ADDRESS} is taken down on purpose" in page
+    # A failure anywhere else is still an alarm.
+    _by_name(results)["plain"]["requests"]["errors"] = 2
+    page = report.render(results)
+    assert "2 unexpected failed requests" in page
+
+
+def test_target_texts_and_skipped_listed_first(quick: QuickRun) -> None:
+    target = scenarios.all_scenarios(1.0, target=True)
+    by = {s.name: s for s in target}
+    assert "the target: a single address" in by["limit-4"].description
+    assert "four addresses" not in by["limit-4"].description
+    assert "Echo" not in by["plain"].description
+    assert "in front of the target" in by["balance-round-robin"].description
+    assert "in front of the target" in by["slow-address"].description
+    results = json.loads(json.dumps(quick.results))
+    results["skipped"] = [{"name": "tls", "reason": "needs the embedded servers"}]
+    page = report.render(results)
+    assert page.index('id="skipped"') < page.index('id="summary"')
+    assert "<b>tls</b>: needs the embedded servers" in page
+    assert "1 scenario not run" in page
+
+
+def test_config_values_have_units(quick: QuickRun) -> None:
+    assert report._config_value("max_idle_time", 0.005) == "0.005 s (5 ms)"
+    assert report._config_value("connect_timeout", 10.0) == "10 s"
+    assert report._config_value("max_connections_per_endpoint", 16) == "16 connections"
+    assert report._config_value("max_connection_uses", None) == "None (no limit)"
+    assert report._config_value("lifetime_jitter", 0.1) == "0.1 (10 %)"
+    assert report._config_value("balance", "round-robin") == "'round-robin'"
+    assert "<td>0.005 s (5 ms)</td>" in quick.html  # churn's max_idle_time
+
+
+def test_balancing_policies_differ(quick: QuickRun) -> None:
+    by = _by_name(quick.results)
+    shares = {}
+    for policy in scenarios.POLICIES:
+        r = by[f"balance-{policy}"]
+        per = r["connections"]["per_address"]
+        total = sum(v["handouts"] for v in per.values())
+        shares[policy] = [per[ip]["handouts"] / total for ip in sorted(per)]
+        assert len(per) == 4
+    # The addresses are 0, 1, 2 and 4 ms slow: least-connections sends the
+    # fastest one the most, round-robin spreads connections evenly.
+    lc, rr = shares["least-connections"], shares["round-robin"]
+    assert lc[0] > lc[3]
+    assert max(lc) / min(lc) > max(rr) / min(rr)
+    assert 'id="balance-share"' in quick.html and 'id="balance-table"' in quick.html
+
+
+def test_histogram_series_do_not_mix_colours() -> None:
+    chart = svg.histogram_chart(
+        "h", "t", [0.1, 1.0, 10.0], [("a", "#111", [1, 2]), ("b", "#222", [2, 1])],
+        x_label="duration (ms)", y_label="requests (count)",
+    )  # fmt: skip
+    paths = re.findall(r'<path class="mark"[^>]*>', chart)
+    assert 'fill="#111"' in paths[0] and 'fill="none"' in paths[1]
+
+
+def test_lifetime_chart_aggregates_many_connections() -> None:
+    bars = [svg.Bar(0.0, 1.0, "pool-closed", f"#{i}") for i in range(64)]
+    chart = svg.timeline_chart(
+        "l", "t", [svg.Lane("10.0.0.1", bars)], x_domain=(0.0, 1.0), colors=svg.REASON_COLORS
+    )
+    assert _points(chart) == _marks(chart) == 64
+    height = float(re.search(r'height="([\d.]+)" role="img"', chart)[1])  # type: ignore[index]
+    assert height < 200  # 64 rows of bars would be 400 px and more
+    assert "open connections, peak 64" in chart
+
+
+def test_a_registered_scenario_with_its_own_driver_runs(tmp_path: Path) -> None:
+    """The scenario list is pluggable: a provider adds a scenario whose driver
+    never shows the runner the connection (as an HTTP client over the pool's
+    transport would not); the breakdown then comes from the pool's hand-out
+    and release events, and still adds up."""
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    import anyio
+
+    from conpool.stress.measure import Slot
+    from conpool.stress.protocols import Protocol
+    from conpool.stress.servers import STRESS_ADDRESSES, ServerProcess, ServerSpec
+
+    @contextlib.asynccontextmanager
+    async def explicit(
+        pool: conpool.Pool, endpoint: conpool.Endpoint, proto: Protocol
+    ) -> AsyncIterator[runner.Request]:
+        async def request(slot: Slot) -> tuple[str, int]:
+            conn = await pool.acquire(endpoint)
+            try:
+                await proto.exchange(conn)
+            finally:
+                await pool.release(conn)
+            return "", 0  # as an HTTP client would: the trace says which connection
+
+        yield request
+
+    def provider(duration: float, target: bool) -> list[scenarios.Scenario]:
+        return [
+            scenarios.Scenario(
+                name="explicit-acquire",
+                title="acquire and release by hand",
+                group="plugin",
+                description="a driver of its own",
+                port="echo",
+                protocol="echo",
+                config={"max_connections_per_endpoint": 4},
+                driver="explicit",
+            )
+        ]
+
+    runner.DRIVERS["explicit"] = explicit
+    scenarios.register(provider)
+    try:
+        chosen = scenarios.select(scenarios.all_scenarios(0.3), ["explicit-*"])
+        assert [s.name for s in chosen] == ["explicit-acquire"]
+        with pytest.raises(TypeError, match="must be callable"):
+            scenarios.register(42)  # type: ignore[arg-type]
+        with ServerProcess(ServerSpec()) as servers:
+
+            async def main() -> dict[str, Any] | None:
+                return await runner.run_scenario(
+                    chosen[0],
+                    duration=0.3,
+                    concurrency=8,
+                    servers=servers,
+                    target=None,
+                    control=runner.RunControl(),
+                    trace_path=str(tmp_path / "x.trace.json"),
+                )
+
+            r = anyio.run(main)
+    finally:
+        scenarios._PROVIDERS.remove(provider)
+        del runner.DRIVERS["explicit"]
+    assert r is not None and r["requests"]["ok"] > 0 and r["errors"] == []
+    assert sorted(r["breakdown"]["by_address"]) == sorted(STRESS_ADDRESSES)
+    b = r["breakdown"]
+    assert b["max_gap_ns"] == 0
+    assert b["mean_ms"]["wire"] > 0 and b["mean_ms"]["wait"] > 0  # 8 clients, 4 connections
+    assert json.loads((tmp_path / "x.trace.json").read_text())["traceEvents"]
+    assert "explicit-acquire" not in scenarios.scenario_names()
+
+
+def test_render_results_of_the_previous_schema(quick: QuickRun) -> None:
+    old = json.loads(json.dumps(quick.results))
+    old["schema"] = 1
+    new_keys = ("expected_errors", "breakdown", "lag", "tail", "waves", "balance_time", "cpu",
+                "timeline", "trace_file")  # fmt: skip
+    for r in old["scenarios"]:
+        for key in new_keys:
+            del r[key]
+    page = report.render(old)
+    assert 'id="summary"' in page and 'id="balance"' in page
+    assert 'id="time"' not in page and 'svg class="timeline"' not in page
+
+
+def test_config_values_survive_json() -> None:
+    cfg = conpool.Config(no_proxy=["internal.test"], max_idle_time=float("inf"))
+    saved = runner.config_dict(cfg)
+    assert json.loads(json.dumps(saved)) == saved
+    assert saved["max_idle_time"] == "inf" and saved["no_proxy"] == ["internal.test"]
+    assert report._config_value("no_proxy", saved["no_proxy"]) == "internal.test"
+    assert report._config_value("no_proxy", []) == "none"

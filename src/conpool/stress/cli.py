@@ -97,6 +97,7 @@ def build_parser(prog: str = "conpool stress") -> argparse.ArgumentParser:
             "  conpool stress --quick\n"
             "  conpool stress --scenarios 'limit-*,tls' --json results.json\n"
             "  conpool stress --target 127.0.0.1:6379 --protocol redis\n"
+            "  conpool stress --trace traces/   # then open traces/churn.trace.json in Perfetto\n"
             "\n"
             "Ctrl-C stops the run and still writes the report of the scenarios that finished "
             "(exit status 130)."
@@ -155,6 +156,12 @@ def build_parser(prog: str = "conpool stress") -> argparse.ArgumentParser:
         help="what the --target speaks (default http)",
     )
     parser.add_argument(
+        "--trace",
+        metavar="DIR",
+        help="write each scenario's Chrome/Perfetto trace to DIR/SCENARIO.trace.json "
+        "(created if missing); the report links them",
+    )
+    parser.add_argument(
         "--render",
         metavar="JSON",
         help="write the report from results saved with --json, without running anything",
@@ -172,6 +179,19 @@ def _check_output(path: str, what: str) -> Path:
     if not os.access(parent, os.W_OK):
         raise UsageError(f"{what} {path!r}: directory {str(parent)!r} is not writable")
     return p
+
+
+def _trace_dir(path: str) -> Path:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--trace {path!r} is not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--trace {path!r}: {exc.strerror or exc}") from None
+    if not os.access(p, os.W_OK):
+        raise UsageError(f"--trace {path!r}: directory is not writable")
+    return p.resolve()
 
 
 def _backend_available(backend: str) -> None:
@@ -338,6 +358,7 @@ async def _run_all(
     results: dict[str, Any],
     ui: _UI,
     control: RunControl,
+    trace_dir: Path | None = None,
 ) -> None:
     results["environment"] = environment(backend)
     async with anyio.create_task_group() as tg:
@@ -354,6 +375,9 @@ async def _run_all(
                 target=target,
                 control=control,
                 progress=ui.update,
+                trace_path=str(trace_dir / f"{scenario.name}.trace.json")
+                if trace_dir is not None
+                else None,
             )
             if r is None:
                 results["interrupted"] = True
@@ -463,11 +487,12 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
             return 0
         _backend_available(args.backend)
         scenarios, skipped, target = _plan(args, duration)
+        trace_dir = _trace_dir(args.trace) if args.trace is not None else None
     except UsageError as exc:
         parser.error(str(exc))  # exits with status 2
 
     results: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,  # 2: breakdown, lag, tail, waves, cpu, timeline, trace files
         "tool": "conpool stress",
         "started": _now(),
         "finished": None,
@@ -487,7 +512,10 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
         "scenarios": [],
         "skipped": skipped,
         "log": [],
+        "trace_dir": os.path.relpath(trace_dir, out.parent.resolve()) if trace_dir else None,
     }
+    for skip in skipped:
+        err.print(f"[yellow]not run: {skip['name']}: {skip['reason']}[/]", highlight=False)
     ui = _UI(err, [s.name for s in scenarios])
     control = RunControl()
     servers: ServerProcess | None = None
@@ -497,7 +525,7 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
         try:
             if target is not None:
                 _preflight(args.target)
-            needs_servers = target is None or any(s.port == "slow" for s in scenarios)
+            needs_servers = target is None or any(s.port in ("slow", "uneven") for s in scenarios)
             if needs_servers:
                 spec = ServerSpec(
                     embedded=target is None,
@@ -532,6 +560,7 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
                         results=results,
                         ui=ui,
                         control=control,
+                        trace_dir=trace_dir,
                     ),
                     backend=backend,
                     backend_options=backend_options,

@@ -2,8 +2,9 @@
 
 :func:`render` takes the same JSON-ready dict that ``--json`` writes and
 returns the whole page: inline CSS, inline SVG charts from
-:mod:`conpool.stress.svg`, no script, no font, no image, no link to any
-other file or host.  It is a pure function, so a report can be rebuilt from
+:mod:`conpool.stress.svg`, a few lines of inline script for the zoomable
+timeline, no font, no image, no link to any other host (only to the
+``--trace`` files next to it).  It is a pure function, so a report can be rebuilt from
 saved results (``conpool stress --render results.json``).
 """
 
@@ -14,6 +15,7 @@ from html import escape
 from typing import Any
 
 from . import svg
+from .analysis import PART_LABELS, PARTS
 from .svg import (
     ADDRESS_COLORS,
     OKABE_ITO,
@@ -24,6 +26,7 @@ from .svg import (
     fmt_count,
     fmt_ms,
 )
+from .timeline import interactive_timeline
 
 __all__ = ["MAX_TIMELINE_BARS", "render", "summary_rows"]
 
@@ -87,6 +90,19 @@ pre { background: var(--bg-alt); padding: 8px 10px; overflow-x: auto; font-size:
 details summary { cursor: pointer; color: var(--muted); }
 nav ol { columns: 3 220px; margin: 4px 0 8px; padding-left: 22px; font-size: 0.9rem; }
 .note { border-left: 4px solid #E69F00; background: #fff8e6; padding: 6px 10px; margin: 6px 0; }
+.status.expected { color: #5b4b00; }
+td.num.expected { white-space: normal; }
+td.expected::after { content: " (expected)"; color: var(--muted); font-size: 0.8em; }
+.note.skipped ul, .note ul { margin: 2px 0; }
+.warn-cpu { border-left-color: #D55E00; background: #fff1ea; }
+.tl-buttons { margin: 4px 0; }
+.tl-buttons button { font: inherit; font-size: 0.85rem; padding: 2px 10px; margin-right: 4px; }
+.tl-scroll { overflow-x: auto; }
+.wide-table { overflow-x: auto; max-width: 100%; }
+ul.traces { columns: 4 200px; }
+svg.timeline { width: 100%; height: auto; display: block; user-select: none; cursor: grab; }
+table.breakdown td, table.address-breakdown td, table.tail-requests td { white-space: nowrap; }
+table.tail-requests td:last-child { white-space: normal; min-width: 260px; }
 footer { margin-top: 40px; color: var(--muted); font-size: 0.8rem; }
 @media print {
   body { font-size: 11pt; }
@@ -147,7 +163,8 @@ def _header(results: dict[str, Any]) -> str:
     env = results.get("environment", {})
     opts = results.get("options", {})
     scenarios = results.get("scenarios", [])
-    errors = sum(r["requests"]["errors"] for r in scenarios)
+    expected = sum(r["requests"]["errors"] for r in scenarios if r.get("expected_errors"))
+    errors = sum(r["requests"]["errors"] for r in scenarios) - expected
     target = opts.get("target")
     where = (
         f"against {target} ({opts.get('protocol')})"
@@ -160,9 +177,17 @@ def _header(results: dict[str, Any]) -> str:
             f"{len(opts.get('scenarios', []))} scenarios finished</span>"
         )
     elif errors:
-        status = f'<span class="status warn">{fmt_count(errors)} failed requests</span>'
+        status = f'<span class="status warn">{fmt_count(errors)} unexpected failed requests</span>'
     else:
-        status = '<span class="status ok">no failed request</span>'
+        status = '<span class="status ok">no unexpected failed request</span>'
+    if expected:
+        names = ", ".join(
+            r["name"] for r in scenarios if r.get("expected_errors") and r["requests"]["errors"]
+        )
+        status += (
+            f' <span class="status expected">{fmt_count(expected)} expected failed '
+            f"request{'s' if expected != 1 else ''} ({_e(names)}: injected faults)</span>"
+        )
     return (
         "<header>"
         "<h1>conpool stress report</h1>"
@@ -172,7 +197,19 @@ def _header(results: dict[str, Any]) -> str:
         f"{_e(opts.get('concurrency', '?'))} concurrent clients"
         + (f" · {results['elapsed_s']:.0f} s in all" if results.get("elapsed_s") else "")
         + f" · {status}</p>"
-        "</header>"
+        + _skipped_top(results)
+        + "</header>"
+    )
+
+
+def _skipped_top(results: dict[str, Any]) -> str:
+    skipped = results.get("skipped", [])
+    if not skipped:
+        return ""
+    items = "".join(f"<li><b>{_e(s['name'])}</b>: {_e(s['reason'])}</li>" for s in skipped)
+    return (
+        f'<div class="note skipped" id="skipped"><b>{len(skipped)} scenario'
+        f"{'s' if len(skipped) != 1 else ''} not run</b><ul>{items}</ul></div>"
     )
 
 
@@ -185,8 +222,13 @@ def _summary_table(results: dict[str, Any]) -> str:
         "<th class=num>Errors</th></tr>"
     )
     body = []
+    expected = {r["name"] for r in results.get("scenarios", []) if r.get("expected_errors")}
     for row in summary_rows(results):
-        err_cls = ' class="num bad"' if row["errors"] else ' class="num"'
+        if row["errors"] and row["name"] in expected:
+            # Marked by the stylesheet: the cell's text stays the number alone.
+            err_cls = ' class="num expected" title="expected: faults injected on purpose"'
+        else:
+            err_cls = ' class="num bad"' if row["errors"] else ' class="num"'
         body.append(
             f'<tr data-scenario="{_e(row["name"])}">'
             f'<td><a href="#s-{_e(row["name"])}">{_e(row["name"])}</a></td>'
@@ -489,7 +531,11 @@ def _charts(r: dict[str, Any], idx: int) -> str:
             lane.bars.append(
                 Bar(start, stop, reason, f"connection #{conn_id} to {ip}, {span}, closed: {reason}")
             )
-        cap = "One bar per connection, from connected to closed; overlapping connections stack."
+        cap = (
+            "One bar per connection, from connected to closed; overlapping connections stack. "
+            f"An address with more than {svg.MAX_LANE_ROWS} at once shows how many were open, "
+            "with a tick per close."
+        )
         if len(lifetimes) > len(shown):
             cap += f" Showing the first {len(shown):,} of {len(lifetimes):,} connections."
         out.append(
@@ -513,6 +559,12 @@ def _charts(r: dict[str, Any], idx: int) -> str:
 def _errors(r: dict[str, Any]) -> str:
     errors = r["errors"]
     parts = []
+    if errors and r.get("expected_errors"):
+        parts.append(
+            f'<h3>Errors</h3><p class="expected-errors"><b>{r["requests"]["errors"]:,} failed '
+            f"request{'s' if r['requests']['errors'] != 1 else ''}, expected:</b> "
+            f"{_e(r['expected_errors'])}.</p>"
+        )
     if errors:
         items = []
         for g in errors:
@@ -527,8 +579,8 @@ def _errors(r: dict[str, Any]) -> str:
                 f"{g['last_s']:.3f} s</td><td><pre>{_e(g['message'])}</pre>{tb}</td></tr>"
             )
         parts.append(
-            "<h3>Errors</h3>"
-            '<table class="errors"><thead><tr><th class=num>Count</th><th class=num>When</th>'
+            ("" if r.get("expected_errors") else "<h3>Errors</h3>")
+            + '<table class="errors"><thead><tr><th class=num>Count</th><th class=num>When</th>'
             f"<th>Error (with its causes)</th></tr></thead><tbody>{''.join(items)}</tbody></table>"
         )
     else:
@@ -565,14 +617,12 @@ def _errors(r: dict[str, Any]) -> str:
 
 def _config(r: dict[str, Any]) -> str:
     cfg = r["config"]
-    rows = [
-        (k, repr(v) if isinstance(v, str) and v not in ("inf",) else str(v)) for k, v in cfg.items()
-    ]
+    rows = [(k, _config_value(k, v)) for k, v in cfg.items()]
     trace = r["trace"]
     rows2 = [
         ("endpoint", r["endpoint"] + (" (TLS)" if r["tls"] else "")),
         ("protocol", r["protocol_detail"]),
-        ("concurrent clients", str(r["concurrency"])),
+        ("concurrent clients", f"{r['concurrency']} tasks"),
         (
             "think time between requests",
             f"{r['think_s'][0] * 1000:g}{DASH}{r['think_s'][1] * 1000:g} ms"
@@ -590,10 +640,83 @@ def _config(r: dict[str, Any]) -> str:
             "trace events",
             f"{trace['events']:,} ({trace['dropped']:,} dropped, ring of {trace['capacity']:,})",
         ),
+        (
+            "trace file",
+            r["trace_file"] if r.get("trace_file") else "none (run with --trace DIR)",
+        ),
     ]
     return (
         "<details><summary>Pool configuration and trace</summary>"
         f'<div class="cols">{_kv_table(rows2)}{_kv_table(rows, "config")}</div></details>'
+    )
+
+
+_SECONDS = (
+    "max_idle_time",
+    "max_connection_lifetime",
+    "connect_timeout",
+    "retry_backoff",
+    "retry_backoff_max",
+    "acquire_timeout",
+    "eject_time",
+    "eject_time_max",
+    "happy_eyeballs_delay",
+    "sweep_interval",
+    "dns_stale_limit",
+    "leak_warning_after",
+)
+_UNITS = {
+    "max_connections_per_endpoint": "connections",
+    "max_connections": "connections",
+    "max_connection_uses": "uses",
+    "connect_retries": "retries",
+    "max_waiters": "tasks",
+    "eject_after_failures": "failures",
+}
+
+
+def _config_value(key: str, value: Any) -> str:
+    """A configuration value with its unit: ``0.005 s (5 ms)``, ``16 connections``."""
+    if value is None:
+        return "None (no limit)" if key not in ("balance_seed",) else "None (random)"
+    if value == "inf":
+        return "inf (no limit)"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value) if value else "none"
+    if key in _SECONDS and isinstance(value, (int, float)):
+        text = f"{value:g} s"
+        return text + f" ({fmt_ms(value * 1000)})" if 0 < value < 1 else text
+    if key in ("max_ejected_share", "lifetime_jitter") and isinstance(value, (int, float)):
+        return f"{value:g} ({value * 100:g} %)"
+    if key in _UNITS and isinstance(value, int):
+        return f"{value:,} {_UNITS[key]}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _address_breakdown(r: dict[str, Any]) -> str:
+    b = r.get("breakdown") or {}
+    by = b.get("by_address") or {}
+    if not by:
+        return ""
+    head = (
+        "<tr><th>Address</th><th class=num>Requests</th><th class=num>Mean request</th>"
+        + "".join(f"<th class=num>{_e(PART_LABELS[p])}</th>" for p in PARTS)
+        + "</tr>"
+    )
+    rows = "".join(
+        f'<tr data-address="{_e(ip)}"><td>{_e(ip)}</td>'
+        + _num(v["requests"], f"{v['requests']:,}")
+        + _num(v["total"], fmt_ms(v["total"]), "address.total")
+        + "".join(_num(v[p], fmt_ms(v[p]), f"address.{p}") for p in PARTS)
+        + "</tr>"
+        for ip, v in by.items()
+    )
+    return (
+        "<h3>Where the time goes, per address</h3>"
+        '<div class="wide-table"><table class="address-breakdown">'
+        f"<thead>{head}</thead><tbody>{rows}</tbody></table></div>"
     )
 
 
@@ -605,18 +728,33 @@ def _scenario(r: dict[str, Any], idx: int) -> str:
         f"<h2>{_e(r['title'])} <small>({_e(r['name'])})</small></h2>"
         f"<p>{_e(r['description'])}</p>{notes}"
         f'<div class="cols">{figures}<div>{percentiles}{_address_table(r)}</div></div>'
-        f"{_charts(r, idx)}{_errors(r)}{_config(r)}</section>"
+        f"{_charts(r, idx)}{_address_breakdown(r)}{_tail(r)}{_errors(r)}{_config(r)}</section>"
     )
+
+
+def _option_name(key: str) -> str:
+    return {"duration_s": "duration per scenario", "concurrency": "concurrent clients"}.get(
+        key, key.replace("_", " ")
+    )
+
+
+def _option_value(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if key == "duration_s":
+        return f"{value:g} s"
+    if key == "concurrency":
+        return f"{value} tasks"
+    return str(value)
 
 
 def _environment(results: dict[str, Any]) -> str:
     env = results.get("environment", {})
     opts = results.get("options", {})
     rows = [(k.replace("_", " "), "" if v is None else str(v)) for k, v in env.items()]
-    opt_rows = [
-        (k.replace("_", " "), ", ".join(v) if isinstance(v, list) else "" if v is None else str(v))
-        for k, v in opts.items()
-    ]
+    opt_rows = [(_option_name(k), _option_value(k, v)) for k, v in opts.items()]
     servers = results.get("servers") or {}
     srv_rows = [(k.replace("_", " "), str(v)) for k, v in servers.items()]
     extra = ""
@@ -653,6 +791,9 @@ def _nav(results: dict[str, Any]) -> str:
     )
     return (
         '<nav aria-label="Contents"><ol>'
+        '<li><a href="#time">Where the time goes</a></li>'
+        '<li><a href="#balance">Balancing policies compared</a></li>'
+        '<li><a href="#timeline-section">Timeline and traces</a></li>'
         '<li><a href="#comparison">Comparison</a></li>'
         f"{items}"
         '<li><a href="#environment">Configuration and environment</a></li>'
@@ -667,14 +808,17 @@ def render(results: dict[str, Any]) -> str:
         _header(results),
         _summary_table(results) if scenarios else "<p>No scenario finished.</p>",
         _nav(results),
+        _breakdown_section(results),
+        _balance_section(results),
+        _timeline_section(results),
         _comparison(results),
     ]
     body.extend(_scenario(r, i) for i, r in enumerate(scenarios))
     body.append(_environment(results))
     body.append(
         f"<footer>Written by conpool stress {_e(results.get('environment', {}).get('conpool', ''))}"
-        f" at {_e(results.get('finished', ''))}. Every chart is inline SVG drawn by conpool; "
-        "this file loads nothing else.</footer>"
+        f" at {_e(results.get('finished', ''))}. Every chart is inline SVG drawn by conpool, the "
+        "timeline's zoom a few lines of inline script; this file loads nothing else.</footer>"
     )
     title = "conpool stress report"
     if results.get("started"):
@@ -688,3 +832,433 @@ def render(results: dict[str, Any]) -> str:
         f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
         f"<body><main>{''.join(body)}</main></body></html>\n"
     )
+
+
+# ----------------------------------------------------------------------------
+# Where the time goes
+
+#: Short column heads for the parts (the chart's legend has the long names).
+PART_SHORT = {
+    "wait": "wait",
+    "resolve": "resolve",
+    "connect": "connect",
+    "tls": "TLS",
+    "pool": "pool",
+    "wire": "wire",
+    "lag": "loop lag",
+}
+
+PART_COLORS = {
+    "wait": OKABE_ITO["purple"],
+    "resolve": OKABE_ITO["yellow"],
+    "connect": OKABE_ITO["orange"],
+    "tls": OKABE_ITO["vermillion"],
+    "pool": OKABE_ITO["black"],
+    "wire": OKABE_ITO["sky"],
+    "lag": OKABE_ITO["green"],
+}
+
+#: The client counts as starved when it waited for a CPU this share of the run.
+STARVED_SHARE = 0.10
+
+
+def _cpu_text(cpu: dict[str, Any] | None, key: str) -> str:
+    d = (cpu or {}).get(key)
+    if not d:
+        return DASH
+    return f"{d['cpu_share'] * 100:.0f} % ({d['cpu_s'] * 1000:.0f} ms)"
+
+
+def _starved(r: dict[str, Any]) -> str | None:
+    """Why the client was starved of CPU in scenario ``r``, or None."""
+    cpu = r.get("cpu") or {}
+    client = cpu.get("client") or {}
+    share = client.get("runqueue_share")
+    if share is None or share < STARVED_SHARE:
+        return None
+    machine = cpu.get("machine") or {}
+    others = ""
+    if machine.get("total_s"):
+        ours = client.get("cpu_s", 0.0) + ((cpu.get("server") or {}).get("cpu_s", 0.0))
+        rest = max(0.0, machine["busy_s"] - ours)
+        others = (
+            f"; other processes used {rest / cpu['wall_s']:.2f} of the machine's "
+            f"{cpu.get('cpus') or '?'} CPUs"
+        )
+    return (
+        f"the client's event loop was ready to run but waiting for a CPU for "
+        f"{client['runqueue_s'] * 1000:.0f} ms of {cpu['wall_s'] * 1000:.0f} ms "
+        f"({share * 100:.0f} %){others}: its latencies include that wait"
+    )
+
+
+def _breakdown_section(results: dict[str, Any]) -> str:
+    scenarios = [r for r in results.get("scenarios", []) if r.get("breakdown")]
+    if not scenarios:
+        return ""
+    names = [r["name"] for r in scenarios]
+    chart = svg.stacked_hbar_chart(
+        "time-breakdown",
+        "Where a request's time goes, per scenario (mean)",
+        names,
+        [
+            (PART_LABELS[p], PART_COLORS[p], [r["breakdown"]["mean_ms"][p] for r in scenarios])
+            for p in PARTS
+        ],
+        x_label="mean time per request (ms)",
+        y_label="scenario",
+        totals=[r["breakdown"]["total_ms"] for r in scenarios],
+        caption="Each bar is the mean request time, cut into its measured parts; the number "
+        "after it is the mean measured time.",
+        width=1240,
+    )
+    head = (
+        "<tr><th>Scenario</th><th class=num>Mean request</th>"
+        + "".join(
+            f'<th class=num title="{_e(PART_LABELS[p])}">{_e(PART_SHORT[p])}</th>' for p in PARTS
+        )
+        + "<th class=num>Client CPU</th><th class=num>Server CPU</th>"
+        '<th class=num title="time the client was runnable but not running">Client '
+        "waiting</th></tr>"
+    )
+    rows = []
+    warnings: list[tuple[str, str, float]] = []
+    for r in scenarios:
+        b = r["breakdown"]
+        total = b["total_ms"] or 0.0
+        cells = "".join(
+            _num(b["mean_ms"][p], fmt_ms(b["mean_ms"][p]), f"breakdown.{p}") + "" for p in PARTS
+        )
+        cpu = r.get("cpu") or {}
+        client = cpu.get("client") or {}
+        rq = client.get("runqueue_share")
+        starved = _starved(r)
+        if starved:
+            warnings.append((r["name"], starved, rq or 0.0))
+        rows.append(
+            f'<tr data-scenario="{_e(r["name"])}"><td><a href="#s-{_e(r["name"])}">'
+            f"{_e(r['name'])}</a></td>"
+            + _num(total, fmt_ms(total), "breakdown.total")
+            + cells
+            + _num(None, _cpu_text(cpu, "client"))
+            + _num(None, _cpu_text(cpu, "server"))
+            + (
+                f'<td class="num{" bad" if starved else ""}">{rq * 100:.0f} %</td>'
+                if rq is not None
+                else f'<td class="num">{DASH}</td>'
+            )
+            + "</tr>"
+        )
+    warn = ""
+    if warnings:
+        worst = max(warnings, key=lambda w: w[2])
+        starved_names = ", ".join(f"{n} {share * 100:.0f} %" for n, _text, share in warnings)
+        warn = (
+            '<div class="note warn-cpu"><b>The client was starved of CPU</b> in '
+            f"{len(warnings)} of {len(scenarios)} scenarios (share of the run it waited for a "
+            f"CPU: {_e(starved_names)}); their latencies measure the machine as much as the pool. "
+            f"Worst, {_e(worst[0])}: {_e(worst[1])}.</div>"
+        )
+    gap = max(r["breakdown"]["max_gap_ns"] for r in scenarios)
+    return (
+        '<section id="time"><h2>Where the time goes</h2>'
+        "<p>Every request's time, from asking the pool for a connection to having given it "
+        "back, cut into parts measured with the client's clock and the pool's trace events: "
+        "<b>waiting for a slot</b> (parked until a connection was free: the pool's "
+        "<code>acquire.granted</code> duration), <b>resolving</b>, <b>connecting</b> (failed "
+        "attempts and retry back-off included), <b>TLS</b>, <b>the pool's own work</b> (the "
+        "rest of the acquire and all of the release), the <b>exchange on the wire</b>, and "
+        "<b>event-loop lag</b>: from a grant to the waiter running again (measured per "
+        "request) plus the lateness of the loop probe (a task sleeping 10 ms at a time) at the "
+        "moment the answer was read, at most the exchange's time. The wire part is the "
+        "exchange less that lag. The parts add up to the measured time "
+        f"(largest difference over every request: {gap} ns).</p>"
+        f"{warn}{chart}"
+        '<div class="wide-table"><table class="breakdown" id="breakdown">'
+        f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></div>"
+        '<p class="sub">CPU: user + system time of the process over the scenario\'s wall time '
+        "(100 % is one core). Client waiting: time the client's event-loop thread was "
+        "runnable but not running (<code>/proc/self/schedstat</code>); above "
+        f"{STARVED_SHARE * 100:.0f} % the client counts as starved.</p>"
+        f"{_queueing_note(scenarios, results)}</section>"
+    )
+
+
+def _queueing_note(scenarios: Sequence[dict[str, Any]], results: dict[str, Any]) -> str:
+    """Little's law: with more clients than connections, waiting is what a request does most."""
+    items = []
+    for r in scenarios:
+        limit = r["config"].get("max_connections_per_endpoint")
+        clients = r["concurrency"]
+        b = r["breakdown"]
+        if not isinstance(limit, int) or clients <= limit or not b["total_ms"]:
+            continue
+        share = b["mean_ms"]["wait"] / b["total_ms"]
+        if share < 0.5:
+            continue
+        items.append(
+            f"{r['name']} ({clients} clients, at most {limit} connection"
+            f"{'s' if limit != 1 else ''}: {share * 100:.0f} % waiting)"
+        )
+    if not items:
+        return ""
+    return (
+        '<p class="note">Where there are more clients than connections, most of a request\'s '
+        "time is its turn in the queue: by Little's law the mean request time is the number of "
+        "clients over the throughput, whatever the pool does; the other parts show what one "
+        f"turn costs. Here: {_e('; '.join(items))}.</p>"
+    )
+
+
+def _tail_sentence(r: dict[str, Any]) -> str:
+    t = r.get("tail") or {}
+    if not t.get("sample"):
+        return "No request finished."
+    common = [f for f in t["factors"] if f["common"]]
+    biggest = t["biggest_part"]
+    slow, overall = t["slow_mean_ms"][biggest], t["all_mean_ms"][biggest]
+    head = (
+        f"The {t['sample']} slowest requests (from {fmt_ms(t['threshold_ms'])}) spent "
+        f"{fmt_ms(slow)} on average {PART_LABELS[biggest]} against {fmt_ms(overall)} for all "
+        "requests"
+    )
+    if not common:
+        return head + "; no circumstance is shared by most of them more than by the rest."
+    parts = [
+        f"{f['slow_share'] * 100:.0f} % {f['factor']} (of all requests: "
+        f"{f['all_share'] * 100:.0f} %)"
+        for f in common[:3]
+    ]
+    return head + ". What they have in common: " + "; ".join(parts) + "."
+
+
+def _tail(r: dict[str, Any]) -> str:
+    t = r.get("tail") or {}
+    if not t.get("sample"):
+        return ""
+    lag = r.get("lag") or {}
+    rows = "".join(
+        f"<tr><td>{_e(f['factor'])}</td><td class=num>{f['slow']:,} of {t['sample']:,} "
+        f"({f['slow_share'] * 100:.0f} %)</td><td class=num>{f['all_share'] * 100:.1f} %</td>"
+        f"<td>{'yes' if f['common'] else ''}</td></tr>"
+        for f in t["factors"][:8]
+    )
+    samples = "".join(
+        f"<tr><td class=num>{q['t_s'] * 1000:.1f} ms</td><td class=num>"
+        f"{fmt_ms(q['total_ms'])}</td><td>{_e(q['address'])} #{q['conn_id']}</td>"
+        + "".join(
+            f"<td class=num>{fmt_ms(q['parts_ms'][p]) if q['parts_ms'][p] else ''}</td>"
+            for p in PARTS
+        )
+        + f"<td>{_e(', '.join(q['flags']))}</td></tr>"
+        for q in t["requests"][:10]
+    )
+    lag_text = ""
+    if lag.get("probes"):
+        causes = ", ".join(f"{c} {n}" for n, c in lag["spike_causes"].items()) or "none"
+        gc = "; ".join(
+            f"generation {g}: {d['count']} collections, {d['total_ms']:.1f} ms in all, longest "
+            f"{d['max_ms']:.2f} ms"
+            for g, d in lag["gc"].items()
+        )
+        lag_text = (
+            f"<p>Event-loop lag (probe every {lag['interval_ms']:g} ms, {lag['probes']:,} "
+            f"measurements): p50 {fmt_ms(lag['p50_ms'])}, p99 {fmt_ms(lag['p99_ms'])}, max "
+            f"{fmt_ms(lag['max_ms'])}. Spikes of {fmt_ms(lag['spike_threshold_ms'])} or more: "
+            f"{lag['spikes']:,}, during: {_e(causes)}. Garbage collections: "
+            f"{_e(gc or 'none')}. The stress tool's own sampler ran {lag['sampler_runs']:,} "
+            f"times for {lag['sampler_total_ms']:.1f} ms in all (longest "
+            f"{fmt_ms(lag['sampler_max_ms'])}).</p>"
+        )
+    head = "".join(f"<th class=num>{_e(PART_LABELS[p])}</th>" for p in PARTS)
+    return (
+        '<div class="tail"><h3>Why the slowest requests were slow</h3>'
+        f'<p class="tail-verdict">{_e(_tail_sentence(r))}</p>{_waves_text(r)}{lag_text}'
+        '<table class="tail-factors"><thead><tr><th>Circumstance</th>'
+        "<th class=num>Among the slowest</th><th class=num>Among all requests</th>"
+        f"<th>Shared</th></tr></thead><tbody>{rows}</tbody></table>"
+        "<details><summary>the ten slowest requests, part by part</summary>"
+        '<div class="wide-table"><table class="tail-requests"><thead><tr><th class=num>Started</th>'
+        f"<th class=num>Took</th><th>Connection</th>{head}<th>Circumstances</th></tr></thead>"
+        f"<tbody>{samples}</tbody></table></div></details></div>"
+    )
+
+
+def _waves_text(r: dict[str, Any]) -> str:
+    waves = r.get("waves") or []
+    if not waves:
+        return ""
+    reasons = sorted({w["reason"] for w in waves})
+    sizes = [w["size"] for w in waves]
+    fix = []
+    if "lifetime" in reasons:
+        fix.append(
+            "Config.lifetime_jitter spreads lifetimes so that connections opened together "
+            "are not all replaced together"
+        )
+    if "uses" in reasons:
+        fix.append(
+            "max_connection_uses retires connections that served the same number of "
+            "requests, and the pool hands requests out evenly, so they reach the limit "
+            "together (no jitter option spreads that yet)"
+        )
+    return (
+        f'<p class="note waves"><b>Connection retirement waves:</b> {len(waves)} times, '
+        f"{min(sizes)}{DASH}{max(sizes)} connections closed within 20 ms for the same reason "
+        f"({_e(', '.join(reasons))}), first at {waves[0]['start_s'] * 1000:.0f} ms. Each wave "
+        "leaves the pool re-dialling at once: the \u201cin use\u201d line drops and throughput "
+        f"dips. {_e('; '.join(fix))}.</p>"
+    )
+
+
+# ----------------------------------------------------------------------------
+# Balancing
+
+
+def _balance_section(results: dict[str, Any]) -> str:
+    runs = [r for r in results.get("scenarios", []) if r["group"] == "balance"]
+    if not runs:
+        return ""
+    policies = [r["config"]["balance"] for r in runs]
+    addresses: list[str] = []
+    for r in runs:
+        for ip in r["connections"]["per_address"]:
+            if ip not in addresses:
+                addresses.append(ip)
+    shares: list[list[float | None]] = []
+    rows = []
+    for r in runs:
+        per = r["connections"]["per_address"]
+        total = sum(v["handouts"] for v in per.values()) or 1
+        share = [100.0 * per.get(ip, {}).get("handouts", 0) / total for ip in addresses]
+        shares.append([s or None for s in share])
+        counts = [per.get(ip, {}).get("handouts", 0) for ip in addresses]
+        ratio = max(counts) / max(min(counts), 1) if counts else 0
+        by_addr = (r.get("breakdown") or {}).get("by_address", {})
+        over_time = [v for v in (r.get("balance_time") or {}).get("imbalance", []) if v]
+        rows.append(
+            f'<tr data-scenario="{_e(r["name"])}"><td>{_e(r["config"]["balance"])}</td>'
+            + "".join(
+                _num(
+                    sh,
+                    f"{sh:.1f} %" + (f" · {fmt_ms(by_addr[ip]['total'])}" if ip in by_addr else ""),
+                    "share",
+                )
+                for sh, ip in zip(share, addresses, strict=True)
+            )
+            + _num(ratio, f"{ratio:.2f}\u00d7", "imbalance")
+            + _num(None, f"{max(over_time):.2f}\u00d7" if over_time else DASH)
+            + _num(None, fmt_ms(r["latency_ms"]["p50"]))
+            + _num(None, fmt_ms(r["latency_ms"]["p99"]))
+            + _num(None, f"{round(r['throughput_rps']):,} req/s")
+            + "</tr>"
+        )
+    chart = svg.hbar_chart(
+        "balance-share",
+        "Share of requests per address, by policy",
+        addresses,
+        [
+            (policy, ADDRESS_COLORS[i % len(ADDRESS_COLORS)], [s[a] for a in range(len(addresses))])
+            for i, (policy, s) in enumerate(zip(policies, shares, strict=True))
+        ],
+        x_label="share of the scenario's requests (%)",
+        y_label="address",
+        x_fmt=lambda v: f"{v:.3g} %",
+        caption="An even spread is 25 % each.",
+    )
+    series = []
+    dashes = (None, "6 3", "2 2")
+    for i, r in enumerate(runs):
+        bt = r.get("balance_time") or {}
+        pts = [(t, v) for t, v in zip(bt.get("t_s", []), bt.get("imbalance", []), strict=True) if v]
+        if pts:
+            series.append(
+                Series(
+                    r["config"]["balance"],
+                    ADDRESS_COLORS[i % len(ADDRESS_COLORS)],
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    dash=dashes[i % 3],
+                )
+            )
+    charts = [chart]
+    if series:
+        charts.append(
+            svg.line_chart(
+                "balance-time",
+                "Imbalance over time, by policy",
+                series,
+                x_label="time since the scenario started (s)",
+                y_label="busiest / least busy address (ratio)",
+                y_fmt=lambda v: f"{v:.3g}\u00d7",
+                caption="Requests per address in 10 slices of each run: the busiest "
+                "address's count over the least busy one's (1\u00d7 is even).",
+            )
+        )
+    head = (
+        "<tr><th>Policy</th>"
+        + "".join(f"<th class=num>{_e(ip)}</th>" for ip in addresses)
+        + "<th class=num>Imbalance (max/min)</th><th class=num>Worst slice</th>"
+        "<th class=num>p50</th><th class=num>p99</th><th class=num>Throughput</th></tr>"
+    )
+    first = runs[0]["description"]
+    rest = first.split(" chooses among ", 1)[-1] if " chooses among " in first else first
+    desc = "The same load under each Config.balance policy, side by side: " + rest
+    return (
+        '<section id="balance"><h2>Balancing policies compared</h2>'
+        f"<p>{_e(desc)}</p>"
+        f'<div class="charts">{"".join(charts)}</div>'
+        f'<div class="wide-table"><table class="balance" id="balance-table"><thead>{head}</thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+        '<p class="sub">Each address cell: its share of the requests, and the mean time of a '
+        "request there. Imbalance: the busiest address's requests over the least busy one's "
+        "(1.00\u00d7 is even); worst slice: the same in the most uneven of 10 slices of the "
+        "run.</p></section>"
+    )
+
+
+# ----------------------------------------------------------------------------
+# Timeline and traces
+
+TIMELINE_PREFERENCE = ("churn", "balance-least-connections", "address-down", "tls")
+
+
+def _timeline_section(results: dict[str, Any]) -> str:
+    scenarios = [r for r in results.get("scenarios", []) if r.get("timeline")]
+    if not scenarios:
+        return ""
+    by_name = {r["name"]: r for r in scenarios}
+    chosen = next((by_name[n] for n in TIMELINE_PREFERENCE if n in by_name), scenarios[0])
+    links = ""
+    trace_dir = results.get("trace_dir")
+    files = [(r["name"], r["trace_file"]) for r in results["scenarios"] if r.get("trace_file")]
+    if files and trace_dir is not None:
+        items = "".join(
+            f'<li><a class="trace-link" href="{_e(_href(trace_dir, f))}">{_e(name)}</a></li>'
+            for name, f in files
+        )
+        links = (
+            "<h3>Traces</h3><p>Each scenario's trace in Chrome's Trace Event Format: open it in "
+            "Perfetto (ui.perfetto.dev, <i>Open trace file</i>) or chrome://tracing. Addresses "
+            "are processes, connections spans on their lanes; the client's event loop has the "
+            "probe's lag as a counter, garbage collections and the sampler's runs; the slowest "
+            f"requests have a process of their own.</p><ul class=traces>{items}</ul>"
+        )
+    else:
+        links = (
+            '<p class="sub">Run with <code>--trace DIR</code> to write each scenario\'s '
+            "Chrome/Perfetto trace; this report then links them here.</p>"
+        )
+    return (
+        '<section id="timeline-section"><h2>Timeline</h2>'
+        + interactive_timeline(chosen)
+        + links
+        + "</section>"
+    )
+
+
+def _href(trace_dir: str, name: str) -> str:
+    from urllib.parse import quote
+
+    path = name if trace_dir in ("", ".") else f"{trace_dir.rstrip('/')}/{name}"
+    return quote(path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import importlib.metadata
 import math
 import os
@@ -24,7 +25,8 @@ import time
 import traceback
 from array import array
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -32,11 +34,27 @@ import sniffio
 
 import conpool
 
+from . import analysis, chrome
+from .measure import (
+    GCWatch,
+    HandoffTracer,
+    LoopProbe,
+    Raw,
+    Requests,
+    Slot,
+    StressTracer,
+    cpu_delta,
+    cpu_snapshot,
+    current_slot,
+    machine_snapshot,
+)
 from .protocols import Protocol, make_protocol
 from .scenarios import Action, Scenario
 from .servers import STRESS_ADDRESSES, STRESS_NAME, ServerError, ServerProcess
 
 __all__ = [
+    "DRIVERS",
+    "Driver",
     "RunControl",
     "Target",
     "TraceDigest",
@@ -55,6 +73,43 @@ GRACE = REQUEST_TIMEOUT + 1.0
 TRACE_CAPACITY = 1 << 17
 
 Progress = Callable[[str, float, int, int], None]
+
+#: Events kept for ``--trace`` per scenario (beyond that the file is cut short).
+KEEP_EVENTS = 2_000_000
+#: Acquire waits and connects kept per scenario for the report's timeline.
+KEEP_SPANS = 200_000
+
+
+#: One request: fills the slot's ``got_ns``/``xend_ns`` when it can (else the
+#: pool's hand-out and release times are used) and returns the (ip, conn_id)
+#: it used, or ``("", 0)`` to take them from the trace too.
+Request = Callable[[Slot], Awaitable[tuple[str, int]]]
+#: A driver: ``driver(pool, endpoint, protocol)`` is an async context manager
+#: giving the request function of a scenario's run (set up once, shared by
+#: every client).
+Driver = Callable[[conpool.Pool, conpool.Endpoint, Protocol], AbstractAsyncContextManager[Request]]
+
+
+@contextlib.asynccontextmanager
+async def pool_driver(
+    pool: conpool.Pool, endpoint: conpool.Endpoint, proto: Protocol
+) -> AsyncIterator[Request]:
+    """``pool.connection(endpoint)`` and the protocol's exchange over it."""
+    mono = time.monotonic_ns
+
+    async def request(slot: Slot) -> tuple[str, int]:
+        async with pool.connection(endpoint) as conn:
+            slot.got_ns = mono()
+            await proto.exchange(conn)
+            slot.xend_ns = mono()
+            return conn.address[0], conn.id
+
+    yield request
+
+
+#: The drivers a scenario may name (``Scenario.driver``); add to it to drive
+#: the pool another way (through an HTTP client, say).
+DRIVERS: dict[str, Driver] = {"pool": pool_driver}
 
 
 @dataclasses.dataclass
@@ -237,7 +292,7 @@ class TraceDigest:
         tracer's clock); times come out in seconds since then.
     """
 
-    def __init__(self, t0_ns: int) -> None:
+    def __init__(self, t0_ns: int, *, keep: bool = False) -> None:
         self.t0_ns = t0_ns
         self.kinds: Counter[str] = Counter()
         self.open: dict[int, tuple[str, float]] = {}
@@ -250,48 +305,94 @@ class TraceDigest:
         self.address_events: list[list[Any]] = []  # [t_s, kind, address, detail]
         self.dropped = 0
         self.events = 0
+        self.waits: list[list[float]] = []  # [start_s, end_s] of acquire waits
+        self.connects: list[list[Any]] = []  # [address, start_s, end_s, "ok"|"failed"]
+        #: Every raw event, for --trace (None: not kept).
+        self.keep: list[Raw] | None = [] if keep else None
 
-    def _t(self, ts_ns: int) -> float:
-        return (ts_ns - self.t0_ns) / 1e9
-
-    def feed(self, events: Sequence[conpool.Event]) -> None:
-        self.events += len(events)
+    def feed(self, events: Sequence[Raw], counts: dict[str, int] | None = None) -> None:
+        """Fold raw events: ``(ts_ns, kind, endpoint, address, conn_id, duration_ns, detail)``;
+        ``counts``, when given, holds the kinds of every event, returned or not
+        (see :meth:`StressTracer.take`)."""
         kinds = self.kinds
-        for ev in events:
-            kind = ev.kind
-            kinds[kind] += 1
+        if counts is None:
+            self.events += len(events)
+            for ev in events:
+                kinds[ev[1]] += 1
+        else:
+            for key, c in counts.items():
+                kind, at, ip = key.partition("@")
+                if at:
+                    self.handouts[ip] += c
+                else:
+                    kinds[kind] += c
+                    self.events += c
+        if self.keep is not None and len(self.keep) < KEEP_EVENTS:
+            self.keep.extend(events[: KEEP_EVENTS - len(self.keep)])
+        t0 = self.t0_ns
+        for ts, kind, _ep, address, conn_id, duration_ns, detail in events:
             if kind == "conn.release":
-                self.handouts[ev.address] += 1
+                self.handouts[address] += 1
+            elif kind == "acquire.granted":
+                if len(self.waits) < KEEP_SPANS:
+                    self.waits.append(
+                        [round((ts - (duration_ns or 0) - t0) / 1e9, 6), round((ts - t0) / 1e9, 6)]
+                    )
             elif kind == "connect.complete":
-                self.open[ev.conn_id] = (ev.address, self._t(ev.ts_ns))
-                self.created[ev.address] += 1
-                if ev.duration_ns is not None:
-                    self.connect_ms.append(ev.duration_ns / 1e6)
+                self.open[conn_id] = (address, (ts - t0) / 1e9)
+                self.created[address] += 1
+                if duration_ns is not None:
+                    self.connect_ms.append(duration_ns / 1e6)
+                    if len(self.connects) < KEEP_SPANS:
+                        self.connects.append(
+                            [
+                                address,
+                                round((ts - duration_ns - t0) / 1e9, 6),
+                                round((ts - t0) / 1e9, 6),
+                                "ok",
+                            ]
+                        )
             elif kind == "conn.close":
-                reason = ev.detail or "?"
+                reason = detail or "?"
                 self.close_reasons[reason] += 1
-                opened = self.open.pop(ev.conn_id, None)
+                opened = self.open.pop(conn_id, None)
                 if opened is None:
                     # Its connect event was dropped or came before the digest.
-                    address, start = ev.address, 0.0
+                    address_, start = address, 0.0
                 else:
-                    address, start = opened
+                    address_, start = opened
                 self.lifetimes.append(
-                    [ev.conn_id, address, round(start, 5), round(self._t(ev.ts_ns), 5), reason]
+                    [conn_id, address_, round(start, 5), round((ts - t0) / 1e9, 5), reason]
                 )
             elif kind == "connect.failed":
-                self.failures[(ev.address, ev.detail)] += 1
+                self.failures[(address, detail)] += 1
+                if duration_ns is not None and len(self.connects) < KEEP_SPANS:
+                    self.connects.append(
+                        [
+                            address,
+                            round((ts - duration_ns - t0) / 1e9, 6),
+                            round((ts - t0) / 1e9, 6),
+                            "failed",
+                        ]
+                    )
             elif kind.startswith("address."):
-                self.address_events.append(
-                    [round(self._t(ev.ts_ns), 5), kind, ev.address, ev.detail]
-                )
+                self.address_events.append([round((ts - t0) / 1e9, 5), kind, address, detail])
 
     def drain(self, tracer: conpool.Tracer) -> None:
-        """Take every event out of ``tracer`` (no await in between: atomic on the loop)."""
+        """Take every new event out of ``tracer`` (no await in between: atomic on the loop)."""
+        if isinstance(tracer, StressTracer):
+            raw, counts, lost = tracer.take(full=self.keep is not None)
+            self.dropped += lost
+            # With every event returned, feed counts them itself.
+            self.feed(raw, counts if self.keep is None else None)
+            return
         self.dropped += tracer.dropped
-        events = tracer.events()
+        raw = [
+            (e.ts_ns, e.kind, e.endpoint, e.address, e.conn_id, e.duration_ns, e.detail)
+            for e in tracer.events()
+        ]
         tracer.clear()
-        self.feed(events)
+        self.feed(raw)
 
     def finish(self) -> None:
         """Connections still open at the end keep a lifetime with no end."""
@@ -339,9 +440,14 @@ def environment(backend: str) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
+    """A configuration value as JSON keeps it, the same once saved and read back."""
     if isinstance(value, float) and not math.isfinite(value):
         return "inf" if value > 0 else "-inf"
-    return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # a Proxy, say: its text
 
 
 def config_dict(config: conpool.Config) -> dict[str, Any]:
@@ -391,9 +497,11 @@ async def run_scenario(
     target: Target | None,
     control: RunControl,
     progress: Progress | None = None,
+    trace_path: str | None = None,
 ) -> dict[str, Any] | None:
     """Run one scenario for ``duration`` seconds with ``concurrency`` clients.
 
+    :param trace_path: where to write the scenario's Chrome/Perfetto trace (None: nowhere).
     :returns: the scenario's results, or None when it was interrupted.
     """
     endpoint, resolver, addresses = _endpoint(scenario, servers, target)
@@ -401,7 +509,10 @@ async def run_scenario(
     http_host = target.host if target is not None else STRESS_NAME
     proto: Protocol = make_protocol(protocol_name, http_host)
     config = conpool.Config(**scenario.config)
-    tracer = conpool.Tracer(capacity=TRACE_CAPACITY)
+    driver = DRIVERS.get(scenario.driver)
+    if driver is None:
+        raise ValueError(f"scenario {scenario.name!r}: no driver {scenario.driver!r}")
+    tracer = (StressTracer if scenario.driver == "pool" else HandoffTracer)(TRACE_CAPACITY)
     # pool.stats() is cheap: sample it finely enough to see bursts of tens
     # of milliseconds; throughput is counted in coarser buckets to be readable.
     interval = min(max(duration / 150.0, 0.01), 0.05)
@@ -421,23 +532,42 @@ async def run_scenario(
     if servers is not None and scenario.port != "target":
         server_before = await _call(servers.status)
 
+    # What earlier scenarios left (their results, the servers' handles) is
+    # not this scenario's garbage: frozen, the collector's full passes during
+    # the run scan only what the run allocates.
+    gc.collect()
+    gc.freeze()
     t0_ns = time.monotonic_ns()
-    t0_perf = time.perf_counter_ns()
     deadline_ns = t0_ns + int(duration * 1e9)
-    digest = TraceDigest(t0_ns)
+    digest = TraceDigest(t0_ns, keep=trace_path is not None)
+    reqs = Requests()
+    probe = LoopProbe(t0_ns)
+    gcw = GCWatch(t0_ns)
+    sampler_runs: list[tuple[int, int]] = []  # (start, duration) ns since t0
+    server_pid = servers.pid if servers is not None else None
+    cpu_before = (cpu_snapshot(), cpu_snapshot(server_pid), machine_snapshot())
     finished_ns = 0
     final_stats: conpool.PoolStats | None = None
     interrupted = False
 
-    async with conpool.Pool(config, resolver=resolver, tracer=tracer) as pool:
+    async with (
+        conpool.Pool(config, resolver=resolver, tracer=tracer) as pool,
+        driver(pool, endpoint, proto) as request,
+    ):
 
         async def client(index: int) -> None:
             nonlocal finished_ns
             rng = random.Random(index)
             think_lo, think_hi = scenario.think
             burst = scenario.burst
-            perf = time.perf_counter_ns
             mono = time.monotonic_ns
+            slot = Slot()
+            current_slot.set(slot)  # this task's context: the tracer finds it here
+            col = reqs.column
+            r_start, r_got, r_xend, r_end = col("start"), col("got"), col("xend"), col("end")
+            r_wait, r_resume, r_resolve = col("wait"), col("resume"), col("resolve")
+            r_dial, r_tls, r_fail = col("dial"), col("tls"), col("failures")
+            r_conn, r_addr = col("conn"), col("addr")
             while mono() < deadline_ns and not control.stop:
                 if burst is not None:
                     period, active = burst
@@ -450,12 +580,16 @@ async def run_scenario(
                             break
                         await anyio.sleep(pause)
                         continue
-                start = perf()
                 try:
                     with anyio.fail_after(REQUEST_TIMEOUT):
-                        async with pool.connection(endpoint) as conn:
-                            got = perf()
-                            await proto.exchange(conn)
+                        slot.reset()
+                        start = mono()
+                        ip, conn_id = await request(slot)
+                        end = mono()
+                    got = slot.got_ns or slot.handed_ns or slot.dial_end_ns or start
+                    xend = slot.xend_ns or slot.released_ns or end
+                    if not ip:
+                        ip, conn_id = slot.ip or "?", slot.conn_id
                 except anyio.get_cancelled_exc_class():
                     raise
                 except TimeoutError as exc:
@@ -463,22 +597,35 @@ async def run_scenario(
                         TimeoutError(f"request timed out after {REQUEST_TIMEOUT:g} s")
                         if not str(exc)
                         else exc,
-                        (perf() - t0_perf) / 1e9,
+                        (mono() - t0_ns) / 1e9,
                     )
-                    failed.append(perf() - t0_perf)
+                    failed.append(mono() - t0_ns)
                     await anyio.sleep(0.001)
                     continue
                 except Exception as exc:
-                    now = perf()
-                    errors.add(exc, (now - t0_perf) / 1e9)
-                    failed.append(now - t0_perf)
+                    now = mono()
+                    errors.add(exc, (now - t0_ns) / 1e9)
+                    failed.append(now - t0_ns)
                     # A failing server must not turn the client into a busy loop.
                     await anyio.sleep(0.001)
                     continue
-                end = perf()
                 latency.append(end - start)
                 acquire.append(got - start)
-                done.append(end - t0_perf)
+                done.append(end - t0_ns)
+                r_start.append(start - t0_ns)
+                r_got.append(got - t0_ns)
+                r_xend.append(xend - t0_ns)
+                r_end.append(end - t0_ns)
+                wait_ns = slot.wait_ns
+                r_wait.append(wait_ns)
+                r_resume.append(max(0, slot.granted_ns - start - wait_ns) if slot.granted_ns else 0)
+                r_resolve.append(slot.resolve_ns)
+                dial = slot.dial_end_ns - slot.dial_start_ns if slot.dial_end_ns else 0
+                r_dial.append(max(0, dial))
+                r_tls.append(slot.tls_ns)
+                r_fail.append(slot.failures)
+                r_conn.append(conn_id)
+                r_addr.append(reqs.address_index(ip))
                 if think_hi > 0:
                     pause = rng.uniform(think_lo, think_hi)
                     left = (deadline_ns - mono()) / 1e9
@@ -487,6 +634,7 @@ async def run_scenario(
             finished_ns = max(finished_ns, time.monotonic_ns())
 
         def sample() -> None:
+            began = time.monotonic_ns()
             stats = pool.stats()
             samples_t.append((time.monotonic_ns() - t0_ns) / 1e9)
             ep_stats = stats.endpoints.get(endpoint)
@@ -509,6 +657,7 @@ async def run_scenario(
             if progress is not None:
                 elapsed = (time.monotonic_ns() - t0_ns) / 1e9
                 progress(scenario.name, min(elapsed / duration, 1.0), len(latency), len(failed))
+            sampler_runs.append((began - t0_ns, time.monotonic_ns() - began))
 
         async def sampler() -> None:
             while True:
@@ -535,7 +684,7 @@ async def run_scenario(
                 {"t_s": round((time.monotonic_ns() - t0_ns) / 1e9, 4), "label": action.label}
             )
 
-        with anyio.CancelScope() as scope:
+        with anyio.CancelScope() as scope, gcw:
             control.scope = scope
             if control.stop:
                 scope.cancel()
@@ -543,6 +692,7 @@ async def run_scenario(
                 with anyio.move_on_after(duration + GRACE) as cap:
                     async with anyio.create_task_group() as helpers:
                         helpers.start_soon(sampler)
+                        helpers.start_soon(probe.run)
                         for action in scenario.actions:
                             helpers.start_soon(act, action)
                         async with anyio.create_task_group() as clients:
@@ -568,6 +718,8 @@ async def run_scenario(
             sample()
             final_stats = pool.stats()
     end_ns = time.monotonic_ns()
+    cpu_after = (cpu_snapshot(), cpu_snapshot(server_pid), machine_snapshot())
+    gc.unfreeze()
     if interrupted:
         return None
     digest.drain(tracer)
@@ -602,7 +754,29 @@ async def run_scenario(
         final_stats=final_stats,
         server_before=server_before,
         server_after=server_after,
+        reqs=reqs,
+        probe=probe,
+        gcw=gcw,
+        sampler_runs=sampler_runs,
+        cpu={
+            "wall_s": round((end_ns - t0_ns) / 1e9, 4),
+            "client": cpu_delta(cpu_before[0], cpu_after[0], (end_ns - t0_ns) / 1e9),
+            "server": cpu_delta(cpu_before[1], cpu_after[1], (end_ns - t0_ns) / 1e9),
+            "machine": _machine_delta(cpu_before[2], cpu_after[2]),
+            "cpus": os.cpu_count(),
+        },
+        trace_path=trace_path,
     )
+
+
+def _machine_delta(
+    before: dict[str, float] | None, after: dict[str, float] | None
+) -> dict[str, float] | None:
+    if before is None or after is None:
+        return None
+    total = after["total_s"] - before["total_s"]
+    busy = after["busy_s"] - before["busy_s"]
+    return {"busy_s": round(busy, 3), "total_s": round(total, 3)}
 
 
 def _buckets(times_ns: array[int], interval: float, count: int) -> list[int]:
@@ -622,7 +796,7 @@ def _server_delta(
 ) -> dict[str, Any] | None:
     if before is None or after is None:
         return None
-    server_kind = "echo" if kind == "slow" else kind
+    server_kind = {"slow": "echo", "uneven": "http"}.get(kind, kind)
     out: dict[str, Any] = {"kind": server_kind, "accepted": {}, "requests": {}}
     for key in ("accepted", "requests"):
         for name, count in after[key].items():
@@ -660,8 +834,31 @@ def _result(
     final_stats: conpool.PoolStats | None,
     server_before: dict[str, Any] | None,
     server_after: dict[str, Any] | None,
+    reqs: Requests,
+    probe: LoopProbe,
+    gcw: GCWatch,
+    sampler_runs: list[tuple[int, int]],
+    cpu: dict[str, Any],
+    trace_path: str | None,
 ) -> dict[str, Any]:
     lat_ms = _ms(latency)
+    parts = analysis.request_parts(reqs, probe)
+    lag = analysis.lag_summary(probe, gcw, sampler_runs)
+    waves = analysis.retirement_waves(digest.lifetimes)
+    tail = analysis.tail(reqs, parts, probe, gcw, sampler_runs, waves, lag)
+    trace_file = None
+    if trace_path is not None:
+        chrome.write_trace(
+            trace_path,
+            scenario.name,
+            digest.keep or [],
+            t0_ns=digest.t0_ns,
+            probe=probe,
+            gcw=gcw,
+            sampler=sampler_runs,
+            slow=tail["requests"],
+        )
+        trace_file = os.path.basename(trace_path)
     acq_ms = _ms(acquire)
     nbuckets = max(1, math.ceil(elapsed / bucket))
     created = sum(digest.created.values())
@@ -756,4 +953,15 @@ def _result(
         "pool_stats": pool_stats,
         "server": _server_delta(server_before, server_after, scenario.port),
         "notes": notes,
+        "expected_errors": scenario.expected_errors,
+        "breakdown": analysis.breakdown(reqs, parts),
+        "lag": lag,
+        "tail": tail,
+        "waves": waves,
+        "balance_time": analysis.balance_over_time(reqs),
+        "cpu": cpu,
+        "timeline": chrome.timeline_window(
+            digest.lifetimes, digest.waits, digest.connects, elapsed
+        ),
+        "trace_file": trace_file,
     }

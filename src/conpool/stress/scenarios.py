@@ -8,12 +8,13 @@ servers while it runs.  :mod:`conpool.stress.runner` runs one.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .servers import STRESS_ADDRESSES
 
-__all__ = ["Action", "Scenario", "all_scenarios", "scenario_names", "select"]
+__all__ = ["Action", "Scenario", "all_scenarios", "register", "scenario_names", "select"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Scenario:
     :ivar name: the identifier used by ``--scenarios``.
     :ivar group: scenarios that are compared with each other.
     :ivar port: which embedded server: ``echo``, ``http``, ``http_idle``,
-        ``tls``, ``slow`` (the latency proxies) or ``target`` (``--target``).
+        ``tls``, ``slow`` or ``uneven`` (latency proxies) or ``target`` (``--target``).
     :ivar protocol: what the clients speak; ``None`` means the ``--protocol``
         of the target.
     :ivar config: keyword arguments of :class:`conpool.Config`.
@@ -46,6 +47,11 @@ class Scenario:
         pool sees a gap of ``period - active`` with nothing in use.
     :ivar actions: what happens to the servers during the run.
     :ivar embedded_only: needs the embedded servers (not possible with ``--target``).
+    :ivar expected_errors: why failed requests are expected in this scenario
+        (empty: none are).
+    :ivar driver: how a client makes one request: a name in
+        :data:`conpool.stress.runner.DRIVERS` (``"pool"``: ``pool.connection()``
+        and the protocol's exchange).
     """
 
     name: str
@@ -60,6 +66,8 @@ class Scenario:
     actions: tuple[Action, ...] = ()
     embedded_only: bool = False
     notes: tuple[str, ...] = field(default=())
+    expected_errors: str = ""
+    driver: str = "pool"
 
 
 LIMITS = (1, 4, 16, 64)
@@ -68,15 +76,47 @@ DOWN_ADDRESS = STRESS_ADDRESSES[2]
 SLOW_ADDRESS = STRESS_ADDRESSES[3]
 SLOW_DELAY = 0.020
 IDLE_CLOSE = 0.15
+#: What the ``uneven`` proxies add on each of the four addresses (s).
+UNEVEN_DELAYS = (0.0, 0.001, 0.002, 0.004)
+
+
+Provider = Callable[[float, bool], list[Scenario]]
+_PROVIDERS: list[Provider] = []
+
+
+def register(provider: Provider) -> Provider:
+    """Add scenarios to the matrix: ``provider(duration, target)`` returns them
+    (run after the built-in ones, in registration order).  Usable as a decorator.
+
+    :raises TypeError: ``provider`` is not callable.
+    """
+    if not callable(provider):
+        raise TypeError(f"a scenario provider must be callable, got {provider!r}")
+    if provider not in _PROVIDERS:
+        _PROVIDERS.append(provider)
+    return provider
 
 
 def all_scenarios(duration: float, *, target: bool = False) -> list[Scenario]:
-    """Every scenario, in the order they run.
+    """Every scenario, in the order they run: the built-in ones, then those of
+    every :func:`register` ed provider.
 
     :param duration: seconds each scenario runs (some settings scale with it).
     :param target: the servers are a real ``--target``: scenarios that need
         to control the servers are left out.
+    :raises ValueError: two scenarios have the same name.
     """
+    out = _builtin(duration, target=target)
+    for provider in _PROVIDERS:
+        out.extend(provider(duration, target))
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"scenario names must be unique: {', '.join(dupes)}")
+    return out
+
+
+def _builtin(duration: float, *, target: bool) -> list[Scenario]:
     load = "echo" if not target else None
     web = "http" if not target else None
     port = "target" if target else None
@@ -86,8 +126,11 @@ def all_scenarios(duration: float, *, target: bool = False) -> list[Scenario]:
             title=f"Per-endpoint limit {limit}",
             group="limits",
             description=(
-                f"Every client hammers one endpoint; the pool may hold at most {limit} "
-                "connection(s) to it, so the other clients queue for a free one."
+                "Every client hammers one endpoint"
+                + (" (the target: a single address)" if target else " (four addresses)")
+                + f"; the pool may hold at most {limit} connection"
+                + ("" if limit == 1 else "s")
+                + " to it, so the other clients queue for a free one."
             ),
             port=port or "echo",
             protocol=load,
@@ -95,17 +138,21 @@ def all_scenarios(duration: float, *, target: bool = False) -> list[Scenario]:
         )
         for limit in LIMITS
     ]
+    delays = ", ".join(f"{d * 1000:g}" for d in UNEVEN_DELAYS)
+    behind = "the target" if target else "the HTTP server"
     out.extend(
         Scenario(
             name=f"balance-{policy}",
             title=f"Balancing: {policy}",
             group="balance",
             description=(
-                f"Config.balance={policy!r} spreads new connections over the four "
-                "addresses; connections are recycled after 50 uses so the policy keeps "
+                f"Config.balance={policy!r} chooses among the four addresses of one name, each "
+                f"a latency proxy in front of {behind} adding {delays} ms in turn, so that "
+                "where the policy sends connections shows in the share of requests and in "
+                "the latency; connections are recycled after 50 uses so the policy keeps "
                 "choosing throughout the run."
             ),
-            port=port or "http",
+            port="uneven",
             protocol=web,
             config={
                 "max_connections_per_endpoint": 16,
@@ -163,6 +210,11 @@ def all_scenarios(duration: float, *, target: bool = False) -> list[Scenario]:
                 },
                 actions=(Action(0.30, "down", DOWN_ADDRESS), Action(0.65, "up", DOWN_ADDRESS)),
                 embedded_only=True,
+                expected_errors=(
+                    f"{DOWN_ADDRESS} is taken down on purpose: requests in flight on its "
+                    "connections when they are reset fail (the pool cannot retry a request "
+                    "it did not send)"
+                ),
             )
         )
     out.append(
@@ -171,9 +223,10 @@ def all_scenarios(duration: float, *, target: bool = False) -> list[Scenario]:
             title=f"One address {SLOW_DELAY * 1000:g} ms slower ({SLOW_ADDRESS})",
             group="failure",
             description=(
-                "Every address goes through a small latency-injecting TCP proxy; the one on "
-                f"{SLOW_ADDRESS} holds each answer {SLOW_DELAY * 1000:g} ms. Least-connections "
-                "reuse prefers the address with the fewest connections in use."
+                "Every address goes through a small latency-injecting TCP proxy"
+                + (" in front of the target" if target else "")
+                + f"; the one on {SLOW_ADDRESS} holds each answer {SLOW_DELAY * 1000:g} ms. "
+                "Least-connections reuse prefers the address with the fewest connections in use."
             ),
             port="slow",
             protocol=load,
@@ -186,8 +239,10 @@ def all_scenarios(duration: float, *, target: bool = False) -> list[Scenario]:
             title="Plain TCP (baseline for TLS)",
             group="tls",
             description=(
-                "Echo over plain TCP, connections recycled every 100 uses: the baseline the "
-                "TLS scenario is compared with."
+                "The target over plain TCP, connections recycled every 100 uses."
+                if target
+                else "Echo over plain TCP, connections recycled every 100 uses: the baseline "
+                "the TLS scenario is compared with."
             ),
             port=port or "echo",
             protocol=load,

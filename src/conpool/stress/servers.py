@@ -11,7 +11,9 @@ server on one port shared by all the addresses:
 * ``tls``: the echo server behind TLS, with a certificate for the stress name
   from a throw-away trustme CA (absent when trustme is not installed);
 * ``slow``: a :class:`~conpool.stress.proxy.LatencyProxy` on each address in
-  front of the echo server (or of ``--target``), one of them ``slow_delay`` s slower.
+  front of the echo server (or of ``--target``), one of them ``slow_delay`` s slower;
+* ``uneven``: the same in front of the HTTP server (or ``--target``), each
+  address slower than the one before (``uneven_delays``).
 
 The parent talks to the child with one JSON object per line: the child
 announces its ports on stdout, then answers commands read from stdin
@@ -66,6 +68,8 @@ class ServerSpec:
     :ivar proxy_to: ``(host, port)`` the ``slow`` proxies forward to; None
         means the embedded echo server on the same address.
     :ivar slow_address: the address whose proxy adds ``slow_delay``.
+    :ivar uneven_delays: what the ``uneven`` proxies add, one delay per address
+        in order (they front the HTTP server, or ``--target``).
     :ivar idle_close: seconds after which ``http_idle`` closes an idle connection.
     """
 
@@ -74,6 +78,7 @@ class ServerSpec:
     proxy_to: tuple[str, int] | None = None
     slow_address: str = STRESS_ADDRESSES[-1]
     slow_delay: float = 0.020
+    uneven_delays: tuple[float, ...] = (0.0, 0.001, 0.002, 0.004)
     idle_close: float = 0.15
     server_name: str = STRESS_NAME
 
@@ -186,9 +191,15 @@ class _Hub:
 
     async def _listen(self, kind: str, ip: str, port: int) -> asyncio.Server | LatencyProxy:
         loop = asyncio.get_running_loop()
-        if kind == "slow":
-            upstream = self.spec.proxy_to or (ip, self.ports["echo"])
-            delay = self.spec.slow_delay if ip == self.spec.slow_address else 0.0
+        if kind in ("slow", "uneven"):
+            inner = "echo" if kind == "slow" else "http"
+            upstream = self.spec.proxy_to or (ip, self.ports[inner])
+            if kind == "slow":
+                delay = self.spec.slow_delay if ip == self.spec.slow_address else 0.0
+            else:
+                index = self.spec.addresses.index(ip)
+                delays = self.spec.uneven_delays
+                delay = delays[index] if index < len(delays) else delays[-1]
             proxy = LatencyProxy(ip, port, upstream[0], upstream[1], delay)
             await proxy.start()
             return proxy
@@ -247,6 +258,7 @@ class _Hub:
             for kind in kinds:
                 await self.open_kind(kind)
         await self.open_kind("slow")
+        await self.open_kind("uneven")
 
     async def take_down(self, ip: str) -> None:
         """Stop listening on ``ip`` and reset every connection to it."""
@@ -365,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     if raw.get("proxy_to") is not None:
         raw["proxy_to"] = tuple(raw["proxy_to"])
     raw["addresses"] = tuple(raw.get("addresses", STRESS_ADDRESSES))
+    if "uneven_delays" in raw:
+        raw["uneven_delays"] = tuple(raw["uneven_delays"])
     spec = ServerSpec(**raw)
     try:
         import uvloop

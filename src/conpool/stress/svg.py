@@ -36,6 +36,7 @@ __all__ = [
     "line_chart",
     "nice_ticks",
     "stacked_area_chart",
+    "stacked_hbar_chart",
     "timeline_chart",
 ]
 
@@ -73,7 +74,7 @@ REASON_COLORS = {
     "drained": OKABE_ITO["yellow"],
     "health": OKABE_ITO["black"],
     "pool-closed": OKABE_ITO["grey"],
-    "open": "#CCCCCC",
+    "open": "#FFFFFF",
 }
 
 WIDTH = 640
@@ -266,6 +267,7 @@ def _legend(
     *,
     style: str = "rect",
     dashes: Sequence[str | None] = (),
+    outlined: Sequence[bool] = (),
 ) -> str:
     """A wrapping row of swatches and names."""
     out = ['<g class="legend">']
@@ -281,6 +283,11 @@ def _legend(
             out.append(
                 f'<line x1="{_f(x)}" y1="{_f(y + 6)}" x2="{_f(x + 16)}" y2="{_f(y + 6)}" '
                 f'stroke="{color}" stroke-width="2.5"{dash_attr}/>'
+            )
+        elif i < len(outlined) and outlined[i]:
+            out.append(
+                f'<rect x="{_f(x + 1)}" y="{_f(y + 1)}" width="12" height="9" fill="none" '
+                f'stroke="{color}" stroke-width="2.2" stroke-dasharray="5 2"/>'
             )
         else:
             out.append(
@@ -337,6 +344,11 @@ def _axis_labels(frame: _Frame, x_label: str, y_label: str, *, y_at: float) -> l
     ]
 
 
+#: Room above a plot for the markers' labels (two staggered rows), so that
+#: they never sit on the data.
+MARKER_STRIP = 28.0
+
+
 def _markers(
     frame: _Frame, x: Callable[[float], float], markers: Sequence[tuple[float, str]]
 ) -> str:
@@ -345,15 +357,14 @@ def _markers(
         px = x(mx)
         if not frame.left <= px <= frame.right:
             continue
+        row_y = frame.top - 4 - 13 * ((len(markers) - 1 - i) % 2)
         out.append(
-            f'<line class="marker" x1="{_f(px)}" x2="{_f(px)}" y1="{_f(frame.top)}" '
+            f'<line class="marker" x1="{_f(px)}" x2="{_f(px)}" y1="{_f(row_y + 3)}" '
             f'y2="{_f(frame.bottom)}"/>'
         )
         anchor = "start" if px < frame.left + frame.width * 0.7 else "end"
         dx = 4 if anchor == "start" else -4
-        out.append(
-            _text(px + dx, frame.top + 12 + 13 * (i % 2), label, anchor=anchor, cls="marker-label")
-        )
+        out.append(_text(px + dx, row_y, label, anchor=anchor, cls="marker-label"))
     return "".join(out)
 
 
@@ -421,6 +432,7 @@ def line_chart(
     """Lines through each series' points, on linear axes starting at y = 0."""
     legend = [(s.name, s.color) for s in series]
     legend_top, top = _top(legend, width)
+    top += MARKER_STRIP if markers else 0.0
     frame = _Frame(MARGIN_LEFT, top, width - MARGIN_RIGHT, HEIGHT - MARGIN_BOTTOM + top - 40)
     height = frame.bottom + MARGIN_BOTTOM
     all_x = [x for s in series for x in s.xs]
@@ -495,6 +507,7 @@ def stacked_area_chart(
     if overlay is not None:
         legend.append((overlay.name, overlay.color))
     legend_top, top = _top(legend, width)
+    top += MARKER_STRIP if markers else 0.0
     frame = _Frame(MARGIN_LEFT, top, width - MARGIN_RIGHT, HEIGHT - MARGIN_BOTTOM + top - 40)
     height = frame.bottom + MARGIN_BOTTOM
     n = len(xs)
@@ -559,7 +572,8 @@ def histogram_chart(
     desc: str = "",
     width: float = WIDTH,
 ) -> str:
-    """Counts per bin on a logarithmic x axis, one translucent step outline per series."""
+    """Counts per bin on a logarithmic x axis: the first series a translucent filled
+    step outline, the others dashed outlines only (no fill to mix with)."""
     legend = [(name, color) for name, color, _ in series]
     legend_top, top = _top(legend, width)
     frame = _Frame(MARGIN_LEFT, top, width - MARGIN_RIGHT, HEIGHT - MARGIN_BOTTOM + top - 40)
@@ -570,7 +584,13 @@ def histogram_chart(
     y_ticks_v = nice_ticks(0.0, peak or 1)
     y = Linear(0.0, y_ticks_v[-1], frame.bottom, frame.top)
     body = [
-        _legend(legend, frame.left, legend_top, frame.width),
+        _legend(
+            legend,
+            frame.left,
+            legend_top,
+            frame.width,
+            outlined=[i > 0 for i in range(len(legend))],
+        ),
         _axes(
             frame,
             [(x(t), x_fmt(t)) for t in log_ticks(lo, hi, frame.width)],
@@ -580,19 +600,25 @@ def histogram_chart(
         ),
     ]
     points = 0
-    for name, color, counts in series:
+    for si, (name, color, counts) in enumerate(series):
         nb = min(len(counts), len(edges) - 1)
         points += nb
         if nb == 0:
             continue
+        # The first series filled, the others as outlines only: overlapping
+        # fills would mix into a colour that belongs to neither.
+        paint = (
+            f'fill="{color}" fill-opacity="0.30" stroke="{color}" stroke-width="1.5"'
+            if si == 0
+            else f'fill="none" stroke="{color}" stroke-width="2.2" stroke-dasharray="5 2"'
+        )
         d = [f"M{_f(x(edges[0]))},{_f(frame.bottom)}"]
         for i in range(nb):
             yy = _f(y(counts[i]))
             d.append(f"L{_f(x(edges[i]))},{yy} L{_f(x(edges[i + 1]))},{yy}")
         d.append(f"L{_f(x(edges[nb]))},{_f(frame.bottom)} Z")
         body.append(
-            f'<path class="mark" data-count="{nb}" d="{" ".join(d)}" fill="{color}" '
-            f'fill-opacity="0.35" stroke="{color}" stroke-width="1.5">'
+            f'<path class="mark" data-count="{nb}" d="{" ".join(d)}" {paint}>'
             f"<title>{escape(name)}</title></path>"
         )
     for i, (v, label) in enumerate(vlines):
@@ -755,6 +781,7 @@ def timeline_chart(
         (f"closed: {r}" if r != "open" else "still open", colors.get(r, "#777")) for r in used
     ]
     legend_top, top = _top(legend, width)
+    top += MARKER_STRIP if markers else 0.0
     label_w = 96.0
     frame_left = label_w
     frame_right = width - MARGIN_RIGHT
@@ -764,7 +791,9 @@ def timeline_chart(
     lane_heights = []
     for rows, _lane in packed:
         nrows = max(rows, default=0) + 1
-        lane_heights.append(min(max(24.0, nrows * 6.0), 120.0))
+        lane_heights.append(
+            AGGREGATE_HEIGHT if nrows > MAX_LANE_ROWS else min(max(24.0, nrows * 6.0), 96.0)
+        )
     body = [_legend(legend, MARGIN_LEFT, legend_top, width - MARGIN_LEFT - MARGIN_RIGHT)]
     y = top
     points = 0
@@ -777,6 +806,14 @@ def timeline_chart(
             f'width="{_f(frame_right - frame_left)}" height="{_f(lh)}"/>'
         )
         body.append(_text(frame_left - 8, y + lh / 2 + 4, lane.label, anchor="end", cls="category"))
+        if nrows > MAX_LANE_ROWS:
+            # Too many connections to draw one by one: how many were open,
+            # as a step area, and a tick per close, coloured by its reason.
+            points += len(lane.bars)
+            marks.append(_open_count_path(lane, x, x0, x1, y, lh))
+            marks.append(_close_ticks(lane, x, x0, x1, y, lh, colors))
+            y += lh + 6
+            continue
         for bar, row in zip(lane.bars, rows, strict=True):
             points += 1
             stop = bar.end if bar.end is not None else x1
@@ -786,7 +823,8 @@ def timeline_chart(
             bh = max(row_h * (0.7 if row_h > 3 else 1.0), 0.8)
             marks.append(
                 f'<rect class="mark" data-count="1" x="{_f(bx)}" y="{by:.2f}" width="{_f(bw)}" '
-                f'height="{bh:.2f}" fill="{colors.get(bar.reason, "#777")}">'
+                f'height="{bh:.2f}" fill="{colors.get(bar.reason, "#777")}" stroke="#333" '
+                f'stroke-width="{0.4 if bh > 2 else 0}">'
                 f"<title>{escape(bar.tooltip)}</title></rect>"
             )
         y += lh + 6
@@ -814,6 +852,69 @@ def timeline_chart(
     )
 
 
+#: A lane with more rows of overlapping connections than this is drawn aggregated.
+MAX_LANE_ROWS = 12
+AGGREGATE_HEIGHT = 60.0
+
+
+def _open_count_path(
+    lane: Lane, x: Callable[[float], float], x0: float, x1: float, top: float, height: float
+) -> str:
+    """A step area: how many of the lane's connections were open at each moment."""
+    changes: list[tuple[float, int]] = []
+    for bar in lane.bars:
+        changes.append((max(bar.start, x0), 1))
+        changes.append((min(bar.end if bar.end is not None else x1, x1), -1))
+    changes.sort()
+    peak = 0
+    level = 0
+    for _t, step in changes:
+        level += step
+        peak = max(peak, level)
+    scale = (height - 14) / max(peak, 1)
+    bottom = top + height
+    d = [f"M{_f(x(x0))},{_f(bottom)}"]
+    level = 0
+    for t, delta in changes:
+        px = _f(x(t))
+        d.append(f"L{px},{_f(bottom - level * scale)}")
+        level += delta
+        d.append(f"L{px},{_f(bottom - level * scale)}")
+    d.append(f"L{_f(x(x1))},{_f(bottom)} Z")
+    return (
+        f'<path class="mark" data-count="{len(lane.bars)}" d="{" ".join(d)}" '
+        f'fill="#7a9cc6" fill-opacity="0.55" stroke="#2f4b73" stroke-width="1">'
+        f"<title>{escape(lane.label)}: {len(lane.bars):,} connections, at most {peak} "
+        "open at once (too many to draw one by one)</title></path>"
+        + _text(x(x0) + 4, top + 11, f"open connections, peak {peak}", size=10, cls="value")
+    )
+
+
+def _close_ticks(
+    lane: Lane,
+    x: Callable[[float], float],
+    x0: float,
+    x1: float,
+    top: float,
+    height: float,
+    colors: dict[str, str],
+) -> str:
+    """A short tick at the bottom of the lane for every close, one path per reason."""
+    by_reason: dict[str, list[str]] = {}
+    for bar in lane.bars:
+        if bar.end is None or not x0 <= bar.end <= x1 or bar.reason == "open":
+            continue
+        px = _f(x(bar.end))
+        by_reason.setdefault(bar.reason, []).append(
+            f"M{px},{_f(top + height)} L{px},{_f(top + height - 8)}"
+        )
+    return "".join(
+        f'<path class="close-ticks" d="{" ".join(ds)}" stroke="{colors.get(r, "#777")}" '
+        f'stroke-width="1.2"><title>{len(ds):,} closed: {escape(r)}</title></path>'
+        for r, ds in by_reason.items()
+    )
+
+
 def _axes_x_only(frame: _Frame, x_ticks: Sequence[tuple[float, str]], x_label: str) -> str:
     out = ['<g class="axes">']
     for px, label in x_ticks:
@@ -838,3 +939,79 @@ def _axes_x_only(frame: _Frame, x_ticks: Sequence[tuple[float, str]], x_label: s
     )
     out.append("</g>")
     return "".join(out)
+
+
+def stacked_hbar_chart(
+    chart_id: str,
+    title: str,
+    categories: Sequence[str],
+    parts: Sequence[tuple[str, str, Sequence[float]]],
+    *,
+    x_label: str,
+    y_label: str,
+    x_fmt: Callable[[float], str] = fmt_ms,
+    totals: Sequence[float] | None = None,
+    caption: str = "",
+    desc: str = "",
+    width: float = WIDTH,
+) -> str:
+    """One horizontal bar per category, cut into ``parts`` (name, colour,
+    value per category) laid end to end; the total is written after the bar.
+
+    Zero parts draw nothing (and count as no point).  Adjacent segments are
+    separated by a thin white outline so that similar colours stay apart.
+    """
+    legend = [(name, color) for name, color, _ in parts]
+    legend_top, top = _top(legend, width)
+    label_w = min(240.0, max((len(c) for c in categories), default=4) * CHAR_W + 36)
+    bar_h = 18.0
+    group_h = bar_h + 8
+    frame = _Frame(label_w, top, width - MARGIN_RIGHT - 60, top + group_h * len(categories) + 4)
+    height = frame.bottom + MARGIN_BOTTOM
+    sums = [sum(vs[i] for _, _, vs in parts) for i in range(len(categories))]
+    peak = max(sums + list(totals or []), default=1.0) or 1.0
+    tv = nice_ticks(0.0, peak)
+    scale = Linear(0.0, tv[-1], frame.left, frame.right)
+    body = [_legend(legend, MARGIN_LEFT, legend_top, width - MARGIN_LEFT - MARGIN_RIGHT)]
+    out = ['<g class="axes">']
+    for t in tv:
+        px = scale(t)
+        out.append(
+            f'<line class="grid" x1="{_f(px)}" x2="{_f(px)}" y1="{_f(frame.top)}" '
+            f'y2="{_f(frame.bottom)}"/>'
+        )
+        out.append(_text(px, frame.bottom + 17, x_fmt(t), anchor="middle", cls="tick"))
+    out.append(
+        f'<line class="axis" x1="{_f(frame.left)}" x2="{_f(frame.right)}" '
+        f'y1="{_f(frame.bottom)}" y2="{_f(frame.bottom)}"/>'
+    )
+    out.extend(_axis_labels(frame, x_label, y_label, y_at=14))
+    out.append("</g>")
+    body.extend(out)
+    points = 0
+    for ci, category in enumerate(categories):
+        by = frame.top + 4 + ci * group_h
+        body.append(_text(frame.left - 8, by + bar_h - 5, category, anchor="end", cls="category"))
+        x = 0.0
+        for name, color, vs in parts:
+            v = vs[ci] if ci < len(vs) else 0.0
+            if not v or v <= 0:
+                continue
+            points += 1
+            px0, px1 = scale(x), scale(x + v)
+            body.append(
+                f'<rect class="mark" data-count="1" data-part="{escape(name)}" x="{_f(px0)}" '
+                f'y="{_f(by)}" width="{max(px1 - px0, 0.6):.2f}" height="{_f(bar_h)}" '
+                f'fill="{color}" stroke="#fff" stroke-width="0.6">'
+                f"<title>{escape(category)}, {escape(name)}: {escape(x_fmt(v))}</title></rect>"
+            )
+            x += v
+        total = totals[ci] if totals is not None and ci < len(totals) else x
+        body.append(
+            _text(scale(max(x, total)) + 4, by + bar_h - 5, x_fmt(total), size=10, cls="value")
+        )
+    return _figure(
+        _svg(chart_id, title, desc or title, height, body, points, "stacked-bars", width),
+        title,
+        caption,
+    )
