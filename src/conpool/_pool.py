@@ -18,6 +18,7 @@ how one dial proceeds is :mod:`conpool._connect`'s.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from bisect import bisect_left
@@ -29,7 +30,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._backends import Backend, current_backend
-from ._budget import RedisBudget
+from ._budget import RedisBudget, participant_stats
 from ._config import Config
 from ._connect import Connector
 from ._connection import Connection
@@ -436,7 +437,10 @@ class Pool:
     def stats(self) -> PoolStats:
         """A frozen snapshot of every count (see :class:`~conpool.PoolStats`)."""
         stale = frozenset(name for name in self._state.by_name if self._names.is_stale(name))
-        return snapshot(self._state, self._clock(), stale, self._waits, self._connects)
+        stats = snapshot(self._state, self._clock(), stale, self._waits, self._connects)
+        if self._participant is not None:
+            stats = dataclasses.replace(stats, budget=participant_stats(self._participant))
+        return stats
 
     def __repr__(self) -> str:
         s = self._state
