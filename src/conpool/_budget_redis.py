@@ -49,6 +49,7 @@ Two long-lived connections per participant need no pooling.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -61,6 +62,7 @@ import anyio
 import anyio.to_thread
 import redis
 import redis.asyncio
+from anyio.abc import TaskStatus
 from redis.backoff import NoBackoff
 
 from ._budget_core import (
@@ -78,6 +80,11 @@ __all__ = ["SYNC_SCRIPT", "Participant", "budget_key", "channel_key", "redis_key
 logger = logging.getLogger("conpool")
 
 _monotonic = time.monotonic
+
+#: Seconds between a connection's close and its lease's return to the fleet:
+#: enough for the server to see the close (a FIN crosses loopback in
+#: microseconds, but the server's thread or process must run to notice).
+CLOSE_GRACE = 0.05
 
 #: KEYS: held, exp, wait.  ARGV: participant id, "acquire" or "set", our count,
 #: "1" if we (still) wait, lease ttl in ms, limit, channel.
@@ -213,7 +220,9 @@ def channel_key(namespace: str, channel: str) -> str | None:
 class _IO(Protocol):
     async def call(self, keys: Sequence[str], args: Sequence[object]) -> object: ...
 
-    async def listen(self, pattern: str, deliver: Callable[[str, str], None]) -> None: ...
+    async def listen(
+        self, pattern: str, deliver: Callable[[str, str], None], ready: Callable[[], None]
+    ) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -239,14 +248,20 @@ class AsyncioIO:
             url, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), decode_responses=True
         )
         self.script = self.client.register_script(SYNC_SCRIPT)
+        self.timeout = timeout
 
     async def call(self, keys: Sequence[str], args: Sequence[object]) -> object:
         return await self.script(keys=keys, args=args)  # type: ignore[arg-type]
 
-    async def listen(self, pattern: str, deliver: Callable[[str, str], None]) -> None:
+    async def listen(
+        self, pattern: str, deliver: Callable[[str, str], None], ready: Callable[[], None]
+    ) -> None:
         pubsub = self.subscriber.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.psubscribe(pattern)
+            # (The subscription is confirmed once a read returns its reply.)
+            await pubsub.get_message(timeout=self.timeout)
+            ready()
             while True:
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if msg is not None and msg.get("type") == "pmessage":
@@ -280,6 +295,7 @@ class ThreadIO:
             url, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), decode_responses=True
         )
         self.script = self.client.register_script(SYNC_SCRIPT)
+        self.timeout = timeout
         # One call at a time: the participant's lock already serialises
         # them; this keeps a thread per call from queueing behind others'.
         self.limiter = anyio.CapacityLimiter(1)
@@ -292,7 +308,9 @@ class ThreadIO:
             limiter=self.limiter,
         )
 
-    async def listen(self, pattern: str, deliver: Callable[[str, str], None]) -> None:
+    async def listen(
+        self, pattern: str, deliver: Callable[[str, str], None], ready: Callable[[], None]
+    ) -> None:
         stop = threading.Event()
         from anyio import from_thread
 
@@ -300,6 +318,8 @@ class ThreadIO:
             pubsub = self.subscriber.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.psubscribe(pattern)
+                pubsub.get_message(timeout=self.timeout)  # the confirmation
+                from_thread.run_sync(ready)
                 while not stop.is_set():
                     msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
                     if msg is not None and msg.get("type") == "pmessage":
@@ -361,6 +381,7 @@ class Participant:
         self.namespace = namespace
         self.limit = limit
         self.ttl_ms = round(lease_ttl * 1000)
+        self.timeout = timeout
         self.lease_ttl = lease_ttl
         #: Seconds between renewals: a third of the ttl, so two may fail in a
         #: row before the leases expire.
@@ -378,6 +399,8 @@ class Participant:
         self.key_locks: dict[str, anyio.Lock] = {}
         self.wakes: dict[str, anyio.Event] = {}
         self.flush_needed = anyio.Event()
+        # Leases of connections that closed, returned after CLOSE_GRACE.
+        self.closing: list[tuple[float, Lease]] = []
         self.closed = False
 
     # -- the two call points ------------------------------------------------
@@ -472,16 +495,31 @@ class Participant:
 
     def release(self, lease: Lease) -> None:
         """A connection with ``lease`` closed (or its dial failed): tell the
-        fleet soon, without waiting for Redis."""
-        kb = self.book.release(lease)
-        if kb is None:
-            return
-        if kb.waiting:
-            # A local task waits for this key: our own release makes room.
-            wake = self.wakes.get(kb.key)
-            if wake is not None:
-                wake.set()
-        self._flush_soon()
+        fleet soon, without waiting for Redis.
+
+        The lease returns :data:`CLOSE_GRACE` seconds later, together with
+        those of the connections that closed meanwhile (one call per key for
+        all of them): the server must see the close before someone else's
+        dial arrives, or it counts one connection too many for a moment.
+        """
+        if not lease.released:
+            self.closing.append((_monotonic() + CLOSE_GRACE, lease))
+            self._flush_soon()
+
+    def _return_closed(self, until: float) -> None:
+        """Free the leases of connections closed before ``until`` - grace."""
+        closing = self.closing
+        n = 0
+        while n < len(closing) and closing[n][0] <= until:
+            n += 1
+        returned, self.closing = closing[:n], closing[n:]
+        for _, lease in returned:
+            kb = self.book.release(lease)
+            if kb is not None and kb.waiting:
+                # A local task waits for this key: our own close makes room.
+                wake = self.wakes.get(kb.key)
+                if wake is not None:
+                    wake.set()
 
     # -- talking to Redis ----------------------------------------------------------
 
@@ -588,13 +626,22 @@ class Participant:
 
     # -- background tasks --------------------------------------------------------
 
-    async def run(self) -> None:
-        """Renew, flush and listen until cancelled (the pool's task group)."""
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Renew, flush and listen until cancelled (in the pool's task group).
+
+        Started once subscribed to the fleet's messages, so that a pool
+        entered before another starts waiting hears it wait; or after
+        ``timeout`` if Redis does not answer (the polling fallback covers it).
+        """
+        subscribed = anyio.Event()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._renewer, name="conpool budget renewer")
                 tg.start_soon(self._flusher, name="conpool budget flusher")
-                tg.start_soon(self._listener, name="conpool budget listener")
+                tg.start_soon(self._listener, subscribed.set, name="conpool budget listener")
+                with anyio.move_on_after(2 * self.timeout):
+                    await subscribed.wait()
+                task_status.started()
         finally:
             await self.io.aclose()
 
@@ -602,10 +649,15 @@ class Participant:
         while True:
             await self.flush_needed.wait()
             self.flush_needed = anyio.Event()
+            while self.closing:
+                await anyio.sleep(max(0.0, self.closing[0][0] - _monotonic()))
+                await self.flush()
             await self.flush()
 
-    async def flush(self) -> None:
-        """Tell Redis the truth of every key it may have wrong."""
+    async def flush(self, *, now: bool = False) -> None:
+        """Free the leases of connections closed a grace ago (all of them
+        with ``now``) and tell Redis the truth of every key it may have wrong."""
+        self._return_closed(math.inf if now else _monotonic())
         if not self.book.should_try(_monotonic()):
             return  # the renewer tries again when the outage may be over
         for kb in self.book.to_flush():
@@ -635,10 +687,10 @@ class Participant:
                 self.key_locks.pop(key, None)
                 self.wakes.pop(key, None)
 
-    async def _listener(self) -> None:
+    async def _listener(self, ready: Callable[[], None]) -> None:
         while True:
             try:
-                await self.io.listen(self.pattern, self.deliver)
+                await self.io.listen(self.pattern, self.deliver, ready)
             except REDIS_ERRORS:
                 pass  # the waiters poll meanwhile
             await anyio.sleep(self.retry_after)

@@ -224,7 +224,7 @@ class Pool:
                 give_back=self._give_back, emit=self._emit, library=backend.name
             )
             self._participant = participant
-            tg.start_soon(participant.run, name="conpool budget")
+            await tg.start(participant.run, name="conpool budget")
         return self
 
     async def __aexit__(
@@ -240,7 +240,7 @@ class Pool:
             # Tell the fleet of the connections just closed, within reason:
             # leases not flushed expire after lease_ttl anyway.
             with anyio.move_on_after(2 * self.budget.timeout):
-                await participant.flush()
+                await participant.flush(now=True)
             self.budget._leave(participant)
         tg = self._tg
         assert tg is not None
