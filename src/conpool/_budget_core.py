@@ -34,6 +34,7 @@ __all__ = [
     "POLICIES",
     "BudgetBook",
     "Counters",
+    "GaveUp",
     "KeyBook",
     "Lease",
     "Snapshot",
@@ -149,6 +150,11 @@ def parse_reply(reply: object) -> Snapshot:
     counts = {str(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
     waiting = frozenset(str(w) for w in items[3 + 2 * n :])
     return Snapshot(bool(granted), before, counts, waiting)
+
+
+class GaveUp(Exception):
+    """A wait for budget ended because the caller's ``give_up()`` said so
+    (the pool has an idle connection for it by now)."""
 
 
 class Lease:

@@ -68,6 +68,7 @@ from redis.backoff import NoBackoff
 from ._budget_core import (
     FAIL_OPEN,
     BudgetBook,
+    GaveUp,
     KeyBook,
     Lease,
     Snapshot,
@@ -405,13 +406,22 @@ class Participant:
 
     # -- the two call points ------------------------------------------------
 
-    async def acquire(self, endpoint: object, max_wait: float | None) -> Lease:
+    async def acquire(
+        self,
+        endpoint: object,
+        max_wait: float | None,
+        give_up: Callable[[], bool] | None = None,
+    ) -> Lease:
         """A lease for one connection to ``endpoint``, waiting while the fleet
         is at its limit.
 
+        :param give_up: asked whenever the wait wakes up (a freed share, or
+            every poll interval): True ends the wait with :class:`GaveUp`
+            (the pool has an idle connection for the caller by now).
         :raises PoolTimeout: no lease within ``max_wait`` seconds (the pool's
             ``acquire_timeout``; None waits as long as it takes).
         :raises ConnectError: Redis is unavailable and the policy is fail-closed.
+        :raises GaveUp: ``give_up()`` said so.
         """
         key = budget_key(endpoint)
         kb = self.book.book(key)
@@ -426,8 +436,17 @@ class Participant:
                     lock = self.key_locks[key] = anyio.Lock()
                 # One attempt at a time per key: a freed lease wakes the
                 # first local waiter, not all of them at once.
-                async with lock:
-                    return await self._acquire(kb, endpoint, start)
+                acquired = False
+                while not acquired:
+                    with anyio.move_on_after(self.poll_every):
+                        await lock.acquire()
+                        acquired = True
+                    if not acquired and give_up is not None and give_up():
+                        raise GaveUp
+                try:
+                    return await self._acquire(kb, endpoint, start, give_up)
+                finally:
+                    lock.release()
         except TimeoutError:
             # (Only fail_after raises it here: Redis timeouts are handled
             # inside, by the policy.)
@@ -443,7 +462,13 @@ class Participant:
             if kb.dirty:
                 self._flush_soon()
 
-    async def _acquire(self, kb: KeyBook, endpoint: object, start: float) -> Lease:
+    async def _acquire(
+        self,
+        kb: KeyBook,
+        endpoint: object,
+        start: float,
+        give_up: Callable[[], bool] | None,
+    ) -> Lease:
         waited = False
         while True:
             if not self.book.should_try(_monotonic()):
@@ -472,6 +497,8 @@ class Participant:
                 self.emit("budget.waited", endpoint, detail=f"fleet at its limit of {self.limit}")
             with anyio.move_on_after(self.poll_every):
                 await wake.wait()
+            if give_up is not None and give_up():
+                raise GaveUp
 
     #: Trace every grant (off: a grant is already a connect.* event's neighbour).
     emit_granted = True

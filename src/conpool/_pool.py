@@ -31,6 +31,7 @@ from anyio.abc import TaskGroup
 
 from ._backends import Backend, current_backend
 from ._budget import RedisBudget, participant_stats
+from ._budget_core import GaveUp
 from ._config import Config
 from ._connect import Connector
 from ._connection import Connection
@@ -749,9 +750,17 @@ class Pool:
         lease: Lease | None = None
         try:
             if participant is not None:
-                lease = await participant.acquire(ep.key, self._acquire_timeout)
+                lease = await participant.acquire(
+                    ep.key, self._acquire_timeout, lambda: ep.idle > 0
+                )
             await self._addresses(ep)
             conn = await connector.connect(ep)
+        except GaveUp:
+            # While this dial waited for the fleet, one of the pool's own
+            # connections came back idle: take it instead (or dial again).
+            state.dial_abandoned(ep)
+            self._flush()
+            return await self._acquire(ep, state.acquire(ep, self._clock()))
         except PoolTimeout:
             # No budget within acquire_timeout: not a connect failure.
             if lease is not None:
