@@ -7,9 +7,10 @@ redis-server of its own (targets: one per dial, at most one per close, none
 per hand-out).  Mean times with and without the budget are printed beside
 them, as an indication only.
 
-``python -m bench.budget_workload [--dials N] [--handouts N] [--loop L]``
-(needs redis-server on PATH or in /usr/sbin, and the ``redis`` extra).
-Everything runs on loopback; the servers are stopped by PID.
+``python -m bench --workload budget`` runs it with the others (one cell per
+loop); ``python -m bench.budget_workload [--dials N] [--handouts N] [--loop L]``
+alone.  It needs redis-server on PATH or in /usr/sbin, and the ``redis``
+extra.  Everything runs on loopback; the servers are stopped by PID.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
-import anyio
+from bench import base
+from bench.base import LOOPS, Cell, CellSpec, Impls, Metrics, Summary, Target, Workload
 
-import conpool
+__all__ = ["Budget", "main", "measure"]
 
-__all__ = ["main", "measure"]
+DIALS, HANDOUTS = 100, 2000
 
 
 def _free_port() -> int:
@@ -123,6 +125,11 @@ def _script_calls(port: int) -> int:
 async def _cycle(
     redis_port: int | None, echo_port: int, dials: int, handouts: int
 ) -> dict[str, float]:
+    # (Imported here: the bench runner's own process loads no event loop.)
+    import anyio
+
+    import conpool
+
     budget = None
     if redis_port is not None:
         # A long ttl: no renewal inside the counted windows.
@@ -173,6 +180,8 @@ async def _cycle(
 
 def measure(loop: str, dials: int, handouts: int) -> dict[str, dict[str, float]]:
     """``{"budget": {...}, "local": {...}}`` for one event loop."""
+    import anyio
+
     backend, options = ("asyncio", {"use_uvloop": True}) if loop == "uvloop" else (loop, {})
     results: dict[str, dict[str, float]] = {}
     with redis_server() as redis_port, echo_server() as echo_port:
@@ -181,6 +190,60 @@ def measure(loop: str, dials: int, handouts: int) -> dict[str, dict[str, float]]
                 _cycle, port, echo_port, dials, handouts, backend=backend, backend_options=options
             )
     return results
+
+
+_COLUMNS = {
+    "calls/dial": "budget_calls_per_dial",
+    "calls/close": "budget_calls_per_close",
+    "calls/lone close": "budget_calls_per_lone_close",
+    "calls/hand-out": "budget_calls_per_handout",
+    "dial µs local": "local_dial_us",
+    "dial µs budget": "budget_dial_us",
+    "hand-out µs local": "local_handout_us",
+    "hand-out µs budget": "budget_handout_us",
+}
+
+
+class Budget(Workload):
+    """The registry's view of this module: one cell per loop."""
+
+    name = "budget"
+    title = "a fleet budget (RedisBudget): Redis calls per dial, close and hand-out"
+    impls: ClassVar[Impls] = {"conpool": LOOPS}
+    requires: ClassVar[dict[str, str]] = {"conpool": "redis"}
+    seconds = quick_seconds = (3.0, 0.0)  # no phase: a fixed count of operations
+
+    def cells(self, opts: base.Options) -> list[Cell]:
+        return [Cell(self.name, "conpool", loop, DIALS) for loop in LOOPS]
+
+    def run(self, spec: CellSpec) -> Metrics:
+        results = measure(spec.cell.loop, spec.cell.conc, HANDOUTS)
+        return {f"{kind}_{k}": v for kind, figures in results.items() for k, v in figures.items()}
+
+    def targets(self, summary: Summary, cells: Sequence[Cell]) -> list[Target]:
+        out = []
+        for c in cells:
+            for what, metric, limit in (
+                ("Redis calls per dial", "budget_calls_per_dial", 1.0),
+                ("Redis calls per close", "budget_calls_per_lone_close", 1.0),
+                ("Redis calls per hand-out", "budget_calls_per_handout", 0.0),
+            ):
+                stat = summary.cell(c, metric)
+                out.append(Target.check(f"budget {c.loop}: {what}", "<=", limit, stat, None))
+        return out
+
+    def report(self, summary: Summary, cells: Sequence[Cell]) -> list[str]:
+        rows = [
+            [c.loop, *(base.fmt_stat(summary.cell(c, m)) for m in _COLUMNS.values())]
+            for c in sorted(cells, key=lambda c: base.loop_order(c.loop))
+        ]
+        return [
+            f"{DIALS} dials, {HANDOUTS} hand-outs; calls: Redis script calls (INFO",
+            "commandstats); close: all closed at once (batched); lone close: one at a time.",
+            "Times are indicative only.",
+            "",
+            *base.table(["loop", *_COLUMNS], rows),
+        ]
 
 
 def main(argv: list[str] | None = None) -> int:
