@@ -326,3 +326,23 @@ def test_stats_start_empty() -> None:
     budget = conpool.RedisBudget("redis://127.0.0.1:1/0", 1)
     assert budget.stats() == conpool.BudgetStats(participants=0)
     assert time.monotonic() > 0
+
+
+async def test_cancelling_a_dial_waiting_for_budget_leaves_everything_consistent(
+    redis: RedisServer, rc: redis_py.Redis, echo_server: EchoServer
+) -> None:
+    budget = conpool.RedisBudget(url(redis), limit=1, lease_ttl=5.0)
+    ep = conpool.Endpoint("127.0.0.1", echo_server.port)
+    wait_key = redis_keys("conpool", str(ep))[2]
+    async with conpool.Pool(budget=budget) as a, conpool.Pool(budget=budget) as b:
+        conn = await a.acquire(ep)
+        with anyio.move_on_after(0.5) as scope:
+            await b.acquire(ep)
+        assert scope.cancelled_caught
+        stats = b.stats()
+        assert stats.pending == 0 and stats.active == 0
+        assert stats.budget is not None and stats.budget.waiting == 0
+        # b no longer counts as waiting in Redis either.
+        await eventually(lambda: rc.zcard(wait_key) == 0, what="b's wait unregistered")
+        await a.release(conn)
+        assert held(rc, ep) == 1  # a keeps its idle connection: nobody waits now
