@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bench.acquire import Acquire
 from bench.base import Workload
+from bench.budget_workload import Budget
 from bench.contended import Contended
 from bench.echo import Echo
 from bench.hold import Hold
@@ -29,5 +30,6 @@ WORKLOADS: dict[str, Workload] = {
         Memory(),
         Hold(),
         Tracing(),
+        Budget(),
     )
 }

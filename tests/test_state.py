@@ -10,6 +10,7 @@ accounting invariants after every step of random interleavings.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -1733,3 +1734,44 @@ class PoolMachine(RuleBasedStateMachine):
 
 
 TestPoolMachine = PoolMachine.TestCase
+
+
+# -- shed: giving connections back to a fleet budget ------------------------------
+
+
+def test_shed_closes_idle_first_least_recently_used() -> None:
+    state, _ = make()
+    ep = endpoint(state, "a")
+    recs = [dial(state, ep, 0.0) for _ in range(4)]
+    state.release(recs[1], 1.0, reusable=True)
+    state.release(recs[0], 2.0, reusable=True)
+    assert state.shed(ep, 3) == 3
+    closed, _ = drain(state)
+    assert closed == [(recs[1], "budget"), (recs[0], "budget")]
+    assert sum(r.uses == sys.maxsize for r in recs[2:]) == 1
+    assert (ep.idle, ep.active, state.total) == (0, 2, 2)
+
+
+def test_shed_in_use_connection_closes_on_release_even_with_a_waiter() -> None:
+    state, _ = make(max_connections_per_endpoint=2)
+    ep = endpoint(state, "a")
+    a, b = dial(state, ep, 0.0), dial(state, ep, 0.0)
+    w = wait(state, ep, 1.0, "w")
+    assert state.shed(ep, 1) == 1
+    marked = a if a.uses == sys.maxsize else b
+    state.release(marked, 2.0, reusable=True)
+    closed, woken = drain(state)
+    assert closed == [(marked, "budget")]
+    # The waiter gets the freed slot (to dial, asking the budget again).
+    assert woken == [w] and w.grant == DIAL
+
+
+def test_shed_never_more_than_it_holds() -> None:
+    state, _ = make()
+    ep = endpoint(state, "a")
+    rec = dial(state, ep, 0.0)
+    assert state.shed(ep, 5) == 1
+    assert state.shed(ep, 5) == 0  # already marked
+    state.release(rec, 1.0, reusable=True)
+    assert drain(state)[0] == [(rec, "budget")]
+    assert state.total == 0

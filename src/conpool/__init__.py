@@ -9,6 +9,8 @@ ordinary :class:`anyio.abc.ByteStream`.
 from __future__ import annotations
 
 from ._balance import POLICIES as POLICIES
+from ._budget import BudgetStats as BudgetStats
+from ._budget import RedisBudget as RedisBudget
 from ._config import Config as Config
 from ._connection import Connection as Connection
 from ._endpoint import TLS as TLS
@@ -42,6 +44,7 @@ __all__ = (
     "POLICIES",
     "TLS",
     "AddressStats",
+    "BudgetStats",
     "Config",
     "ConnectError",
     "Connection",
@@ -59,6 +62,7 @@ __all__ = (
     "PoolTimeout",
     "Proxy",
     "ProxyError",
+    "RedisBudget",
     "ResolveError",
     "ResolvedAddress",
     "Resolver",

@@ -18,17 +18,20 @@ how one dial proceeds is :mod:`conpool._connect`'s.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Never
+from typing import TYPE_CHECKING, Never
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ._backends import Backend, current_backend
+from ._budget import RedisBudget, participant_stats
+from ._budget_core import GaveUp
 from ._config import Config
 from ._connect import Connector
 from ._connection import Connection
@@ -51,6 +54,10 @@ from ._state import (
 )
 from ._stats import BUCKETS, Histogram, PoolStats, snapshot
 from ._trace import Tracer
+
+if TYPE_CHECKING:
+    from ._budget_core import Lease
+    from ._budget_redis import Participant
 
 __all__ = ["MAX_ENDPOINTS", "Pool"]
 
@@ -121,6 +128,9 @@ class Pool:
     :param resolver: turns names into addresses; a :class:`~conpool.SystemResolver`
         if None.  IP-literal endpoints never use it.
     :param tracer: a :class:`~conpool.Tracer` that receives the pool's events.
+    :param budget: a :class:`~conpool.RedisBudget` whose per-endpoint limit
+        this pool shares with every other pool using it (in any process);
+        the pool is one participant.  Only dials and closes talk to it.
     :raises TypeError: an argument of the wrong type.
     """
 
@@ -130,6 +140,7 @@ class Pool:
         *,
         resolver: Resolver | None = None,
         tracer: Tracer | None = None,
+        budget: RedisBudget | None = None,
     ) -> None:
         if config is None:
             config = Config()
@@ -141,6 +152,13 @@ class Pool:
             raise TypeError(f"resolver must have an async resolve(host) method, got {resolver!r}")
         if tracer is not None and not isinstance(tracer, Tracer):
             raise TypeError(f"tracer must be a conpool.Tracer, got {tracer!r}")
+        if budget is not None and not isinstance(budget, RedisBudget):
+            raise TypeError(f"budget must be a conpool.RedisBudget or None, got {budget!r}")
+        self.budget = budget
+        # This pool's membership of the budget's fleet, from __aenter__ on.
+        self._participant: Participant | None = None
+        # The budget lease of each connection the pool has open (with a budget).
+        self._leases: dict[Rec, Lease] = {}
         self.config = config
         self.resolver = resolver
         self.tracer = tracer
@@ -201,6 +219,12 @@ class Pool:
         await tg.__aenter__()
         self._tg = tg
         tg.start_soon(self._sweeper, name="conpool sweeper")
+        if self.budget is not None:
+            participant = self.budget._join(
+                give_back=self._give_back, emit=self._emit, library=backend.name
+            )
+            self._participant = participant
+            await tg.start(participant.run, name="conpool budget")
         return self
 
     async def __aexit__(
@@ -210,6 +234,14 @@ class Pool:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+        participant = self._participant
+        if participant is not None:
+            assert self.budget is not None
+            # Tell the fleet of the connections just closed, within reason:
+            # leases not flushed expire after lease_ttl anyway.
+            with anyio.move_on_after(2 * self.budget.timeout):
+                await participant.flush(now=True)
+            self.budget._leave(participant)
         tg = self._tg
         assert tg is not None
         tg.cancel_scope.cancel()
@@ -405,7 +437,10 @@ class Pool:
     def stats(self) -> PoolStats:
         """A frozen snapshot of every count (see :class:`~conpool.PoolStats`)."""
         stale = frozenset(name for name in self._state.by_name if self._names.is_stale(name))
-        return snapshot(self._state, self._clock(), stale, self._waits, self._connects)
+        stats = snapshot(self._state, self._clock(), stale, self._waits, self._connects)
+        if self._participant is not None:
+            stats = dataclasses.replace(stats, budget=participant_stats(self._participant))
+        return stats
 
     def __repr__(self) -> str:
         s = self._state
@@ -568,6 +603,11 @@ class Pool:
                     # Nothing needs a closed connection's stream any more
                     # (and a tracer may keep the record a while).
                     rec.conn = None
+                if self._leases:
+                    # The budget's second call point: batched, never awaited.
+                    lease = self._leases.pop(rec, None)
+                    if lease is not None:
+                        self._participant.release(lease)  # type: ignore[union-attr]
 
     def _emit(
         self,
@@ -699,30 +739,71 @@ class Pool:
     async def _dial(self, ep: Ep) -> Connection:
         """Open a connection in the slot the machine reserved for us.
 
-        On any failure, cancellation included, the slot goes back."""
+        On any failure, cancellation included, the slot goes back.  With a
+        budget, the dial first waits for a lease of the fleet's limit (the
+        first of the budget's two call points; the other is in _flush)."""
         state = self._state
         connector = self._connector
         assert connector is not None
+        participant = self._participant
+        lease: Lease | None = None
         try:
+            if participant is not None:
+                lease = await participant.acquire(
+                    ep.key, self._acquire_timeout, lambda: ep.idle > 0
+                )
             await self._addresses(ep)
             conn = await connector.connect(ep)
+        except GaveUp:
+            # While this dial waited for the fleet, one of the pool's own
+            # connections came back idle: take it instead (or dial again).
+            state.dial_abandoned(ep)
+            self._flush()
+            return await self._acquire(ep, state.acquire(ep, self._clock()))
+        except PoolTimeout:
+            # No budget within acquire_timeout: not a connect failure.
+            if lease is not None:
+                participant.release(lease)  # type: ignore[union-attr]
+            state.dial_abandoned(ep)
+            self._flush()
+            raise
         except Exception as exc:
+            if lease is not None:
+                participant.release(lease)  # type: ignore[union-attr]
             state.dial_failed(ep)
             self._flush()
             self._emit("acquire.failed", ep.key, detail=str(exc))
             raise
         except BaseException:
+            if lease is not None:
+                participant.release(lease)  # type: ignore[union-attr]
             state.dial_abandoned(ep)
             self._flush()
             raise
         _histogram(self._connects, ep).observe(conn._connect_ns / 1e9)
         rec = conn._rec
+        if lease is not None:
+            self._leases[rec] = lease
         if state.closed:
             state.discard(rec, "pool-closed")
             self._flush()
             raise PoolClosed("the pool was closed while connecting")
         self._leaks.track(rec, conn)
         return self._hand_out(rec, reused=False)
+
+    # -- the fleet budget ------------------------------------------------------------
+
+    def _give_back(self, endpoint: object, n: int) -> int:
+        """The budget asks for up to ``n`` of ``endpoint``'s connections
+        back (other participants wait below their fair share): idle ones
+        close now, in-use ones when released.  Returns how many will."""
+        state = self._state
+        ep = state.endpoints.get(endpoint)  # type: ignore[call-overload]
+        if ep is None or state.closed:
+            return 0
+        done = state.shed(ep, n)
+        self._flush()
+        return done
 
     # -- background work -----------------------------------------------------------
 

@@ -86,6 +86,9 @@ MAX_ENDPOINTS: Final = 10_000
 #: closed on purpose (closed, pool-closed).
 EXPIRY_REASONS: Final = frozenset({"idle", "lifetime", "uses", "health", "stale", "drained"})
 
+# The use count of a record that closes on release for a fleet budget (shed).
+_SHED: Final = sys.maxsize
+
 
 def is_expiry(reason: str) -> bool:
     """Whether a connection closed for ``reason`` expired (rather than failed
@@ -587,11 +590,37 @@ class PoolState(Generic[K, C]):
     def _release_reason(self, rec: ConnRecord[K, C], now: float) -> str:
         if self.closed:
             return "pool-closed"
+        if rec.uses == _SHED:
+            return "budget"
         if self.max_uses is not None and rec.uses >= self.max_uses:
             return "uses"
         if now >= rec.dies:
             return "lifetime"
         return "drained"
+
+    def shed(self, ep: EndpointState[K, C], n: int) -> int:
+        """Give up to ``n`` of ``ep``'s connections back to a fleet budget
+        (others wait below their fair share): idle ones close now, the least
+        recently used first; the rest of ``n`` in use close when released
+        instead of going idle or to a waiter (reason ``"budget"``).
+        Returns how many will close.  Cold path: it scans the open records.
+        """
+        done = 0
+        idle = sorted((rec for a in ep.addresses.values() for rec in a.idle), key=_last_used)
+        for rec in idle[:n]:
+            self._close_idle(rec, "budget")
+            done += 1
+        if done < n:
+            for rec in self.ages:
+                if rec.ep is ep and rec.state is ACTIVE and rec.uses != _SHED:
+                    # A use count no cap allows: release then closes it (the
+                    # reuse path compares uses already, so this costs nothing
+                    # there).  _release_reason tells it from a real cap.
+                    rec.uses = _SHED
+                    done += 1
+                    if done >= n:
+                        break
+        return done
 
     def discard(self, rec: ConnRecord[K, C], reason: str) -> None:
         """Close a handed-out connection (a failed health check, say)."""
@@ -712,3 +741,7 @@ class PoolState(Generic[K, C]):
                 self.to_wake.append(w)
         for rec in list(self.lru):
             self._close_idle(rec, "pool-closed")
+
+
+def _last_used(rec: ConnRecord[Any, Any]) -> float:
+    return rec.last_used

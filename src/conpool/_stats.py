@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._budget import BudgetStats
     from ._endpoint import Endpoint
     from ._state import EndpointState, PoolState
 
@@ -154,6 +155,8 @@ class PoolStats:
     :ivar pending: dials in progress.
     :ivar waiting: tasks waiting for a slot.
     :ivar closed: True once the pool was closed.
+    :ivar budget: this pool's counts as a participant of its
+        :class:`~conpool.RedisBudget`, or None without a budget.
     """
 
     endpoints: Mapping[Endpoint, EndpointStats]
@@ -162,6 +165,7 @@ class PoolStats:
     pending: int
     waiting: int
     closed: bool
+    budget: BudgetStats | None = None
 
 
 for _cls in (AddressStats, EndpointStats, HistogramStats, PoolStats):
