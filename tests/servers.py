@@ -199,6 +199,34 @@ def can_connect(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+def can_connect_unix(path: Path | str, timeout: float = 0.2) -> bool:
+    """True when a connection to the Unix socket at *path* is accepted."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def socket_directory() -> Iterator[Path]:
+    """A fresh private directory with a short path, for Unix sockets.
+
+    pytest's ``tmp_path`` can be longer than the 107 bytes a socket path may
+    hold, so sockets live in a directory of their own under ``/tmp``, removed
+    afterwards.
+    """
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="cp-", dir="/tmp"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------
 # Server binaries run in the foreground
 
@@ -411,9 +439,9 @@ class AccessLogLine:
     """One request in nginx's access log: which listener, which client, which request."""
 
     server_addr: str
-    server_port: int
-    remote_addr: str
-    remote_port: int
+    server_port: int  # 0 on a Unix socket
+    remote_addr: str  # "unix:" on a Unix socket
+    remote_port: int  # 0 on a Unix socket
     conn: int  # nginx's connection serial number
     req: int  # the request's position on that connection, from 1
 
@@ -422,7 +450,7 @@ _LOG_FORMAT = (
     "$server_addr:$server_port $remote_addr:$remote_port conn=$connection req=$connection_requests"
 )
 _LOG_LINE = re.compile(
-    r"(?P<server_addr>\S+):(?P<server_port>\d+) (?P<remote_addr>\S+):(?P<remote_port>\d+)"
+    r"(?P<server_addr>\S+?):(?P<server_port>\d*) (?P<remote_addr>\S+?):(?P<remote_port>\d*)"
     r" conn=(?P<conn>\d+) req=(?P<req>\d+)"
 )
 
@@ -467,11 +495,19 @@ class NginxServer(ServerProcess):
         worker_connections: int = 1024,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        unix_socket: Path | None = None,
+        unix_tls_socket: Path | None = None,
         binary: str | None = None,
     ) -> None:
         super().__init__(
             directory, binary or need("nginx", "nginx fixture"), port_given=port is not None
         )
+        #: Also listen on this Unix socket (``listen unix:PATH``), same server.
+        self.unix_socket = unix_socket
+        #: And with TLS on this one (needs *tls_cert* and *tls_key*).
+        self.unix_tls_socket = unix_tls_socket
+        if unix_tls_socket is not None and tls_cert is None:
+            raise ValueError("a TLS Unix socket needs tls_cert and tls_key")
         if not addresses:
             raise ValueError("nginx needs at least one address")
         if (tls_cert is None) != (tls_key is None):
@@ -521,8 +557,12 @@ class NginxServer(ServerProcess):
     def _config(self) -> str:
         d = self.directory
         listen = [f"listen {address}:{self.port};" for address in self.addresses]
+        if self.unix_socket is not None:
+            listen.append(f"listen unix:{self.unix_socket};")
         if self.tls_port is not None:
             listen += [f"listen {address}:{self.tls_port} ssl;" for address in self.addresses]
+            if self.unix_tls_socket is not None:
+                listen.append(f"listen unix:{self.unix_tls_socket} ssl;")
             listen += [
                 f"ssl_certificate {self.tls_cert};",
                 f"ssl_certificate_key {self.tls_key};",
@@ -562,6 +602,9 @@ http {{
     def is_ready(self) -> bool:
         ports = [self.port] if self.tls_port is None else [self.port, self.tls_port]
         # A connection that sends nothing leaves no line in the access log.
+        for path in (self.unix_socket, self.unix_tls_socket):
+            if path is not None and not can_connect_unix(path):
+                return False
         return all(can_connect(a, p) for a in self.addresses for p in ports)
 
     def log_paths(self) -> list[Path]:
@@ -581,9 +624,9 @@ http {{
             lines.append(
                 AccessLogLine(
                     server_addr=match["server_addr"],
-                    server_port=int(match["server_port"]),
+                    server_port=int(match["server_port"] or 0),
                     remote_addr=match["remote_addr"],
-                    remote_port=int(match["remote_port"]),
+                    remote_port=int(match["remote_port"] or 0),
                     conn=int(match["conn"]),
                     req=int(match["req"]),
                 )
@@ -615,6 +658,8 @@ class RedisServer(ServerProcess):
         *,
         port: int | None = None,
         debug_command: bool = True,
+        password: str | None = None,
+        unix_socket: Path | None = None,
         binary: str | None = None,
     ) -> None:
         super().__init__(
@@ -625,6 +670,10 @@ class RedisServer(ServerProcess):
         self.host = LOOPBACK
         self.port = port if port is not None else unused_port(self.host)
         self.debug_command = debug_command
+        #: ``--requirepass``: every client must AUTH first.
+        self.password = password
+        #: ``--unixsocket PATH --unixsocketperm 700``: also served there.
+        self.unix_socket = unix_socket
 
     @property
     def address(self) -> tuple[str, int]:
@@ -645,25 +694,53 @@ class RedisServer(ServerProcess):
         ]  # fmt: skip
         if self.debug_command:
             argv += ["--enable-debug-command", "local"]
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
+        if self.unix_socket is not None:
+            argv += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
         return argv
 
     def is_ready(self) -> bool:
-        return self.ping()
+        return self.ping() and (self.unix_socket is None or self.ping(unix=True))
 
-    def ping(self, timeout: float = 0.5) -> bool:
-        """True when ``PING`` gets ``+PONG`` on a fresh connection."""
+    def ping(self, timeout: float = 0.5, *, unix: bool = False) -> bool:
+        """True when ``PING`` gets ``+PONG`` on a fresh connection (after
+        ``AUTH`` when the server wants a password), over TCP or, with
+        *unix*, over its Unix socket."""
+        auth = b""
+        if self.password is not None:
+            auth = b"AUTH %s\r\n" % self.password.encode()
+        expected = (b"+OK\r\n" if auth else b"") + b"+PONG\r\n"
         try:
-            with socket.create_connection(self.address, timeout=timeout) as sock:
-                sock.sendall(b"PING\r\n")
-                reply = b""
-                while not reply.endswith(b"\r\n"):
-                    chunk = sock.recv(64)
-                    if not chunk:
-                        break
-                    reply += chunk
-                return reply == b"+PONG\r\n"
+            return self.command(auth + b"PING\r\n", len(expected), timeout, unix=unix) == expected
         except OSError:
             return False
+
+    def command(
+        self, request: bytes, reply_size: int, timeout: float = 2.0, *, unix: bool = False
+    ) -> bytes:
+        """Send raw RESP *request* on a fresh connection and read until
+        *reply_size* bytes came (or the server closed)."""
+        if unix:
+            assert self.unix_socket is not None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(str(self.unix_socket))
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(self.address, timeout=timeout)
+        with sock:
+            sock.sendall(request)
+            reply = b""
+            while len(reply) < reply_size:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply
 
 
 # --------------------------------------------------------------------------

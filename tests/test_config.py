@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
+import socket
 from typing import Any
 
 import pytest
@@ -235,7 +237,14 @@ def test_any_value_constructs_or_names_the_field(field: str, value: object) -> N
     stored = getattr(config, field)
     # Seconds given as an int are stored as a float (so 2**53 + 1 rounds).
     as_float = isinstance(value, int) and isinstance(stored, float) and stored == float(value)
-    assert stored == value or stored is value or as_float
+    # Socket options are stored as a tuple, a source address canonically.
+    as_tuple = field == "socket_options" and stored == tuple(value)  # type: ignore[arg-type]
+    canonical = (
+        field == "local_address"
+        and isinstance(value, str)
+        and stored == str(ipaddress.ip_address(value))
+    )
+    assert stored == value or stored is value or as_float or as_tuple or canonical
     assert type(value) is not bool
 
 
@@ -246,3 +255,107 @@ def test_any_combination_constructs_or_names_a_field(values: dict[str, object]) 
         Config(**values)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         assert any(name in str(exc) for name in values), str(exc)
+
+
+# -- lifecycle fields --------------------------------------------------------------
+
+
+async def _on_connect(conn: object) -> None:
+    return None
+
+
+def test_lifecycle_defaults() -> None:
+    config = Config()
+    assert config.min_idle == 0
+    assert config.on_connect is None
+    assert config.reset is None
+    assert config.socket_options == ()
+    assert config.local_address is None
+
+
+def test_lifecycle_fields_accepted() -> None:
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30),
+        (socket.SOL_SOCKET, socket.SO_BINDTODEVICE, bytearray(b"lo")),
+    ]
+    config = Config(
+        min_idle=10,
+        on_connect=_on_connect,
+        reset=_healthy,
+        socket_options=options,  # type: ignore[arg-type]  # a bytearray too, at run time
+        local_address="127.0.0.5",
+    )
+    assert config.min_idle == 10
+    assert config.on_connect is _on_connect and config.reset is _healthy
+    # A tuple of tuples, bytes-like values as bytes: the config stays hashable.
+    assert config.socket_options == (
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30),
+        (socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo"),
+    )
+    assert isinstance(config.socket_options[2][2], bytes)
+    hash(config)
+    assert config.local_address == "127.0.0.5"
+    assert Config(local_address="0:0::1").local_address == "::1"
+    assert Config(min_idle=2, max_connections=2).min_idle == 2
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"min_idle": -1}, "min_idle must be >= 0, got -1"),
+        ({"min_idle": 11}, "min_idle must be <= max_connections_per_endpoint (10), got 11"),
+        (
+            {"min_idle": 3, "max_connections_per_endpoint": 2},
+            "min_idle must be <= max_connections_per_endpoint (2), got 3",
+        ),
+        ({"min_idle": 3, "max_connections": 2}, "min_idle must be <= max_connections (2), got 3"),
+        ({"socket_options": [(1, -1, 1)]}, "socket_options[0]: option must be in 0..2147483647"),
+        ({"socket_options": [(2**31, 1, 1)]}, "socket_options[0]: level must be in 0..2147483647"),
+        ({"socket_options": [(1, 9, 2**31)]}, "socket_options[0]: value must fit a C int"),
+        ({"socket_options": [(1, 9, -(2**31) - 1)]}, "socket_options[0]: value must fit a C int"),
+        ({"socket_options": [(1, 25, b"x" * 1025)]}, "socket_options[0]: a bytes value must be"),
+        ({"local_address": "localhost"}, "local_address must be an IP address, got 'localhost'"),
+        ({"local_address": "127.0.0.256"}, "local_address must be an IP address"),
+        ({"local_address": ""}, "local_address must be an IP address"),
+        ({"local_address": "fe80::1%eth0"}, "local_address must not carry an IPv6 zone id"),
+    ],
+)
+def test_lifecycle_value_errors(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Config(**values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"min_idle": 1.0}, "min_idle must be an int"),
+        ({"min_idle": True}, "min_idle must be an int"),
+        ({"min_idle": None}, "min_idle must be an int"),
+        ({"on_connect": "AUTH"}, "on_connect must be an async callable or None"),
+        ({"reset": 1}, "reset must be an async callable or None"),
+        ({"socket_options": None}, "socket_options must be a sequence"),
+        ({"socket_options": "SO_KEEPALIVE"}, "socket_options must be a sequence"),
+        ({"socket_options": b"\x01"}, "socket_options must be a sequence"),
+        ({"socket_options": (1, 9, 1)}, r"socket_options\[0\] must be a \(level, option, value\)"),
+        (
+            {"socket_options": [[1, 9, 1]]},
+            r"socket_options\[0\] must be a \(level, option, value\)",
+        ),
+        ({"socket_options": [(1, 9)]}, r"socket_options\[0\] must be a \(level, option, value\)"),
+        (
+            {"socket_options": [(1, 9, 1), ("1", 9, 1)]},
+            r"socket_options\[1\]: level must be an int",
+        ),
+        ({"socket_options": [(1, 9.0, 1)]}, r"socket_options\[0\]: option must be an int"),
+        ({"socket_options": [(1, 9, True)]}, r"socket_options\[0\]: value must be an int or bytes"),
+        ({"socket_options": [(1, 9, 1.5)]}, r"socket_options\[0\]: value must be an int or bytes"),
+        ({"socket_options": [(1, 9, "lo")]}, r"socket_options\[0\]: value must be an int or bytes"),
+        ({"local_address": b"127.0.0.1"}, "local_address must be an IP address as a str or None"),
+        ({"local_address": ("127.0.0.1", 0)}, "local_address must be an IP address as a str"),
+    ],
+)
+def test_lifecycle_type_errors(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        Config(**values)

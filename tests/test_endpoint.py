@@ -8,6 +8,7 @@ import ipaddress
 import pickle
 import ssl
 from dataclasses import FrozenInstanceError
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -488,9 +489,10 @@ def test_parse_constructs_or_names_the_bad_field(text: str) -> None:
     try:
         ep = Endpoint.parse(text)
     except ValueError as exc:
-        _assert_names(exc, "host", "port")
+        _assert_names(exc, "host", "port", "path")
         return
     assert Endpoint.parse(str(ep)) == ep
+    assert (ep.path is None) == (not text.startswith("unix:") or ep.port != 0)
 
 
 @st.composite
@@ -534,3 +536,102 @@ def test_tls_constructs_or_names_the_bad_field(
         return
     assert tls == TLS(tls.context, tls.server_name, tls.alpn)
     assert hash(tls) == hash(TLS(tls.context, tls.server_name, tls.alpn))
+
+
+# --- Unix domain sockets ----------------------------------------------------------
+
+
+def test_unix_endpoint() -> None:
+    ep = Endpoint.unix("/run/redis/redis.sock")
+    assert ep.path == "/run/redis/redis.sock"
+    assert ep.is_unix and not ep.is_ip and ep.ip_version is None
+    assert (ep.host, ep.port, ep.tls, ep.server_name) == ("/run/redis/redis.sock", 0, None, None)
+    assert str(ep) == "unix:/run/redis/redis.sock"
+    assert repr(ep) == "Endpoint.unix('/run/redis/redis.sock')"
+    assert Endpoint.parse("unix:/run/redis/redis.sock") == ep
+    assert hash(Endpoint.parse(str(ep))) == hash(ep)
+    assert Endpoint("pool.test", 80).path is None
+    assert not Endpoint("pool.test", 80).is_unix
+
+
+def test_unix_endpoint_takes_a_path_like(tmp_path: Path) -> None:
+    sock = tmp_path / "x.sock"
+    assert Endpoint.unix(sock) == Endpoint.unix(str(sock))  # type: ignore[arg-type]
+    assert Endpoint.unix("relative.sock").path == "relative.sock"
+
+
+def test_unix_endpoint_equality_and_pickle() -> None:
+    tls = TLS(server_name="redis.test")
+    a, b = Endpoint.unix("/tmp/a.sock"), Endpoint.unix("/tmp/a.sock")
+    assert a == b and hash(a) == hash(b)
+    assert a != Endpoint.unix("/tmp/b.sock")
+    assert a != Endpoint.unix("/tmp/a.sock", tls=tls)
+    # A path never equals a host of the same spelling on some port.
+    assert Endpoint.unix("localhost") != Endpoint("localhost", 80)
+    with_tls = Endpoint.unix("/tmp/a.sock", tls=tls)
+    for ep in (a, with_tls):
+        assert pickle.loads(pickle.dumps(ep)) == ep
+        assert copy.deepcopy(ep) == ep
+        assert pickle.loads(pickle.dumps(ep)).path == ep.path
+    assert with_tls.server_name == "redis.test"
+    assert repr(with_tls) == "Endpoint.unix('/tmp/a.sock', tls=TLS(server_name='redis.test'))"
+    assert Endpoint.parse("unix:/tmp/a.sock", tls=tls) == with_tls
+    with pytest.raises(FrozenInstanceError):
+        a._path = "/other"
+
+
+def test_unix_tls_needs_a_server_name() -> None:
+    with pytest.raises(ValueError, match="server_name"):
+        Endpoint.unix("/tmp/a.sock", tls=TLS())
+    with pytest.raises(ValueError, match="server_name"):
+        Endpoint.parse("unix:/tmp/a.sock", tls=TLS(alpn=("h2",)))
+    with pytest.raises(TypeError, match="tls"):
+        Endpoint.unix("/tmp/a.sock", tls="yes")  # type: ignore[arg-type]
+
+
+def test_unix_path_of_107_bytes_is_accepted_108_is_not() -> None:
+    longest = "/" + "a" * 106
+    assert Endpoint.unix(longest).path == longest
+    with pytest.raises(ValueError, match="107"):
+        Endpoint.unix(longest + "a")
+    # Bytes, not characters: "ü" is two of them.
+    with pytest.raises(ValueError, match="108 bytes"):
+        Endpoint.unix("/" + "ü" * 53 + "a")
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "fragment"),
+    [
+        ("", ValueError, "path must not be empty"),
+        ("/tmp/a\0b", ValueError, "NUL"),
+        ("\0abstract", ValueError, "NUL"),
+        (b"/tmp/a.sock", TypeError, "path must be a str"),
+        (None, TypeError, "path must be a str"),
+        (7, TypeError, "path must be a str"),
+    ],
+)
+def test_unix_path_rejections(bad: object, error: type[Exception], fragment: str) -> None:
+    with pytest.raises(error, match=fragment):
+        Endpoint.unix(bad)  # type: ignore[arg-type]
+
+
+def test_parse_unix() -> None:
+    assert Endpoint.parse("unix:./x.sock").path == "./x.sock"
+    assert Endpoint.parse("unix:x.sock").path == "x.sock"
+    # Digits only: still a host called "unix" with a port, as before.
+    assert Endpoint.parse("unix:6379") == Endpoint("unix", 6379)
+    with pytest.raises(ValueError, match="path must not be empty"):
+        Endpoint.parse("unix:")
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.text(max_size=120))
+def test_unix_constructs_or_names_the_path(path: str) -> None:
+    try:
+        ep = Endpoint.unix(path)
+    except ValueError as exc:
+        _assert_names(exc, "path")
+        return
+    assert ep.path == path and str(ep) == "unix:" + path
+    if not (path.isascii() and path.isdigit()):
+        assert Endpoint.parse(str(ep)) == ep

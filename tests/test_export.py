@@ -134,10 +134,13 @@ async def test_prometheus_text_of_a_real_pool(echo_server: EchoServer) -> None:
     assert {name: f.type for name, f in families.items()} == {
         "conpool_connections": "gauge",
         "conpool_waiting": "gauge",
+        "conpool_floor": "gauge",
         "conpool_created": "counter",
         "conpool_reused": "counter",
         "conpool_closed": "counter",
         "conpool_connect_failures": "counter",
+        "conpool_refills": "counter",
+        "conpool_refill_failures": "counter",
         "conpool_address_connections": "gauge",
         "conpool_address_created": "counter",
         "conpool_address_failures": "counter",
@@ -153,7 +156,15 @@ async def test_prometheus_text_of_a_real_pool(echo_server: EchoServer) -> None:
         for state in ("active", "idle", "pending"):
             expected["conpool_connections", labels | {("state", state)}] = getattr(e, state)
         expected["conpool_waiting", labels] = e.waiting
-        for field in ("created", "reused", "closed", "connect_failures"):
+        expected["conpool_floor", labels] = e.floor
+        for field in (
+            "created",
+            "reused",
+            "closed",
+            "connect_failures",
+            "refills",
+            "refill_failures",
+        ):
             expected[f"conpool_{field}_total", labels] = getattr(e, field)
         for ip, a in e.addresses.items():
             at = labels | {("address", ip)}

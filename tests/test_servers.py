@@ -24,6 +24,7 @@ from servers import (
     need_root,
     pid_alive,
     refused_port,
+    socket_directory,
     unused_port,
     wait_for,
     write_cert_files,
@@ -172,6 +173,44 @@ def test_redis_ping(redis: RedisServer) -> None:
         assert sock.recv(64) == b"+PONG\r\n"
     assert_stopped(redis)
     assert not redis.ping()
+
+
+@realserver
+def test_redis_with_password_and_unix_socket() -> None:
+    with socket_directory() as directory:
+        path = directory / "redis.sock"
+        with RedisServer(directory / "redis", password="s3cret", unix_socket=path) as redis:
+            assert redis.command(b"PING\r\n", 10).startswith(b"-NOAUTH")
+            assert redis.command(b"AUTH wrong\r\n", 10).startswith(b"-WRONGPASS")
+            assert redis.ping() and redis.ping(unix=True)
+            # Only its owner may use the socket (--unixsocketperm 700).
+            assert path.stat().st_mode & 0o777 == 0o700
+            assert_stopped(redis)
+            assert not redis.ping(unix=True)
+
+
+@realserver
+def test_nginx_on_a_unix_socket_and_tcp() -> None:
+    with socket_directory() as directory:
+        path = directory / "nginx.sock"
+        with NginxServer(directory / "nginx", unix_socket=path) as nginx:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(str(path))
+                assert http_get(sock, "localhost") == b"ok\n"
+                assert http_get(sock, "localhost") == b"ok\n"
+            with socket.create_connection((nginx.host, nginx.port), timeout=5) as sock:
+                assert http_get(sock, nginx.host) == b"ok\n"
+            first, second, third = nginx.wait_for_log(3)
+            assert (first.server_addr, first.remote_addr) == (f"unix:{path}", "unix:")
+            assert (first.conn, first.req, second.conn, second.req) == (
+                first.conn,
+                1,
+                first.conn,
+                2,
+            )
+            assert (third.server_addr, third.server_port) == ("127.0.0.1", nginx.port)
+            assert_stopped(nginx)
 
 
 # -- dnsmasq ---------------------------------------------------------------

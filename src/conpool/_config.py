@@ -6,6 +6,7 @@ whether a limit is ``0``, negative, ``NaN`` or a ``bool`` that slipped through.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from ._proxy import Proxy
 if TYPE_CHECKING:
     from ._connection import Connection
 
-__all__ = ["BALANCE_POLICIES", "Config", "HealthCheck"]
+__all__ = ["BALANCE_POLICIES", "Config", "HealthCheck", "OnConnect", "Reset", "SocketOption"]
 
 #: The names accepted by :attr:`Config.balance`.
 BALANCE_POLICIES: tuple[str, ...] = tuple(POLICIES)
@@ -28,6 +29,22 @@ BALANCE_POLICIES: tuple[str, ...] = tuple(POLICIES)
 #: connection module is only imported for type checking: configuration sits
 #: below the I/O shell in the import graph.
 HealthCheck: TypeAlias = Callable[["Connection"], Awaitable[bool]]
+
+#: ``async def on_connect(conn: conpool.Connection) -> None``: run once on every
+#: new connection before its first hand-out.
+OnConnect: TypeAlias = Callable[["Connection"], Awaitable[None]]
+
+#: ``async def reset(conn: conpool.Connection) -> bool``: run on every release
+#: of a connection that would be reused; ``False`` closes it.
+Reset: TypeAlias = Callable[["Connection"], Awaitable[bool]]
+
+#: ``(level, option, value)`` as :meth:`socket.socket.setsockopt` takes them.
+SocketOption: TypeAlias = tuple[int, int, "int | bytes"]
+
+# setsockopt(2) takes a C int for level, option and an int value; a bytes
+# value is copied into a kernel buffer, and no option wants more than this.
+_C_INT_MIN, _C_INT_MAX = -(2**31), 2**31 - 1
+_MAX_OPTION_BYTES = 1024
 
 
 def _describe(value: object) -> str:
@@ -72,6 +89,64 @@ def _float(
     if not inclusive and number <= minimum:
         raise ValueError(f"{name} must be > {minimum:g}, got {value!r}")
     return number
+
+
+def _socket_options(value: object) -> tuple[SocketOption, ...]:
+    """Check ``socket_options`` and return it as a tuple of tuples (hashable,
+    like the rest of the config)."""
+    name = "socket_options"
+    # A str or bytes is a sequence too, of characters: never what was meant.
+    if isinstance(value, str | bytes | bytearray) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"{name} must be a sequence of (level, option, value) tuples, got {_describe(value)}"
+        )
+    options: list[SocketOption] = []
+    for index, entry in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(entry, tuple) or len(entry) != 3:
+            raise TypeError(
+                f"{where} must be a (level, option, value) tuple, got {_describe(entry)}"
+            )
+        level, option, setting = entry
+        for part, number in (("level", level), ("option", option)):
+            if isinstance(number, bool) or not isinstance(number, int):
+                raise TypeError(f"{where}: {part} must be an int, got {_describe(number)}")
+            if not 0 <= number <= _C_INT_MAX:
+                raise ValueError(f"{where}: {part} must be in 0..{_C_INT_MAX}, got {number!r}")
+        if isinstance(setting, bytes | bytearray):
+            if len(setting) > _MAX_OPTION_BYTES:
+                raise ValueError(
+                    f"{where}: a bytes value must be at most {_MAX_OPTION_BYTES} bytes, "
+                    f"got {len(setting)}"
+                )
+            setting = bytes(setting)
+        elif isinstance(setting, bool) or not isinstance(setting, int):
+            # True would work with setsockopt, but the config never takes a
+            # bool for a number; 1 says the same.
+            raise TypeError(f"{where}: value must be an int or bytes, got {_describe(setting)}")
+        elif not _C_INT_MIN <= setting <= _C_INT_MAX:
+            raise ValueError(f"{where}: value must fit a C int, got {setting!r}")
+        options.append((int(level), int(option), setting))
+    return tuple(options)
+
+
+def _local_address(value: object) -> str | None:
+    """Check ``local_address`` and return its canonical spelling."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(
+            f"local_address must be an IP address as a str or None, got {_describe(value)}"
+        )
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"local_address must be an IP address, got {value!r}") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        # bind() needs the zone as an interface index, which the text form
+        # does not carry portably: refuse it rather than bind something else.
+        raise ValueError(f"local_address must not carry an IPv6 zone id, got {value!r}")
+    return str(address)
 
 
 def _int_to_float(name: str, value: int) -> float:
@@ -162,6 +237,32 @@ class Config:
         host names (``example.com`` and the names under it), ``.suffix``
         (only the names under it), IP addresses, CIDRs (``10.0.0.0/8``),
         ``*`` for all, each optionally with ``:port``.  Stored as a tuple.
+    :param min_idle: connections kept open per endpoint the pool has served
+        or prewarmed, so that while nobody uses them this many are idle and
+        ready; spread over the name's addresses; at least 0 and at most
+        *max_connections_per_endpoint* (and *max_connections*).  Connections
+        in use count towards it.  While an endpoint has no more than this
+        many open, its idle ones are not closed for idle time; those retired
+        for their lifetime, their uses, a failed health check or the peer's
+        close are replaced in the background.  0, the default, keeps no floor.
+    :param on_connect: ``async def on_connect(conn) -> None`` run once on every
+        new connection (after TLS) before its first hand-out: AUTH, SELECT, a
+        greeting.  If it raises, the connection is closed and the acquire
+        fails with :class:`conpool.ConnectError` (not retried, and not
+        counted against the address).
+    :param reset: ``async def reset(conn) -> bool`` run on every release of a
+        connection that would be reused; ``False`` or an exception closes it
+        instead.
+    :param socket_options: ``(level, option, value)`` tuples applied with
+        :meth:`socket.socket.setsockopt` to every socket before it connects,
+        e.g. ``(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)``.  ``TCP_NODELAY``
+        is on unless an entry sets it.  On Unix domain sockets, options of
+        the TCP and IP levels are skipped (they do not apply there).  Not
+        applied to the socket to a *proxy*.
+    :param local_address: the source IP to bind (port 0) before connecting,
+        e.g. ``"127.0.0.5"``; ``None`` lets the kernel choose.  Only
+        addresses of its family are dialled with it: an IPv4 source cannot
+        reach an IPv6 address.  Not applied to the socket to a *proxy*.
     :raises TypeError: if a field has the wrong type, e.g. a float or bool
         where an int is expected, or a non-callable *health_check*.
     :raises ValueError: if a field is out of range, NaN, or infinite where
@@ -193,6 +294,11 @@ class Config:
     lifetime_jitter: float = 0.0
     proxy: Proxy | None = None
     no_proxy: Sequence[str] = ()
+    min_idle: int = 0
+    on_connect: OnConnect | None = None
+    reset: Reset | None = None
+    socket_options: Sequence[SocketOption] = ()
+    local_address: str | None = None
 
     def __post_init__(self) -> None:
         proxy: object = self.proxy
@@ -295,6 +401,24 @@ class Config:
                 f"health_check must be an async callable or None, "
                 f"got {_describe(self.health_check)}"
             )
+
+        for hook in ("on_connect", "reset"):
+            value = getattr(self, hook)
+            if value is not None and not callable(value):
+                raise TypeError(f"{hook} must be an async callable or None, got {_describe(value)}")
+        _int("min_idle", self.min_idle, 0)
+        if self.min_idle > self.max_connections_per_endpoint:
+            raise ValueError(
+                f"min_idle must be <= max_connections_per_endpoint "
+                f"({self.max_connections_per_endpoint}), got {self.min_idle!r}"
+            )
+        if self.max_connections is not None and self.min_idle > self.max_connections:
+            raise ValueError(
+                f"min_idle must be <= max_connections ({self.max_connections}), "
+                f"got {self.min_idle!r}"
+            )
+        object.__setattr__(self, "socket_options", _socket_options(self.socket_options))
+        object.__setattr__(self, "local_address", _local_address(self.local_address))
 
         for name, number in floats.items():
             # A frozen dataclass forbids normal assignment, even here.

@@ -18,10 +18,12 @@ from collections.abc import Callable
 import anyio
 
 from ._backends import Backend
+from ._backends._sockets import SocketFactory
 from ._connection import Connection
 from ._dialplan import DialPlan, Race, blames_address, should_race, tls_failure
 from ._endpoint import Endpoint
 from ._errors import ConnectError, ResolveError, describe
+from ._proxy import Proxy
 from ._state import EndpointState, PoolState
 
 __all__ = ["Connector"]
@@ -46,6 +48,7 @@ class Connector:
         self.backend = backend
         self.emit = emit
         self.rng = rng
+        self.sockets = SocketFactory.of(self.config)
 
     async def connect(self, ep: Ep) -> Connection:
         """A registered connection (its record active), or :class:`ConnectError`."""
@@ -72,7 +75,10 @@ class Connector:
             endpoint=endpoint,
             errors=[exc for _, exc in plan.errors],
             context=plan.context(
-                endpoint, endpoint.port, config.proxy_for(endpoint.host, endpoint.port)
+                endpoint,
+                endpoint.port,
+                self._proxy(endpoint),
+                endpoint.is_unix,
             ),
         ) from last
 
@@ -137,21 +143,8 @@ class Connector:
         endpoint = ep.key
         start = time.monotonic_ns()
         self.emit("connect.started", endpoint, ip)
-        proxy = self.config.proxy_for(endpoint.host, endpoint.port)
         try:
-            if proxy is None:
-                conn = await self.backend.open(
-                    endpoint, ip, endpoint.port, self.config.connect_timeout
-                )
-            else:
-                conn = await self.backend.open(
-                    endpoint,
-                    ip,
-                    endpoint.port,
-                    self.config.connect_timeout,
-                    proxy=proxy,
-                    trace=self._tracer(endpoint, ip),
-                )
+            conn = await self.open(endpoint, ip)
         except BaseException as exc:
             # OSError covers refusals, resets, timeouts and TLS failures;
             # anything else is cancellation or a bug, and propagates as is.
@@ -180,6 +173,31 @@ class Connector:
         if conn._tls_ns is not None:
             self.emit("tls.complete", endpoint, ip, duration_ns=conn._tls_ns)
         return conn
+
+    async def open(self, endpoint: Endpoint, ip: str) -> Connection:
+        """The backend's one attempt to ``ip``: through the proxy that
+        applies, or directly on a socket made with the configured options
+        (the warm floor's refills open theirs here too)."""
+        proxy = self._proxy(endpoint)
+        if proxy is None:
+            return await self.backend.open(
+                endpoint, ip, endpoint.port, self.config.connect_timeout, sockets=self.sockets
+            )
+        return await self.backend.open(
+            endpoint,
+            ip,
+            endpoint.port,
+            self.config.connect_timeout,
+            proxy=proxy,
+            trace=self._tracer(endpoint, ip),
+        )
+
+    def _proxy(self, endpoint: Endpoint) -> Proxy | None:
+        """The proxy a dial to ``endpoint`` goes through (never for a Unix
+        socket: it is local by definition)."""
+        if endpoint.is_unix:
+            return None
+        return self.config.proxy_for(endpoint.host, endpoint.port)
 
     def _tracer(self, endpoint: Endpoint, ip: str) -> Callable[[str, int | None, str], None]:
         """What a proxied attempt reports its handshake span through."""

@@ -49,7 +49,8 @@ class Connection(ByteStream):
     tell a stale reference from the new holder's, so keep none.
 
     :ivar endpoint: the :class:`~conpool.Endpoint` it was acquired for.
-    :ivar address: ``(ip, port)`` actually dialled.
+    :ivar address: ``(ip, port)`` actually dialled; ``(path, 0)`` on a Unix
+        domain socket.
     """
 
     __slots__ = (
@@ -140,10 +141,13 @@ class Connection(ByteStream):
         rec = self._rec
         ident = f"#{rec.id} " if rec is not UNREGISTERED else ""
         ip, port = self.address
-        host = f"[{ip}]" if ":" in ip else ip
+        if self.endpoint.is_unix:
+            via = f"unix:{ip}"
+        else:
+            via = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         state = "closed" if self._closed else "broken" if self._broken else "open"
         uses = rec.uses if rec is not UNREGISTERED else 0
-        return f"<conpool.Connection {ident}{self.endpoint} via {host}:{port} {state} uses={uses}>"
+        return f"<conpool.Connection {ident}{self.endpoint} via {via} {state} uses={uses}>"
 
 
 Connection.__module__ = "conpool"

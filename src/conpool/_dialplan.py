@@ -27,11 +27,13 @@ import random
 import ssl
 from collections.abc import Iterable
 
+from ._errors import SocketSetupError
 from ._proxy import Proxy, ProxyError
 
 __all__ = [
     "DialPlan",
     "Race",
+    "address_label",
     "backoff_delay",
     "blames_address",
     "family",
@@ -65,14 +67,24 @@ def retryable(exc: BaseException) -> bool:
 
     A TLS error (a certificate that does not verify, a server that does not
     speak TLS) will fail the same way on every attempt: retrying only delays
-    the error and hammers the server.  Anything but an :class:`OSError` is not
-    a connection failure at all.  A proxy's refusal says itself
+    the error and hammers the server.  So will a socket option or a source
+    address the kernel refuses.  Anything but an :class:`OSError` is not a
+    connection failure at all.  A proxy's refusal says itself
     (:attr:`conpool.ProxyError.retryable`: a 407 will repeat, a proxy that
     was down may be back).
     """
     if isinstance(exc, ProxyError):
         return exc.retryable
-    return isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError)
+    return isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError | SocketSetupError)
+
+
+def address_label(ip: str, port: int, unix: bool = False) -> str:
+    """How the address one attempt dialled reads in an error's story:
+    ``tcp:IP:PORT``, or ``unix:PATH`` (``ip`` is then the path)."""
+    if unix:
+        return f"unix:{ip}"
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"tcp:{host}:{port}"
 
 
 def blames_address(exc: BaseException) -> bool:
@@ -152,14 +164,18 @@ class DialPlan:
             return 0.0
         return backoff_delay(self.round - 1, self.backoff, self.backoff_max, self.rng)
 
-    def context(self, endpoint: object, port: int, proxy: Proxy | None = None) -> list[str]:
+    def context(
+        self, endpoint: object, port: int, proxy: Proxy | None = None, unix: bool = False
+    ) -> list[str]:
         """The story of a dial that failed, innermost first, for its
         :class:`~conpool.ConnectError`; through *proxy*, the first line says
-        so (without its credentials)."""
+        so (without its credentials); ``unix``: to a Unix socket."""
         ip = self.errors[-1][0]
-        host = f"[{ip}]" if ":" in ip else ip
         via = "" if proxy is None else f" via {proxy}"
-        context = [f"connecting to tcp:{host}:{port}{via}", f"connecting to {endpoint}"]
+        context = [
+            f"connecting to {address_label(ip, port, unix)}{via}",
+            f"connecting to {endpoint}",
+        ]
         if self.round > 1:
             retries = self.round - 1
             context.append(f"after {retries} retry attempt{'s' if retries > 1 else ''}")

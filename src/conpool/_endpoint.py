@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 import ssl
 from collections.abc import Sequence
@@ -40,6 +41,39 @@ _LABEL_RE = re.compile(r"[a-z0-9_-]+")
 _DIGITS_RE = re.compile(r"[0-9]+")
 _ZONE_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _IPV4_CHARS_RE = re.compile(r"[0-9.]+")
+
+# struct sockaddr_un's sun_path is 108 bytes on Linux, and the kernel wants
+# room for the terminating NUL of a path-named socket.
+_MAX_UNIX_PATH = 107
+_UNIX_PREFIX = "unix:"
+
+
+def _check_unix_path(value: object) -> str:
+    """Return a Unix socket path as a plain str, or raise naming ``path``."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(f"path must be a str, got {type(value).__name__} {value!r}")
+    path = str.__str__(value)
+    if not path:
+        raise ValueError("path must not be empty, got ''")
+    if "\0" in path:
+        # A leading NUL names a Linux abstract socket, any other NUL would be
+        # cut off by the kernel: both would dial something other than the
+        # path written.
+        raise ValueError(f"invalid path {path!r}: a NUL character is not allowed")
+    try:
+        size = len(os.fsencode(path))
+    except UnicodeError as exc:
+        raise ValueError(
+            f"invalid path {path!r}: not encodable for the file system ({exc})"
+        ) from None
+    if size > _MAX_UNIX_PATH:
+        raise ValueError(
+            f"invalid path {path!r}: {size} bytes, "
+            f"a Unix socket path holds at most {_MAX_UNIX_PATH}"
+        )
+    return path
 
 
 def _fail(field: str, value: str, reason: str) -> NoReturn:
@@ -364,12 +398,13 @@ class Endpoint:
         1..65535.
     """
 
-    __slots__ = ("_hash", "_host", "_ip_version", "_port", "_tls")
+    __slots__ = ("_hash", "_host", "_ip_version", "_path", "_port", "_tls")
 
     _host: str
     _port: int
     _tls: TLS | None
     _ip_version: Literal[4, 6] | None
+    _path: str | None
     _hash: int
 
     def __init__(self, host: str, port: int, *, tls: TLS | None = None) -> None:
@@ -385,16 +420,60 @@ class Endpoint:
         object.__setattr__(self, "_port", port)
         object.__setattr__(self, "_tls", tls)
         object.__setattr__(self, "_ip_version", version)
+        object.__setattr__(self, "_path", None)
         # Computed once: the pool hashes the endpoint on every acquire.
         object.__setattr__(self, "_hash", hash((canonical, port, tls)))
 
     @classmethod
+    def unix(cls, path: str, *, tls: TLS | None = None) -> Endpoint:
+        """A Unix domain socket endpoint: redis, PostgreSQL, Docker, a local proxy.
+
+        ``str(endpoint)`` is ``"unix:" + path``, which :meth:`parse` reads back;
+        :attr:`path` is the path, :attr:`host` is the path too (it is the
+        endpoint's one address, in stats and traces) and :attr:`port` is 0.
+        The path is dialled as written: a relative path is relative to the
+        working directory at each connect.
+
+        :param path: the socket's file system path (a str or a path-like).
+        :param tls: TLS over the socket; its ``server_name`` must then be
+            given, since there is no host name to check the certificate against.
+        :raises TypeError: if *path* is not a str (or path-like), or *tls* is
+            not a :class:`TLS` or ``None``.
+        :raises ValueError: if *path* is empty, contains a NUL character or is
+            longer than a Unix socket address holds (107 bytes), or *tls* has
+            no ``server_name``.
+        """
+        checked = _check_unix_path(path)
+        if tls is not None:
+            if not isinstance(tls, TLS):
+                raise TypeError(
+                    f"tls must be a conpool.TLS or None, got {type(tls).__name__} {tls!r}"
+                )
+            if tls.server_name is None:
+                raise ValueError(
+                    f"tls for the Unix socket {checked!r} needs a server_name: "
+                    "there is no host name to verify the certificate against"
+                )
+        self = object.__new__(cls)
+        object.__setattr__(self, "_host", checked)
+        object.__setattr__(self, "_port", 0)
+        object.__setattr__(self, "_tls", tls)
+        object.__setattr__(self, "_ip_version", None)
+        object.__setattr__(self, "_path", checked)
+        # Port 0 never belongs to a TCP endpoint, so (path, 0) cannot equal one.
+        object.__setattr__(self, "_hash", hash((checked, 0, tls)))
+        return self
+
+    @classmethod
     def parse(cls, text: str, *, tls: TLS | None = None) -> Endpoint:
-        """Parse ``"host:port"``, the form :func:`str` produces.
+        """Parse ``"host:port"`` or ``"unix:PATH"``, the forms :func:`str` produces.
 
         Accepts ``"pool.test:8080"``, ``"127.0.0.1:80"`` and ``"[::1]:443"``;
         an IPv6 address needs its brackets, since its colons would otherwise be
-        ambiguous with the port separator.
+        ambiguous with the port separator.  ``"unix:/run/redis.sock"`` is
+        :meth:`unix` of the path after the prefix, except that ``"unix:"``
+        followed by digits only stays a host named ``unix`` with a port (use
+        :meth:`unix` for a socket path made of digits).
 
         :param text: the address to parse.
         :param tls: TLS settings for the endpoint.
@@ -407,6 +486,10 @@ class Endpoint:
             raise TypeError(
                 f"Endpoint.parse() needs a 'host:port' str, got {type(text).__name__} {text!r}"
             )
+        if text.startswith(_UNIX_PREFIX):
+            rest = text[len(_UNIX_PREFIX) :]
+            if not (rest.isascii() and rest.isdigit()):
+                return cls.unix(rest, tls=tls)
         if text.startswith("["):
             close = text.find("]")
             if close == -1:
@@ -442,13 +525,24 @@ class Endpoint:
 
     @property
     def host(self) -> str:
-        """The normalised host: a lower-case ASCII name or an IP address, no brackets."""
+        """The normalised host: a lower-case ASCII name or an IP address, no
+        brackets; for a Unix socket endpoint, its path."""
         return self._host
 
     @property
     def port(self) -> int:
-        """The TCP port."""
+        """The TCP port; 0 for a Unix socket endpoint."""
         return self._port
+
+    @property
+    def path(self) -> str | None:
+        """The socket path of a Unix socket endpoint; ``None`` for TCP."""
+        return self._path
+
+    @property
+    def is_unix(self) -> bool:
+        """Whether this is a Unix domain socket endpoint."""
+        return self._path is not None
 
     @property
     def tls(self) -> TLS | None:
@@ -497,15 +591,22 @@ class Endpoint:
         def __delattr__(self, name: str) -> None:
             raise FrozenInstanceError(f"cannot delete field {name!r}: Endpoint is immutable")
 
-    def __reduce__(self) -> tuple[object, tuple[str, int, TLS | None]]:
+    def __reduce__(self) -> tuple[object, tuple[str, int, TLS | None] | tuple[str, TLS | None]]:
+        if self._path is not None:
+            return (_rebuild_unix, (self._path, self._tls))
         return (_rebuild_endpoint, (self._host, self._port, self._tls))
 
     def __str__(self) -> str:
+        if self._path is not None:
+            return _UNIX_PREFIX + self._path
         if self._ip_version == 6:
             return f"[{self._host}]:{self._port}"
         return f"{self._host}:{self._port}"
 
     def __repr__(self) -> str:
+        if self._path is not None:
+            tls = "" if self._tls is None else f", tls={self._tls!r}"
+            return f"Endpoint.unix({self._path!r}{tls})"
         if self._tls is None:
             return f"Endpoint({self._host!r}, {self._port!r})"
         return f"Endpoint({self._host!r}, {self._port!r}, tls={self._tls!r})"
@@ -514,6 +615,10 @@ class Endpoint:
 def _rebuild_endpoint(host: str, port: int, tls: TLS | None) -> Endpoint:
     # pickle and copy cannot pass keyword arguments, and tls is keyword-only.
     return Endpoint(host, port, tls=tls)
+
+
+def _rebuild_unix(path: str, tls: TLS | None) -> Endpoint:
+    return Endpoint.unix(path, tls=tls)
 
 
 TLS.__module__ = "conpool"

@@ -106,6 +106,14 @@ class ResolveError(ConnectError):
     """The endpoint's host name did not resolve to any address."""
 
 
+class SocketSetupError(OSError):
+    """A socket option or the source address was refused by the kernel
+    (internal: it reaches users inside a :class:`ConnectError`): a
+    configuration error, which retrying cannot fix.  Its one argument is the
+    whole message, errno in the words, so that the story keeps naming the
+    option or the address."""
+
+
 class PoolTimeout(PoolError, TimeoutError):
     """No connection slot became free within ``acquire_timeout``, or the
     ``max_waiters`` queue was already full."""

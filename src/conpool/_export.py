@@ -87,11 +87,20 @@ def prometheus_text(stats: PoolStats, prefix: str = "conpool") -> str:
     for endpoint, ep in ends:
         labels = {"endpoint": str(endpoint), "tls": "false" if endpoint.tls is None else "true"}
         w.sample(w.declare("waiting", "gauge", "Tasks waiting for a slot."), ep.waiting, **labels)
+    for endpoint, ep in ends:
+        labels = {"endpoint": str(endpoint), "tls": "false" if endpoint.tls is None else "true"}
+        w.sample(
+            w.declare("floor", "gauge", "Connections the min_idle floor keeps now."),
+            ep.floor,
+            **labels,
+        )
     counters = (
         ("created", "Connections established."),
         ("reused", "Hand-outs of an existing connection."),
         ("closed", "Connections closed, for any reason."),
         ("connect_failures", "Acquires that failed to connect after every retry."),
+        ("refills", "Connections the min_idle floor opened in the background."),
+        ("refill_failures", "Background dials of the min_idle floor that failed."),
     )
     for field, help_text in counters:
         name = w.declare(f"{field}_total", "counter", help_text)

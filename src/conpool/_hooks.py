@@ -30,6 +30,8 @@ _FAILURES = (
     "tls.failed",
     "proxy.handshake.failed",
     "hook.disabled",
+    "on_connect.failed",
+    "reset.failed",
 )
 
 

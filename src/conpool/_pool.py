@@ -39,6 +39,7 @@ from ._endpoint import Endpoint
 from ._errors import PoolClosed, PoolError, PoolTimeout, ResolveError, describe
 from ._hooks import Hook, Hooks, logger
 from ._leaks import Leaks, note_taken
+from ._lifecycle import Lifecycle
 from ._resolve import ResolutionCache, Resolver, SystemResolver
 from ._state import (
     DIAL,
@@ -108,10 +109,14 @@ class _Lease:
         conn = self._conn
         assert conn is not None
         self._conn = None
+        pool = self._pool
         if exc_type is not None:
             # The exchange was interrupted: the peer may be mid-response.
             conn._broken = True
-        self._pool._put_back(conn)
+        elif pool._reset is not None:
+            await pool._reset_then_put_back(conn)
+            return
+        pool._put_back(conn)
 
 
 _new_lease = object.__new__
@@ -201,6 +206,9 @@ class Pool:
         self._connects: dict[Ep, Histogram] = {}
         self._connector: Connector | None = None
         self._state.on_event = self._core_event
+        self._life = Lifecycle(self)
+        self._on_connect = config.on_connect
+        self._reset = config.reset
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -404,9 +412,24 @@ class Pool:
         :raises ValueError: ``conn`` belongs to another pool.
         :raises RuntimeError: ``conn`` was already released.
         """
+        if self._reset is not None:
+            await self._reset_then_put_back(conn)
+            return
         self._put_back(conn)
 
-    def _put_back(self, conn: Connection) -> None:
+    async def _reset_then_put_back(self, conn: Connection) -> None:
+        """A release with ``Config.reset``: run it (when the connection would
+        be reused), then put the connection back, closing it if it failed."""
+        try:
+            ok = await self._life.run_reset(conn)
+        except BaseException:
+            # Cancelled mid-reset: the exchange may be half done, so the
+            # connection is broken; its slot still goes back.
+            self._put_back(conn)
+            raise
+        self._put_back(conn, None if ok else "reset")
+
+    def _put_back(self, conn: Connection, why: str | None = None) -> None:
         try:
             # (A connection not registered yet has a stand-in record whose
             # endpoint has no owner: refused below, as not this pool's.)
@@ -420,7 +443,9 @@ class Pool:
             raise RuntimeError(f"{conn!r} is not in use: it was already released")
         rec.conn = conn
         now = self._clock()
-        if conn._broken:  # (set too when it was closed)
+        if why is not None:
+            state.release(rec, now, False, why)
+        elif conn._broken:  # (set too when it was closed)
             state.release(rec, now, False, "closed" if conn._closed else "error")
         else:
             state.release(rec, now, True)
@@ -433,6 +458,40 @@ class Pool:
             self._trace_rec("conn.release", rec, now)
         if state.to_close or state.to_wake:
             self._flush()
+
+    async def prewarm(self, endpoint: Endpoint, n: int | None = None) -> int:
+        """Open connections to ``endpoint`` now, until ``n`` are idle, so
+        that the first requests find them ready (each runs ``on_connect``).
+
+        The endpoint is then one the pool serves: with ``Config.min_idle``
+        its floor is kept from here on.  Never beyond the limits, never
+        evicting another endpoint's idle connections.
+
+        :param endpoint: where to connect.
+        :param n: how many idle connections to have; ``None`` for
+            ``max(Config.min_idle, 1)``.
+        :returns: the number of idle connections to ``endpoint`` now.
+        :raises TypeError: ``endpoint`` is not an :class:`~conpool.Endpoint`,
+            or ``n`` is not an int.
+        :raises ValueError: ``n`` is negative.
+        :raises ConnectError: dials were needed and not a single one opened a
+            connection (or the name did not resolve: :class:`~conpool.ResolveError`).
+        :raises PoolClosed: the pool is closed.
+        """
+        if n is None:
+            n = max(self.config.min_idle, 1)
+        elif isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int or None, got {type(n).__name__} {n!r}")
+        elif n < 0:
+            raise ValueError(f"n must be >= 0, got {n!r}")
+        try:
+            found = self._state.endpoints.get(endpoint)
+        except TypeError:
+            found = None
+        ep = self._new_endpoint(endpoint) if found is None else found
+        if self._state.closed:
+            raise PoolClosed("the pool is closed")
+        return await self._life.prewarm(ep, endpoint, n)
 
     def stats(self) -> PoolStats:
         """A frozen snapshot of every count (see :class:`~conpool.PoolStats`)."""
@@ -464,9 +523,10 @@ class Pool:
             raise RuntimeError("use the pool as 'async with conpool.Pool(...) as pool:'")
         if self._state.closed:
             raise PoolClosed("the pool is closed")
-        if endpoint.is_ip or self._proxy_resolves(endpoint):
+        if endpoint.is_unix or endpoint.is_ip or self._proxy_resolves(endpoint):
             # No name to resolve (and so none to refresh): the host is the
-            # endpoint's one address.
+            # endpoint's one address (the IP, a socket's path, or a name a
+            # proxy resolves).
             ep = self._state.endpoint(endpoint)
             self._state.set_addresses(ep, [endpoint.host])
         else:
@@ -608,6 +668,8 @@ class Pool:
                     lease = self._leases.pop(rec, None)
                     if lease is not None:
                         self._participant.release(lease)  # type: ignore[union-attr]
+        if state.refill_due:
+            self._life.start_refills()
 
     def _emit(
         self,
@@ -780,15 +842,20 @@ class Pool:
             state.dial_abandoned(ep)
             self._flush()
             raise
-        _histogram(self._connects, ep).observe(conn._connect_ns / 1e9)
         rec = conn._rec
         if lease is not None:
             self._leases[rec] = lease
+        self._note_connected(ep, conn, rec)
+        if self._on_connect is not None:
+            try:
+                await self._life.init(conn)
+            except PoolError as exc:
+                self._emit("acquire.failed", ep.key, detail=str(exc))
+                raise
         if state.closed:
             state.discard(rec, "pool-closed")
             self._flush()
             raise PoolClosed("the pool was closed while connecting")
-        self._leaks.track(rec, conn)
         return self._hand_out(rec, reused=False)
 
     # -- the fleet budget ------------------------------------------------------------
@@ -804,6 +871,11 @@ class Pool:
         done = state.shed(ep, n)
         self._flush()
         return done
+
+    def _note_connected(self, ep: Ep, conn: Connection, rec: Rec) -> None:
+        """A new connection is registered: its connect time, its leak watch."""
+        _histogram(self._connects, ep).observe(conn._connect_ns / 1e9)
+        self._leaks.track(rec, conn)
 
     # -- background work -----------------------------------------------------------
 

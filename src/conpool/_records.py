@@ -224,10 +224,15 @@ class EndpointState(Generic[K, C]):
         "open",
         "owner",
         "pending",
+        "refill_after",
+        "refill_failures",
+        "refill_streak",
+        "refills",
         "reused",
         "single",
         "turn",
         "waiters",
+        "warming",
     )
 
     def __init__(self, key: K, name: str | None = None) -> None:
@@ -266,6 +271,14 @@ class EndpointState(Generic[K, C]):
         # move of pointers in C, cheaper up to some hundreds of addresses
         # than keeping positions for a swap-remove in Python).
         self.idle_addrs: list[AddressState[K, C]] = []
+        # The warm floor: dials in progress that will leave their connection
+        # idle (refills and prewarm), warm connections made and warm dials
+        # failed, failures in a row, and when the next refill may start.
+        self.warming = 0
+        self.refills = 0
+        self.refill_failures = 0
+        self.refill_streak = 0
+        self.refill_after = -math.inf
 
     @property
     def active(self) -> int:

@@ -25,6 +25,20 @@ of three states, counted per address, per endpoint and in total:
 *pending* (a slot reserved for a dial in progress; per address only once the
 dial has picked its address), *active* (handed out) and *idle*.  The limits
 bound ``pending + active + idle``.
+
+The warm floor (``Config.min_idle``).  Every endpoint the machine knows keeps
+at least ``min_idle`` connections open, so that while nobody uses them that
+many sit idle and ready (asyncpg's ``min_size``; HikariCP's ``minimumIdle``
+for a pool at rest).  Connections in use count towards it: taking an idle
+one to use it dials nothing, so a busy pool does not grow beyond its load.
+While an endpoint has no more than ``min_idle`` connections open, its idle
+ones are not closed for idle time; whenever it has fewer (a connection
+retired for its lifetime, its uses, a failed health check or the peer's
+close) the machine says which *warm dials* to start and to which address
+(:meth:`PoolState.refills`, spread by the balance policy).  A warm dial
+holds a slot like any other; when it succeeds the connection goes idle (or
+to a waiter), when it fails the endpoint backs off exponentially before the
+next one.  Failures of warm dials are never anybody's acquire error.
 """
 
 from __future__ import annotations
@@ -76,6 +90,15 @@ __all__ = [
     "is_expiry",
 ]
 
+
+#: How often, at most, the sweep looks at the idle connections of a pool with
+#: a warm floor (and at the floor itself): a peer's close of an idle
+#: connection is then noticed, and the connection replaced, within this.
+FLOOR_CHECK_INTERVAL: Final = 0.25
+
+#: The smallest base delay of the warm floor's backoff: background dials are
+#: never made in a tight loop, even with ``retry_backoff=0``.
+REFILL_BACKOFF_MIN: Final = 0.05
 
 #: Endpoints remembered at most: beyond, those with nothing open are
 #: forgotten, oldest first, so a pool that talks to ever new hosts stays bounded.
@@ -147,6 +170,14 @@ class PoolState(Generic[K, C]):
         self.sweeping = False
         self.to_close: list[tuple[ConnRecord[K, C], str]] = []
         self.to_wake: list[Waiter[K, C]] = []
+        # The warm floor (see the module's docstring).  refill_due: something
+        # may have left an endpoint short, so the shell should ask refills();
+        # next_check: when the sweep next looks at idle connections and the
+        # floor; refill_wake: the earliest end of a refill backoff.
+        self.min_idle = config.min_idle
+        self.refill_due = False
+        self.next_check = -math.inf
+        self.refill_wake = math.inf
         # Told of what no return value carries (an address ejected or
         # re-admitted): ``on_event(kind, ep, ip, detail)``; rare, so no list.
         self.on_event: Callable[[str, EndpointState[K, C], str, str], None] | None = None
@@ -207,17 +238,20 @@ class PoolState(Generic[K, C]):
     ) -> list[EndpointState[K, C]]:
         """The sweep's decision for names: which to look up again.
 
-        A name is refreshed while some endpoint of it holds connections (or
-        is dialling), so that addresses that left its answer drain even when
-        nobody dials.  ``cached(name)`` is the cache's fresh answer, or None
-        when it expired: a fresh answer (another endpoint of the name fetched
-        it) is spread at once (:meth:`answer`); for an expired one, the
-        first endpoint of the name that holds connections is returned (the
-        shell looks the name up for it), once until :meth:`refresh_done`.
+        A name is refreshed while some endpoint of it holds connections (or is
+        dialling), so that addresses that left its answer drain even when
+        nobody dials; with a warm floor, also while it holds none but has
+        resolved before (the floor's dials need its current addresses; one
+        that never resolved is left to acquires).  ``cached(name)`` is the
+        cache's fresh answer, or None when it expired: a fresh answer (another
+        endpoint of the name fetched it) is spread at once (:meth:`answer`);
+        for an expired one, the first endpoint of the name that holds
+        connections is returned (the shell looks the name up for it), once
+        until :meth:`refresh_done`.
         """
         due: list[EndpointState[K, C]] = []
         for name, eps in list(self.by_name.items()):
-            holding = next((ep for ep in eps if ep.total), None)
+            holding = next((ep for ep in eps if ep.total or (self.min_idle and ep.listed)), None)
             if holding is None:
                 continue
             ips = cached(name)
@@ -508,6 +542,9 @@ class PoolState(Generic[K, C]):
         addr.ejections = 0
         addr.ejected_until = -math.inf
         addr.open += 1
+        # The endpoint answers again: the floor's backoff starts over.
+        ep.refill_streak = 0
+        ep.refill_after = -math.inf
         ep.pending -= 1
         ep.open += 1
         ep.created += 1
@@ -653,6 +690,8 @@ class PoolState(Generic[K, C]):
         if len(self.ages) > 2 * self.live + 64 and not self.sweeping:
             self._compact_ages()
         self._slot_freed(ep)
+        if self.min_idle:
+            self.refill_due = True
 
     def _compact_ages(self) -> None:
         self.ages = [r for r in self.ages if r.state is not CLOSED]
@@ -690,16 +729,43 @@ class PoolState(Generic[K, C]):
 
     def sweep(self, now: float) -> None:
         """Close idle connections that expired.  Costs what expires, not what
-        is idle: both queues are ordered by their deadline."""
+        is idle: both queues are ordered by their deadline.
+
+        With a warm floor, idle connections of an endpoint with no more than
+        ``min_idle`` open are kept instead (renewed: their idle time starts
+        again), and every :data:`FLOOR_CHECK_INTERVAL` each idle connection is
+        asked whether it is still usable, so that one the peer closed is
+        replaced."""
         lru = self.lru
         max_idle = self.max_idle
+        floor = self.min_idle
         self.sweeping = True
         try:
             while lru:
                 rec = next(iter(lru))
                 if now < rec.last_used + max_idle:
                     break
+                if rec.ep.open <= floor:
+                    if now >= rec.dies:
+                        self._close_idle(rec, "lifetime")
+                        continue
+                    # At or below the floor: kept.  Its idle time starts
+                    # over (and it goes to the back of the queue), so the
+                    # loop ends and an acquire still sees it as fresh.
+                    # (Idle records are always of listed addresses.)
+                    rec.last_used = now
+                    expires = now + max_idle
+                    rec.expires = expires if expires < rec.dies else rec.dies
+                    lru.move_to_end(rec)
+                    continue
                 self._close_idle(rec, "idle")
+            if floor and now >= self.next_check:
+                self.next_check = now + FLOOR_CHECK_INTERVAL
+                for rec in list(lru):
+                    conn = rec.conn
+                    if conn is None or not conn._usable(now - rec.last_used):
+                        self._close_idle(rec, "stale")
+                self.refill_due = True
         finally:
             self.sweeping = False
         if len(self.ages) > 2 * self.live + 64:
@@ -728,7 +794,158 @@ class PoolState(Generic[K, C]):
             heapq.heappop(ages)  # (dropping what sweep would drop: no change seen)
         if ages:
             deadline = min(deadline, ages[0].dies)
+        if self.min_idle:
+            deadline = min(deadline, self.next_check, self.refill_wake)
         return deadline
+
+    # -- the warm floor --------------------------------------------------------------
+
+    def floor_of(self, ep: EndpointState[K, C]) -> int:
+        """How many connections the floor keeps for ``ep`` now: those open,
+        up to ``min_idle``."""
+        return min(ep.open, self.min_idle)
+
+    def refills(self, now: float) -> list[tuple[EndpointState[K, C], str]]:
+        """The warm dials to start now: ``(endpoint, address)`` pairs, each
+        with its slot reserved and counted pending at the address.
+
+        An endpoint short of its floor (connections open and dials in
+        progress below ``min_idle``) gets dials for the difference, within the
+        per-endpoint and total limits, unless it backs off after failures,
+        tasks wait for it (a free slot is theirs), tasks wait for room under
+        ``max_connections``, or its name has no address.  The shell opens
+        each (one attempt) and reports with :meth:`refill_connected` then
+        :meth:`warm_ready`, or :meth:`refill_failed`, or
+        :meth:`warm_abandoned`.
+        """
+        self.refill_due = False
+        dials: list[tuple[EndpointState[K, C], str]] = []
+        floor = self.min_idle
+        if not floor or self.closed:
+            return dials
+        if self.refill_wake <= now:
+            self.refill_wake = math.inf
+        for ep in self.endpoints.values():
+            want = floor - ep.total
+            if want <= 0 or ep.waiters or not ep.listed:
+                continue
+            if now < ep.refill_after:
+                self.refill_wake = min(self.refill_wake, ep.refill_after)
+                continue
+            want = min(want, self.per_endpoint - ep.total)
+            if self.max_total is not None:
+                if self.waiters:
+                    break  # the room under max_connections is theirs
+                want = min(want, self.max_total - self.total)
+            for _ in range(want):
+                ep.pending += 1
+                self.total += 1
+                ep.warming += 1
+                ip = self.pick_address(ep, now)
+                assert ip is not None  # (ep.listed is not empty)
+                dials.append((ep, ip))
+        return dials
+
+    def reserve_warm(self, ep: EndpointState[K, C], n: int) -> int:
+        """Reserve the slots of the dials that bring ``ep`` to ``n`` idle
+        connections (``pool.prewarm``), counting those idle and those warm
+        dials already bring, within the limits (nothing is evicted for it,
+        and a slot tasks wait for is theirs).  Returns how many were
+        reserved: dial each like an acquire's (:meth:`pick_address`...), then
+        :meth:`connected` and :meth:`warm_ready`, or :meth:`warm_abandoned`
+        with ``failed=True``."""
+        if self.closed:
+            raise PoolClosed("the pool is closed")
+        want = n - ep.idle - ep.warming
+        if want <= 0 or ep.waiters:
+            return 0
+        want = min(want, self.per_endpoint - ep.total)
+        if self.max_total is not None:
+            want = 0 if self.waiters else min(want, self.max_total - self.total)
+        want = max(want, 0)
+        ep.pending += want
+        self.total += want
+        ep.warming += want
+        return want
+
+    def refill_connected(
+        self, ep: EndpointState[K, C], ip: str, conn: C, now: float
+    ) -> ConnRecord[K, C]:
+        """A warm dial to ``ip`` connected.  The record is active (counted
+        as warming still) until :meth:`warm_ready`, so that the shell can
+        run ``on_connect`` on it first, or :meth:`init_failed`."""
+        return self.connected(ep, ip, conn, now)
+
+    def warm_ready(self, rec: ConnRecord[K, C], now: float, *, refill: bool = False) -> None:
+        """A warm connection is ready: it goes idle (or to a waiter) without
+        having been handed out (``uses`` 0 until its first hand-out).
+        ``refill``: it came from :meth:`refills` (counted as a refill), not
+        from a prewarm."""
+        rec.ep.warming -= 1
+        if refill:
+            rec.ep.refills += 1
+        rec.uses = 0
+        self.release(rec, now, reusable=True)
+
+    def refill_failed(self, ep: EndpointState[K, C], ip: str | None, now: float) -> None:
+        """A warm dial failed (at ``ip``, or before it had one): the slot is
+        free and the endpoint backs off (exponential, capped, jittered)."""
+        if ip is not None:
+            self.attempt_failed(ep, ip, now, counts=True)
+        self._refill_backoff(ep, now)
+        ep.warming -= 1
+        self.dial_abandoned(ep)
+
+    def warm_abandoned(
+        self, ep: EndpointState[K, C], ip: str | None, *, failed: bool = False
+    ) -> None:
+        """A warm dial ended without a connection (cancelled, or a prewarm
+        dial that failed after its retries, ``failed``): the slot is free."""
+        if ip is not None:
+            addr = ep.addresses[ip]
+            addr.pending -= 1
+            self._forget_if_unused(ep, addr)
+        ep.warming -= 1
+        if failed:
+            ep.connect_failures += 1
+        self.dial_abandoned(ep)
+
+    def init_failed(
+        self, rec: ConnRecord[K, C], now: float, *, warm: bool = False, background: bool = False
+    ) -> None:
+        """``on_connect`` failed on a new connection (registered with
+        :meth:`connected` or :meth:`refill_connected`): it closes and the
+        address keeps its good name (a failing initialiser is a configuration
+        error, not the address's fault).  ``warm``: the dial of a refill or a
+        prewarm; ``background``: a refill, which backs off (nobody's acquire
+        failed), where any other counts as a failed connect."""
+        ep = rec.ep
+        if warm:
+            ep.warming -= 1
+        if background:
+            self._refill_backoff(ep, now)
+        else:
+            ep.connect_failures += 1
+        self.discard(rec, "on_connect")
+
+    def _refill_backoff(self, ep: EndpointState[K, C], now: float) -> None:
+        # Exponential from retry_backoff (never below REFILL_BACKOFF_MIN), capped
+        # at retry_backoff_max, with "equal jitter": at least half the delay,
+        # so that background dials never hammer a server that refuses them,
+        # yet pools that failed together do not retry together.
+        ep.refill_failures += 1
+        ep.refill_streak += 1
+        base = max(self.config.retry_backoff, REFILL_BACKOFF_MIN)
+        cap = max(self.config.retry_backoff_max, base)
+        ceiling = min(cap, base * 2.0 ** min(ep.refill_streak - 1, 62))
+        delay = ceiling / 2 + self.rng.uniform(0.0, ceiling / 2)
+        ep.refill_after = now + delay
+        self.refill_wake = min(self.refill_wake, ep.refill_after)
+
+    def would_reuse(self, rec: ConnRecord[K, C], now: float) -> bool:
+        """Whether releasing ``rec`` (held, not broken) would keep it for
+        reuse rather than close it: what decides whether ``reset`` runs."""
+        return not self.closed and now < rec.dies and rec.uses < self.uses_cap and rec.addr.listed
 
     def close(self) -> None:
         """Close the pool: every idle record closes, every waiter is woken

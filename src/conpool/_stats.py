@@ -129,6 +129,11 @@ class EndpointStats:
         freed for them, or they gave up), not counting the moment the event
         loop then takes to resume the task.
     :ivar connect_time: how long successful connects took (TCP and TLS), cumulative.
+    :ivar floor: connections the warm floor (``Config.min_idle``) keeps
+        now: those open, up to ``min_idle``.
+    :ivar refills: connections the floor opened in the background.
+    :ivar refill_failures: background dials of the floor that failed
+        (connect, TLS or ``on_connect``); never anybody's acquire error.
     """
 
     active: int
@@ -143,6 +148,9 @@ class EndpointStats:
     stale: bool = False
     wait_time: HistogramStats = _EMPTY
     connect_time: HistogramStats = _EMPTY
+    floor: int = 0
+    refills: int = 0
+    refill_failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +217,9 @@ def snapshot(
             stale=endpoint.host in stale,
             wait_time=waits[ep].snapshot() if waits and ep in waits else _EMPTY,
             connect_time=connects[ep].snapshot() if connects and ep in connects else _EMPTY,
+            floor=state.floor_of(ep),
+            refills=ep.refills,
+            refill_failures=ep.refill_failures,
         )
         active += ep.active
         idle += ep.idle

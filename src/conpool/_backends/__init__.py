@@ -6,9 +6,11 @@ and asks them only through :class:`Backend`:
 
 * ``clock()``: the time, in seconds, that every deadline is measured in;
 * ``open(endpoint, ip, port, connect_timeout)``: one connection attempt to one
-  address (TCP, then TLS if the endpoint asks for it), returning an
-  unregistered :class:`~conpool.Connection` or raising :class:`OSError`;
-  with ``proxy=`` and ``trace=``, through that proxy;
+  address (TCP or a Unix socket's path, then TLS if the endpoint asks for
+  it), returning an unregistered :class:`~conpool.Connection` or raising
+  :class:`OSError`; with ``proxy=`` and ``trace=``, through that proxy; with
+  ``sockets=``, on a socket it made (``Config.socket_options``,
+  ``Config.local_address``);
 * ``park()`` / ``wake(waiters)``: what a waiting task awaits (made in that
   task; awaiting it is the whole wait, so the contended path resumes through
   no coroutine of ours), and waking the waiters the state machine served;
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from .._proxy import Proxy
     from .._records import Waiter
     from .._tunnel import Trace
+    from ._sockets import SocketFactory
 
 __all__ = ["Backend", "current_backend"]
 
@@ -86,6 +89,7 @@ class Backend(Protocol):
         *,
         proxy: Proxy | None = None,
         trace: Trace | None = None,
+        sockets: SocketFactory | None = None,
     ) -> Connection:
         """One connection attempt; :class:`OSError` when it fails.
 

@@ -31,10 +31,11 @@ from .._connection import Connection
 from .._proxy import Proxy
 from .._tunnel import ProxyAttempt, Trace
 from ._sockets import (
+    DEFAULT_SOCKETS,
     PROBE_AFTER,
     NotTLSError,
+    SocketFactory,
     closed_in_handshake,
-    make_socket,
     probe,
     timeout_error,
     tls_timed,
@@ -343,20 +344,24 @@ async def open_asyncio(
     *,
     proxy: Proxy | None = None,
     trace: Trace | None = None,
+    sockets: SocketFactory | None = None,
 ) -> Connection:
     """One attempt on asyncio/uvloop: a native protocol-backed connection.
 
     With *proxy*, the socket is the proxy's, with the tunnel to ``ip:port``
     open (see :mod:`conpool._tunnel`); all the rest is as without one.  An
     ``https://`` proxy needs TLS in TLS, which goes through
-    :mod:`._tunnel`'s stream connection."""
+    :mod:`._tunnel`'s stream connection.  Without one, the socket is made by
+    *sockets* (``Config.socket_options``, ``Config.local_address``), and
+    ``ip`` is the socket's path for a Unix socket endpoint."""
     if proxy is not None and proxy.is_tls:
         from ._tunnel import open_tls_proxied
 
         return await open_tls_proxied(endpoint, ip, port, connect_timeout, proxy, trace)
     loop = asyncio.get_running_loop()
     via = None if proxy is None else ProxyAttempt(proxy, ip, port, trace)
-    sock = make_socket(ip) if via is None else _NO_SOCKET
+    sockets = sockets or DEFAULT_SOCKETS
+    sock, sockaddr = sockets.open(endpoint, ip, port) if via is None else (_NO_SOCKET, (ip, port))
     transport: asyncio.Transport | None = None
     tls = endpoint.tls
     stage = "TCP connect"
@@ -364,13 +369,15 @@ async def open_asyncio(
     try:
         with anyio.fail_after(connect_timeout):
             if via is None:
-                await loop.sock_connect(sock, (ip, port))
+                await loop.sock_connect(sock, sockaddr)
             else:
                 sock = await via.open()
             raw, protocol = await loop.create_connection(
                 ProtocolConnection.protocol_factory(tls is not None), sock=sock
             )
             transport = raw
+            if via is None:
+                sockets.settle(endpoint, raw.get_extra_info("socket"))
             if tls is not None:
                 stage = "TLS handshake"
                 tls_start = time.monotonic_ns()

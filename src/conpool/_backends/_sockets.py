@@ -1,22 +1,35 @@
 """What every backend does the same way with a socket: make one for an
-address, ask the kernel whether an idle one is still worth reusing, and word
-the errors of an attempt the way the pool reports them."""
+address (family, ``Config.socket_options``, ``TCP_NODELAY``,
+``Config.local_address``: :class:`SocketFactory`), ask the kernel whether an
+idle one is still worth reusing, and word the errors of an attempt the way
+the pool reports them."""
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import os
 import select
 import socket
 import ssl
 import time
+from typing import TYPE_CHECKING
 
 import anyio
+
+from .._errors import SocketSetupError
+
+if TYPE_CHECKING:
+    from .._config import Config, SocketOption
+    from .._endpoint import Endpoint
 
 __all__ = [
     "PROBE_AFTER",
     "NotTLSError",
+    "DEFAULT_SOCKETS",
+    "SocketFactory",
     "close_socket",
     "closed_in_handshake",
-    "make_socket",
     "probe",
     "timeout_error",
     "tls_timed",
@@ -58,18 +71,111 @@ def probe(fd: int, tls: bool) -> bool:
     return tls
 
 
-def make_socket(ip: str) -> socket.socket:
-    """A non-blocking TCP socket for ``ip``'s family, with Nagle off."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+# Levels that exist only on IP sockets: skipped on a Unix domain socket, so
+# one config (TCP keepalive, say) serves TCP and Unix endpoints alike.
+_IP_LEVELS = frozenset({socket.IPPROTO_TCP, socket.IPPROTO_IP, socket.IPPROTO_IPV6})
+
+
+def _setup_error(err: int | None, text: str) -> SocketSetupError:
+    words = os.strerror(err) if err else "refused"
+    return SocketSetupError(f"{text}: [Errno {err}] {words}" if err else f"{text}: {words}")
+
+
+class SocketFactory:
+    """Makes the non-blocking sockets of connection attempts.
+
+    :param options: ``Config.socket_options`` (validated there).
+    :param local_address: ``Config.local_address`` (validated there).
+    """
+
+    __slots__ = ("_local", "_local_version", "_nodelay", "_nodelay_given", "_options")
+
+    @classmethod
+    def of(cls, config: Config) -> SocketFactory:
+        return cls(tuple(config.socket_options), config.local_address)
+
+    def __init__(
+        self, options: tuple[SocketOption, ...] = (), local_address: str | None = None
+    ) -> None:
+        self._options = options
+        # Small request/response messages must not wait for Nagle's timer:
+        # on unless the options set TCP_NODELAY themselves (either way).
+        given = [
+            (level, name, value)
+            for level, name, value in options
+            if level == socket.IPPROTO_TCP and name == socket.TCP_NODELAY
+        ]
+        self._nodelay = not given
+        # asyncio's and uvloop's transports turn TCP_NODELAY on by themselves:
+        # an explicit setting is applied again once the transport exists.
+        self._nodelay_given = given[-1:]
+        self._local = local_address
+        self._local_version = (
+            None if self._local is None else ipaddress.ip_address(self._local).version
+        )
+
+    def open(
+        self, endpoint: Endpoint, ip: str, port: int
+    ) -> tuple[socket.socket, tuple[str, int] | str]:
+        """A new non-blocking socket for dialling ``ip`` (the path, for a
+        Unix socket endpoint), and the address to connect it to.
+
+        :raises SocketSetupError: an option or the source address was refused.
+        """
+        if endpoint.is_unix:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                for level, name, value in self._options:
+                    if level not in _IP_LEVELS:
+                        _set(sock, level, name, value)
+            except BaseException:
+                sock.close()
+                raise
+            return sock, ip
+        v6 = ":" in ip
+        if self._local_version is not None and self._local_version != (6 if v6 else 4):
+            raise _setup_error(
+                errno.EAFNOSUPPORT,
+                f"local_address {self._local} cannot reach the IPv{6 if v6 else 4} address {ip}",
+            )
+        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            if self._nodelay:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for level, name, value in self._options:
+                _set(sock, level, name, value)
+            if self._local is not None:
+                try:
+                    # Port 0: the kernel picks the source port, as connect would.
+                    sock.bind((self._local, 0))
+                except OSError as exc:
+                    raise _setup_error(exc.errno, f"binding local_address {self._local}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        return sock, (ip, port)
+
+    def settle(self, endpoint: Endpoint, sock: socket.socket | None) -> None:
+        """Apply again what an event loop's transport overrode (asyncio and
+        uvloop set ``TCP_NODELAY`` on every TCP transport they make)."""
+        if self._nodelay_given and sock is not None and not endpoint.is_unix:
+            for level, name, value in self._nodelay_given:
+                _set(sock, level, name, value)
+
+
+def _set(sock: socket.socket, level: int, name: int, value: int | bytes) -> None:
     try:
-        sock.setblocking(False)
-        # Small request/response messages must not wait for Nagle's timer.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+        sock.setsockopt(level, name, value)
+    except OSError as exc:
+        raise _setup_error(
+            exc.errno, f"setsockopt({level}, {name}, {value!r}) from socket_options"
+        ) from exc
+
+
+#: For a backend asked to open without a factory: TCP_NODELAY, nothing else.
+DEFAULT_SOCKETS = SocketFactory()
 
 
 def close_socket(sock: socket.socket) -> None:

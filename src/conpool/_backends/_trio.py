@@ -37,9 +37,10 @@ from .._connection import Connection
 from .._proxy import Proxy
 from .._tunnel import ProxyAttempt, Trace
 from ._sockets import (
+    DEFAULT_SOCKETS,
+    SocketFactory,
     close_socket,
     closed_in_handshake,
-    make_socket,
     probe,
     timeout_error,
     tls_timed,
@@ -340,6 +341,7 @@ async def open_trio(
     *,
     proxy: Proxy | None = None,
     trace: Trace | None = None,
+    sockets: SocketFactory | None = None,
 ) -> Connection:
     """One attempt on trio: the socket itself for plain TCP
     (:class:`SocketConnection`), an anyio socket stream wrapped in TLS
@@ -348,13 +350,18 @@ async def open_trio(
     With *proxy*, the socket is the proxy's, with the tunnel to ``ip:port``
     open (see :mod:`conpool._tunnel`); all the rest is as without one.  An
     ``https://`` proxy needs TLS in TLS, which goes through
-    :mod:`._tunnel`'s stream connection."""
+    :mod:`._tunnel`'s stream connection.  Without one, the socket is made by
+    *sockets* (``Config.socket_options``, ``Config.local_address``), and
+    ``ip`` is the socket's path for a Unix socket endpoint."""
     if proxy is not None and proxy.is_tls:
         from ._tunnel import open_tls_proxied
 
         return await open_tls_proxied(endpoint, ip, port, connect_timeout, proxy, trace)
     via = None if proxy is None else ProxyAttempt(proxy, ip, port, trace)
-    sock = make_socket(ip) if via is None else _NO_SOCKET
+    if via is None:
+        sock, sockaddr = (sockets or DEFAULT_SOCKETS).open(endpoint, ip, port)
+    else:
+        sock, sockaddr = _NO_SOCKET, (ip, port)
     stream: SocketStream | None = None
     tls = endpoint.tls
     stage = "TCP connect"
@@ -362,7 +369,7 @@ async def open_trio(
     try:
         with anyio.fail_after(connect_timeout):
             if via is None:
-                err = sock.connect_ex((ip, port))
+                err = sock.connect_ex(sockaddr)
                 if err in (errno.EINPROGRESS, errno.EAGAIN):
                     await anyio.wait_writable(sock)
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

@@ -81,7 +81,7 @@ def _target(text: str) -> conpool.Endpoint:
     try:
         return conpool.Endpoint.parse(text)
     except (ValueError, TypeError) as exc:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, {exc}") from None
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT or unix:PATH, {exc}") from None
 
 
 def build_parser(prog: str = "conpool stress") -> argparse.ArgumentParser:
@@ -97,6 +97,7 @@ def build_parser(prog: str = "conpool stress") -> argparse.ArgumentParser:
             "  conpool stress --quick\n"
             "  conpool stress --scenarios 'limit-*,tls' --json results.json\n"
             "  conpool stress --target 127.0.0.1:6379 --protocol redis\n"
+            "  conpool stress --target unix:/run/redis/redis.sock --protocol redis\n"
             "  conpool stress --trace traces/   # then open traces/churn.trace.json in Perfetto\n"
             "\n"
             "Ctrl-C stops the run and still writes the report of the scenarios that finished "
@@ -395,8 +396,13 @@ def _now() -> str:
 
 def _preflight(target: conpool.Endpoint) -> None:
     try:
-        with socket.create_connection((target.host, target.port), timeout=3.0):
-            pass
+        if target.path is not None:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(3.0)
+                sock.connect(target.path)
+        else:
+            with socket.create_connection((target.host, target.port), timeout=3.0):
+                pass
     except OSError as exc:
         raise ServerError(f"cannot connect to --target {target}: {exc}") from exc
 

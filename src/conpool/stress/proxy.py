@@ -68,9 +68,14 @@ class _Link:
     async def _connect_upstream(self) -> None:
         proxy = self.proxy
         try:
-            _transport, side = await self.loop.create_connection(
-                lambda: _Side(self, upstream=True), proxy.upstream_host, proxy.upstream_port
-            )
+            if proxy.upstream_port == 0:  # a Unix socket target: the host is its path
+                _transport, side = await self.loop.create_unix_connection(
+                    lambda: _Side(self, upstream=True), proxy.upstream_host
+                )
+            else:
+                _transport, side = await self.loop.create_connection(
+                    lambda: _Side(self, upstream=True), proxy.upstream_host, proxy.upstream_port
+                )
         except OSError:
             self.close()
             return

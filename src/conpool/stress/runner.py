@@ -116,8 +116,8 @@ DRIVERS: dict[str, Driver] = {"pool": pool_driver}
 class Target:
     """A real server given with ``--target``."""
 
-    host: str
-    port: int
+    host: str  # the socket's path for a Unix socket target
+    port: int  # 0 for a Unix socket target
     protocol: str
 
 
@@ -472,6 +472,9 @@ def _endpoint(
     """The endpoint, the resolver and the addresses a scenario connects to."""
     if scenario.port == "target":
         assert target is not None
+        if target.port == 0:
+            unix = conpool.Endpoint.unix(target.host)
+            return unix, None, [target.host]
         endpoint = conpool.Endpoint(target.host, target.port)
         if endpoint.is_ip:
             return endpoint, None, [endpoint.host]

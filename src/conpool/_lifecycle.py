@@ -1,0 +1,276 @@
+"""What the pool shell does around a connection's life: ``on_connect`` on
+every new connection, ``reset`` before reuse, and the warm floor's dials
+(refills in the background, ``pool.prewarm()`` on demand).
+
+The decisions (how many warm dials, where, when to back off) are the state
+machine's (:meth:`conpool._state.PoolState.refills`); this does the I/O and
+reports back, as :mod:`conpool._pool` does for acquires.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._dialplan import address_label
+from ._errors import ConnectError, PoolError, describe
+from ._hooks import logger
+from ._state import ConnRecord, EndpointState, PoolState
+
+if TYPE_CHECKING:
+    from ._config import Config
+    from ._connect import Connector
+    from ._connection import Connection
+    from ._endpoint import Endpoint
+
+__all__ = ["Lifecycle", "Shell"]
+
+# The state machine's types, with the shell's key and connection.
+State = PoolState["Endpoint", "Connection"]
+Ep = EndpointState["Endpoint", "Connection"]
+Rec = ConnRecord["Endpoint", "Connection"]
+
+
+class Shell(Protocol):
+    """What this module uses of the pool shell (:class:`conpool.Pool`),
+    named here so that the shell can import this module and not the other
+    way round."""
+
+    config: Config
+    _state: State
+    _connector: Connector | None
+    _tg: TaskGroup | None
+    _clock: Callable[[], float]
+
+    def _flush(self) -> None: ...
+
+    def _emit(
+        self,
+        kind: str,
+        endpoint: object = "",
+        address: str = "",
+        conn_id: int = 0,
+        duration_ns: int | None = None,
+        detail: str = "",
+    ) -> None: ...
+
+    def _addresses(self, ep: Ep) -> Awaitable[None]: ...
+
+    def _note_connected(self, ep: Ep, conn: Connection, rec: Rec) -> Any: ...
+
+
+class Lifecycle:
+    """The pool's lifecycle work (one per :class:`~conpool.Pool`)."""
+
+    def __init__(self, pool: Shell) -> None:
+        self.pool = pool
+        self.on_connect = pool.config.on_connect
+        self.reset = pool.config.reset
+
+    # -- on_connect ------------------------------------------------------------
+
+    async def init(self, conn: Connection, *, warm: bool = False, refill: bool = False) -> None:
+        """Run ``on_connect`` on a new, registered connection (held, not idle).
+
+        If it raises, the connection is closed and :class:`ConnectError` is
+        raised with the hook's exception; a cancellation closes it too.
+        """
+        hook = self.on_connect
+        assert hook is not None
+        pool = self.pool
+        rec = conn._rec
+        endpoint: Endpoint = conn.endpoint
+        ip = conn.address[0]
+        start = time.monotonic_ns()
+        # The hook uses the connection as its first holder would: not idle.
+        rec.conn = None
+        try:
+            await hook(conn)
+        except BaseException as exc:
+            rec.conn = conn
+            pool._state.init_failed(rec, pool._clock(), warm=warm, background=refill)
+            pool._flush()
+            if not isinstance(exc, Exception):
+                raise  # cancelled: closed, and the cancellation goes on
+            pool._emit(
+                "on_connect.failed",
+                endpoint,
+                ip,
+                rec.id,
+                time.monotonic_ns() - start,
+                ("refill: " if refill else "") + describe(exc),
+            )
+            raise ConnectError(
+                describe(exc),
+                endpoint=endpoint,
+                errors=[exc],
+                context=[
+                    "running on_connect",
+                    f"connecting to {address_label(ip, endpoint.port, endpoint.is_unix)}",
+                    f"connecting to {endpoint}",
+                ],
+            ) from exc
+        rec.conn = conn
+        if conn._broken:
+            # The hook closed it, or left it in an unknown state.
+            pool._state.init_failed(rec, pool._clock(), warm=warm, background=refill)
+            pool._flush()
+            error = ConnectionError("on_connect closed the connection or left it broken")
+            pool._emit("on_connect.failed", endpoint, ip, rec.id, None, str(error))
+            raise ConnectError(
+                str(error),
+                endpoint=endpoint,
+                errors=[error],
+                context=[
+                    "running on_connect",
+                    f"connecting to {address_label(ip, endpoint.port, endpoint.is_unix)}",
+                    f"connecting to {endpoint}",
+                ],
+            )
+        pool._emit("on_connect.complete", endpoint, ip, rec.id, time.monotonic_ns() - start)
+
+    # -- reset -------------------------------------------------------------------
+
+    async def run_reset(self, conn: Connection) -> bool:
+        """Before a release that would reuse ``conn``: run ``reset``.
+        Returns False when the release must close it instead (``reset``
+        said False, raised, or broke the connection); a cancellation marks
+        it broken and propagates."""
+        hook = self.reset
+        assert hook is not None
+        pool = self.pool
+        rec = getattr(conn, "_rec", None)
+        if not isinstance(rec, ConnRecord) or rec.ep.owner is not pool._state:
+            return True  # release() refuses it with the right error
+        if rec.conn is not None or conn._broken:
+            return True  # already released, or closing anyway
+        if not pool._state.would_reuse(rec, pool._clock()):
+            return True
+        start = time.monotonic_ns()
+        try:
+            ok = await hook(conn)
+        except Exception as exc:
+            detail = describe(exc)
+            ok = False
+        except BaseException:
+            conn._broken = True
+            raise
+        else:
+            detail = f"returned {ok!r}"
+        elapsed = time.monotonic_ns() - start
+        if ok is True and not (conn._broken):
+            pool._emit("reset.complete", conn.endpoint, conn.address[0], rec.id, elapsed)
+            return True
+        pool._emit("reset.failed", conn.endpoint, conn.address[0], rec.id, elapsed, detail)
+        return False
+
+    # -- the warm floor ----------------------------------------------------------
+
+    def start_refills(self) -> None:
+        """Start the warm dials the state machine asks for (each a task in
+        the pool's task group)."""
+        pool = self.pool
+        tg = pool._tg
+        state = pool._state
+        dials = state.refills(pool._clock())
+        if not dials:
+            return
+        if tg is None:
+            for ep, ip in dials:
+                state.warm_abandoned(ep, ip)
+            pool._flush()
+            return
+        for ep, ip in dials:
+            tg.start_soon(self._refill, ep, ip, name="conpool refill")
+
+    async def _refill(self, ep: Ep, ip: str) -> None:
+        """One background dial to ``ip``: one attempt, no retries (the
+        backoff between refills is the retry).  Nothing raises out of it."""
+        pool = self.pool
+        state = pool._state
+        endpoint = ep.key
+        connector = pool._connector
+        assert connector is not None
+        start = time.monotonic_ns()
+        pool._emit("connect.started", endpoint, ip, detail="refill")
+        try:
+            conn = await connector.open(endpoint, ip)
+        except Exception as exc:
+            pool._emit(
+                "connect.failed",
+                endpoint,
+                ip,
+                duration_ns=time.monotonic_ns() - start,
+                detail=f"refill: {describe(exc)}",
+            )
+            state.refill_failed(ep, ip, pool._clock())
+            pool._flush()
+            return
+        except BaseException:
+            state.warm_abandoned(ep, ip)
+            pool._flush()
+            raise
+        conn._connect_ns = time.monotonic_ns() - start
+        rec = state.refill_connected(ep, ip, conn, pool._clock())
+        conn._rec = rec
+        pool._emit(
+            "connect.complete", endpoint, ip, rec.id, duration_ns=conn._connect_ns, detail="refill"
+        )
+        pool._note_connected(ep, conn, rec)
+        if self.on_connect is not None:
+            try:
+                await self.init(conn, warm=True, refill=True)
+            except PoolError:
+                return  # traced (on_connect.failed), closed, backing off
+        state.warm_ready(rec, pool._clock(), refill=True)
+        pool._flush()
+
+    async def prewarm(self, ep: Ep, endpoint: Endpoint, n: int) -> int:
+        """Open connections until ``n`` are idle (see :meth:`Pool.prewarm`)."""
+        pool = self.pool
+        state = pool._state
+        connector = pool._connector
+        assert connector is not None
+        await pool._addresses(ep)
+        k = state.reserve_warm(ep, n)
+        errors: list[ConnectError] = []
+        opened = 0
+
+        async def one() -> None:
+            nonlocal opened
+            try:
+                conn = await connector.connect(ep)
+            except ConnectError as exc:
+                state.warm_abandoned(ep, None, failed=True)
+                pool._flush()
+                errors.append(exc)
+                return
+            except BaseException:
+                state.warm_abandoned(ep, None)
+                pool._flush()
+                raise
+            rec = conn._rec
+            pool._note_connected(ep, conn, rec)
+            if self.on_connect is not None:
+                try:
+                    await self.init(conn, warm=True)
+                except ConnectError as exc:
+                    errors.append(exc)
+                    return
+            opened += 1
+            state.warm_ready(rec, pool._clock())
+            pool._flush()
+
+        if k:
+            async with anyio.create_task_group() as tg:
+                for _ in range(k):
+                    tg.start_soon(one)
+        if k and not opened:
+            raise errors[0]
+        if errors:
+            logger.debug("conpool: prewarm of %s: %d of %d dials failed", endpoint, len(errors), k)
+        return ep.idle
