@@ -445,16 +445,22 @@ def _jsonable(value: Any) -> Any:
         return "inf" if value > 0 else "-inf"
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)  # a Proxy, say: its text
+
+
+# Callables: not data, and not JSON.
+_HOOK_FIELDS = frozenset({"health_check", "on_connect", "reset"})
 
 
 def config_dict(config: conpool.Config) -> dict[str, Any]:
     return {
         f.name: _jsonable(getattr(config, f.name))
         for f in dataclasses.fields(config)
-        if f.name != "health_check"
+        if f.name not in _HOOK_FIELDS
     }
 
 
