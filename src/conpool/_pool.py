@@ -109,14 +109,32 @@ class _Lease:
         conn = self._conn
         assert conn is not None
         self._conn = None
-        pool = self._pool
         if exc_type is not None:
             # The exchange was interrupted: the peer may be mid-response.
             conn._broken = True
-        elif pool._reset is not None:
-            await pool._reset_then_put_back(conn)
-            return
-        pool._put_back(conn)
+        self._pool._put_back(conn)
+
+
+class _ResettingLease(_Lease):
+    """The lease of a pool with ``Config.reset``: a class of its own, so
+    that the common lease pays nothing for it."""
+
+    __slots__ = ()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        assert conn is not None
+        self._conn = None
+        if exc_type is not None:
+            conn._broken = True
+            self._pool._put_back(conn)
+        else:
+            await self._pool._reset_then_put_back(conn)
 
 
 _new_lease = object.__new__
@@ -209,6 +227,7 @@ class Pool:
         self._life = Lifecycle(self)
         self._on_connect = config.on_connect
         self._reset = config.reset
+        self._lease: type[_Lease] = _Lease if config.reset is None else _ResettingLease
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -279,7 +298,7 @@ class Pool:
         :raises PoolClosed: the pool is closed.
         """
         # No __init__: one Python call per request fewer.
-        lease = _new_lease(_Lease)
+        lease = _new_lease(self._lease)
         lease._pool = self
         lease._endpoint = endpoint
         lease._conn = None
@@ -427,9 +446,25 @@ class Pool:
             # connection is broken; its slot still goes back.
             self._put_back(conn)
             raise
-        self._put_back(conn, None if ok else "reset")
+        if ok:
+            self._put_back(conn)
+        else:
+            self._put_back_closing(conn, "reset")
 
-    def _put_back(self, conn: Connection, why: str | None = None) -> None:
+    def _put_back_closing(self, conn: Connection, why: str) -> None:
+        """Give a held connection back to be closed for ``why``."""
+        rec = conn._rec
+        if rec.conn is None and rec.ep.owner is self._state:
+            now = self._clock()
+            rec.conn = conn
+            self._state.release(rec, now, False, why)
+            if self._trace_rec is not None:
+                self._trace_rec("conn.release", rec, now)
+            self._flush()
+        else:
+            self._put_back(conn)  # (raises the right error)
+
+    def _put_back(self, conn: Connection) -> None:
         try:
             # (A connection not registered yet has a stand-in record whose
             # endpoint has no owner: refused below, as not this pool's.)
@@ -443,9 +478,7 @@ class Pool:
             raise RuntimeError(f"{conn!r} is not in use: it was already released")
         rec.conn = conn
         now = self._clock()
-        if why is not None:
-            state.release(rec, now, False, why)
-        elif conn._broken:  # (set too when it was closed)
+        if conn._broken:  # (set too when it was closed)
             state.release(rec, now, False, "closed" if conn._closed else "error")
         else:
             state.release(rec, now, True)
@@ -668,8 +701,9 @@ class Pool:
                     lease = self._leases.pop(rec, None)
                     if lease is not None:
                         self._participant.release(lease)  # type: ignore[union-attr]
-        if state.refill_due:
-            self._life.start_refills()
+            # (Only a close leaves the floor short, outside the sweep.)
+            if state.refill_due:
+                self._life.start_refills()
 
     def _emit(
         self,
@@ -913,6 +947,8 @@ class Pool:
         now = self._clock()
         state.sweep(now)
         self._flush()
+        if state.refill_due:
+            self._life.start_refills()
         if self._leak_after is not None:
             self._leaks.warn_held_too_long(now, self._leak_after)
         for ep in state.forget_unused(MAX_ENDPOINTS):
