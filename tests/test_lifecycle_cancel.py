@@ -62,7 +62,10 @@ async def test_cancelled_hooks_and_refills_leave_the_pool_whole(echo_server: Ech
         deadline = time.monotonic() + TIME_BUDGET
 
         async def operation(n: int) -> None:
-            delay = rng.uniform(0, 0.012)
+            # Mostly a deadline that cuts somewhere into the hooks; one in
+            # five none, so that every hook also runs to its end however
+            # loaded the machine is.
+            delay = rng.uniform(0, 0.012) if rng.random() < 0.8 else 30.0
             mode = rng.choices(["lease", "explicit", "prewarm"], [6, 3, 1])[0]
             with anyio.move_on_after(delay) as scope:
                 try:
@@ -96,7 +99,7 @@ async def test_cancelled_hooks_and_refills_leave_the_pool_whole(echo_server: Ech
         assert outcomes["connect-error"] == 0, outcomes
         cancelled = sum(v for k, v in outcomes.items() if k.endswith("cancelled"))
         assert cancelled > started // 10, outcomes
-        assert calls["on_connect"] > 0 and calls["reset"] > 0, calls
+        assert calls["on_connect"] > 0 and calls["reset"] > 0, (calls, outcomes)
         # Quiet: the floor's dials land, and then nothing is in flight.
         await eventually(
             lambda: (lambda s: (s.active, s.pending, s.waiting) == (0, 0, 0))(pool.stats()),
