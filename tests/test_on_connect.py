@@ -12,10 +12,11 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.tls import TLSAttribute
 
 import conpool
-from helpers_pool import check_consistent, eventually
-from servers import RedisServer, socket_directory
+from helpers_pool import check_consistent, check_quiet, echo, eventually
+from servers import RedisServer, TLSEchoServer, socket_directory
 
 pytestmark = [pytest.mark.realserver, pytest.mark.anyio]
 
@@ -362,3 +363,55 @@ async def test_reset_cancelled_closes_the_connection(redis: RedisServer) -> None
             await pool.release(conn)
         s = check_consistent(pool).endpoints[ep]
         assert (s.active, s.idle, s.closed) == (0, 0, 1)
+
+
+# -- over TLS ---------------------------------------------------------------------
+
+
+async def test_on_connect_and_reset_over_tls(tls_echo_server: TLSEchoServer) -> None:
+    context = tls_echo_server.client_context()
+    ep = conpool.Endpoint("localhost", tls_echo_server.port, tls=conpool.TLS(context))
+    seen: list[str] = []
+
+    async def greet(conn: conpool.Connection) -> None:
+        # Runs on the TLS stream: the handshake is done.
+        assert conn.extra(TLSAttribute.tls_version) is not None
+        seen.append("on_connect")
+        assert await echo(conn, b"HELLO") == b"HELLO"
+
+    async def reset(conn: conpool.Connection) -> bool:
+        seen.append("reset")
+        return await echo(conn, b"RESET") == b"RESET"
+
+    tracer = conpool.Tracer()
+    async with pool_with(conpool.Config(on_connect=greet, reset=reset), tracer) as pool:
+        for i in range(3):
+            async with pool.connection(ep) as conn:
+                assert await echo(conn, b"req %d" % i) == b"req %d" % i
+        assert seen == ["on_connect", "reset", "reset", "reset"]
+        assert check_consistent(pool).endpoints[ep].created == 1
+    kinds = [e.kind for e in tracer.events()]
+    assert kinds.index("tls.complete") < kinds.index("on_connect.complete")
+    assert kinds.count("reset.complete") == 3
+
+
+async def test_on_connect_failing_over_tls_tells_the_story(
+    tls_echo_server: TLSEchoServer,
+) -> None:
+    context = tls_echo_server.client_context()
+    ep = conpool.Endpoint("localhost", tls_echo_server.port, tls=conpool.TLS(context))
+
+    async def refuse(conn: conpool.Connection) -> None:
+        raise PermissionError("the greeting was refused")
+
+    async with pool_with(conpool.Config(on_connect=refuse)) as pool:
+        with pytest.raises(conpool.ConnectError) as info:
+            await pool.acquire(ep)
+        assert str(info.value).splitlines() == [
+            "the greeting was refused",
+            "  running on_connect",
+            f"  connecting to tcp:127.0.0.1:{tls_echo_server.port}",
+            f"  connecting to {ep}",
+        ]
+        assert isinstance(info.value.errors[0], PermissionError)
+        check_quiet(pool)
