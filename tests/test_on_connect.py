@@ -21,6 +21,7 @@ from servers import RedisServer, TLSEchoServer, socket_directory
 pytestmark = [pytest.mark.realserver, pytest.mark.anyio]
 
 PASSWORD = "s3cret-pw"
+ORDER = ("connect.complete", "on_connect.failed", "conn.close", "acquire.failed")
 
 
 @pytest.fixture
@@ -191,6 +192,8 @@ async def test_wrong_password_fails_once_with_the_story(
         assert kinds.count("on_connect.failed") == 1
         closes = [e.detail for e in tracer.events() if e.kind == "conn.close"]
         assert closes == ["on_connect"]
+        # In the order it happened: connected, the hook failed, closed, the acquire failed.
+        assert [k for k in kinds if k in ORDER] == list(ORDER)
     # Exactly one connection reached the server (and one for INFO itself).
     assert connections_received(redis_auth) - before == 2
 

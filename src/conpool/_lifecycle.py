@@ -92,18 +92,20 @@ class Lifecycle:
             await hook(conn)
         except BaseException as exc:
             rec.conn = conn
+            if isinstance(exc, Exception):
+                # (Traced before the close it causes.)
+                pool._emit(
+                    "on_connect.failed",
+                    endpoint,
+                    ip,
+                    rec.id,
+                    time.monotonic_ns() - start,
+                    ("refill: " if refill else "") + describe(exc),
+                )
             pool._state.init_failed(rec, pool._clock(), warm=warm, background=refill)
             pool._flush()
             if not isinstance(exc, Exception):
                 raise  # cancelled: closed, and the cancellation goes on
-            pool._emit(
-                "on_connect.failed",
-                endpoint,
-                ip,
-                rec.id,
-                time.monotonic_ns() - start,
-                ("refill: " if refill else "") + describe(exc),
-            )
             raise ConnectError(
                 describe(exc),
                 endpoint=endpoint,
@@ -117,10 +119,10 @@ class Lifecycle:
         rec.conn = conn
         if conn._broken:
             # The hook closed it, or left it in an unknown state.
-            pool._state.init_failed(rec, pool._clock(), warm=warm, background=refill)
-            pool._flush()
             error = ConnectionError("on_connect closed the connection or left it broken")
             pool._emit("on_connect.failed", endpoint, ip, rec.id, None, str(error))
+            pool._state.init_failed(rec, pool._clock(), warm=warm, background=refill)
+            pool._flush()
             raise ConnectError(
                 str(error),
                 endpoint=endpoint,
