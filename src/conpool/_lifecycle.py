@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from ._dialplan import address_label
+from ._dialplan import address_label, blames_address
 from ._errors import ConnectError, PoolError, describe
 from ._hooks import logger
 from ._state import ConnRecord, EndpointState, PoolState
@@ -209,7 +209,7 @@ class Lifecycle:
                 duration_ns=time.monotonic_ns() - start,
                 detail=f"refill: {describe(exc)}",
             )
-            state.refill_failed(ep, ip, pool._clock())
+            state.refill_failed(ep, ip, pool._clock(), counts=blames_address(exc))
             pool._flush()
             return
         except BaseException:

@@ -887,11 +887,14 @@ class PoolState(Generic[K, C]):
         rec.uses = 0
         self.release(rec, now, reusable=True)
 
-    def refill_failed(self, ep: EndpointState[K, C], ip: str | None, now: float) -> None:
+    def refill_failed(
+        self, ep: EndpointState[K, C], ip: str | None, now: float, *, counts: bool = True
+    ) -> None:
         """A warm dial failed (at ``ip``, or before it had one): the slot is
-        free and the endpoint backs off (exponential, capped, jittered)."""
+        free and the endpoint backs off (exponential, capped, jittered).
+        ``counts``: the failure is the address's (not a proxy's)."""
         if ip is not None:
-            self.attempt_failed(ep, ip, now, counts=True)
+            self.attempt_failed(ep, ip, now, counts=counts)
         self._refill_backoff(ep, now)
         ep.warming -= 1
         self.dial_abandoned(ep)
