@@ -9,6 +9,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -16,6 +17,7 @@ import pytest
 import conpool
 from helpers_pool import check_consistent, echo, eventually, fd_baseline, fds_back_to, fill_backlog
 from servers import POOL_ADDRESSES, EchoServer, refused_port, unused_port
+from test_proxies import proxy_for
 
 pytestmark = pytest.mark.anyio
 
@@ -290,3 +292,29 @@ async def test_cancelled_prewarm_and_hanging_refills_leave_nothing_behind() -> N
             sock.close()
         listener.close()
     await fds_back_to(baseline)
+
+
+@pytest.mark.realserver
+async def test_prewarm_and_refills_go_through_the_proxy(
+    tmp_path: Path, echo_server: EchoServer
+) -> None:
+    ep = conpool.Endpoint(echo_server.host, echo_server.port)
+    tracer = conpool.Tracer()
+    with proxy_for("microsocks", tmp_path, [echo_server.port]) as proxy:
+        config = conpool.Config(proxy=proxy, min_idle=2)
+        async with conpool.Pool(config, tracer=tracer) as pool:
+            assert await pool.prewarm(ep) == 2
+            await eventually(lambda: echo_server.current == 2, what="both through the proxy")
+            echo_server.close_all()
+            await eventually(
+                lambda: (
+                    pool.stats().endpoints[ep].refills == 2 and pool.stats().endpoints[ep].idle == 2
+                ),
+                3.0,
+                what="the floor refilled",
+            )
+            async with pool.connection(ep) as conn:
+                assert await echo(conn, b"via the proxy") == b"via the proxy"
+    handshakes = [e for e in tracer.events() if e.kind == "proxy.handshake.complete"]
+    assert len(handshakes) == 4  # two prewarmed, two refills: every one through it
+    assert echo_server.accepted == 4
