@@ -31,6 +31,7 @@ import anyio.lowlevel
 
 import conpool
 from conpool._backends._asyncio import AsyncioBackend
+from conpool._backends._sockets import SocketFactory
 from conpool._connection import Connection
 from conpool._tunnel import Trace
 
@@ -336,6 +337,7 @@ class ScriptedBackend(AsyncioBackend):
         *,
         proxy: conpool.Proxy | None = None,
         trace: Trace | None = None,
+        sockets: SocketFactory | None = None,  # (no sockets on a scripted wire)
     ) -> Connection:
         if proxy is not None:
             raise NotImplementedError("the scripted network has no proxies (yet)")
