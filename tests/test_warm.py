@@ -16,7 +16,7 @@ import pytest
 
 import conpool
 from helpers_pool import check_consistent, echo, eventually, fd_baseline, fds_back_to, fill_backlog
-from servers import POOL_ADDRESSES, EchoServer, refused_port, unused_port
+from servers import POOL_ADDRESSES, EchoServer, RedisServer, refused_port, unused_port
 from test_proxies import proxy_for
 
 pytestmark = pytest.mark.anyio
@@ -318,3 +318,30 @@ async def test_prewarm_and_refills_go_through_the_proxy(
     handshakes = [e for e in tracer.events() if e.kind == "proxy.handshake.complete"]
     assert len(handshakes) == 4  # two prewarmed, two refills: every one through it
     assert echo_server.accepted == 4
+
+
+@pytest.mark.realserver
+async def test_the_floor_stays_within_the_fleet_budget(
+    redis: RedisServer, echo_server: EchoServer
+) -> None:
+    ep = conpool.Endpoint(echo_server.host, echo_server.port)
+    budget = conpool.RedisBudget(f"redis://{redis.host}:{redis.port}/0", limit=2)
+    config = conpool.Config(min_idle=3, connect_timeout=0.3, acquire_timeout=0.3)
+    tracer = conpool.Tracer()
+    async with conpool.Pool(config, budget=budget, tracer=tracer) as pool:
+        # The floor wants three; the fleet allows two: prewarm opens two and
+        # says so, without an error (the budget is not a connect failure).
+        assert await pool.prewarm(ep, 3) == 2
+        await anyio.sleep(1.0)
+        s = check_consistent(pool)
+        e = s.endpoints[ep]
+        assert (e.idle, e.created, e.connect_failures) == (2, 2, 0)
+        assert s.budget is not None and s.budget.held == 2
+        # The refills asked the budget, were refused, and backed off.
+        refused = [
+            ev for ev in tracer.events() if ev.kind == "connect.failed" and "refill" in ev.detail
+        ]
+        assert 1 <= len(refused) <= 6, [ev.detail for ev in refused]
+        assert e.refill_failures == len(refused)
+        assert all(a.failures == 0 for a in e.addresses.values())  # not the address's fault
+        await eventually(lambda: echo_server.current == 2, what="two open, server side")

@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._dialplan import address_label, blames_address
-from ._errors import ConnectError, PoolError, describe
+from ._errors import ConnectError, PoolError, PoolTimeout, describe
 from ._hooks import logger
 from ._state import ConnRecord, EndpointState, PoolState
 
@@ -28,6 +28,20 @@ if TYPE_CHECKING:
     from ._endpoint import Endpoint
 
 __all__ = ["Lifecycle", "Shell"]
+
+#: Seconds a warm dial waits at most for the fleet budget when no timeout
+#: bounds it (``connect_timeout=None``): a floor must not wait forever.
+_BUDGET_WAIT = 10.0
+
+
+class _NoBudget(Exception):
+    """The fleet budget refused a refill (no lease in time, or Redis down
+    with ``on_unavailable="fail-closed"``)."""
+
+    def __init__(self, cause: PoolError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
 
 # The state machine's types, with the shell's key and connection.
 State = PoolState["Endpoint", "Connection"]
@@ -45,6 +59,10 @@ class Shell(Protocol):
     _connector: Connector | None
     _tg: TaskGroup | None
     _clock: Callable[[], float]
+    # The fleet budget (conpool.RedisBudget): this pool's participant, and
+    # the lease of each connection it has open.
+    _participant: Any
+    _leases: dict[Any, Any]
 
     def _flush(self) -> None: ...
 
@@ -199,26 +217,45 @@ class Lifecycle:
         assert connector is not None
         start = time.monotonic_ns()
         pool._emit("connect.started", endpoint, ip, detail="refill")
+        lease = None
         try:
+            if pool._participant is not None:
+                # A warm connection counts in the fleet's budget like any
+                # other; waiting for it is bounded, and a refusal is the
+                # refill's failure (backed off), not the address's.
+                try:
+                    lease = await pool._participant.acquire(
+                        endpoint, pool.config.connect_timeout or _BUDGET_WAIT
+                    )
+                except PoolError as exc:
+                    raise _NoBudget(exc) from exc
             conn = await connector.open(endpoint, ip)
         except Exception as exc:
+            if lease is not None:
+                pool._participant.release(lease)
+            cause = exc.cause if isinstance(exc, _NoBudget) else exc
             pool._emit(
                 "connect.failed",
                 endpoint,
                 ip,
                 duration_ns=time.monotonic_ns() - start,
-                detail=f"refill: {describe(exc)}",
+                detail=f"refill: {describe(cause)}",
             )
-            state.refill_failed(ep, ip, pool._clock(), counts=blames_address(exc))
+            blamed = not isinstance(exc, _NoBudget) and blames_address(exc)
+            state.refill_failed(ep, ip, pool._clock(), counts=blamed)
             pool._flush()
             return
         except BaseException:
+            if lease is not None:
+                pool._participant.release(lease)
             state.warm_abandoned(ep, ip)
             pool._flush()
             raise
         conn._connect_ns = time.monotonic_ns() - start
         rec = state.refill_connected(ep, ip, conn, pool._clock())
         conn._rec = rec
+        if lease is not None:
+            pool._leases[rec] = lease  # (given back when it closes: Pool._flush)
         pool._emit(
             "connect.complete", endpoint, ip, rec.id, duration_ns=conn._connect_ns, detail="refill"
         )
@@ -239,23 +276,43 @@ class Lifecycle:
         assert connector is not None
         await pool._addresses(ep)
         k = state.reserve_warm(ep, n)
+        wait_budget = pool.config.connect_timeout or _BUDGET_WAIT
         errors: list[ConnectError] = []
         opened = 0
 
         async def one() -> None:
             nonlocal opened
+            lease = None
             try:
+                if pool._participant is not None:
+                    lease = await pool._participant.acquire(
+                        ep.key,
+                        wait_budget
+                        if pool.config.acquire_timeout is None
+                        else pool.config.acquire_timeout,
+                    )
                 conn = await connector.connect(ep)
+            except PoolTimeout:
+                # No room in the fleet's budget: nothing to open, no error.
+                state.warm_abandoned(ep, None)
+                pool._flush()
+                return
             except ConnectError as exc:
+                if lease is not None:
+                    pool._participant.release(lease)
                 state.warm_abandoned(ep, None, failed=True)
                 pool._flush()
                 errors.append(exc)
                 return
             except BaseException:
+                if lease is not None:
+                    pool._participant.release(lease)
                 state.warm_abandoned(ep, None)
                 pool._flush()
                 raise
             rec = conn._rec
+            if lease is not None:
+                pool._leases[rec] = lease
             pool._note_connected(ep, conn, rec)
             if self.on_connect is not None:
                 try:
