@@ -9,6 +9,9 @@ A request's time, from asking the pool to having given the connection back,
 is cut into parts that add up to it:
 
 * ``wait``: parked for a free slot (the pool's ``acquire.granted`` duration);
+* ``budget``: with a fleet budget, from the slot's grant (or the request's
+  start) to the fleet's lease (``budget.granted``): the Redis round trip,
+  and the wait while the fleet is at its limit;
 * ``resolve``: resolving the name (``resolve.complete``);
 * ``connect``: dialling, failed attempts and retry back-off included, TLS excluded;
 * ``tls``: the TLS handshake (``tls.complete``);
@@ -39,9 +42,10 @@ __all__ = [
     "tail",
 ]
 
-PARTS = ("wait", "resolve", "connect", "tls", "pool", "wire", "lag")
+PARTS = ("wait", "budget", "resolve", "connect", "tls", "pool", "wire", "lag")
 PART_LABELS = {
     "wait": "waiting for a slot",
+    "budget": "waiting for the fleet budget",
     "resolve": "resolving",
     "connect": "connecting",
     "tls": "TLS handshake",
@@ -64,21 +68,23 @@ def request_parts(req: Requests, probe: LoopProbe) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {p: [0] * n for p in (*PARTS, "total")}
     start, got, xend, end = (req.column(c) for c in ("start", "got", "xend", "end"))
     wait, resume, resolve = req.column("wait"), req.column("resume"), req.column("resolve")
-    dial, tls = req.column("dial"), req.column("tls")
+    dial, tls, budget = req.column("dial"), req.column("tls"), req.column("budget")
     for i in range(n):
         acquire = got[i] - start[i]
         w = min(wait[i], acquire)
         r = min(resume[i], acquire - w)
-        res = min(resolve[i], acquire - w - r)
-        d = min(dial[i], acquire - w - r - res)
+        b = min(budget[i], acquire - w - r)
+        res = min(resolve[i], acquire - w - r - b)
+        d = min(dial[i], acquire - w - r - b - res)
         t = min(tls[i], d)
         exchange = xend[i] - got[i]
         xlag = min(lag_at(xend[i]), exchange)
         out["wait"][i] = w
+        out["budget"][i] = b
         out["resolve"][i] = res
         out["connect"][i] = d - t
         out["tls"][i] = t
-        out["pool"][i] = (acquire - w - r - res - d) + (end[i] - xend[i])
+        out["pool"][i] = (acquire - w - r - b - res - d) + (end[i] - xend[i])
         out["wire"][i] = exchange - xlag
         out["lag"][i] = r + xlag
         out["total"][i] = end[i] - start[i]

@@ -32,6 +32,7 @@ from rich.table import Table
 
 import conpool
 
+from . import fleet
 from .protocols import PROTOCOLS
 from .report import render, summary_rows
 from .runner import RunControl, Target, environment, run_scenario
@@ -75,6 +76,24 @@ def _concurrency(text: str) -> int:
     if not 1 <= value <= 10000:
         raise argparse.ArgumentTypeError(f"must be between 1 and 10000, got {value}")
     return value
+
+
+def _processes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 64, got {value}")
+    return value
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError(
+            "expected redis://HOST:PORT/DB, rediss://... or unix:///PATH"
+        )
+    return text
 
 
 def _target(text: str) -> conpool.Endpoint:
@@ -161,6 +180,21 @@ def build_parser(prog: str = "conpool stress") -> argparse.ArgumentParser:
         metavar="DIR",
         help="write each scenario's Chrome/Perfetto trace to DIR/SCENARIO.trace.json "
         "(created if missing); the report links them",
+    )
+    parser.add_argument(
+        "--fleet-processes",
+        type=_processes,
+        default=fleet.DEFAULT_PROCESSES,
+        metavar="N",
+        help="processes of the fleet scenario, each with its own pool, sharing one "
+        f"RedisBudget (default {fleet.DEFAULT_PROCESSES})",
+    )
+    parser.add_argument(
+        "--redis-url",
+        type=_redis_url,
+        metavar="URL",
+        help="the Redis of the fleet scenario's budget (default: a redis-server from PATH, "
+        "started on a free loopback port; without one the scenario is skipped)",
     )
     parser.add_argument(
         "--render",
@@ -473,6 +507,12 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
             # A pipe or a file: no terminal width to respect, keep tables and lines whole.
             console.width = max(console.width, 132)
     duration = args.duration or (QUICK_DURATION if args.quick else DEFAULT_DURATION)
+    fleet.OPTIONS = fleet.FleetOptions(
+        processes=args.fleet_processes,
+        redis_url=args.redis_url,
+        redis_given=args.redis_url is not None,
+        backend=args.backend,
+    )
     try:
         if args.list:
             scenarios = all_scenarios(duration, target=args.target is not None)
@@ -493,6 +533,11 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
             return 0
         _backend_available(args.backend)
         scenarios, skipped, target = _plan(args, duration)
+        if any(s.name == fleet.NAME for s in scenarios):
+            reason = fleet.unavailable_reason()
+            if reason is not None:
+                skipped.append({"name": fleet.NAME, "reason": reason})
+                scenarios = [s for s in scenarios if s.name != fleet.NAME]
         trace_dir = _trace_dir(args.trace) if args.trace is not None else None
     except UsageError as exc:
         parser.error(str(exc))  # exits with status 2
@@ -513,6 +558,8 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
             "target": str(args.target) if args.target is not None else None,
             "protocol": target.protocol if target is not None else None,
             "quick": args.quick,
+            "fleet_processes": args.fleet_processes,
+            "redis_url": fleet._redact(args.redis_url) if args.redis_url else None,
         },
         "servers": None,
         "scenarios": [],
@@ -525,6 +572,7 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
     ui = _UI(err, [s.name for s in scenarios])
     control = RunControl()
     servers: ServerProcess | None = None
+    redis: fleet.RedisProcess | None = None
     status = 0
     t_start = time.monotonic()
     with _collect_logs() as logs:
@@ -550,6 +598,17 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
                     reason = "; ".join(servers.notes) or "no TLS listener"
                     results["skipped"].append({"name": "tls", "reason": reason})
                     scenarios = [s for s in scenarios if s.port != "tls"]
+            if any(s.name == fleet.NAME for s in scenarios) and args.redis_url is None:
+                redis = fleet.RedisProcess()
+                try:
+                    redis.start()
+                except ServerError as exc:
+                    redis = None
+                    results["skipped"].append({"name": fleet.NAME, "reason": str(exc)})
+                    scenarios = [s for s in scenarios if s.name != fleet.NAME]
+                else:
+                    fleet.OPTIONS.redis_url = redis.url
+                    fleet.OPTIONS.redis_version = redis.version
             backend_options: dict[str, Any] = {}
             backend = args.backend
             if backend == "uvloop":
@@ -577,6 +636,8 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
             err.print(f"[red]conpool stress: {exc}[/]", highlight=False)
             status = 1
         finally:
+            if redis is not None:
+                redis.stop()
             if servers is not None:
                 servers.stop()
         results["log"] = logs.result()

@@ -51,6 +51,7 @@ class Slot:
     """The pool's events of the request a client task is making (reset per request)."""
 
     __slots__ = (
+        "budget_ns",
         "conn_id",
         "dial_end_ns",
         "dial_start_ns",
@@ -73,6 +74,8 @@ class Slot:
     def reset(self) -> None:
         self.wait_ns = 0
         self.granted_ns = 0
+        # When the fleet budget granted the dial's lease (budget.granted).
+        self.budget_ns = 0
         self.dial_start_ns = 0
         self.dial_end_ns = 0
         self.tls_ns = 0
@@ -103,6 +106,7 @@ _PER_REQUEST = frozenset(
         "connect.retry",
         "tls.complete",
         "resolve.complete",
+        "budget.granted",
     }
 )
 
@@ -149,6 +153,8 @@ class StressTracer(conpool.Tracer):
                     slot.resolve_ns += duration_ns or 0
                 elif kind == "connect.failed":
                     slot.failures += 1
+                elif kind == "budget.granted":
+                    slot.budget_ns = ts_ns
                 else:
                     slot.retries += 1
         conpool.Tracer.emit(self, kind, endpoint, address, conn_id, duration_ns, detail, ts_ns)
@@ -232,6 +238,7 @@ class Requests:
         "xend",
         "end",
         "wait",
+        "budget",
         "resume",
         "resolve",
         "dial",

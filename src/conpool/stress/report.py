@@ -25,6 +25,7 @@ from .svg import (
     Series,
     fmt_count,
     fmt_ms,
+    fmt_rate,
 )
 from .timeline import interactive_timeline
 
@@ -695,6 +696,19 @@ def _config_value(key: str, value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def _parts(scenarios: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The parts to show: ``budget`` only where a scenario had a fleet budget."""
+    if any(r.get("budget") or r.get("fleet") for r in scenarios):
+        return PARTS
+    return tuple(p for p in PARTS if p != "budget")
+
+
+def _mean(b: dict[str, Any], p: str) -> float:
+    # (Results saved before the budget part existed have no "budget".)
+    value: float = b.get(p, 0.0)
+    return value
+
+
 def _address_breakdown(r: dict[str, Any]) -> str:
     b = r.get("breakdown") or {}
     by = b.get("by_address") or {}
@@ -702,14 +716,14 @@ def _address_breakdown(r: dict[str, Any]) -> str:
         return ""
     head = (
         "<tr><th>Address</th><th class=num>Requests</th><th class=num>Mean request</th>"
-        + "".join(f"<th class=num>{_e(PART_LABELS[p])}</th>" for p in PARTS)
+        + "".join(f"<th class=num>{_e(PART_LABELS[p])}</th>" for p in _parts([r]))
         + "</tr>"
     )
     rows = "".join(
         f'<tr data-address="{_e(ip)}"><td>{_e(ip)}</td>'
         + _num(v["requests"], f"{v['requests']:,}")
         + _num(v["total"], fmt_ms(v["total"]), "address.total")
-        + "".join(_num(v[p], fmt_ms(v[p]), f"address.{p}") for p in PARTS)
+        + "".join(_num(_mean(v, p), fmt_ms(_mean(v, p)), f"address.{p}") for p in _parts([r]))
         + "</tr>"
         for ip, v in by.items()
     )
@@ -728,7 +742,8 @@ def _scenario(r: dict[str, Any], idx: int) -> str:
         f"<h2>{_e(r['title'])} <small>({_e(r['name'])})</small></h2>"
         f"<p>{_e(r['description'])}</p>{notes}"
         f'<div class="cols">{figures}<div>{percentiles}{_address_table(r)}</div></div>'
-        f"{_charts(r, idx)}{_address_breakdown(r)}{_tail(r)}{_errors(r)}{_config(r)}</section>"
+        f"{_fleet(r)}{_charts(r, idx)}{_address_breakdown(r)}{_tail(r)}{_errors(r)}"
+        f"{_config(r)}</section>"
     )
 
 
@@ -840,6 +855,7 @@ def render(results: dict[str, Any]) -> str:
 #: Short column heads for the parts (the chart's legend has the long names).
 PART_SHORT = {
     "wait": "wait",
+    "budget": "budget",
     "resolve": "resolve",
     "connect": "connect",
     "tls": "TLS",
@@ -850,6 +866,7 @@ PART_SHORT = {
 
 PART_COLORS = {
     "wait": OKABE_ITO["purple"],
+    "budget": OKABE_ITO["grey"],
     "resolve": OKABE_ITO["yellow"],
     "connect": OKABE_ITO["orange"],
     "tls": OKABE_ITO["vermillion"],
@@ -897,13 +914,18 @@ def _breakdown_section(results: dict[str, Any]) -> str:
     if not scenarios:
         return ""
     names = [r["name"] for r in scenarios]
+    parts = _parts(scenarios)
     chart = svg.stacked_hbar_chart(
         "time-breakdown",
         "Where a request's time goes, per scenario (mean)",
         names,
         [
-            (PART_LABELS[p], PART_COLORS[p], [r["breakdown"]["mean_ms"][p] for r in scenarios])
-            for p in PARTS
+            (
+                PART_LABELS[p],
+                PART_COLORS[p],
+                [_mean(r["breakdown"]["mean_ms"], p) for r in scenarios],
+            )
+            for p in parts
         ],
         x_label="mean time per request (ms)",
         y_label="scenario",
@@ -915,7 +937,7 @@ def _breakdown_section(results: dict[str, Any]) -> str:
     head = (
         "<tr><th>Scenario</th><th class=num>Mean request</th>"
         + "".join(
-            f'<th class=num title="{_e(PART_LABELS[p])}">{_e(PART_SHORT[p])}</th>' for p in PARTS
+            f'<th class=num title="{_e(PART_LABELS[p])}">{_e(PART_SHORT[p])}</th>' for p in parts
         )
         + "<th class=num>Client CPU</th><th class=num>Server CPU</th>"
         '<th class=num title="time the client was runnable but not running">Client '
@@ -927,7 +949,8 @@ def _breakdown_section(results: dict[str, Any]) -> str:
         b = r["breakdown"]
         total = b["total_ms"] or 0.0
         cells = "".join(
-            _num(b["mean_ms"][p], fmt_ms(b["mean_ms"][p]), f"breakdown.{p}") + "" for p in PARTS
+            _num(_mean(b["mean_ms"], p), fmt_ms(_mean(b["mean_ms"], p)), f"breakdown.{p}")
+            for p in parts
         )
         cpu = r.get("cpu") or {}
         client = cpu.get("client") or {}
@@ -965,7 +988,15 @@ def _breakdown_section(results: dict[str, Any]) -> str:
         "<p>Every request's time, from asking the pool for a connection to having given it "
         "back, cut into parts measured with the client's clock and the pool's trace events: "
         "<b>waiting for a slot</b> (parked until a connection was free: the pool's "
-        "<code>acquire.granted</code> duration), <b>resolving</b>, <b>connecting</b> (failed "
+        "<code>acquire.granted</code> duration), "
+        + (
+            "<b>waiting for the fleet budget</b> (from the slot to the fleet's lease, "
+            "<code>budget.granted</code>: the Redis round trip of a dial and any wait while "
+            "the fleet is at its limit), "
+            if "budget" in parts
+            else ""
+        )
+        + "<b>resolving</b>, <b>connecting</b> (failed "
         "attempts and retry back-off included), <b>TLS</b>, <b>the pool's own work</b> (the "
         "rest of the acquire and all of the release), the <b>exchange on the wire</b>, and "
         "<b>event-loop lag</b>: from a grant to the waiter running again (measured per "
@@ -1047,8 +1078,9 @@ def _tail(r: dict[str, Any]) -> str:
         f"<tr><td class=num>{q['t_s'] * 1000:.1f} ms</td><td class=num>"
         f"{fmt_ms(q['total_ms'])}</td><td>{_e(q['address'])} #{q['conn_id']}</td>"
         + "".join(
-            f"<td class=num>{fmt_ms(q['parts_ms'][p]) if q['parts_ms'][p] else ''}</td>"
-            for p in PARTS
+            f"<td class=num>{fmt_ms(_mean(q['parts_ms'], p)) if _mean(q['parts_ms'], p) else ''}"
+            "</td>"
+            for p in _parts([r])
         )
         + f"<td>{_e(', '.join(q['flags']))}</td></tr>"
         for q in t["requests"][:10]
@@ -1070,7 +1102,7 @@ def _tail(r: dict[str, Any]) -> str:
             f"times for {lag['sampler_total_ms']:.1f} ms in all (longest "
             f"{fmt_ms(lag['sampler_max_ms'])}).</p>"
         )
-    head = "".join(f"<th class=num>{_e(PART_LABELS[p])}</th>" for p in PARTS)
+    head = "".join(f"<th class=num>{_e(PART_LABELS[p])}</th>" for p in _parts([r]))
     return (
         '<div class="tail"><h3>Why the slowest requests were slow</h3>'
         f'<p class="tail-verdict">{_e(_tail_sentence(r))}</p>{_waves_text(r)}{lag_text}'
@@ -1262,3 +1294,128 @@ def _href(trace_dir: str, name: str) -> str:
 
     path = name if trace_dir in ("", ".") else f"{trace_dir.rstrip('/')}/{name}"
     return quote(path)
+
+
+# ----------------------------------------------------------------------------
+# The fleet
+
+
+def _fleet(r: dict[str, Any]) -> str:
+    """The fleet scenario's own part: the server's connections against the
+    budget, each process's work, the budget's stats and the Redis calls."""
+    f = r.get("fleet")
+    if not f:
+        return ""
+    limit = f["limit"]
+    srv = f["server"]
+    over = srv["max"] > limit
+    chart = svg.line_chart(
+        f"fleet-server-{r['name']}",
+        "Connections the echo server had open at once, against the budget",
+        [
+            Series(
+                "most at once in each interval", OKABE_ITO["vermillion"], srv["t_s"], srv["peak"]
+            ),
+            Series("open at the sample", OKABE_ITO["blue"], srv["t_s"], srv["open"], dash="4 3"),
+            Series(
+                f"budget ({limit})",
+                OKABE_ITO["black"],
+                [0.0, max(srv["t_s"], default=0.0)],
+                [limit, limit],
+                dash="8 4",
+            ),
+        ],
+        x_label="time since the fleet started (s)",
+        y_label="concurrent connections at the server",
+        caption="The server counts every accept and close; the red line is the most it had "
+        "open at once in each sampling interval, so no peak between samples is missed.",
+    )
+    procs = f["per_process"]
+    rps_chart = svg.line_chart(
+        f"fleet-rps-{r['name']}",
+        "Throughput per process",
+        [
+            Series(
+                f"process {p['index']}",
+                ADDRESS_COLORS[i % len(ADDRESS_COLORS)],
+                f["bucket_s"],
+                p["rps"],
+                dash=(None, "6 3", "2 2")[i % 3],
+            )
+            for i, p in enumerate(procs)
+        ],
+        x_label="time since the fleet started (s)",
+        y_label="completed requests (req/s)",
+        y_fmt=fmt_rate,
+    )
+    fair = 1 / len(procs) if procs else 0.0
+    rows = "".join(
+        f'<tr data-process="{p["index"]}"><td>process {p["index"]} (pid {p["pid"]})</td>'
+        + _num(p["requests"], f"{p['requests']:,}", "requests")
+        + _num(p["throughput_rps"], f"{round(p['throughput_rps']):,} req/s")
+        + _num(p["share"], f"{p['share'] * 100:.1f} %", "share")
+        + _num(p["latency_ms"]["p50"], fmt_ms(p["latency_ms"]["p50"]))
+        + _num(p["latency_ms"]["p99"], fmt_ms(p["latency_ms"]["p99"]))
+        + _num(p["created"], f"{p['created']:,}")
+        + _num(p["max_open"], f"{p['max_open']:,}")
+        + "".join(
+            _num(p["budget"].get(k, 0), f"{p['budget'].get(k, 0):,}", f"budget.{k}")
+            for k in ("granted", "waited", "denied", "given_back")
+        )
+        + _num(p["errors"], f"{p['errors']:,}", "errors")
+        + "</tr>"
+        for p in procs
+    )
+    b = f["budget"]
+    calls = f["redis_calls"]
+    calls_text = (
+        ", ".join(f"{k.upper()} {v:,}" for k, v in calls.items()) if calls else "not readable"
+    )
+    dials = b.get("granted", 0)
+    per_dial = f"; {calls.get('evalsha', 0) / dials:.2f} EVALSHA per granted dial" if dials else ""
+    stats = _kv_table(
+        [
+            ("granted", f"{b.get('granted', 0):,} leases (one per dial)"),
+            ("waited", f"{b.get('waited', 0):,} dials waited for the fleet"),
+            ("denied", f"{b.get('denied', 0):,}"),
+            ("timeouts", f"{b.get('timeouts', 0):,}"),
+            ("given back", f"{b.get('given_back', 0):,} connections closed for a fair share"),
+            ("renewed", f"{b.get('renewed', 0):,} lease renewals"),
+            ("lost", f"{b.get('lost', 0):,}"),
+            ("unaccounted", f"{b.get('unaccounted', 0):,}"),
+            ("Redis errors", f"{b.get('redis_errors', 0):,}"),
+            (
+                "Redis calls",
+                f"{sum(calls.values()):,} round trips ({calls_text}){per_dial}; the "
+                f"budget's script ran {f.get('script_commands', 0):,} commands inside them",
+            ),
+            ("Redis", f"{f['redis']}, namespace {f['namespace']}"),
+        ],
+        "fleet-budget",
+    )
+    verdict = (
+        f'<p class="note bad fleet-verdict">The server saw <b>{srv["max"]}</b> connections at '
+        f"once, more than the budget of {limit}.</p>"
+        if over
+        else f'<p class="fleet-verdict">The server saw at most <b>{srv["max"]}</b> connections '
+        f"at once: never more than the budget of {limit}, while the processes' own limits "
+        f"would allow {f['processes'] * f['per_process_limit']}.</p>"
+    )
+    mean_budget = _mean((r.get("breakdown") or {}).get("mean_ms") or {}, "budget")
+    return (
+        f'<div class="fleet" id="fleet-{_e(r["name"])}"><h3>The fleet</h3>{verdict}'
+        f"<p>{f['processes']} processes ({_e(f['backend'])}), {f['clients_per_process']} client "
+        f"tasks and a pool of at most {f['per_process_limit']} connections each; fairness "
+        f"(least share over largest): {f['fairness']:.2f} (an even share is "
+        f"{fair * 100:.1f} % each). Waiting for the budget took {fmt_ms(mean_budget)} of a "
+        "request on average (its own part in <i>Where the time goes</i>: the Redis round "
+        "trip of each dial and the waits while the fleet was at its limit).</p>"
+        f'<div class="charts">{chart}{rps_chart}</div>'
+        '<div class="wide-table"><table class="fleet-processes"><thead><tr><th>Process</th>'
+        "<th class=num>Requests</th><th class=num>Throughput</th><th class=num>Share</th>"
+        "<th class=num>p50</th><th class=num>p99</th><th class=num>Connections made</th>"
+        "<th class=num>Most open</th><th class=num>Budget granted</th>"
+        "<th class=num>Waited</th><th class=num>Denied</th><th class=num>Given back</th>"
+        f"<th class=num>Errors</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        f"<h4>Budget, every process summed</h4>{stats}</div>"
+    )

@@ -54,6 +54,7 @@ from .servers import STRESS_ADDRESSES, STRESS_NAME, ServerError, ServerProcess
 
 __all__ = [
     "DRIVERS",
+    "RUNNERS",
     "Driver",
     "RunControl",
     "Target",
@@ -110,6 +111,11 @@ async def pool_driver(
 #: The drivers a scenario may name (``Scenario.driver``); add to it to drive
 #: the pool another way (through an HTTP client, say).
 DRIVERS: dict[str, Driver] = {"pool": pool_driver}
+
+#: Scenarios whose ``driver`` names one of these are run by it instead of
+#: :func:`run_scenario` (the ``fleet`` scenario: many processes); it takes
+#: the same keyword arguments and returns the same kind of dict.
+RUNNERS: dict[str, Callable[..., Awaitable[dict[str, Any] | None]]] = {}
 
 
 @dataclasses.dataclass
@@ -507,12 +513,32 @@ async def run_scenario(
     control: RunControl,
     progress: Progress | None = None,
     trace_path: str | None = None,
+    budget: conpool.RedisBudget | None = None,
+    start_ns: int | None = None,
+    raw: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Run one scenario for ``duration`` seconds with ``concurrency`` clients.
 
     :param trace_path: where to write the scenario's Chrome/Perfetto trace (None: nowhere).
+    :param budget: the pool's fleet budget (a process of the ``fleet`` scenario).
+    :param start_ns: start at this :func:`time.monotonic_ns` (processes of a
+        fleet start together), not at once.
+    :param raw: filled with every request's latency and parts (ns), for a
+        caller that merges the runs of many processes.
     :returns: the scenario's results, or None when it was interrupted.
     """
+    custom = RUNNERS.get(scenario.driver)
+    if custom is not None:
+        return await custom(
+            scenario,
+            duration=duration,
+            concurrency=concurrency,
+            servers=servers,
+            target=target,
+            control=control,
+            progress=progress,
+            trace_path=trace_path,
+        )
     endpoint, resolver, addresses = _endpoint(scenario, servers, target)
     protocol_name = scenario.protocol or (target.protocol if target else "echo")
     http_host = target.host if target is not None else STRESS_NAME
@@ -546,6 +572,8 @@ async def run_scenario(
     # the run scan only what the run allocates.
     gc.collect()
     gc.freeze()
+    if start_ns is not None:
+        await anyio.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
     t0_ns = time.monotonic_ns()
     deadline_ns = t0_ns + int(duration * 1e9)
     digest = TraceDigest(t0_ns, keep=trace_path is not None)
@@ -560,7 +588,7 @@ async def run_scenario(
     interrupted = False
 
     async with (
-        conpool.Pool(config, resolver=resolver, tracer=tracer) as pool,
+        conpool.Pool(config, resolver=resolver, tracer=tracer, budget=budget) as pool,
         driver(pool, endpoint, proto) as request,
     ):
 
@@ -575,6 +603,7 @@ async def run_scenario(
             col = reqs.column
             r_start, r_got, r_xend, r_end = col("start"), col("got"), col("xend"), col("end")
             r_wait, r_resume, r_resolve = col("wait"), col("resume"), col("resolve")
+            r_budget = col("budget")
             r_dial, r_tls, r_fail = col("dial"), col("tls"), col("failures")
             r_conn, r_addr = col("conn"), col("addr")
             while mono() < deadline_ns and not control.stop:
@@ -628,6 +657,9 @@ async def run_scenario(
                 wait_ns = slot.wait_ns
                 r_wait.append(wait_ns)
                 r_resume.append(max(0, slot.granted_ns - start - wait_ns) if slot.granted_ns else 0)
+                r_budget.append(
+                    max(0, slot.budget_ns - (slot.granted_ns or start)) if slot.budget_ns else 0
+                )
                 r_resolve.append(slot.resolve_ns)
                 dial = slot.dial_end_ns - slot.dial_start_ns if slot.dial_end_ns else 0
                 r_dial.append(max(0, dial))
@@ -738,7 +770,7 @@ async def run_scenario(
         server_after = await _call(servers.status)
 
     elapsed = max((finished_ns or end_ns) - t0_ns, 1) / 1e9
-    return _result(
+    out = _result(
         scenario,
         endpoint=endpoint,
         addresses=sorted(samples_addr) or addresses,
@@ -775,7 +807,14 @@ async def run_scenario(
             "cpus": os.cpu_count(),
         },
         trace_path=trace_path,
+        raw=raw,
     )
+    if final_stats is not None and final_stats.budget is not None:
+        out["budget"] = dataclasses.asdict(final_stats.budget)
+    if raw is not None:
+        raw["t0_ns"] = t0_ns
+        raw["connect_ms"] = digest.connect_ms
+    return out
 
 
 def _machine_delta(
@@ -849,9 +888,17 @@ def _result(
     sampler_runs: list[tuple[int, int]],
     cpu: dict[str, Any],
     trace_path: str | None,
+    raw: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     lat_ms = _ms(latency)
     parts = analysis.request_parts(reqs, probe)
+    if raw is not None:
+        raw["latency_ns"] = list(latency)
+        raw["acquire_ns"] = list(acquire)
+        raw["done_ns"] = list(done)
+        raw["failed_ns"] = list(failed)
+        raw["parts_ns"] = parts
+        raw["addr"] = [reqs.addresses[a] for a in reqs.column("addr")]
     lag = analysis.lag_summary(probe, gcw, sampler_runs)
     waves = analysis.retirement_waves(digest.lifetimes)
     tail = analysis.tail(reqs, parts, probe, gcw, sampler_runs, waves, lag)

@@ -8,6 +8,8 @@ server on one port shared by all the addresses:
 * ``echo``: echoes bytes back;
 * ``http``: minimal HTTP/1.1 with keep-alive (``200 ok``);
 * ``http_idle``: the same, but it closes a connection idle for ``idle_close`` s;
+* ``fleet``: the echo server again, on a port of its own for the ``fleet``
+  scenario, which counts its concurrent connections (``peak``);
 * ``tls``: the echo server behind TLS, with a certificate for the stress name
   from a throw-away trustme CA (absent when trustme is not installed);
 * ``slow``: a :class:`~conpool.stress.proxy.LatencyProxy` on each address in
@@ -17,7 +19,7 @@ server on one port shared by all the addresses:
 
 The parent talks to the child with one JSON object per line: the child
 announces its ports on stdout, then answers commands read from stdin
-(``down``/``up`` an address, ``status``, ``stop``).  The child ignores SIGINT
+(``down``/``up`` an address, ``status``, ``peak``, ``stop``).  The child ignores SIGINT
 (the parent stops it) and exits when its stdin closes, so it never outlives
 the parent.
 """
@@ -108,11 +110,13 @@ class _Base(asyncio.Protocol):
         self.ip = sockname[0] if sockname else ""
         self.hub.connections.setdefault(self.ip, set()).add(stream)
         self.hub.counts.accepted[f"{self.kind} {self.ip}"] += 1
+        self.hub.opened(self.kind)
 
     def connection_lost(self, exc: Exception | None) -> None:
         conns = self.hub.connections.get(self.ip)
         if conns is not None and self.transport is not None:
             conns.discard(self.transport)
+        self.hub.open_now[self.kind] -= 1
 
 
 class _Echo(_Base):
@@ -179,9 +183,24 @@ class _Hub:
         self.ca_pem: str | None = None
         self.ssl_context: Any = None
         self.down: set[str] = set()
+        # Connections open now, and the most at once since the last ``peak``, per kind.
+        self.open_now: Counter[str] = Counter()
+        self.peak_open: Counter[str] = Counter()
+
+    def opened(self, kind: str) -> None:
+        now = self.open_now[kind] = self.open_now[kind] + 1
+        if now > self.peak_open[kind]:
+            self.peak_open[kind] = now
+
+    def peak(self, kind: str) -> dict[str, int]:
+        """Connections of ``kind`` open now and the most open at once since the
+        last call (every accept counts: no sampling misses a peak)."""
+        out = {"open": self.open_now[kind], "peak": self.peak_open[kind]}
+        self.peak_open[kind] = self.open_now[kind]
+        return out
 
     def _factory(self, kind: str) -> Callable[[], asyncio.Protocol]:
-        if kind in ("echo", "tls"):
+        if kind in ("echo", "tls", "fleet"):
             return lambda: _Echo(self, kind)
         if kind == "http":
             return lambda: _HTTP(self, kind, None)
@@ -252,7 +271,7 @@ class _Hub:
     async def start(self) -> None:
         if self.spec.embedded:
             self._setup_tls()
-            kinds = ["echo", "http", "http_idle"]
+            kinds = ["echo", "http", "http_idle", "fleet"]
             if self.ssl_context is not None:
                 kinds.append("tls")
             for kind in kinds:
@@ -361,6 +380,8 @@ async def _serve(spec: ServerSpec) -> None:
                 _write({"ok": True})
             elif op == "status":
                 _write({"ok": True, "status": hub.status()})
+            elif op == "peak":
+                _write({"ok": True, "peak": hub.peak(str(cmd["kind"]))})
             else:
                 _write({"error": f"unknown command {op!r}"})
         except Exception as exc:
@@ -496,6 +517,12 @@ class ServerProcess:
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = self.command("status")["status"]
         return status
+
+    def peak(self, kind: str) -> dict[str, int]:
+        """``{"open": N, "peak": M}``: connections of ``kind`` open now, and the
+        most open at once since the last call."""
+        peak: dict[str, int] = self.command("peak", kind=kind)["peak"]
+        return peak
 
     def stop(self) -> None:
         """Stop the child by its PID: ask, then SIGTERM, then SIGKILL."""
