@@ -99,7 +99,8 @@ def test_quick_run_runs_every_scenario_in_time(quick: QuickRun) -> None:
     names = [s.name for s in scenarios.all_scenarios(cli.QUICK_DURATION) if s.name not in skipped]
     assert [s["name"] for s in quick.results["scenarios"]] == names
     assert quick.results["interrupted"] is False
-    assert quick.elapsed < 15.0, f"--quick took {quick.elapsed:.1f} s"
+    # (The fleet scenario starts its processes and a redis-server: a few seconds more.)
+    assert quick.elapsed < (15.0 if skipped else 22.0), f"--quick took {quick.elapsed:.1f} s"
     for s in quick.results["scenarios"]:
         assert s["requests"]["ok"] > 0, s["name"]
         assert s["duration_s"] == cli.QUICK_DURATION

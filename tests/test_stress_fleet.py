@@ -29,8 +29,17 @@ def _stress(
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], str]:
     html, results = tmp_path / "report.html", tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "conpool", "stress", "--out", str(html), "--json", str(results)]
-        + list(args),
+        [
+            sys.executable,
+            "-m",
+            "conpool",
+            "stress",
+            "--out",
+            str(html),
+            "--json",
+            str(results),
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=90,
@@ -54,7 +63,7 @@ def test_fleet_never_exceeds_the_budget_and_every_process_works(tmp_path: Path) 
     limit = fleet.budget_limit(processes)
     assert limit < processes * fleet.PER_PROCESS_LIMIT  # the budget binds
     start = time.monotonic()
-    proc, results, html = _stress(
+    _proc, results, html = _stress(
         tmp_path, "--scenarios", "fleet", "--duration", "1", "--fleet-processes", str(processes)
     )
     took = time.monotonic() - start
@@ -128,7 +137,7 @@ def test_fleet_is_skipped_with_its_reason_without_redis_server(tmp_path: Path) -
 
 def test_redis_url_points_the_fleet_at_a_given_redis(redis: RedisServer, tmp_path: Path) -> None:
     url = f"redis://{redis.host}:{redis.port}/0"
-    _proc, results, html = _stress(
+    _proc, results, _html = _stress(
         tmp_path,
         *("--scenarios", "fleet", "--duration", "0.5", "--fleet-processes", "2"),
         *("--redis-url", url),

@@ -6,5 +6,6 @@
 * :mod:`.scenarios`: the scenario matrix, as data;
 * :mod:`.protocols`: what the clients say (echo, HTTP/1.1, redis);
 * :mod:`.runner`: one scenario, from the pool's tracer and stats to plain data;
+* :mod:`.fleet`: the ``fleet`` scenario: N processes sharing one RedisBudget;
 * :mod:`.report`, :mod:`.svg`: the self-contained HTML report and its charts.
 """

@@ -35,7 +35,7 @@ import conpool
 from . import fleet
 from .protocols import PROTOCOLS
 from .report import render, summary_rows
-from .runner import RunControl, Target, environment, run_scenario
+from .runner import RUNNERS, RunControl, Target, environment, run_scenario
 from .scenarios import Scenario, all_scenarios, select
 from .servers import STRESS_ADDRESSES, ServerError, ServerProcess, ServerSpec
 from .svg import fmt_ms
@@ -402,18 +402,27 @@ async def _run_all(
             if control.stop:
                 results["interrupted"] = True
                 break
-            r = await run_scenario(
-                scenario,
-                duration=duration,
-                concurrency=concurrency,
-                servers=servers,
-                target=target,
-                control=control,
-                progress=ui.update,
-                trace_path=str(trace_dir / f"{scenario.name}.trace.json")
-                if trace_dir is not None
-                else None,
-            )
+            try:
+                r = await run_scenario(
+                    scenario,
+                    duration=duration,
+                    concurrency=concurrency,
+                    servers=servers,
+                    target=target,
+                    control=control,
+                    progress=ui.update,
+                    trace_path=str(trace_dir / f"{scenario.name}.trace.json")
+                    if trace_dir is not None
+                    else None,
+                )
+            except ServerError as exc:
+                if scenario.driver not in RUNNERS:
+                    raise
+                # A scenario of processes of its own (fleet) that could not
+                # run: the others still get their report.
+                results["skipped"].append({"name": scenario.name, "reason": f"failed: {exc}"})
+                ui.interrupted(scenario.name)
+                continue
             if r is None:
                 results["interrupted"] = True
                 results["interrupted_scenario"] = scenario.name
