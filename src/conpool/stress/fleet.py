@@ -638,7 +638,8 @@ def merge(
     """One result from every process's ``{"pid", "result", "raw"}``: the
     shape of any scenario's, plus ``fleet``.  Latencies, the breakdown and
     the throughput are computed over every request of every process; the
-    event-loop lag, the tail and the timeline are the first process's."""
+    event-loop lag and the tail are those of the process with the slowest
+    request, the timeline (and the trace) the first process's."""
     results = [run["result"] for run in runs]
     raws = [run["raw"] for run in runs]
     first = results[0]
@@ -774,10 +775,14 @@ def merge(
     shares = [p["share"] for p in per_process]
     peaks = [int(s[2]) for s in samples]
     max_seen = max(peaks, default=0)
+    # The tail and the loop lag explain the slowest requests: those of the
+    # process that had the slowest one of all.
+    slowest = max(range(len(raws)), key=lambda i: max(raws[i]["latency_ns"], default=0))
     notes = list(first.get("notes", []))
     notes.append(
-        "The event-loop lag, the slowest requests and the timeline are those of process 1; "
-        "latencies, the breakdown and the throughput are every process's."
+        f"The event-loop lag and the slowest requests are those of process {slowest + 1} "
+        "(which had the slowest request of all), the timeline that of process 1; latencies, "
+        "the breakdown and the throughput are every process's."
     )
     if max_seen > limit:
         notes.append(
@@ -813,6 +818,9 @@ def merge(
             "server": server,
             "notes": notes,
             "breakdown": analysis.breakdown(req, parts),
+            "tail": results[slowest]["tail"],
+            "lag": results[slowest]["lag"],
+            "waves": results[slowest]["waves"],
             "cpu": {
                 "wall_s": round(wall_s, 4),
                 "client": _sum_cpu([(r.get("cpu") or {}).get("client") for r in results]),
