@@ -403,10 +403,11 @@ class _Member:
             start_new_session=True,
         )
 
-    def expect(self, word: str, timeout: float) -> None:
-        """Wait for the line ``word`` (blocking: call it from a thread).
+    def expect(self, word: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the line ``word`` (blocking: call it
+        from a thread); False when it has not come yet.
 
-        :raises ServerError: the process exited or said nothing in time.
+        :raises ServerError: the process exited.
         """
         stdout = self.proc.stdout
         assert stdout is not None
@@ -414,7 +415,7 @@ class _Member:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ServerError(f"fleet process {self.index + 1} did not say {word!r} in time")
+                return False
             ready, _, _ = select.select([stdout], [], [], min(left, 0.5))
             if ready:
                 line = stdout.readline()
@@ -423,7 +424,7 @@ class _Member:
                         f"fleet process {self.index + 1} exited:\n{self._stderr_text()}"
                     )
                 if line.strip() == word:
-                    return
+                    return True
 
     def _stderr_text(self) -> str:
         self.stderr.seek(0)
@@ -513,10 +514,17 @@ async def run_fleet(
                 err = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
                 errs.append(err)
                 members.append(_Member(i, spec, err))
+            ready_by = time.monotonic() + START_TIMEOUT
             for m in members:
-                await _call(m.expect, "ready", START_TIMEOUT)
-                if control.stop:
-                    return None
+                # A little at a time, so that a Ctrl-C is not kept waiting.
+                while not await _call(m.expect, "ready", 0.5):
+                    if control.stop:
+                        return None
+                    if time.monotonic() > ready_by:
+                        raise ServerError(
+                            f"fleet process {m.index + 1} was not ready within "
+                            f"{START_TIMEOUT:g} s:\n{m._stderr_text()}"
+                        )
             redis_before = await _call(_redis_commands, opts.redis_url)
             server_before = await _call(servers.status)
             await _call(servers.peak, "fleet")  # a fresh peak from now on

@@ -1401,7 +1401,8 @@ def _fleet(r: dict[str, Any]) -> str:
         f"at once: never more than the budget of {limit}, while the processes' own limits "
         f"would allow {f['processes'] * f['per_process_limit']}.</p>"
     )
-    mean_budget = _mean((r.get("breakdown") or {}).get("mean_ms") or {}, "budget")
+    means = (r.get("breakdown") or {}).get("mean_ms") or {}
+    mean_budget, mean_pool = _mean(means, "budget"), _mean(means, "pool")
     return (
         f'<div class="fleet" id="fleet-{_e(r["name"])}"><h3>The fleet</h3>{verdict}'
         f"<p>{f['processes']} processes ({_e(f['backend'])}), {f['clients_per_process']} client "
@@ -1409,7 +1410,11 @@ def _fleet(r: dict[str, Any]) -> str:
         f"(least share over largest): {f['fairness']:.2f} (an even share is "
         f"{fair * 100:.1f} % each). Waiting for the budget took {fmt_ms(mean_budget)} of a "
         "request on average (its own part in <i>Where the time goes</i>: the Redis round "
-        "trip of each dial and the waits while the fleet was at its limit).</p>"
+        "trip of each dial and the waits while the fleet was at its limit). A dial that "
+        "queued behind another dial of its process waiting for the fleet (the budget tries "
+        "one dial per endpoint at a time) and then took a connection that came back idle "
+        "emits no budget event: that wait is in the pool's own work, "
+        f"{fmt_ms(mean_pool)} of a request on average here.</p>"
         f'<div class="charts">{chart}{rps_chart}</div>'
         '<div class="wide-table"><table class="fleet-processes"><thead><tr><th>Process</th>'
         "<th class=num>Requests</th><th class=num>Throughput</th><th class=num>Share</th>"
