@@ -16,10 +16,8 @@ from typing import Any
 
 import pytest
 
-from conpool.stress import analysis, fleet, measure
+from conpool.stress import analysis, cli, fleet, measure
 from servers import RedisServer, need
-
-pytestmark = pytest.mark.realserver
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +55,7 @@ def _without_redis_server(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PATH": str(empty)}
 
 
+@pytest.mark.realserver
 def test_fleet_never_exceeds_the_budget_and_every_process_works(tmp_path: Path) -> None:
     need("redis-server", "the fleet scenario's Redis")
     processes = 3
@@ -135,6 +134,7 @@ def test_fleet_is_skipped_with_its_reason_without_redis_server(tmp_path: Path) -
     assert "waiting for the fleet budget" not in html
 
 
+@pytest.mark.realserver
 def test_redis_url_points_the_fleet_at_a_given_redis(redis: RedisServer, tmp_path: Path) -> None:
     url = f"redis://{redis.host}:{redis.port}/0"
     _proc, results, _html = _stress(
@@ -152,23 +152,19 @@ def test_redis_url_points_the_fleet_at_a_given_redis(redis: RedisServer, tmp_pat
     assert redis.ping()  # the user's Redis is left running
 
 
-def test_bad_fleet_options_are_usage_errors(tmp_path: Path) -> None:
+def test_bad_fleet_options_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     for args, message in (
         (["--fleet-processes", "0"], "must be between 1 and 64"),
         (["--fleet-processes", "x"], "not a whole number"),
         (["--redis-url", "http://x"], "expected redis://"),
     ):
-        proc = subprocess.run(
-            [sys.executable, "-m", "conpool", "stress", *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=tmp_path,
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert message in proc.stderr
+        with pytest.raises(SystemExit) as exit_:
+            cli.build_parser().parse_args(args)
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
 
 
+@pytest.mark.realserver
 def test_redis_process_starts_answers_and_stops_by_pid() -> None:
     binary = need("redis-server", "RedisProcess")
     with fleet.RedisProcess(binary) as server:
