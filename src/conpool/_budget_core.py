@@ -27,6 +27,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._endpoint import Endpoint
 
 __all__ = [
     "FAIL_CLOSED",
@@ -204,7 +208,7 @@ class KeyBook:
         self.retiring = 0  # connections asked to close for the fleet, not closed yet
         # The pool's endpoint objects with this key (the give-back closes
         # their connections); the book never looks inside them.
-        self.endpoints: list[object] = []
+        self.endpoints: list[Endpoint] = []
 
     @property
     def dirty(self) -> bool:

@@ -55,7 +55,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import anyio
@@ -74,6 +74,7 @@ from ._budget_core import (
     Snapshot,
     parse_reply,
 )
+from ._endpoint import Endpoint
 from ._errors import ConnectError, PoolTimeout, describe
 
 __all__ = ["SYNC_SCRIPT", "Participant", "budget_key", "channel_key", "redis_keys"]
@@ -188,7 +189,7 @@ return out
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, TimeoutError)
 
 
-def budget_key(endpoint: object) -> str:
+def budget_key(endpoint: Endpoint) -> str:
     """An endpoint's budget key: ``host:port`` (its ``str``), shared by its
     plain and TLS variants, since the server's limit is per server."""
     return str(endpoint)
@@ -219,7 +220,7 @@ def channel_key(namespace: str, channel: str) -> str | None:
 
 
 class _IO(Protocol):
-    async def call(self, keys: Sequence[str], args: Sequence[object]) -> object: ...
+    async def call(self, keys: Sequence[str], args: Sequence[str | int]) -> object: ...
 
     async def listen(
         self, pattern: str, deliver: Callable[[str, str], None], ready: Callable[[], None]
@@ -251,13 +252,15 @@ class AsyncioIO:
         self.script = self.client.register_script(SYNC_SCRIPT)
         self.timeout = timeout
 
-    async def call(self, keys: Sequence[str], args: Sequence[object]) -> object:
-        return await self.script(keys=keys, args=args)  # type: ignore[arg-type]
+    async def call(self, keys: Sequence[str], args: Sequence[str | int]) -> object:
+        return await self.script(keys=keys, args=args)
 
     async def listen(
         self, pattern: str, deliver: Callable[[str, str], None], ready: Callable[[], None]
     ) -> None:
         pubsub = self.subscriber.pubsub(ignore_subscribe_messages=True)
+        # (redis-py leaves this PubSub.aclose unannotated; this is its type.)
+        close_pubsub: Callable[[], Awaitable[None]] = pubsub.aclose
         try:
             await pubsub.psubscribe(pattern)
             # (The subscription is confirmed once a read returns its reply.)
@@ -269,7 +272,7 @@ class AsyncioIO:
                     deliver(str(msg["channel"]), str(msg["data"]))
         finally:
             with anyio.CancelScope(shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await close_pubsub()
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -302,10 +305,10 @@ class ThreadIO:
         self.limiter = anyio.CapacityLimiter(1)
         self.listen_limiter = anyio.CapacityLimiter(1)
 
-    async def call(self, keys: Sequence[str], args: Sequence[object]) -> object:
+    async def call(self, keys: Sequence[str], args: Sequence[str | int]) -> object:
         script = self.script
         return await anyio.to_thread.run_sync(
-            lambda: script(keys=keys, args=args),  # type: ignore[arg-type]
+            lambda: script(keys=keys, args=args),
             limiter=self.limiter,
         )
 
@@ -315,8 +318,11 @@ class ThreadIO:
         stop = threading.Event()
         from anyio import from_thread
 
+        # (redis-py leaves the sync Redis.pubsub unannotated; this is its type.)
+        new_pubsub: Callable[..., redis.client.PubSub] = self.subscriber.pubsub
+
         def run() -> None:
-            pubsub = self.subscriber.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = new_pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.psubscribe(pattern)
                 pubsub.get_message(timeout=self.timeout)  # the confirmation
@@ -348,7 +354,7 @@ class ThreadIO:
             await anyio.to_thread.run_sync(close)
 
 
-GiveBack = Callable[[object, int], int]
+GiveBack = Callable[[Endpoint, int], int]
 Emit = Callable[..., None]
 
 
@@ -408,7 +414,7 @@ class Participant:
 
     async def acquire(
         self,
-        endpoint: object,
+        endpoint: Endpoint,
         max_wait: float | None,
         give_up: Callable[[], bool] | None = None,
     ) -> Lease:
@@ -465,7 +471,7 @@ class Participant:
     async def _acquire(
         self,
         kb: KeyBook,
-        endpoint: object,
+        endpoint: Endpoint,
         start: float,
         give_up: Callable[[], bool] | None,
     ) -> Lease:
@@ -503,7 +509,7 @@ class Participant:
     #: Trace every grant (off: a grant is already a connect.* event's neighbour).
     emit_granted = True
 
-    def _unavailable(self, kb: KeyBook, endpoint: object) -> Lease:
+    def _unavailable(self, kb: KeyBook, endpoint: Endpoint) -> Lease:
         book = self.book
         if book.policy == FAIL_OPEN:
             lease = book.grant_unaccounted(kb)
@@ -516,7 +522,7 @@ class Participant:
         raise ConnectError(
             f"the connection budget {self.label} is unavailable (on_unavailable="
             f"'fail-closed'): {book.last_error}",
-            endpoint=endpoint,  # type: ignore[arg-type]
+            endpoint=endpoint,
             context=[f"asking the budget for a lease of {kb.key}", f"connecting to {endpoint}"],
         )
 
@@ -560,7 +566,7 @@ class Participant:
                 mine, still = book.acquire_args(kb)
             else:
                 mine, still = kb.held, kb.waiting > 0
-            args = [self.id, "acquire" if acquire else "set", mine, int(still)]
+            args: list[str | int] = [self.id, "acquire" if acquire else "set", mine, int(still)]
             args += [self.ttl_ms, self.limit, channel_name(self.namespace, kb.key)]
             try:
                 reply = await self.io.call(redis_keys(self.namespace, kb.key), args)

@@ -700,7 +700,9 @@ class Pool:
                     # The budget's second call point: batched, never awaited.
                     lease = self._leases.pop(rec, None)
                     if lease is not None:
-                        self._participant.release(lease)  # type: ignore[union-attr]
+                        participant = self._participant
+                        assert participant is not None  # (leases exist only with one)
+                        participant.release(lease)
             # (Only a close leaves the floor short, outside the sweep.)
             if state.refill_due:
                 self._life.start_refills()
@@ -858,21 +860,18 @@ class Pool:
             return await self._acquire(ep, state.acquire(ep, self._clock()))
         except PoolTimeout:
             # No budget within acquire_timeout: not a connect failure.
-            if lease is not None:
-                participant.release(lease)  # type: ignore[union-attr]
+            self._return_lease(lease)
             state.dial_abandoned(ep)
             self._flush()
             raise
         except Exception as exc:
-            if lease is not None:
-                participant.release(lease)  # type: ignore[union-attr]
+            self._return_lease(lease)
             state.dial_failed(ep)
             self._flush()
             self._emit("acquire.failed", ep.key, detail=str(exc))
             raise
         except BaseException:
-            if lease is not None:
-                participant.release(lease)  # type: ignore[union-attr]
+            self._return_lease(lease)
             state.dial_abandoned(ep)
             self._flush()
             raise
@@ -894,12 +893,19 @@ class Pool:
 
     # -- the fleet budget ------------------------------------------------------------
 
-    def _give_back(self, endpoint: object, n: int) -> int:
+    def _return_lease(self, lease: Lease | None) -> None:
+        """A dial that held ``lease`` (if any) failed or was abandoned."""
+        if lease is not None:
+            participant = self._participant
+            assert participant is not None  # (leases exist only with one)
+            participant.release(lease)
+
+    def _give_back(self, endpoint: Endpoint, n: int) -> int:
         """The budget asks for up to ``n`` of ``endpoint``'s connections
         back (other participants wait below their fair share): idle ones
         close now, in-use ones when released.  Returns how many will."""
         state = self._state
-        ep = state.endpoints.get(endpoint)  # type: ignore[call-overload]
+        ep = state.endpoints.get(endpoint)
         if ep is None or state.closed:
             return 0
         done = state.shed(ep, n)

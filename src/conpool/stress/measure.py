@@ -262,7 +262,7 @@ class Requests:
         return i
 
     def __len__(self) -> int:
-        return len(self.start)  # type: ignore[attr-defined]
+        return len(self.column("start"))
 
     def column(self, name: str) -> array[int]:
         col: array[int] = getattr(self, name)
