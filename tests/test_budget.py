@@ -84,6 +84,12 @@ def test_validation() -> None:
         conpool.RedisBudget(ok, 1, on_unavailable="fail-maybe")
     with pytest.raises(ValueError, match="timeout must be at most lease_ttl / 2"):
         conpool.RedisBudget(ok, 1, lease_ttl=1.0, timeout=0.6)
+    with pytest.raises(ValueError, match=r"url 'redis://:\*\*\*@h:99999999/0' is not usable: Port"):
+        conpool.RedisBudget("redis://:secret@h:99999999/0", 1)
+    with pytest.raises(ValueError, match=r"must start with redis://.*, got 'http://:\*\*\*@h:x/'"):
+        conpool.RedisBudget("http://:secret@h:x/", 1)
+    with pytest.raises(ValueError, match="is not usable: Invalid value for 'socket_timeout'"):
+        conpool.RedisBudget("redis://h:1/0?socket_timeout=soon", 1)
     with pytest.raises(TypeError, match=r"budget must be a conpool\.RedisBudget"):
         conpool.Pool(budget="redis://x")  # type: ignore[arg-type]
     budget = conpool.RedisBudget("redis://:secret@127.0.0.1:6379/0", 5)

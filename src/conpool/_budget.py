@@ -97,16 +97,15 @@ def participant_stats(p: Participant) -> BudgetStats:
 
 
 def _redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its password, for messages and logs.
+
+    Works on the text of the netloc, not on parsed host and port, so that
+    it holds for the URLs it reports as wrong too (a port out of range)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
