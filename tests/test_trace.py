@@ -718,6 +718,69 @@ def test_ring_buffer_of_one() -> None:
     assert tracer.dropped == 2
 
 
+def test_rows_since_reads_exactly_the_new_events_across_the_wrap() -> None:
+    tracer = conpool.Tracer(capacity=4)
+    assert (tracer.emitted, list(tracer.rows_since(0))) == (0, [])
+    for i in range(3):
+        tracer.emit(f"a.{i}", "ep", "127.0.0.1", i, None, "", ts_ns=i)
+    rows = list(tracer.rows_since(0))
+    assert rows == [(i, f"a.{i}", "ep", "127.0.0.1", i, None, "") for i in range(3)]
+    position = tracer.emitted
+    assert position == 3
+    # Three more: the ring (capacity 4) wraps, nothing unread is overwritten.
+    for i in range(3, 6):
+        tracer.emit(f"a.{i}", conn_id=i, ts_ns=i)
+    assert [r[4] for r in tracer.rows_since(position)] == [3, 4, 5]
+    assert list(tracer.rows_since(tracer.emitted)) == []
+    assert (tracer.emitted, tracer.dropped) == (6, 2)
+    # From an old position: only what the ring still holds, the newest 4;
+    # the reader counts what it missed with dropped.
+    assert [r[4] for r in tracer.rows_since(1)] == [2, 3, 4, 5]
+    assert max(0, tracer.dropped - 1) == 1
+    # Ten more with the reader at 6: seven of them were overwritten unread.
+    for i in range(6, 16):
+        tracer.emit("b", conn_id=i, ts_ns=i)
+    assert [r[4] for r in tracer.rows_since(6)] == [12, 13, 14, 15]
+    assert (tracer.dropped, max(0, tracer.dropped - 6)) == (12, 6)
+    # The rows are what events() gives, field by field.
+    assert [conpool.Event(r[0], r[1], str(r[2]), *r[3:]) for r in tracer.rows_since(0)] == (
+        tracer.events()
+    )
+
+
+def test_rows_since_validates_its_position() -> None:
+    tracer = conpool.Tracer(capacity=4)
+    tracer.emit("x")
+    tracer.emit("y")
+    for bad in (-1, 3):
+        with pytest.raises(ValueError, match=f"between 0 and emitted=2, got {bad}"):
+            tracer.rows_since(bad)
+    for wrong in (1.0, "1", True, None):
+        with pytest.raises(TypeError, match="position must be an int"):
+            tracer.rows_since(wrong)  # type: ignore[arg-type]
+    tracer.clear()
+    with pytest.raises(ValueError, match="emitted=0"):
+        tracer.rows_since(2)  # a position from before clear()
+
+
+async def test_rows_since_of_pool_records_match_events(echo_server: EchoServer) -> None:
+    """The pool's cheapest events (stored by record) read back as rows."""
+    tracer = conpool.Tracer(capacity=64)
+    ep = ip_endpoint(echo_server)
+    async with conpool.Pool(tracer=tracer) as pool:
+        async with pool.connection(ep) as conn:
+            assert await echo(conn, b"x") == b"x"
+        position = tracer.emitted
+        async with pool.connection(ep) as conn:
+            assert await echo(conn, b"y") == b"y"
+        rows = list(tracer.rows_since(position))
+        assert [(r[1], r[2], r[3]) for r in rows] == [
+            ("conn.reuse", ep, "127.0.0.1"),
+            ("conn.release", ep, "127.0.0.1"),
+        ]
+        assert [r[0] for r in rows] == [ev.ts_ns for ev in tracer.events()[position:]]
+
+
 async def test_ring_buffer_overflow_on_a_real_pool(echo_server: EchoServer) -> None:
     """A small tracer on a busy pool holds exactly the newest events."""
     tracer = conpool.Tracer(capacity=8)

@@ -44,7 +44,9 @@ class Event:
 
 Event.__module__ = "conpool"
 
-_Raw = tuple[int, str, Any, str, int, "int | None", str]
+#: One event as :meth:`Tracer.rows_since` gives it: ``(ts_ns, kind, endpoint,
+#: address, conn_id, duration_ns, detail)``, the endpoint as the pool passed it.
+Row = tuple[int, str, Any, str, int, "int | None", str]
 
 # In the address column: "the endpoint column holds a connection record"
 # (an event stored by Tracer._record; see there).
@@ -139,36 +141,63 @@ class Tracer:
         self._addr[i] = _BY_RECORD
         self._next = n + 1
 
-    def _raw(self) -> Iterator[_Raw]:
-        n = self._next
+    @property
+    def emitted(self) -> int:
+        """Events emitted since the start (or the last :meth:`clear`): the
+        position the next one takes, to pass to :meth:`rows_since` later."""
+        return self._next
+
+    def rows_since(self, position: int) -> Iterator[Row]:
+        """The kept events from ``position`` on (an earlier :attr:`emitted`),
+        oldest first, read from the ring one at a time: no copy of it.
+
+        Each is a tuple in :class:`Event`'s field order, except that the
+        endpoint is the object the pool passed (``str()`` of it is
+        :attr:`Event.endpoint`).  Events the ring overwrote before they
+        were read are skipped: ``max(0, dropped - position)`` of them.
+        Consume the iterator before the pool runs again (with no ``await`` in
+        between): events emitted meanwhile may overwrite the ones not read.
+
+        :param position: 0 for every kept event, or :attr:`emitted` as it was.
+        :raises TypeError: ``position`` is not an int.
+        :raises ValueError: ``position`` is negative or beyond :attr:`emitted`
+            (a position from before :meth:`clear`).
+        """
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise TypeError(f"position must be an int, got {position!r}")
+        if not 0 <= position <= self._next:
+            raise ValueError(f"position must be between 0 and emitted={self._next}, got {position}")
+        return self._rows(max(position, self._next - self.capacity), self._next)
+
+    def _rows(self, start: int, end: int) -> Iterator[Row]:
         cap = self.capacity
-        for k in range(max(0, n - cap), n):
+        ts, kind, ep, addr, cid, dur, detail = (
+            self._ts,
+            self._kind,
+            self._ep,
+            self._addr,
+            self._cid,
+            self._dur,
+            self._detail,
+        )
+        for k in range(start, end):
             i = k % cap
-            if self._addr[i] is _BY_RECORD:
-                rec: Any = self._ep[i]
+            if addr[i] is _BY_RECORD:
+                rec: Any = ep[i]
                 # Float seconds from time.monotonic(), the clock monotonic_ns()
                 # reads.  A double holds it to within t x 2e-16: round() gives
                 # the very nanosecond while the machine has been up less than
                 # about three weeks, one or two off after that, and events
                 # lie much further apart than that, so their order holds.
-                ts = round(self._ts[i] * 1e9)
-                yield (ts, self._kind[i], rec.ep.key, rec.addr.ip, rec.id, None, "")
-                continue
-            yield (
-                int(self._ts[i]),
-                self._kind[i],
-                self._ep[i],
-                self._addr[i],
-                self._cid[i],
-                self._dur[i],
-                self._detail[i],
-            )
+                yield (round(ts[i] * 1e9), kind[i], rec.ep.key, rec.addr.ip, rec.id, None, "")
+            else:
+                yield (int(ts[i]), kind[i], ep[i], addr[i], cid[i], dur[i], detail[i])
 
     def events(self) -> list[Event]:
         """Every kept event, oldest first."""
         return [
             Event(ts, kind, str(ep) if ep else "", addr, cid, dur, detail)
-            for ts, kind, ep, addr, cid, dur, detail in self._raw()
+            for ts, kind, ep, addr, cid, dur, detail in self.rows_since(0)
         ]
 
     def clear(self) -> None:

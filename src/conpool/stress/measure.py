@@ -28,10 +28,11 @@ from typing import Any
 import anyio
 
 import conpool
-from conpool._trace import _BY_RECORD
+from conpool._trace import Row
 
 __all__ = [
     "PROBE_INTERVAL",
+    "Raw",
     "GCWatch",
     "HandoffTracer",
     "LoopProbe",
@@ -110,7 +111,9 @@ _PER_REQUEST = frozenset(
     }
 )
 
-Raw = tuple[int, str, Any, str, int, "int | None", str]
+
+#: One event as the runner folds it (see :meth:`conpool.Tracer.rows_since`).
+Raw = Row
 
 
 class StressTracer(conpool.Tracer):
@@ -169,41 +172,24 @@ class StressTracer(conpool.Tracer):
         almost nothing, so it neither holds the loop nor feeds the garbage
         collector.
         """
-        n = self._next
-        cap = self.capacity
         start = self._cursor
-        lost = 0
-        if n - start > cap:
-            lost = n - cap - start
-            start = n - cap
-        ts, kind, ep, addr, cid, dur, detail = (
-            self._ts,
-            self._kind,
-            self._ep,
-            self._addr,
-            self._cid,
-            self._dur,
-            self._detail,
-        )
+        end = self.emitted
+        lost = max(0, self.dropped - start)
         out: list[Raw] = []
         counts: dict[str, int] = {}
         append = out.append
-        for k in range(start, n):
-            i = k % cap
-            a = addr[i]
-            kd = kind[i]
+        # (Each row is freed before the next is read: the drain does not
+        # feed the garbage collector.)
+        for row in self.rows_since(start):
+            kd = row[1]
             counts[kd] = counts.get(kd, 0) + 1
-            if a is _BY_RECORD:
-                rec: Any = ep[i]
-                if not full:
-                    if kd == "conn.release":
-                        key = "conn.release@" + rec.addr.ip
-                        counts[key] = counts.get(key, 0) + 1
-                    continue
-                append((round(ts[i] * 1e9), kd, rec.ep.key, rec.addr.ip, rec.id, None, ""))
-            else:
-                append((int(ts[i]), kd, ep[i], a, cid[i], dur[i], detail[i]))
-        self._cursor = n
+            if not full and (kd == "conn.reuse" or kd == "conn.release"):
+                if kd == "conn.release":
+                    key = "conn.release@" + row[3]
+                    counts[key] = counts.get(key, 0) + 1
+                continue
+            append(row)
+        self._cursor = end
         return out, counts, lost
 
 
