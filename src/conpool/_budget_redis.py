@@ -56,7 +56,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -229,25 +229,38 @@ class _IO(Protocol):
     async def aclose(self) -> None: ...
 
 
+def _client_options(
+    timeout: float, retry: Callable[[NoBackoff, int], object], *, commands: bool
+) -> dict[str, Any]:
+    """redis-py's options for the command client (``commands``) or the
+    pub/sub one, on either of its clients (``retry``: that client's ``Retry``).
+
+    No retries inside redis-py: the budget's own policy (fail open or closed,
+    try again later) decides, and a retry would multiply the time a dial
+    waits on an unreachable Redis.  The pub/sub connection has no read
+    timeout: it waits for messages as long as none come.
+    """
+    options: dict[str, Any] = {
+        "socket_connect_timeout": timeout,
+        "retry": retry(NoBackoff(), 0),
+        "decode_responses": True,
+    }
+    if commands:
+        options.update(single_connection_client=True, socket_timeout=timeout)
+    return options
+
+
 class AsyncioIO:
     """redis-py's asyncio client: one command connection, one for pub/sub."""
 
     def __init__(self, url: str, timeout: float) -> None:
         from redis.asyncio.retry import Retry
 
-        # No retries inside redis-py: the budget's own policy (fail open or
-        # closed, try again later) decides, and a retry would multiply the
-        # time a dial waits on an unreachable Redis.
         self.client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-            url,
-            single_connection_client=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
+            url, **_client_options(timeout, Retry, commands=True)
         )
         self.subscriber: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-            url, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), decode_responses=True
+            url, **_client_options(timeout, Retry, commands=False)
         )
         self.script = self.client.register_script(SYNC_SCRIPT)
         self.timeout = timeout
@@ -288,15 +301,10 @@ class ThreadIO:
         from redis.retry import Retry
 
         self.client: redis.Redis = redis.Redis.from_url(
-            url,
-            single_connection_client=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
+            url, **_client_options(timeout, Retry, commands=True)
         )
         self.subscriber: redis.Redis = redis.Redis.from_url(
-            url, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), decode_responses=True
+            url, **_client_options(timeout, Retry, commands=False)
         )
         self.script = self.client.register_script(SYNC_SCRIPT)
         self.timeout = timeout
