@@ -37,6 +37,7 @@ import base64
 import re
 import ssl
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import FrozenInstanceError
 from typing import TYPE_CHECKING, Final, final
 from urllib.parse import unquote
@@ -512,6 +513,18 @@ class Handshake(ABC):
     def _who(self) -> str:
         return f"the proxy {self.proxy}"
 
+    def _reply_refused(self, code: int, replies: Mapping[int, tuple[str, str, bool]]) -> ProxyError:
+        """A SOCKS reply ``code`` other than success, read from ``replies``
+        (name, meaning, blames the target): the error to raise.  A code that
+        blames the target is retried on another address."""
+        name, meaning, blames = replies.get(code, (f"{code:#04x}", "an unknown reply code", False))
+        return self._error(
+            f"{self._who()} could not open a tunnel to {self.target}: {name} ({meaning})",
+            reply=name,
+            blames_target=blames,
+            retryable=blames,
+        )
+
     def _error(
         self,
         message: str,
@@ -775,15 +788,7 @@ class Socks5Handshake(Handshake):
             if code == 0x00:
                 self.done = True
                 return
-            name, meaning, blames = _SOCKS5_REPLIES.get(
-                code, (f"{code:#04x}", "an unknown reply code", False)
-            )
-            raise self._error(
-                f"{self._who()} could not open a tunnel to {self.target}: {name} ({meaning})",
-                reply=name,
-                blames_target=blames,
-                retryable=blames,
-            )
+            raise self._reply_refused(code, _SOCKS5_REPLIES)
         self._pull()
 
     def _command(self) -> None:
@@ -848,15 +853,7 @@ class Socks4Handshake(Handshake):
         if code == 0x5A:
             self.done = True
             return take
-        name, meaning, blames = _SOCKS4_REPLIES.get(
-            code, (f"{code:#04x}", "an unknown reply code", False)
-        )
-        raise self._error(
-            f"{self._who()} could not open a tunnel to {self.target}: {name} ({meaning})",
-            reply=name,
-            blames_target=blames,
-            retryable=blames,
-        )
+        raise self._reply_refused(code, _SOCKS4_REPLIES)
 
 
 def unreachable(proxy: Proxy, exc: BaseException) -> ProxyError:
