@@ -352,3 +352,23 @@ async def test_cancelling_a_dial_waiting_for_budget_leaves_everything_consistent
         await eventually(lambda: rc.zcard(wait_key) == 0, what="b's wait unregistered")
         await a.release(conn)
         assert held(rc, ep) == 1  # a keeps its idle connection: nobody waits now
+
+
+async def test_a_pool_exited_in_a_cancelled_scope_still_leaves_cleanly(
+    redis: RedisServer, rc: redis_py.Redis, echo_server: EchoServer
+) -> None:
+    """Leaving the pool awaits Redis (the last flush): in a cancelled scope
+    it still returns the leases, stops its background tasks and leaves the
+    budget (it used to raise 'Attempted to exit a cancel scope that isn't
+    the current task's', its task group never exited)."""
+    budget = conpool.RedisBudget(url(redis), limit=5, lease_ttl=5.0)
+    ep = conpool.Endpoint("127.0.0.1", echo_server.port)
+    with anyio.CancelScope() as outer:
+        async with conpool.Pool(budget=budget) as pool:
+            await pool.release(await pool.acquire(ep))
+            assert held(rc, ep) == 1
+            outer.cancel()
+    assert outer.cancelled_caught
+    assert budget.stats().participants == 0
+    assert pool.stats().active == pool.stats().idle == 0
+    assert held(rc, ep) == 0  # the closed connection's lease went back at the exit

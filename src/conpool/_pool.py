@@ -261,21 +261,26 @@ class Pool:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-        participant = self._participant
-        if participant is not None:
-            assert self.budget is not None
-            # Tell the fleet of the connections just closed, within reason:
-            # leases not flushed expire after lease_ttl anyway.
-            with anyio.move_on_after(2 * self.budget.timeout):
-                await participant.flush(now=True)
-            self.budget._leave(participant)
         tg = self._tg
         assert tg is not None
-        tg.cancel_scope.cancel()
-        # Exit the task group as if the body ended normally, so that an
-        # exception from the body propagates as itself, not wrapped in an
-        # ExceptionGroup along with the (cancelled) sweeper.
-        await tg.__aexit__(None, None, None)
+        try:
+            participant = self._participant
+            if participant is not None:
+                assert self.budget is not None
+                # Tell the fleet of the connections just closed, within
+                # reason, even when the exit is cancelled: leases not flushed
+                # expire after lease_ttl anyway.
+                try:
+                    with anyio.move_on_after(2 * self.budget.timeout, shield=True):
+                        await participant.flush(now=True)
+                finally:
+                    self.budget._leave(participant)
+        finally:
+            tg.cancel_scope.cancel()
+            # Exit the task group as if the body ended normally, so that an
+            # exception from the body propagates as itself, not wrapped in an
+            # ExceptionGroup along with the (cancelled) sweeper.
+            await tg.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         """Close the pool: idle connections close now, connections in use
