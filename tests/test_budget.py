@@ -372,3 +372,18 @@ async def test_a_pool_exited_in_a_cancelled_scope_still_leaves_cleanly(
     assert budget.stats().participants == 0
     assert pool.stats().active == pool.stats().idle == 0
     assert held(rc, ep) == 0  # the closed connection's lease went back at the exit
+
+
+async def test_a_pool_entered_in_a_cancelled_scope_leaves_nothing_behind(
+    redis: RedisServer, echo_server: EchoServer
+) -> None:
+    """Entering awaits the budget's start: cancelled there, the pool's task
+    group is exited and the budget does not count the pool."""
+    budget = conpool.RedisBudget(url(redis), limit=5, lease_ttl=5.0)
+    pool = conpool.Pool(budget=budget)
+    with anyio.CancelScope() as outer:
+        outer.cancel()
+        async with pool:
+            raise AssertionError("entered a pool in a cancelled scope")
+    assert outer.cancelled_caught
+    assert budget.stats().participants == 0

@@ -251,7 +251,15 @@ class Pool:
                 give_back=self._give_back, emit=self._emit, library=backend.name
             )
             self._participant = participant
-            await tg.start(participant.run, name="conpool budget")
+            try:
+                await tg.start(participant.run, name="conpool budget")
+            except BaseException:
+                # (Cancelled while subscribing: the pool never opened.)
+                self.budget._leave(participant)
+                self._state.close()
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+                raise
         return self
 
     async def __aexit__(
