@@ -334,6 +334,27 @@ def _axes(
     return "".join(out)
 
 
+def _bar_axes(
+    frame: _Frame, ticks: Sequence[tuple[float, str]], x_label: str, y_label: str
+) -> list[str]:
+    """The axes of a horizontal bar chart: a vertical grid line per x tick
+    ``(px, label)``, the x axis and the labels."""
+    out = ['<g class="axes">']
+    for px, label in ticks:
+        out.append(
+            f'<line class="grid" x1="{_f(px)}" x2="{_f(px)}" y1="{_f(frame.top)}" '
+            f'y2="{_f(frame.bottom)}"/>'
+        )
+        out.append(_text(px, frame.bottom + 17, label, anchor="middle", cls="tick"))
+    out.append(
+        f'<line class="axis" x1="{_f(frame.left)}" x2="{_f(frame.right)}" '
+        f'y1="{_f(frame.bottom)}" y2="{_f(frame.bottom)}"/>'
+    )
+    out.extend(_axis_labels(frame, x_label, y_label, y_at=14))
+    out.append("</g>")
+    return out
+
+
 def _axis_labels(frame: _Frame, x_label: str, y_label: str, *, y_at: float) -> list[str]:
     """The x label centred under the plot, the y label rotated at ``y_at``."""
     middle_x = (frame.left + frame.right) / 2
@@ -687,21 +708,7 @@ def hbar_chart(
         scale = Linear(0.0, tv[-1], frame.left, frame.right)
         ticks = [(scale(t), x_fmt(t)) for t in tv]
         origin = scale(0.0)
-    # Vertical grid for a horizontal bar chart.
-    out = ['<g class="axes">']
-    for px, label in ticks:
-        out.append(
-            f'<line class="grid" x1="{_f(px)}" x2="{_f(px)}" y1="{_f(frame.top)}" '
-            f'y2="{_f(frame.bottom)}"/>'
-        )
-        out.append(_text(px, frame.bottom + 17, label, anchor="middle", cls="tick"))
-    out.append(
-        f'<line class="axis" x1="{_f(frame.left)}" x2="{_f(frame.right)}" '
-        f'y1="{_f(frame.bottom)}" y2="{_f(frame.bottom)}"/>'
-    )
-    out.extend(_axis_labels(frame, x_label, y_label, y_at=14))
-    out.append("</g>")
-    body.extend(out)
+    body.extend(_bar_axes(frame, ticks, x_label, y_label))
     points = 0
     for ci, category in enumerate(categories):
         gy = frame.top + 4 + ci * group_h
@@ -973,21 +980,7 @@ def stacked_hbar_chart(
     tv = nice_ticks(0.0, peak)
     scale = Linear(0.0, tv[-1], frame.left, frame.right)
     body = [_legend(legend, MARGIN_LEFT, legend_top, width - MARGIN_LEFT - MARGIN_RIGHT)]
-    out = ['<g class="axes">']
-    for t in tv:
-        px = scale(t)
-        out.append(
-            f'<line class="grid" x1="{_f(px)}" x2="{_f(px)}" y1="{_f(frame.top)}" '
-            f'y2="{_f(frame.bottom)}"/>'
-        )
-        out.append(_text(px, frame.bottom + 17, x_fmt(t), anchor="middle", cls="tick"))
-    out.append(
-        f'<line class="axis" x1="{_f(frame.left)}" x2="{_f(frame.right)}" '
-        f'y1="{_f(frame.bottom)}" y2="{_f(frame.bottom)}"/>'
-    )
-    out.extend(_axis_labels(frame, x_label, y_label, y_at=14))
-    out.append("</g>")
-    body.extend(out)
+    body.extend(_bar_axes(frame, [(scale(t), x_fmt(t)) for t in tv], x_label, y_label))
     points = 0
     for ci, category in enumerate(categories):
         by = frame.top + 4 + ci * group_h
