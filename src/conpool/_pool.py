@@ -9,9 +9,12 @@ task can never leak a slot, a socket or a waiter.
 Read it top to bottom: the lease (``async with pool.connection(ep)``), the
 lifecycle, the hot path (:meth:`Pool._grab` and :meth:`Pool._put_back`, plain
 functions because every request runs them), waiting, carrying out the
-machine's decisions (:meth:`Pool._flush`), hooks, then resolving and dialling
-and the background sweep.  Everything that depends on the event loop (how a
-connection is opened, how a task parks and is woken, the clock) is the
+machine's decisions (:meth:`Pool._flush`), hooks, then resolving and dialling,
+the fleet budget's give-back and the background sweep.  With a
+:class:`~conpool.RedisBudget`, a dial first waits for the fleet's lease and a
+close hands it back (:meth:`Pool._dial`, :meth:`Pool._flush`): a hand-out
+of an idle connection never talks to it.  Everything that depends on the
+event loop (how a connection is opened, how a task parks and is woken, the clock) is the
 backend's, picked once when the pool is entered (:mod:`conpool._backends`);
 how one dial proceeds is :mod:`conpool._connect`'s.
 """
