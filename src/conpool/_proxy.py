@@ -660,8 +660,7 @@ class ConnectHandshake(Handshake):
         )
 
 
-_S5 = socksio.SOCKS5ReplyCode
-# SOCKS5 reply codes (RFC 1928 section 6): (meaning, blames the target).
+# SOCKS5 reply codes (RFC 1928 section 6): (name, meaning, blames the target).
 # "General failure" is what microsocks and dante say when connecting to the
 # target failed for a reason without a code of its own, so it blames the
 # target too; a proxy that fails everything still fails every address, and
