@@ -487,21 +487,28 @@ def line_chart(
         points += n
         if n == 0:
             continue
-        coords = " ".join(f"{_f(x(s.xs[i]))},{_f(y(s.ys[i]))}" for i in range(n))
-        dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
         if n == 1:
             body.append(
                 f'<circle class="mark" data-count="1" cx="{_f(x(s.xs[0]))}" '
                 f'cy="{_f(y(s.ys[0]))}" r="3" fill="{s.color}"/>'
             )
         else:
-            body.append(
-                f'<polyline class="mark" data-count="{n}" points="{coords}" fill="none" '
-                f'stroke="{s.color}" stroke-width="2" stroke-linejoin="round"{dash}>'
-                f"<title>{escape(s.name)}</title></polyline>"
-            )
+            body.append(_polyline(s, n, x, y, ' stroke-linejoin="round"'))
     return _figure(
         _svg(chart_id, title, desc or title, height, body, points, "line", width), title, caption
+    )
+
+
+def _polyline(
+    s: Series, n: int, x: Callable[[float], float], y: Callable[[float], float], style: str = ""
+) -> str:
+    """The first ``n`` points of ``s`` as a line (``style``: more attributes)."""
+    coords = " ".join(f"{_f(x(s.xs[i]))},{_f(y(s.ys[i]))}" for i in range(n))
+    dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
+    return (
+        f'<polyline class="mark" data-count="{n}" points="{coords}" fill="none" '
+        f'stroke="{s.color}" stroke-width="2"{style}{dash}>'
+        f"<title>{escape(s.name)}</title></polyline>"
     )
 
 
@@ -566,13 +573,7 @@ def stacked_area_chart(
     if overlay is not None and overlay.xs:
         m = min(len(overlay.xs), len(overlay.ys))
         points += m
-        coords = " ".join(f"{_f(x(overlay.xs[i]))},{_f(y(overlay.ys[i]))}" for i in range(m))
-        dash = f' stroke-dasharray="{overlay.dash}"' if overlay.dash else ""
-        body.append(
-            f'<polyline class="mark" data-count="{m}" points="{coords}" fill="none" '
-            f'stroke="{overlay.color}" stroke-width="2"{dash}>'
-            f"<title>{escape(overlay.name)}</title></polyline>"
-        )
+        body.append(_polyline(overlay, m, x, y))
     body.append(_markers(frame, x, markers))
     return _figure(
         _svg(chart_id, title, desc or title, height, body, points, "area", width), title, caption
