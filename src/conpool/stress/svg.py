@@ -315,6 +315,20 @@ def _axes(
             f'y1="{_f(py)}" y2="{_f(py)}"/>'
         )
         out.append(_text(frame.left - 6, py + 4, label, anchor="end", cls="tick"))
+    out.extend(_x_axis(frame, x_ticks))
+    out.append(
+        f'<line class="axis" x1="{_f(frame.left)}" x2="{_f(frame.left)}" '
+        f'y1="{_f(frame.top)}" y2="{_f(frame.bottom)}"/>'
+    )
+    out.extend(_axis_labels(frame, x_label, y_label, y_at=16))
+    out.append("</g>")
+    return "".join(out)
+
+
+def _x_axis(frame: _Frame, x_ticks: Sequence[tuple[float, str]]) -> list[str]:
+    """The x axis along the frame's bottom, with a tick mark and label per
+    ``(pixel, text)``."""
+    out = []
     for px, label in x_ticks:
         out.append(
             f'<line class="tickmark" x1="{_f(px)}" x2="{_f(px)}" '
@@ -325,13 +339,7 @@ def _axes(
         f'<line class="axis" x1="{_f(frame.left)}" x2="{_f(frame.right)}" '
         f'y1="{_f(frame.bottom)}" y2="{_f(frame.bottom)}"/>'
     )
-    out.append(
-        f'<line class="axis" x1="{_f(frame.left)}" x2="{_f(frame.left)}" '
-        f'y1="{_f(frame.top)}" y2="{_f(frame.bottom)}"/>'
-    )
-    out.extend(_axis_labels(frame, x_label, y_label, y_at=16))
-    out.append("</g>")
-    return "".join(out)
+    return out
 
 
 def _bar_axes(
@@ -925,16 +933,7 @@ def _close_ticks(
 
 def _axes_x_only(frame: _Frame, x_ticks: Sequence[tuple[float, str]], x_label: str) -> str:
     out = ['<g class="axes">']
-    for px, label in x_ticks:
-        out.append(
-            f'<line class="tickmark" x1="{_f(px)}" x2="{_f(px)}" '
-            f'y1="{_f(frame.bottom)}" y2="{_f(frame.bottom + 5)}"/>'
-        )
-        out.append(_text(px, frame.bottom + 17, label, anchor="middle", cls="tick"))
-    out.append(
-        f'<line class="axis" x1="{_f(frame.left)}" x2="{_f(frame.right)}" '
-        f'y1="{_f(frame.bottom)}" y2="{_f(frame.bottom)}"/>'
-    )
+    out.extend(_x_axis(frame, x_ticks))
     out.append(
         _text(
             (frame.left + frame.right) / 2,
