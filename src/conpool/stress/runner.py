@@ -349,15 +349,7 @@ class TraceDigest:
                 self.created[address] += 1
                 if duration_ns is not None:
                     self.connect_ms.append(duration_ns / 1e6)
-                    if len(self.connects) < KEEP_SPANS:
-                        self.connects.append(
-                            [
-                                address,
-                                round((ts - duration_ns - t0) / 1e9, 6),
-                                round((ts - t0) / 1e9, 6),
-                                "ok",
-                            ]
-                        )
+                    self._connect_span(address, ts, duration_ns, "ok")
             elif kind == "conn.close":
                 reason = detail or "?"
                 self.close_reasons[reason] += 1
@@ -372,17 +364,16 @@ class TraceDigest:
                 )
             elif kind == "connect.failed":
                 self.failures[(address, detail)] += 1
-                if duration_ns is not None and len(self.connects) < KEEP_SPANS:
-                    self.connects.append(
-                        [
-                            address,
-                            round((ts - duration_ns - t0) / 1e9, 6),
-                            round((ts - t0) / 1e9, 6),
-                            "failed",
-                        ]
-                    )
+                if duration_ns is not None:
+                    self._connect_span(address, ts, duration_ns, "failed")
             elif kind.startswith("address."):
                 self.address_events.append([round((ts - t0) / 1e9, 5), kind, address, detail])
+
+    def _connect_span(self, address: str, ts: int, duration_ns: int, outcome: str) -> None:
+        """Keep a connect attempt's span (seconds since t0), up to KEEP_SPANS."""
+        if len(self.connects) < KEEP_SPANS:
+            start = round((ts - duration_ns - self.t0_ns) / 1e9, 6)
+            self.connects.append([address, start, round((ts - self.t0_ns) / 1e9, 6), outcome])
 
     def drain(self, tracer: conpool.Tracer) -> None:
         """Take every new event out of ``tracer`` (no await in between: atomic on the loop)."""
