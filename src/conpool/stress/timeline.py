@@ -127,6 +127,17 @@ def interactive_timeline(r: dict[str, Any], chart_id: str = "timeline") -> str:
     def u(t: float) -> float:
         return (min(max(t, w0), w1) - w0) / (w1 - w0) * plot_w
 
+    def lane(y: float, height: float, label: str) -> None:
+        """A track's background and its label."""
+        body.append(
+            f'<rect class="lane" x="{_f(LEFT)}" y="{_f(y)}" width="{_f(plot_w)}" '
+            f'height="{_f(height)}"/>'
+        )
+        labels.append(
+            f'<text class="category" x="{_f(LEFT - 8)}" y="{_f(y + height / 2 + 4)}" '
+            f'font-size="11" text-anchor="end">{escape(label)}</text>'
+        )
+
     addresses = list(r["addresses"])
     for c in tl["connections"]:
         if c[1] not in addresses:
@@ -151,14 +162,7 @@ def interactive_timeline(r: dict[str, Any], chart_id: str = "timeline") -> str:
         rows = _pack([(c[2], c[3] if c[3] is not None else w1) for c in conns])
         nrows = max(rows, default=0) + 1
         height = nrows * ROW + ROW + 6
-        body.append(
-            f'<rect class="lane" x="{_f(LEFT)}" y="{_f(y)}" width="{_f(plot_w)}" '
-            f'height="{_f(height)}"/>'
-        )
-        labels.append(
-            f'<text class="category" x="{_f(LEFT - 8)}" y="{_f(y + height / 2 + 4)}" '
-            f'font-size="11" text-anchor="end">{escape(ip)}</text>'
-        )
+        lane(y, height, ip)
         for c, row in zip(conns, rows, strict=True):
             end = c[3] if c[3] is not None else w1
             x0, x1 = u(c[2]), u(end)
@@ -200,14 +204,7 @@ def interactive_timeline(r: dict[str, Any], chart_id: str = "timeline") -> str:
     rows = _pack([(a, b) for a, b in waits])
     nrows = max(rows, default=0) + 1
     height = nrows * (ROW - 3) + 6
-    body.append(
-        f'<rect class="lane" x="{_f(LEFT)}" y="{_f(y)}" width="{_f(plot_w)}" '
-        f'height="{_f(height)}"/>'
-    )
-    labels.append(
-        f'<text class="category" x="{_f(LEFT - 8)}" y="{_f(y + height / 2 + 4)}" '
-        f'font-size="11" text-anchor="end">acquire waits</text>'
-    )
+    lane(y, height, "acquire waits")
     for (a, b), row in zip(waits, rows, strict=True):
         x0, x1 = u(a), u(b)
         zoomed.append(
