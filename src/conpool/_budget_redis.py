@@ -668,23 +668,27 @@ class Participant:
     # -- background tasks --------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Renew, flush and listen until cancelled (in the pool's task group).
+        """Renew, flush and listen until cancelled (in the pool's task group);
+        :meth:`aclose` then closes the clients.
 
         Started once subscribed to the fleet's messages, so that a pool
         entered before another starts waiting hears it wait; or after
         ``timeout`` if Redis does not answer (the polling fallback covers it).
         """
         subscribed = anyio.Event()
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._renewer, name="conpool budget renewer")
-                tg.start_soon(self._flusher, name="conpool budget flusher")
-                tg.start_soon(self._listener, subscribed.set, name="conpool budget listener")
-                with anyio.move_on_after(2 * self.timeout):
-                    await subscribed.wait()
-                task_status.started()
-        finally:
-            await self.io.aclose()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._renewer, name="conpool budget renewer")
+            tg.start_soon(self._flusher, name="conpool budget flusher")
+            tg.start_soon(self._listener, subscribed.set, name="conpool budget listener")
+            with anyio.move_on_after(2 * self.timeout):
+                await subscribed.wait()
+            task_status.started()
+
+    async def aclose(self) -> None:
+        """Close the Redis clients: after :meth:`run` ended and the pool's
+        last :meth:`flush` (which, on a cancelled exit, races :meth:`run`'s
+        cancellation: the clients stay open for it)."""
+        await self.io.aclose()
 
     async def _flusher(self) -> None:
         while True:

@@ -261,7 +261,10 @@ class Pool:
                 self.budget._leave(participant)
                 self._state.close()
                 tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
+                try:
+                    await tg.__aexit__(None, None, None)
+                finally:
+                    await participant.aclose()
                 raise
         return self
 
@@ -288,10 +291,15 @@ class Pool:
                     self.budget._leave(participant)
         finally:
             tg.cancel_scope.cancel()
-            # Exit the task group as if the body ended normally, so that an
-            # exception from the body propagates as itself, not wrapped in an
-            # ExceptionGroup along with the (cancelled) sweeper.
-            await tg.__aexit__(None, None, None)
+            try:
+                # Exit the task group as if the body ended normally, so that
+                # an exception from the body propagates as itself, not wrapped
+                # in an ExceptionGroup along with the (cancelled) sweeper.
+                await tg.__aexit__(None, None, None)
+            finally:
+                if self._participant is not None:
+                    # (Its tasks have ended: nothing uses its clients now.)
+                    await self._participant.aclose()
 
     async def aclose(self) -> None:
         """Close the pool: idle connections close now, connections in use
