@@ -666,8 +666,8 @@ def merge(
     bucket = ts["bucket_interval_s"]
     nbuckets = max(1, math.ceil(elapsed / bucket))
     ts["bucket_s"] = [round((i + 1) * bucket, 4) for i in range(nbuckets)]
-    ts["rps"] = [round(c / bucket, 1) for c in _buckets(done, bucket, nbuckets)]  # type: ignore[arg-type]
-    ts["errors_per_s"] = [round(c / bucket, 1) for c in _buckets(failed, bucket, nbuckets)]  # type: ignore[arg-type]
+    ts["rps"] = [round(c / bucket, 1) for c in _buckets(done, bucket, nbuckets)]
+    ts["errors_per_s"] = [round(c / bucket, 1) for c in _buckets(failed, bucket, nbuckets)]
     length = min(len(r["timeseries"]["t_s"]) for r in results)
     ts["t_s"] = ts["t_s"][:length]
     addresses: dict[str, dict[str, list[int]]] = {}
@@ -756,7 +756,7 @@ def merge(
         lat = percentiles([v / 1e6 for v in raw["latency_ns"]])
         rps = [
             round(c / bucket, 1)
-            for c in _buckets([t + shifts[i] for t in raw["done_ns"]], bucket, nbuckets)  # type: ignore[arg-type]
+            for c in _buckets([t + shifts[i] for t in raw["done_ns"]], bucket, nbuckets)
         ]
         per_process.append(
             {

@@ -25,7 +25,7 @@ import time
 import traceback
 from array import array
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -818,7 +818,7 @@ def _machine_delta(
     return {"busy_s": round(busy, 3), "total_s": round(total, 3)}
 
 
-def _buckets(times_ns: array[int], interval: float, count: int) -> list[int]:
+def _buckets(times_ns: Iterable[int], interval: float, count: int) -> list[int]:
     out = [0] * count
     width = interval * 1e9
     for t in times_ns:
