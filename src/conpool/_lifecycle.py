@@ -22,6 +22,8 @@ from ._hooks import logger
 from ._state import ConnRecord, EndpointState, PoolState
 
 if TYPE_CHECKING:
+    from ._budget_core import Lease
+    from ._budget_redis import Participant
     from ._config import Config
     from ._connect import Connector
     from ._connection import Connection
@@ -61,10 +63,12 @@ class Shell(Protocol):
     _clock: Callable[[], float]
     # The fleet budget (conpool.RedisBudget): this pool's participant, and
     # the lease of each connection it has open.
-    _participant: Any
-    _leases: dict[Any, Any]
+    _participant: Participant | None
+    _leases: dict[Rec, Lease]
 
     def _flush(self) -> None: ...
+
+    def _return_lease(self, lease: Lease | None) -> None: ...
 
     def _emit(
         self,
@@ -231,8 +235,7 @@ class Lifecycle:
                     raise _NoBudget(exc) from exc
             conn = await connector.open(endpoint, ip)
         except Exception as exc:
-            if lease is not None:
-                pool._participant.release(lease)
+            pool._return_lease(lease)
             cause = exc.cause if isinstance(exc, _NoBudget) else exc
             pool._emit(
                 "connect.failed",
@@ -246,8 +249,7 @@ class Lifecycle:
             pool._flush()
             return
         except BaseException:
-            if lease is not None:
-                pool._participant.release(lease)
+            pool._return_lease(lease)
             state.warm_abandoned(ep, ip)
             pool._flush()
             raise
@@ -298,15 +300,13 @@ class Lifecycle:
                 pool._flush()
                 return
             except ConnectError as exc:
-                if lease is not None:
-                    pool._participant.release(lease)
+                pool._return_lease(lease)
                 state.warm_abandoned(ep, None, failed=True)
                 pool._flush()
                 errors.append(exc)
                 return
             except BaseException:
-                if lease is not None:
-                    pool._participant.release(lease)
+                pool._return_lease(lease)
                 state.warm_abandoned(ep, None)
                 pool._flush()
                 raise
