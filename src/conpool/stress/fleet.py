@@ -56,7 +56,7 @@ from .runner import (
     run_scenario,
 )
 from .scenarios import Scenario, register
-from .servers import STRESS_ADDRESSES, ServerError, ServerProcess
+from .servers import STRESS_ADDRESSES, ServerError, ServerProcess, terminate
 
 __all__ = [
     "DEFAULT_PROCESSES",
@@ -213,14 +213,8 @@ class RedisProcess:
 
     def _stop_process(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5.0)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5.0)
+        if proc is not None and proc.poll() is None:
+            terminate(proc, 5.0)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -446,12 +440,7 @@ class _Member:
             try:
                 proc.wait(2.0)
             except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(3.0)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(3.0)
+                terminate(proc, 3.0)
 
 
 async def _call(fn: Any, *args: Any) -> Any:

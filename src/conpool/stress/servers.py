@@ -44,7 +44,14 @@ from typing import Any, cast
 
 from .proxy import LatencyProxy
 
-__all__ = ["STRESS_ADDRESSES", "STRESS_NAME", "ServerError", "ServerProcess", "ServerSpec"]
+__all__ = [
+    "STRESS_ADDRESSES",
+    "STRESS_NAME",
+    "ServerError",
+    "ServerProcess",
+    "ServerSpec",
+    "terminate",
+]
 
 #: The name the stress scenarios connect to, and its four loopback addresses.
 STRESS_NAME = "stress.test"
@@ -414,6 +421,17 @@ def main(argv: list[str] | None = None) -> int:
 # The parent's handle
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Stop ``proc`` (a child of ours) with SIGTERM, then SIGKILL if it is
+    still there after ``timeout`` seconds, and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 class ServerProcess:
     """Start the servers in a child process and control them.
 
@@ -543,12 +561,7 @@ class ServerProcess:
             try:
                 proc.wait(3.0)
             except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(3.0)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(3.0)
+                terminate(proc, 3.0)
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
