@@ -59,6 +59,7 @@ class Connection(ByteStream):
         "_connect_ns",
         "_rec",
         "_tls_ns",
+        "_user_data",
         "address",
         "endpoint",
     )
@@ -76,6 +77,8 @@ class Connection(ByteStream):
         # sets both, so that a release tests one flag.
         self._broken = False
         self._closed = False
+        # Made on first use: most connections never need one.
+        self._user_data: dict[Any, Any] | None = None
         # How long the connect (TCP and TLS) and the TLS handshake alone
         # took, for the trace.
         self._connect_ns = 0
@@ -86,6 +89,16 @@ class Connection(ByteStream):
         """Whether the connection is closed (by you, the pool or an error
         that ended it); a closed connection is never handed out again."""
         return self._closed
+
+    @property
+    def user_data(self) -> dict[Any, Any]:
+        """A dict that lives as long as the connection, for a protocol layer
+        to keep per-connection state in (an HTTP/1.1 state machine, a
+        negotiated protocol version).  The pool never reads it."""
+        data = self._user_data
+        if data is None:
+            data = self._user_data = {}
+        return data
 
     @property
     def created_at(self) -> float:
