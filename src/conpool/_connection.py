@@ -44,9 +44,10 @@ class Connection(ByteStream):
     and the pool will not reuse it.
 
     Do not use it after releasing it.  While it sits idle in the pool, its
-    ``send``, ``receive`` and ``send_eof`` raise :class:`RuntimeError` (and
-    leave it as it was); once another task has acquired it, the pool cannot
-    tell a stale reference from the new holder's, so keep none.
+    ``send``, ``receive``, ``send_eof`` and ``aclose`` raise
+    :class:`RuntimeError` (and leave it as it was); once another task has
+    acquired it, the pool cannot tell a stale reference from the new
+    holder's, so keep none.
 
     :ivar endpoint: the :class:`~conpool.Endpoint` it was acquired for.
     :ivar address: ``(ip, port)`` actually dialled; ``(path, 0)`` on a Unix
