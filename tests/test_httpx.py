@@ -19,9 +19,10 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
 from pathlib import Path
+from typing import cast
 
 import anyio
 import httpx
@@ -81,6 +82,11 @@ _HTTPX_ASYNCGEN = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <async_generator object BoundAsyncStream"
     ":pytest.PytestUnraisableExceptionWarning"
 )
+
+
+def raw(response: httpx.Response, size: int | None = None) -> AsyncGenerator[bytes, None]:
+    """``response.aiter_raw()``, typed as the async generator it is (for aclosing)."""
+    return cast(AsyncGenerator[bytes, None], response.aiter_raw(size))
 
 
 def dns_resolver(server: DnsmasqServer) -> conpool.DNSResolver:
@@ -247,7 +253,7 @@ async def test_a_response_closed_after_1_kib_does_not_come_back(nginx: HttpxNgin
         async with client.stream("GET", nginx.url("/big")) as r:
             got = b""
             # (aclosing: trio warns about an async generator left unfinished.)
-            async with aclosing(r.aiter_raw(1024)) as chunks:
+            async with aclosing(raw(r, 1024)) as chunks:
                 async for chunk in chunks:
                     got += chunk
                     if len(got) >= 1024:
@@ -532,7 +538,7 @@ async def test_an_exception_while_a_response_is_open(nginx: HttpxNginx) -> None:
         with pytest.raises(ZeroDivisionError):
             async with (
                 client.stream("GET", nginx.url("/big")) as r,
-                aclosing(r.aiter_raw()) as chunks,
+                aclosing(raw(r)) as chunks,
             ):
                 async for _ in chunks:
                     1 / 0  # noqa: B018
@@ -557,7 +563,7 @@ async def test_cancellation_fuzz(nginx: HttpxNginx) -> None:
         async def one(url: str, delay: float) -> None:
             nonlocal done, cancelled
             with anyio.move_on_after(delay) as scope:
-                async with client.stream("GET", url) as r, aclosing(r.aiter_raw()) as chunks:
+                async with client.stream("GET", url) as r, aclosing(raw(r)) as chunks:
                     async for _ in chunks:
                         pass
                 done += 1
