@@ -83,7 +83,9 @@ def start_request(conn: h11.Connection, request: httpx.Request) -> tuple[bytes, 
     assert head is not None
     stream = request.stream
     if isinstance(stream, httpx.ByteStream):
-        body = request.content
+        # (Not request.content: a redirect's request shares the stream
+        # without having read it.)
+        body = b"".join(stream)
         if len(body) <= SMALL_BODY:
             parts = [head]
             if body:
@@ -236,6 +238,7 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         self._retries = retries
         self._endpoints: dict[tuple[bytes, bytes, int | None, object], Endpoint] = {}
         self._entered = False
+        self._closed = False
 
     @property
     def pool(self) -> Pool:
@@ -244,6 +247,11 @@ class AsyncTransport(httpx.AsyncBaseTransport):
 
     async def __aenter__(self) -> AsyncTransport:
         if self._owned and not self._entered:
+            if self._closed:
+                raise RuntimeError(
+                    "this conpool.httpx.AsyncTransport was closed with its pool: "
+                    "make a new transport for a new client"
+                )
             await self._pool.__aenter__()
             self._entered = True
         return self
@@ -256,11 +264,13 @@ class AsyncTransport(httpx.AsyncBaseTransport):
     ) -> None:
         if self._owned and self._entered:
             self._entered = False
+            self._closed = True
             await self._pool.__aexit__(exc_type, exc_value, traceback)
 
     async def aclose(self) -> None:
         """Close the pool if the transport owns it (a shared pool stays open)."""
         if self._owned:
+            self._closed = True
             await self._pool.aclose()
 
     # -- a request ---------------------------------------------------------------------
