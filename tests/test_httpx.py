@@ -9,6 +9,7 @@ socket server :class:`CuedServer` below does that.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import shutil
@@ -380,6 +381,9 @@ class CuedServer:
 
     def close(self) -> None:
         self._stop = True
+        # (shutdown wakes the thread blocked in accept; close alone does not.)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self._accept.join(5)
         for th in self._threads:
