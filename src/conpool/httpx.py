@@ -223,22 +223,35 @@ class AsyncTransport(httpx.AsyncBaseTransport):
                 config = Config(max_connections_per_endpoint=100, max_idle_time=5.0)
             pool = Pool(config, resolver=resolver, tracer=tracer)
             self._owned = True
-        if isinstance(verify, bool):
-            context = httpx.create_ssl_context(verify=verify)
-        elif isinstance(verify, ssl.SSLContext):
-            context = verify
-        else:
+        if not isinstance(verify, bool | ssl.SSLContext):
             raise TypeError(f"verify must be a bool or an ssl.SSLContext, got {verify!r}")
         if isinstance(retries, bool) or not isinstance(retries, int):
             raise TypeError(f"retries must be an int, got {retries!r}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries!r}")
         self._pool = pool
-        self._tls = TLS(context, alpn=("http/1.1",))
+        self._verify = verify
+        # Made on the first https request: loading the CA bundle takes
+        # milliseconds that a plain-http client need not pay.
+        self._tls_value: TLS | None = None
         self._retries = retries
         self._endpoints: dict[tuple[bytes, bytes, int | None, object], Endpoint] = {}
         self._entered = False
         self._closed = False
+
+    @property
+    def _tls(self) -> TLS:
+        """The TLS settings of https endpoints (ALPN http/1.1, SNI by name)."""
+        tls = self._tls_value
+        if tls is None:
+            verify = self._verify
+            context = (
+                verify
+                if isinstance(verify, ssl.SSLContext)
+                else httpx.create_ssl_context(verify=verify)
+            )
+            tls = self._tls_value = TLS(context, alpn=("http/1.1",))
+        return tls
 
     @property
     def pool(self) -> Pool:
