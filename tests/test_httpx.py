@@ -574,9 +574,10 @@ async def test_cancellation_fuzz(nginx: HttpxNginx) -> None:
             if scope.cancelled_caught:
                 cancelled += 1
 
-        deadline = time.monotonic() + 4.0
+        # Bounded by count and by time (a loaded machine gets fewer rounds).
+        deadline = time.monotonic() + 12.0
         n = 0
-        while n < 3000 and time.monotonic() < deadline:
+        while n < 2000 and time.monotonic() < deadline:
             async with anyio.create_task_group() as tg:
                 for _ in range(16):
                     url = rng.choice(urls)
@@ -587,7 +588,7 @@ async def test_cancellation_fuzz(nginx: HttpxNginx) -> None:
         assert n >= 1000 and cancelled > 0 and done > 0, (n, done, cancelled)
         # The pool still serves.
         assert (await client.get(nginx.url("/"))).content == b"ok\n"
-    await fds_back_to(baseline)
+    await fds_back_to(baseline, within=10.0)
 
 
 async def test_response_hashes_stay_correct_under_concurrency(nginx: HttpxNginx) -> None:

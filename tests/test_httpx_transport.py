@@ -188,3 +188,27 @@ async def test_unsupported_scheme() -> None:
     async with t:
         with pytest.raises(httpx.UnsupportedProtocol, match="ftp"):
             await t.handle_async_request(httpx.Request("GET", "ftp://127.0.0.1/x"))
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-Bad": "a\r\nInjected: yes"}, {"Bad Name": "x"}, {"X-Nul": "a\x00b"}],
+)
+async def test_malformed_headers_are_refused(
+    switching: SwitchingServer, headers: dict[str, str]
+) -> None:
+    t = conpool.httpx.AsyncTransport()
+    async with httpx.AsyncClient(transport=t) as client:
+        with pytest.raises(httpx.LocalProtocolError, match="Illegal header"):
+            await client.get(f"http://127.0.0.1:{switching.port}/", headers=headers)
+        # Refused before anything was sent; the connection was not kept.
+        stats = check_quiet(t.pool)
+        assert stats.active == 0 and stats.idle == 0
+
+
+async def test_a_non_ascii_method_is_refused(switching: SwitchingServer) -> None:
+    t = conpool.httpx.AsyncTransport()
+    async with httpx.AsyncClient(transport=t) as client:
+        with pytest.raises(httpx.LocalProtocolError, match="Illegal method"):
+            await client.request("GÉT", f"http://127.0.0.1:{switching.port}/")
+        check_quiet(t.pool)

@@ -17,6 +17,7 @@ share them; the classes below do the I/O on the pool.
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
@@ -53,6 +54,16 @@ IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE
 
 _NO_TIMEOUT: Final[Mapping[str, float | None]] = {}
 
+# RFC 9110's field-name (a token) and field-value, as h11 checks them.
+_FIELD_NAME: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE: Final = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+
+#: Header fields already checked.  A client sends the same few (its
+#: defaults, Host) with every request: checking each once, not on every
+#: request, is a third of h11's cost of a request head.  Bounded.
+_CHECKED: set[tuple[bytes, bytes]] = set()
+_CHECKED_MAX: Final = 4096
+
 
 # -- without I/O: what a threaded twin can share -------------------------------------
 
@@ -75,9 +86,23 @@ def start_request(conn: h11.Connection, request: httpx.Request) -> tuple[bytes, 
         ``data``; otherwise the caller streams ``request.stream``.
     :raises h11.LocalProtocolError: the request cannot be framed.
     """
+    raw = request.headers.raw
+    checked = _CHECKED
+    for field in raw:
+        if field not in checked:
+            _check_field(field)
+    # (_parsed: h11 skips the header regexes checked above and still checks
+    # the method, the target, Host, Content-Length and Transfer-Encoding.)
+    try:
+        method = request.method.encode("ascii")
+    except UnicodeEncodeError:
+        raise h11.LocalProtocolError(f"Illegal method {request.method!r}") from None
     head = conn.send(
         h11.Request(
-            method=request.method, target=request_target(request), headers=request.headers.raw
+            method=method,
+            target=request_target(request),
+            headers=raw,
+            _parsed=True,
         )
     )
     assert head is not None
@@ -93,6 +118,17 @@ def start_request(conn: h11.Connection, request: httpx.Request) -> tuple[bytes, 
             parts.append(conn.send(h11.EndOfMessage()) or b"")
             return b"".join(parts), True
     return head, False
+
+
+def _check_field(field: tuple[bytes, bytes]) -> None:
+    name, value = field
+    if _FIELD_NAME.fullmatch(name) is None:
+        raise h11.LocalProtocolError(f"Illegal header name {name!r}")
+    if _FIELD_VALUE.fullmatch(value) is None:
+        raise h11.LocalProtocolError(f"Illegal header value {value!r}")
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED.add(field)
 
 
 def replayable(request: httpx.Request) -> bool:
@@ -390,9 +426,8 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         write_failed: BaseException | None = None
         # One cancel scope for the request; its deadline moves from the
         # write limit to the read limit (not a scope per read or write).
-        with anyio.CancelScope() as scope:
-            phase = "write"
-            scope.deadline = _deadline(write_t)
+        phase = "write"
+        with anyio.CancelScope(deadline=_deadline(write_t)) as scope:
             try:
                 await conn.send(data)
                 if not complete:
