@@ -472,6 +472,21 @@ async def test_connect_error_carries_the_story() -> None:
         quiet(t)
 
 
+async def test_retries_sends_an_idempotent_request_again_after_a_connect_failure() -> None:
+    port = unused_port()
+    tracer = conpool.Tracer()
+    t = transport(config=conpool.Config(connect_retries=0), tracer=tracer, retries=2)
+    async with httpx.AsyncClient(transport=t) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"http://127.0.0.1:{port}/")
+        assert sum(e.kind == "connect.started" for e in tracer.events()) == 3
+        # A POST is sent once only.
+        with pytest.raises(httpx.ConnectError):
+            await client.post(f"http://127.0.0.1:{port}/", content=b"x")
+        assert sum(e.kind == "connect.started" for e in tracer.events()) == 4
+        quiet(t)
+
+
 # --------------------------------------------------------------------------
 # TLS
 
