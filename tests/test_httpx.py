@@ -487,6 +487,22 @@ async def test_retries_sends_an_idempotent_request_again_after_a_connect_failure
         quiet(t)
 
 
+async def test_connect_timeout_on_a_stalled_tls_handshake() -> None:
+    with socket.socket() as silent:  # accepts in the kernel, never speaks TLS
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        t = transport(config=conpool.Config(connect_retries=0), verify=False)
+        timeout = httpx.Timeout(5.0, connect=0.3)
+        async with httpx.AsyncClient(transport=t, timeout=timeout) as client:
+            start = time.monotonic()
+            with pytest.raises(httpx.ConnectTimeout) as info:
+                await client.get(f"https://127.0.0.1:{port}/")
+            assert time.monotonic() - start < 4.0
+            assert "timed out after 0.3 s" in str(info.value)
+            quiet(t)
+
+
 # --------------------------------------------------------------------------
 # TLS
 
