@@ -314,13 +314,16 @@ def run_cell(impl: str, loop: str, url: str, conc: int, warmup: float, duration:
 
 
 def _group(filename: str) -> str:
-    for name in ("h11", "httpx", "httpcore", "anyio", "conpool", "uvloop", "sniffio", "idna"):
-        if f"/{name}/" in filename:
-            return name
-    if "/asyncio/" in filename:
-        return "asyncio"
+    """The package a profiled function belongs to (by its path inside
+    site-packages or src/, not the checkout's own path)."""
     if filename.startswith("~") or filename == "<built-in>":
         return "builtins (C)"
+    inside = filename.rsplit("site-packages/", 1)[-1].rsplit("/src/", 1)[-1]
+    top = inside.split("/", 1)[0]
+    if top in ("h11", "httpx", "httpcore", "anyio", "conpool", "uvloop", "sniffio", "idna"):
+        return top
+    if "/asyncio/" in filename:
+        return "asyncio"
     return "other"
 
 
