@@ -46,9 +46,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from bench import base
+from bench.procs import server_core
+from bench.servers import BODY as SERVER_BODY
+from bench.servers import start
 
 BODY = b"x" * 63 + b"\n"
 IMPLS = ("conpool", "httpx", "httpx-aiohttp", "aiohttp", "minimal", "canned")
@@ -150,8 +155,13 @@ async def drive(
     return n1 - n0, t1 - t0, c1 - c0
 
 
+#: The body the server of the current cell answers with (this module's
+#: nginx, or bench.servers' under the harness).
+_expected = [BODY]
+
+
 def _check(status: int, body: bytes) -> None:
-    if status != 200 or body != BODY:
+    if status != 200 or body != _expected[0]:
         raise RuntimeError(f"unexpected response: {status} {body[:40]!r}")
 
 
@@ -268,7 +278,8 @@ async def run_canned(
 ) -> tuple[int, float, float]:
     import httpx
 
-    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(BODY)).encode())]
+    canned = _expected[0]
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(canned)).encode())]
 
     class Canned(httpx.AsyncBaseTransport):
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -278,7 +289,7 @@ async def run_canned(
             return httpx.Response(
                 200,
                 headers=headers,
-                stream=httpx.ByteStream(BODY),
+                stream=httpx.ByteStream(canned),
                 extensions={"http_version": b"HTTP/1.1", "reason_phrase": b"OK"},
             )
 
@@ -301,7 +312,16 @@ RUNNERS: dict[str, Callable[[str, int, float, float], Awaitable[tuple[int, float
 }
 
 
-def run_cell(impl: str, loop: str, url: str, conc: int, warmup: float, duration: float) -> Any:
+def run_cell(
+    impl: str,
+    loop: str,
+    url: str,
+    conc: int,
+    warmup: float,
+    duration: float,
+    body: bytes = BODY,
+) -> Any:
+    _expected[0] = body
     coro = RUNNERS[impl](url, conc, warmup, duration)
     if loop == "uvloop":
         import uvloop
@@ -436,6 +456,117 @@ def _report(
                 )
                 parts.append(f"/{other} {ratio:.2f}{mark}")
             print(f"  {loop:8s} C={conc:<3d} " + ", ".join(parts))
+
+
+# -- in the harness: python -m bench --workload httpx ------------------------------------
+
+
+class Httpx(base.Workload):
+    """The httpx workload in bench's harness (``python -m bench --workload httpx``)."""
+
+    name = "httpx"
+    title = "httpx.AsyncClient GET, 64 B body, C tasks: conpool's transport and its peers"
+    impls: ClassVar[base.Impls] = dict.fromkeys(IMPLS, ("asyncio", "uvloop"))
+    requires: ClassVar[Mapping[str, str]] = {
+        "conpool": "httpx",
+        "httpx": "httpx",
+        "httpx-aiohttp": "httpx_aiohttp",
+        "aiohttp": "aiohttp",
+        "canned": "httpx",
+    }
+    seconds = (0.5, 0.2)
+    quick_seconds = (0.15, 0.05)
+    others = ("httpx", "httpx-aiohttp", "aiohttp", "minimal", "canned")
+
+    def run(self, spec: base.CellSpec) -> base.Metrics:
+        conc = spec.cell.conc
+        with start("http", cpu=server_core(spec.cpu), connections=4 * conc + 64) as srv:
+            url = f"http://{srv.hosts[0]}:{srv.port}/"
+            n, wall, cpu = run_cell(
+                spec.cell.impl,
+                spec.cell.loop,
+                url,
+                conc,
+                spec.warmup,
+                spec.duration,
+                SERVER_BODY,
+            )
+        if n == 0:
+            raise RuntimeError(f"no request completed in the {wall:.3f} s measured")
+        return {"rps": n / wall, "cpu_us": 1e6 * cpu / n, "requests": float(n)}
+
+    def pair(self, cell: base.Cell, other: str) -> tuple[base.Ratio, base.Ratio]:
+        """conpool/other by throughput, and other's CPU per request over
+        conpool's (both read "above 1 = conpool better")."""
+        them = cell.but(other)
+        return (
+            base.Ratio(f"conpool/{other}", cell, them, "rps"),
+            base.Ratio(f"conpool/{other} cpu", them, cell, "cpu_us"),
+        )
+
+    def ratios(self, cells: Sequence[base.Cell]) -> list[base.Ratio]:
+        present = set(cells)
+        return [
+            r
+            for c in cells
+            if c.impl == "conpool"
+            for other in self.others
+            if c.but(other) in present
+            for r in self.pair(c, other)
+        ]
+
+    def targets(self, summary: base.Summary, cells: Sequence[base.Cell]) -> list[base.Target]:
+        present = set(cells)
+        out = []
+        for c in cells:
+            if c.impl != "conpool":
+                continue
+            goals: list[tuple[str, float]] = [("canned", 0.70), ("httpx-aiohttp", 1.0)]
+            if c.conc == 1:
+                goals.append(("httpx", 1.4))
+            if c.conc >= 64:
+                goals.append(("httpx", 15.0))
+            for other, limit in goals:
+                if c.but(other) not in present:
+                    continue
+                wall, cpu = self.pair(c, other)
+                out.append(
+                    base.Target.check(
+                        f"conpool/{other}, {c.loop}, C={c.conc}",
+                        ">=",
+                        limit,
+                        summary.ratio(wall),
+                        summary.ratio(cpu),
+                    )
+                )
+        return out
+
+    def report(self, summary: base.Summary, cells: Sequence[base.Cell]) -> list[str]:
+        impls = self.columns(cells)
+        others = [o for o in self.others if o in impls]
+
+        def values(metric: str, scale: float) -> list[str]:
+            return base.grid_table(
+                cells, impls, lambda c: base.fmt_stat(summary.cell(c, metric), scale=scale)
+            )
+
+        def ratios(which: int) -> list[str]:
+            return base.grid_table(
+                cells,
+                others,
+                lambda c: base.fmt_stat(
+                    summary.ratio(self.pair(c.but("conpool"), c.impl)[which]),
+                    base.fmt_ratio,
+                ),
+                [f"conpool/{o}" for o in others],
+            )
+
+        return base.sections(
+            ("Throughput, thousands of requests/s (median [min-max])", values("rps", 1e-3)),
+            ("conpool's transport over each (throughput, paired)", ratios(0)),
+            ("Client CPU µs per request", values("cpu_us", 1.0)),
+            ("Each one's CPU per request over conpool's (paired)", ratios(1)),
+        )
 
 
 if __name__ == "__main__":
