@@ -199,6 +199,54 @@ def connect_error(exc: ConnectError, request: httpx.Request) -> httpx.HTTPError:
     return cls(f"{exc}\n  sending {request.method} {request.url}", request=request)
 
 
+def head_failure(
+    failure: BaseException,
+    write_failed: BaseException | None,
+    got_bytes: bool,
+    reused: bool,
+    request: httpx.Request,
+    conn: Connection,
+) -> httpx.HTTPError:
+    """httpx's error for a request that got no response head: what stopped
+    the read (``failure``), whether the send had failed first, whether any
+    response byte had arrived, and whether the connection was a reused one
+    (then a non-idempotent request's message says why it is not retried)."""
+    doing = "reading the response to"
+    error: httpx.HTTPError
+    if write_failed is not None and not got_bytes:
+        error = httpx.WriteError(
+            story(_describe(write_failed), request, "sending", conn), request=request
+        )
+        error.__cause__ = write_failed
+    elif isinstance(failure, h11.RemoteProtocolError):
+        error = httpx.RemoteProtocolError(
+            story(str(failure), request, doing, conn), request=request
+        )
+    elif isinstance(failure, anyio.EndOfStream):
+        what = (
+            "Server disconnected in the middle of the response head."
+            if got_bytes
+            else "Server disconnected without sending a response."
+        )
+        error = httpx.RemoteProtocolError(story(what, request, doing, conn), request=request)
+    else:
+        error = httpx.ReadError(story(_describe(failure), request, doing, conn), request=request)
+    if error.__cause__ is None:
+        error.__cause__ = failure
+    if reused and not got_bytes and not replayable(request):
+        error.args = (
+            f"{error.args[0]}\n  not sent again: the connection was a reused "
+            f"one, but {request.method} requests are not retried",
+        )
+    return error
+
+
+def _describe(exc: BaseException) -> str:
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    text = str(cause)
+    return text or type(cause).__name__
+
+
 # -- the I/O shell ----------------------------------------------------------------------
 
 
@@ -463,50 +511,8 @@ class AsyncTransport(httpx.AsyncBaseTransport):
             )
         if head is None:
             assert failure is not None
-            stale = reused and not got_bytes
-            if write_failed is not None and not got_bytes:
-                error: httpx.HTTPError = httpx.WriteError(
-                    story(_describe(write_failed), request, "sending", conn), request=request
-                )
-                error.__cause__ = write_failed
-            elif isinstance(failure, h11.RemoteProtocolError):
-                error = httpx.RemoteProtocolError(
-                    story(str(failure), request, "reading the response to", conn),
-                    request=request,
-                )
-            elif isinstance(failure, anyio.EndOfStream) and not got_bytes:
-                error = httpx.RemoteProtocolError(
-                    story(
-                        "Server disconnected without sending a response.",
-                        request,
-                        "reading the response to",
-                        conn,
-                    ),
-                    request=request,
-                )
-            elif isinstance(failure, anyio.EndOfStream):
-                error = httpx.RemoteProtocolError(
-                    story(
-                        "Server disconnected in the middle of the response head.",
-                        request,
-                        "reading the response to",
-                        conn,
-                    ),
-                    request=request,
-                )
-            else:
-                error = httpx.ReadError(
-                    story(_describe(failure), request, "reading the response to", conn),
-                    request=request,
-                )
-            if error.__cause__ is None:
-                error.__cause__ = failure
-            if stale and not replayable(request):
-                error.args = (
-                    f"{error.args[0]}\n  not sent again: the connection was a reused "
-                    f"one, but {request.method} requests are not retried",
-                )
-            raise _Failed(error, not got_bytes, stale)
+            error = head_failure(failure, write_failed, got_bytes, reused, request, conn)
+            raise _Failed(error, not got_bytes, reused and not got_bytes)
         status = head.status_code
         extensions: dict[str, Any] = {
             "http_version": b"HTTP/" + head.http_version,
@@ -530,12 +536,6 @@ def _deadline(seconds: float | None) -> float:
     if seconds is None:
         return float("inf")
     return anyio.current_time() + seconds
-
-
-def _describe(exc: BaseException) -> str:
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    text = str(cause)
-    return text or type(cause).__name__
 
 
 async def _read_head(
