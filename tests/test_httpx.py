@@ -85,6 +85,16 @@ _HTTPX_ASYNCGEN = pytest.mark.filterwarnings(
 )
 
 
+@pytest.fixture(autouse=True)
+def collect_garbage_here() -> Iterator[None]:
+    """Collect each test's garbage in its own teardown, under its own
+    warning filters: an async generator of httpx's that a test left
+    unfinished (see _HTTPX_ASYNCGEN) must not be reported in whichever later
+    test happens to trigger the collection (an 8 MiB body, say)."""
+    yield
+    gc.collect()
+
+
 def raw(response: httpx.Response, size: int | None = None) -> AsyncGenerator[bytes, None]:
     """``response.aiter_raw()``, typed as the async generator it is (for aclosing)."""
     return cast(AsyncGenerator[bytes, None], response.aiter_raw(size))
