@@ -214,3 +214,22 @@ async def test_bad_options_are_refused(
             async with pool.connection(ep, **options):  # type: ignore[arg-type]
                 pass
         check_quiet(pool)
+
+
+async def test_options_lease_runs_the_reset_hook(echo_server: EchoServer) -> None:
+    """A lease with options on a pool with Config.reset resets on exit as
+    the plain lease does."""
+    resets: list[int] = []
+
+    async def reset(conn: conpool.Connection) -> bool:
+        resets.append(conn.id)
+        return True
+
+    ep = endpoint(echo_server)
+    async with conpool.Pool(conpool.Config(reset=reset)) as pool:
+        async with pool.connection(ep, timeout=5) as conn:
+            assert await echo(conn, b"r") == b"r"
+        async with pool.connection(ep) as again:
+            assert again is conn
+        assert resets == [conn.id, conn.id]
+        check_quiet(pool)
