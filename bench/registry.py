@@ -13,6 +13,7 @@ from bench.contended import Contended
 from bench.echo import Echo
 from bench.hold import Hold
 from bench.http import Http
+from bench.httpx_workload import Httpx
 from bench.memory import Memory
 from bench.scale import Scale
 from bench.sweep import Sweep
@@ -25,6 +26,7 @@ WORKLOADS: dict[str, Workload] = {
         Acquire(),
         Contended(),
         Http(),
+        Httpx(),
         Scale(),
         Sweep(),
         Memory(),

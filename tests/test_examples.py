@@ -122,6 +122,19 @@ def test_http11_example(backend: str, nginx: NginxServer) -> None:
 
 @pytest.mark.realserver
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_httpx_balanced_example(backend: str) -> None:
+    out = run_example("httpx_balanced", "-n", "400", "-c", "64", "--backend", backend)
+    assert "400 requests from 64 tasks" in out
+    shares = re.findall(r"(127\.0\.0\.1[1-4]):\s+(\d+) requests", out)
+    assert len(shares) == 4, out
+    assert sum(int(n) for _, n in shares) == 400, out
+    for _, n in shares:
+        assert 80 <= int(n) <= 120, out  # 25 % +- 5 %
+    reused = int(re.search(r"reused=(\d+)", out)[1])  # type: ignore[index]
+    assert reused > 0, out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_redis_example(backend: str, redis: RedisServer) -> None:
     out = run_example("redis_ping", "--port", str(redis.port), "--backend", backend)
     assert "PING -> PONG" in out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import POOL_ADDRESSES, EchoServer, RedisServer, unused_port
+from servers import POOL_ADDRESSES, EchoServer, NginxServer, RedisServer, unused_port
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -39,7 +39,7 @@ def test_the_first_example_talks_to_redis(redis: RedisServer) -> None:
 
 
 def test_the_balancing_example_prints_what_the_readme_shows() -> None:
-    (code,) = [b for b in blocks("python") if "StaticResolver" in b]
+    (code,) = [b for b in blocks("python") if "StaticResolver" in b and "httpx" not in b]
     printed = README.read_text().split(code, 1)[1]
     (expected,) = re.findall(r"```\n(127\.0\.0\.11.*?)```", printed, flags=re.S)[:1]
     port = unused_port(extra_hosts=tuple(POOL_ADDRESSES))
@@ -55,3 +55,10 @@ def test_the_two_commands_exist_and_are_executable(command: str) -> None:
     assert f"{command} " in README.read_text().split("\n## ", 1)[0]
     path = README.parent / command
     assert path.is_file() and path.stat().st_mode & 0o111
+
+
+def test_the_httpx_example_spreads_over_four_addresses(nginx4: NginxServer) -> None:
+    (code,) = [b for b in blocks("python") if "conpool.httpx.AsyncTransport" in b]
+    out = run(code.replace(":8080/", f":{nginx4.port}/"))
+    assert out == str(sorted(POOL_ADDRESSES)) + "\n"
+    assert len(nginx4.wait_for_log(64)) == 64

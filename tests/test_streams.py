@@ -182,7 +182,7 @@ async def test_bytes_handed_to_a_reader_cancelled_before_it_ran_are_kept(
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
-@pytest.mark.parametrize("call", ["send", "receive", "send_eof"])
+@pytest.mark.parametrize("call", ["send", "receive", "send_eof", "aclose"])
 async def test_a_connection_idle_in_the_pool_refuses_its_old_holder(
     echo_server: EchoServer, tls_echo_server: TLSEchoServer, tls: bool, call: str
 ) -> None:
@@ -206,6 +206,9 @@ async def test_a_connection_idle_in_the_pool_refuses_its_old_holder(
                 await conn.send(b"stale")
             elif call == "receive":
                 await conn.receive()
+            elif call == "aclose":
+                # A stale holder must not close what someone else may hold.
+                await conn.aclose()
             else:
                 # (On TLS, where send_eof is not supported, this check comes
                 # before that refusal.)

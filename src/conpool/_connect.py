@@ -50,12 +50,20 @@ class Connector:
         self.rng = rng
         self.sockets = SocketFactory.of(self.config)
 
-    async def connect(self, ep: Ep) -> Connection:
-        """A registered connection (its record active), or :class:`ConnectError`."""
+    async def connect(self, ep: Ep, attempt_timeout: float | None) -> Connection:
+        """A registered connection (its record active), or :class:`ConnectError`.
+
+        :param attempt_timeout: seconds per attempt (the caller's
+            ``connect_timeout``, or the config's).
+        """
         config = self.config
         endpoint = ep.key
         plan = DialPlan(
-            config.connect_retries, config.retry_backoff, config.retry_backoff_max, self.rng
+            config.connect_retries,
+            config.retry_backoff,
+            config.retry_backoff_max,
+            self.rng,
+            attempt_timeout,
         )
         while (delay := plan.next_round()) is not None:
             if plan.round > 1:
@@ -144,7 +152,7 @@ class Connector:
         start = time.monotonic_ns()
         self.emit("connect.started", endpoint, ip)
         try:
-            conn = await self.open(endpoint, ip)
+            conn = await self.open(endpoint, ip, plan.attempt_timeout)
         except BaseException as exc:
             # OSError covers refusals, resets, timeouts and TLS failures;
             # anything else is cancellation or a bug, and propagates as is.
@@ -174,20 +182,21 @@ class Connector:
             self.emit("tls.complete", endpoint, ip, duration_ns=conn._tls_ns)
         return conn
 
-    async def open(self, endpoint: Endpoint, ip: str) -> Connection:
-        """The backend's one attempt to ``ip``: through the proxy that
-        applies, or directly on a socket made with the configured options
-        (the warm floor's refills open theirs here too)."""
+    async def open(self, endpoint: Endpoint, ip: str, attempt_timeout: float | None) -> Connection:
+        """The backend's one attempt to ``ip``, for at most ``attempt_timeout``
+        seconds: through the proxy that applies, or directly on a socket made
+        with the configured options (the warm floor's refills open theirs
+        here too)."""
         proxy = self._proxy(endpoint)
         if proxy is None:
             return await self.backend.open(
-                endpoint, ip, endpoint.port, self.config.connect_timeout, sockets=self.sockets
+                endpoint, ip, endpoint.port, attempt_timeout, sockets=self.sockets
             )
         return await self.backend.open(
             endpoint,
             ip,
             endpoint.port,
-            self.config.connect_timeout,
+            attempt_timeout,
             proxy=proxy,
             trace=self._tracer(endpoint, ip),
         )

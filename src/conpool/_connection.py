@@ -44,9 +44,10 @@ class Connection(ByteStream):
     and the pool will not reuse it.
 
     Do not use it after releasing it.  While it sits idle in the pool, its
-    ``send``, ``receive`` and ``send_eof`` raise :class:`RuntimeError` (and
-    leave it as it was); once another task has acquired it, the pool cannot
-    tell a stale reference from the new holder's, so keep none.
+    ``send``, ``receive``, ``send_eof`` and ``aclose`` raise
+    :class:`RuntimeError` (and leave it as it was); once another task has
+    acquired it, the pool cannot tell a stale reference from the new
+    holder's, so keep none.
 
     :ivar endpoint: the :class:`~conpool.Endpoint` it was acquired for.
     :ivar address: ``(ip, port)`` actually dialled; ``(path, 0)`` on a Unix
@@ -59,6 +60,7 @@ class Connection(ByteStream):
         "_connect_ns",
         "_rec",
         "_tls_ns",
+        "_user_data",
         "address",
         "endpoint",
     )
@@ -76,6 +78,8 @@ class Connection(ByteStream):
         # sets both, so that a release tests one flag.
         self._broken = False
         self._closed = False
+        # Made on first use: most connections never need one.
+        self._user_data: dict[Any, Any] | None = None
         # How long the connect (TCP and TLS) and the TLS handshake alone
         # took, for the trace.
         self._connect_ns = 0
@@ -86,6 +90,16 @@ class Connection(ByteStream):
         """Whether the connection is closed (by you, the pool or an error
         that ended it); a closed connection is never handed out again."""
         return self._closed
+
+    @property
+    def user_data(self) -> dict[Any, Any]:
+        """A dict that lives as long as the connection, for a protocol layer
+        to keep per-connection state in (an HTTP/1.1 state machine, a
+        negotiated protocol version).  The pool never reads it."""
+        data = self._user_data
+        if data is None:
+            data = self._user_data = {}
+        return data
 
     @property
     def created_at(self) -> float:

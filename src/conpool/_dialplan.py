@@ -116,6 +116,8 @@ class DialPlan:
     :param backoff: ``Config.retry_backoff``.
     :param backoff_max: ``Config.retry_backoff_max``.
     :param rng: the source of the backoff's jitter.
+    :param attempt_timeout: seconds each attempt may take (the caller's
+        ``connect_timeout``, or the config's).
 
     Use::
 
@@ -124,11 +126,26 @@ class DialPlan:
             ... dial; plan.failed(ip, exc) for each failed attempt ...
     """
 
-    __slots__ = ("backoff", "backoff_max", "errors", "rng", "round", "round_start", "rounds")
+    __slots__ = (
+        "attempt_timeout",
+        "backoff",
+        "backoff_max",
+        "errors",
+        "rng",
+        "round",
+        "round_start",
+        "rounds",
+    )
 
     def __init__(
-        self, retries: int, backoff: float, backoff_max: float, rng: random.Random
+        self,
+        retries: int,
+        backoff: float,
+        backoff_max: float,
+        rng: random.Random,
+        attempt_timeout: float | None = None,
     ) -> None:
+        self.attempt_timeout = attempt_timeout
         self.rounds = 1 + retries
         self.backoff = backoff
         self.backoff_max = backoff_max

@@ -233,7 +233,7 @@ class Lifecycle:
                     )
                 except PoolError as exc:
                     raise _NoBudget(exc) from exc
-            conn = await connector.open(endpoint, ip)
+            conn = await connector.open(endpoint, ip, connector.config.connect_timeout)
         except Exception as exc:
             pool._return_lease(lease)
             cause = exc.cause if isinstance(exc, _NoBudget) else exc
@@ -293,7 +293,7 @@ class Lifecycle:
                         if pool.config.acquire_timeout is None
                         else pool.config.acquire_timeout,
                     )
-                conn = await connector.connect(ep)
+                conn = await connector.connect(ep, connector.config.connect_timeout)
             except PoolTimeout:
                 # No room in the fleet's budget: nothing to open, no error.
                 state.warm_abandoned(ep, None)

@@ -27,7 +27,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Never
+from typing import TYPE_CHECKING, Final, Never
 
 import anyio
 from anyio.abc import TaskGroup
@@ -35,7 +35,7 @@ from anyio.abc import TaskGroup
 from ._backends import Backend, current_backend
 from ._budget import RedisBudget, participant_stats
 from ._budget_core import GaveUp
-from ._config import Config
+from ._config import Config, _float
 from ._connect import Connector
 from ._connection import Connection
 from ._endpoint import Endpoint
@@ -70,6 +70,20 @@ State = PoolState[Endpoint, Connection]
 Ep = EndpointState[Endpoint, Connection]
 Rec = ConnRecord[Endpoint, Connection]
 Wait = Waiter[Endpoint, Connection]
+
+
+class _Unset:
+    """The default of the per-call options: "as the config says" (None
+    already means "no limit")."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<from the config>"
+
+
+#: An option not given on this call.
+UNSET: Final = _Unset()
 
 
 class _Lease:
@@ -138,6 +152,30 @@ class _ResettingLease(_Lease):
             self._pool._put_back(conn)
         else:
             await self._pool._reset_then_put_back(conn)
+
+
+class _OptionLease(_Lease):
+    """``pool.connection(ep, fresh=..., timeout=..., connect_timeout=...)``:
+    the lease of a call that gave options (a subclass, so that the lease of
+    a call without them pays nothing for them)."""
+
+    __slots__ = ("_options",)
+
+    _options: tuple[bool, float | _Unset | None, float | _Unset | None]
+
+    async def __aenter__(self) -> Connection:
+        fresh, timeout, connect_timeout = self._options
+        conn = await self._pool.acquire(
+            self._endpoint, fresh=fresh, timeout=timeout, connect_timeout=connect_timeout
+        )
+        self._conn = conn
+        return conn
+
+
+class _ResettingOptionLease(_OptionLease, _ResettingLease):
+    """The lease of a call with options on a pool with ``Config.reset``."""
+
+    __slots__ = ()
 
 
 _new_lease = object.__new__
@@ -313,14 +351,30 @@ class Pool:
 
     # -- the hot path ------------------------------------------------------------
 
-    def connection(self, endpoint: Endpoint) -> _Lease:
+    def connection(
+        self,
+        endpoint: Endpoint,
+        *,
+        fresh: bool = False,
+        timeout: float | _Unset | None = UNSET,
+        connect_timeout: float | _Unset | None = UNSET,
+    ) -> _Lease:
         """``async with pool.connection(endpoint) as conn``: acquire, then
         release on a normal exit or close on an exception.
 
+        The options are those of :meth:`acquire`.
+
         :raises ConnectError: no connection could be made (see :meth:`acquire`).
-        :raises PoolTimeout: no slot within ``acquire_timeout``.
+        :raises PoolTimeout: no slot within ``acquire_timeout`` (or ``timeout``).
         :raises PoolClosed: the pool is closed.
         """
+        if fresh or timeout is not UNSET or connect_timeout is not UNSET:
+            options = _new_lease(_OptionLease if self._lease is _Lease else _ResettingOptionLease)
+            options._pool = self
+            options._endpoint = endpoint
+            options._conn = None
+            options._options = (fresh, timeout, connect_timeout)
+            return options
         # No __init__: one Python call per request fewer.
         lease = _new_lease(self._lease)
         lease._pool = self
@@ -328,19 +382,41 @@ class Pool:
         lease._conn = None
         return lease
 
-    async def acquire(self, endpoint: Endpoint) -> Connection:
+    async def acquire(
+        self,
+        endpoint: Endpoint,
+        *,
+        fresh: bool = False,
+        # (The API's name: a protocol layer passes its caller's pool timeout.)
+        timeout: float | _Unset | None = UNSET,  # noqa: ASYNC109
+        connect_timeout: float | _Unset | None = UNSET,
+    ) -> Connection:
         """A connection to ``endpoint``: an idle one if the pool has one,
         else a new one (waiting for a free slot if the limits are reached).
 
         :param endpoint: where to connect.
+        :param fresh: never hand out an idle connection: dial a new one
+            (within the limits; when the endpoint's limit is reached and
+            some of its connections are idle, the least recently used idle
+            one is closed to make room).  For retrying a request that failed
+            on a reused connection.
+        :param timeout: seconds to wait for a free slot (None: no limit),
+            for this call instead of ``Config.acquire_timeout``.
+        :param connect_timeout: seconds per connection attempt (None: no
+            limit), for this call instead of ``Config.connect_timeout``.
         :returns: a :class:`~conpool.Connection`; give it back with :meth:`release`.
-        :raises TypeError: ``endpoint`` is not a :class:`~conpool.Endpoint`.
+        :raises TypeError: ``endpoint`` is not a :class:`~conpool.Endpoint`,
+            or an option is not a number (or None, or a bool for ``fresh``).
+        :raises ValueError: ``timeout`` is negative or NaN, ``connect_timeout``
+            is zero, negative or NaN.
         :raises ConnectError: every attempt failed; its text tells the story.
         :raises ResolveError: the name did not resolve.
-        :raises PoolTimeout: no slot within ``acquire_timeout``, or
-            ``max_waiters`` tasks already wait.
+        :raises PoolTimeout: no slot within ``acquire_timeout`` (or
+            ``timeout``), or ``max_waiters`` tasks already wait.
         :raises PoolClosed: the pool is closed, or closed while waiting.
         """
+        if fresh or timeout is not UNSET or connect_timeout is not UNSET:
+            return await self._acquire_with(endpoint, fresh, timeout, connect_timeout)
         conn = self._grab(endpoint)
         if conn is not None:
             return conn
@@ -361,6 +437,88 @@ class Pool:
                 return self._hand_out(rec)
             return await self._dial(ep)
         return await self._acquire(ep, self._got)
+
+    async def _acquire_with(
+        self,
+        endpoint: Endpoint,
+        fresh: object,
+        timeout: float | _Unset | None,  # noqa: ASYNC109
+        connect_timeout: float | _Unset | None,
+    ) -> Connection:
+        """:meth:`acquire` with options: validated, then the same steps."""
+        if fresh is not True and fresh is not False:
+            raise TypeError(f"fresh must be a bool, got {type(fresh).__name__} {fresh!r}")
+        wait = (
+            self._acquire_timeout
+            if timeout is UNSET
+            else _float("timeout", timeout, finite=False, optional=True)
+        )
+        dial = (
+            self.config.connect_timeout
+            if connect_timeout is UNSET
+            else _float(
+                "connect_timeout", connect_timeout, inclusive=False, finite=False, optional=True
+            )
+        )
+        # An infinite number of seconds is no limit, as in Config.
+        if wait is not None and wait == float("inf"):
+            wait = None
+        if dial is not None and dial == float("inf"):
+            dial = None
+        if fresh:
+            return await self._acquire_fresh(endpoint, wait, dial)
+        conn = self._grab(endpoint)
+        if conn is not None:
+            return conn
+        return await self._acquire(self._last_ep, self._got, wait, dial)
+
+    async def _acquire_fresh(
+        self, endpoint: Endpoint, wait: float | None, connect_timeout: float | None
+    ) -> Connection:
+        """A new connection, never an idle one (``acquire(fresh=True)``)."""
+        state = self._state
+        ep = self._endpoint_state(endpoint)
+        while True:
+            got = state.acquire_fresh(ep)
+            if state.to_close or state.to_wake:
+                self._flush()
+            if got is DIAL:
+                return await self._dial(ep, connect_timeout)
+            w = self._park(ep)
+            try:
+                if wait is None:
+                    await w.handle
+                else:
+                    await self._wait_timed(w, wait)
+            except BaseException as exc:
+                self._gave_up(w, exc)
+                raise
+            granted = self._served(w)
+            if granted is None:
+                return await self._dial(ep, connect_timeout)
+            # Served a connection someone released: not what was asked for.
+            # Closing it frees its slot; the next round dials in it (or
+            # waits again, if a waiter that came first takes it).
+            state.discard(granted, "fresh")
+            self._flush()
+
+    def _endpoint_state(self, endpoint: Endpoint) -> Ep:
+        """The machine's state of ``endpoint`` (made on first use), as
+        :meth:`_grab` finds it."""
+        if endpoint is self._last_key:
+            if self._state.closed:
+                raise PoolClosed("the pool is closed")
+            return self._last_ep
+        try:
+            found = self._state.endpoints.get(endpoint)
+        except TypeError:
+            found = None
+        ep = self._new_endpoint(endpoint) if found is None else found
+        if self._state.closed:
+            raise PoolClosed("the pool is closed")
+        self._last_key = endpoint
+        self._last_ep = ep
+        return ep
 
     def _grab(self, endpoint: Endpoint) -> Connection | None:
         """The synchronous first step of every acquire: ask the machine.
@@ -417,27 +575,38 @@ class Pool:
             note_taken(rec)
         return conn
 
-    async def _acquire(self, ep: Ep, got: Rec | Answer) -> Connection:
-        """The rest of an acquire: health checks, dialling, waiting."""
+    async def _acquire(
+        self,
+        ep: Ep,
+        got: Rec | Answer,
+        wait: float | _Unset | None = UNSET,
+        connect_timeout: float | _Unset | None = UNSET,
+    ) -> Connection:
+        """The rest of an acquire: health checks, dialling, waiting (for at
+        most ``wait`` seconds, each connection attempt for at most
+        ``connect_timeout``; by default the config's)."""
         state = self._state
+        if wait is UNSET:
+            wait = self._acquire_timeout
+        assert not isinstance(wait, _Unset)
         while True:
             if got is DIAL:
-                return await self._dial(ep)
+                return await self._dial(ep, connect_timeout)
             if got is WAIT:
                 # Wait, in this frame: every contended acquire resumes
                 # through it, and each coroutine level costs.
                 w = self._park(ep)
                 try:
-                    if self._acquire_timeout is None:
+                    if wait is None:
                         await w.handle
                     else:
-                        await self._wait_timed(w)
+                        await self._wait_timed(w, wait)
                 except BaseException as exc:
                     self._gave_up(w, exc)
                     raise
                 granted = self._served(w)
                 if granted is None:
-                    return await self._dial(ep)
+                    return await self._dial(ep, connect_timeout)
                 if self._health is None or await self._healthy(granted):
                     return self._hand_out(granted)
             else:
@@ -639,14 +808,13 @@ class Pool:
             self._trace("acquire.queued", ep.key)
         return w
 
-    async def _wait_timed(self, w: Wait) -> None:
-        """Await a parked waiter's handle for at most ``acquire_timeout``."""
-        timeout = self._acquire_timeout
+    async def _wait_timed(self, w: Wait, wait: float) -> None:
+        """Await a parked waiter's handle for at most ``wait`` seconds."""
         backend = self._backend
-        assert timeout is not None and backend is not None
-        await backend.wait(w.handle, timeout)
+        assert backend is not None
+        await backend.wait(w.handle, wait)
         if w.grant is None and not self._state.closed:
-            raise self._timed_out(w.ep.key)
+            raise self._timed_out(w.ep.key, wait)
 
     def _served(self, w: Wait) -> Rec | None:
         """The parked task was woken: a connection record, or None for a
@@ -685,11 +853,13 @@ class Pool:
         if isinstance(exc, PoolTimeout):
             self._emit("acquire.timeout", w.ep.key, duration_ns=int(waited * 1e9))
 
-    def _timed_out(self, endpoint: Endpoint) -> PoolTimeout:
-        return PoolTimeout(
-            f"no connection to {endpoint} became free within "
-            f"acquire_timeout={self.config.acquire_timeout:g} s"
+    def _timed_out(self, endpoint: Endpoint, wait: float) -> PoolTimeout:
+        which = (
+            f"acquire_timeout={wait:g} s"
+            if wait == self.config.acquire_timeout
+            else f"timeout={wait:g} s"
         )
+        return PoolTimeout(f"no connection to {endpoint} became free within {which}")
 
     def _too_many_waiters(self, endpoint: Endpoint) -> PoolTimeout:
         self._emit("acquire.rejected", endpoint)
@@ -858,8 +1028,9 @@ class Pool:
             self._state.answer(name, ips)
             self._flush()
 
-    async def _dial(self, ep: Ep) -> Connection:
-        """Open a connection in the slot the machine reserved for us.
+    async def _dial(self, ep: Ep, connect_timeout: float | _Unset | None = UNSET) -> Connection:
+        """Open a connection in the slot the machine reserved for us (each
+        attempt for at most ``connect_timeout``, by default the config's).
 
         On any failure, cancellation included, the slot goes back.  With a
         budget, the dial first waits for a lease of the fleet's limit (the
@@ -869,19 +1040,22 @@ class Pool:
         assert connector is not None
         participant = self._participant
         lease: Lease | None = None
+        if connect_timeout is UNSET:
+            connect_timeout = self.config.connect_timeout
+        assert not isinstance(connect_timeout, _Unset)
         try:
             if participant is not None:
                 lease = await participant.acquire(
                     ep.key, self._acquire_timeout, lambda: ep.idle > 0
                 )
             await self._addresses(ep)
-            conn = await connector.connect(ep)
+            conn = await connector.connect(ep, connect_timeout)
         except GaveUp:
             # While this dial waited for the fleet, one of the pool's own
             # connections came back idle: take it instead (or dial again).
             state.dial_abandoned(ep)
             self._flush()
-            return await self._acquire(ep, state.acquire(ep, self._clock()))
+            return await self._acquire(ep, state.acquire(ep, self._clock()), UNSET, connect_timeout)
         except PoolTimeout:
             # No budget within acquire_timeout: not a connect failure.
             self._return_lease(lease)

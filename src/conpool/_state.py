@@ -353,6 +353,31 @@ class PoolState(Generic[K, C]):
                 return DIAL
         return WAIT
 
+    def acquire_fresh(self, ep: EndpointState[K, C]) -> Answer:
+        """A task asks for a new connection to ``ep``, never an idle one.
+
+        :returns: :data:`DIAL` (a slot is reserved) or :data:`WAIT`.  When
+            the endpoint's limit is reached and some of its connections are
+            idle, the least recently used of them is closed to make room.
+        :raises PoolClosed: the pool is closed.
+        """
+        if self.closed:
+            raise PoolClosed("the pool is closed")
+        if ep.waiters:
+            return WAIT
+        if ep.total >= self.per_endpoint and ep.idle:
+            for rec in self.lru:
+                if rec.ep is ep:
+                    self._close_idle(rec, "fresh")
+                    break
+        if ep.total < self.per_endpoint and (
+            self.max_total is None or self.total < self.max_total or self._evict_lru()
+        ):
+            ep.pending += 1
+            self.total += 1
+            return DIAL
+        return WAIT
+
     def _idle_address(self, ep: EndpointState[K, C]) -> AddressState[K, C]:
         """The address to reuse an idle connection from: the least loaded;
         equal ones take turns.

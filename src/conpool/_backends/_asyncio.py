@@ -273,6 +273,8 @@ class ProtocolConnection(Connection):
         self._transport.write_eof()
 
     async def aclose(self) -> None:
+        if self._rec.conn is not None:
+            raise self._released()
         self._close_now()
 
     def _closer(self) -> Callable[[], None]:

@@ -149,6 +149,8 @@ class StreamConnection(SocketOwner):
         await self._stream.send_eof()
 
     async def aclose(self) -> None:
+        if self._rec.conn is not None:
+            raise self._released()
         self._closed = self._broken = True
         await anyio.aclose_forcefully(self._stream)
 
@@ -268,6 +270,8 @@ class SocketConnection(SocketOwner):
         await _shielded_checkpoint()
 
     async def aclose(self) -> None:
+        if self._rec.conn is not None:
+            raise self._released()
         # Closed first, so that a cancellation at the checkpoint cannot
         # leave it open.
         self._close_now()
