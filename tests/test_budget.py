@@ -12,7 +12,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 import pytest
@@ -388,3 +388,107 @@ async def test_a_pool_entered_in_a_cancelled_scope_leaves_nothing_behind(
             raise AssertionError("entered a pool in a cancelled scope")
     assert outer.cancelled_caught
     assert budget.stats().participants == 0
+
+
+# -- waking the dials that wait for budget ------------------------------------------------
+
+#: What "at once" means on a loaded machine: well under the participant's
+#: poll interval (min(lease_ttl / 4, 0.5) = 0.5 s with the default ttl),
+#: which is all a missed wake-up would leave.
+PROMPT = 0.25
+
+
+def _asker(
+    pool: conpool.Pool, ep: conpool.Endpoint, served: list[float], both: anyio.Event
+) -> Callable[[], Awaitable[None]]:
+    """A task body asking ``pool`` for ``ep``: it records when it got a
+    connection, echoes through it and releases it."""
+
+    async def ask() -> None:
+        conn = await pool.acquire(ep)
+        served.append(time.monotonic())
+        if len(served) == 2:
+            both.set()
+        await conn.send(b"ping")
+        assert await conn.receive() == b"ping"
+        await pool.release(conn)
+
+    return ask
+
+
+async def test_dials_waiting_for_budget_take_a_connection_that_comes_back_idle_at_once(
+    redis: RedisServer, rc: redis_py.Redis, echo_server: EchoServer
+) -> None:
+    budget = conpool.RedisBudget(url(redis), limit=1, lease_ttl=10.0)
+    ep = conpool.Endpoint("127.0.0.1", echo_server.port)
+    tracer = conpool.Tracer()
+    async with (
+        conpool.Pool(conpool.Config(acquire_timeout=10.0), budget=budget, tracer=tracer) as a,
+        conpool.Pool(budget=budget),
+        anyio.create_task_group() as tg,
+    ):
+        held_by_a = await a.acquire(ep)  # the fleet's one connection
+        served: list[float] = []
+        both = anyio.Event()
+        ask = _asker(a, ep, served, both)
+        tg.start_soon(ask)
+        tg.start_soon(ask)
+        await eventually(
+            lambda: a.stats().budget.waiting == 2,  # type: ignore[union-attr]
+            what="both dials waiting for budget",
+        )
+        await anyio.sleep(0.1)  # settled: one asked Redis and waits, one queued behind it
+        released = time.monotonic()
+        await a.release(held_by_a)
+        with anyio.fail_after(5):
+            await both.wait()
+        late = [round(t - released, 3) for t in served]
+        assert max(late) < PROMPT, f"served {late} s after the release"
+        # Both were served by the connection a gave back: no dial, no lease more.
+        stats = a.stats()
+        assert stats.endpoints[ep].created == 1 and stats.pending == 0
+        assert stats.budget is not None and stats.budget.waiting == 0
+        assert held(rc, ep) == 1
+        kinds = [e.kind for e in tracer.events() if e.kind.startswith("budget.")]
+        # The second dial's wait behind the first is traced, and so is each
+        # wait's end without a lease.
+        assert kinds.count("budget.queued") >= 1, kinds
+        assert kinds.count("budget.gave_up") >= 2, kinds
+        gave_up = [e for e in tracer.events() if e.kind == "budget.gave_up"]
+        assert all(e.duration_ns is not None and e.duration_ns > 0 for e in gave_up)
+
+
+async def test_dials_waiting_for_budget_are_woken_when_a_lease_frees_locally(
+    redis: RedisServer, rc: redis_py.Redis, echo_server: EchoServer
+) -> None:
+    budget = conpool.RedisBudget(url(redis), limit=1, lease_ttl=10.0)
+    ep = conpool.Endpoint("127.0.0.1", echo_server.port)
+    async with (
+        conpool.Pool(conpool.Config(acquire_timeout=10.0), budget=budget) as a,
+        conpool.Pool(budget=budget),
+        anyio.create_task_group() as tg,
+    ):
+        held_by_a = await a.acquire(ep)
+        served: list[float] = []
+        both = anyio.Event()
+        ask = _asker(a, ep, served, both)
+        tg.start_soon(ask)
+        tg.start_soon(ask)
+        await eventually(
+            lambda: a.stats().budget.waiting == 2,  # type: ignore[union-attr]
+            what="both dials waiting for budget",
+        )
+        await anyio.sleep(0.1)
+        # The connection closes: its lease returns locally (after the close
+        # grace, 50 ms); the first dial takes it, the second then the
+        # connection the first gives back.
+        released = time.monotonic()
+        await held_by_a.aclose()
+        await a.release(held_by_a)
+        with anyio.fail_after(5):
+            await both.wait()
+        late = [round(t - released, 3) for t in served]
+        assert max(late) < PROMPT + 0.05, f"served {late} s after the close"
+        stats = a.stats()
+        assert stats.endpoints[ep].created == 2 and stats.pending == 0
+        assert echo_server.max_concurrent <= 1

@@ -55,7 +55,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import anyio
@@ -413,6 +414,9 @@ class Participant:
         self.lock = anyio.Lock()
         self.key_locks: dict[str, anyio.Lock] = {}
         self.wakes: dict[str, anyio.Event] = {}
+        #: Per endpoint, the waits of dials that can give up (see
+        #: :meth:`idle_now`); an endpoint is here only while one waits.
+        self.nudges: dict[object, set[anyio.CancelScope]] = {}
         self.flush_needed = anyio.Event()
         # Leases of connections that closed, returned after CLOSE_GRACE.
         self.closing: list[tuple[float, Lease]] = []
@@ -429,9 +433,10 @@ class Participant:
         """A lease for one connection to ``endpoint``, waiting while the fleet
         is at its limit.
 
-        :param give_up: asked whenever the wait wakes up (a freed share, or
-            every poll interval): True ends the wait with :class:`GaveUp`
-            (the pool has an idle connection for the caller by now).
+        :param give_up: asked before every wait and whenever it wakes up (a
+            freed share, a nudge from :meth:`idle_now`, or every poll
+            interval): True ends the wait with :class:`GaveUp` (the pool has
+            an idle connection for the caller by now).
         :raises PoolTimeout: no lease within ``max_wait`` seconds (the pool's
             ``acquire_timeout``; None waits as long as it takes).
         :raises ConnectError: Redis is unavailable and the policy is fail-closed.
@@ -450,15 +455,18 @@ class Participant:
                     lock = self.key_locks[key] = anyio.Lock()
                 # One attempt at a time per key: a freed lease wakes the
                 # first local waiter, not all of them at once.
+                queued = lock.locked()
+                if queued:
+                    self.emit("budget.queued", endpoint, detail="behind another dial of its server")
                 acquired = False
                 while not acquired:
-                    with anyio.move_on_after(self.poll_every):
+                    if give_up is not None and give_up():
+                        raise self._gave_up(endpoint, start)
+                    with self._nudgeable(endpoint, give_up, self.poll_every):
                         await lock.acquire()
                         acquired = True
-                    if not acquired and give_up is not None and give_up():
-                        raise GaveUp
                 try:
-                    return await self._acquire(kb, endpoint, start, give_up)
+                    return await self._acquire(kb, endpoint, start, give_up, queued)
                 finally:
                     lock.release()
         except TimeoutError:
@@ -482,6 +490,7 @@ class Participant:
         endpoint: Endpoint,
         start: float,
         give_up: Callable[[], bool] | None,
+        queued: bool,
     ) -> Lease:
         waited = False
         while True:
@@ -495,12 +504,12 @@ class Participant:
             except _RedisFailure:
                 return self._unavailable(kb, endpoint)
             if lease is not None:
-                if waited:
+                if waited or queued:
                     self.emit(
                         "budget.granted",
                         endpoint,
                         duration_ns=int((_monotonic() - start) * 1e9),
-                        detail="after waiting",
+                        detail="after waiting" if waited else "after queueing",
                     )
                 elif self.emit_granted:
                     self.emit("budget.granted", endpoint)
@@ -509,10 +518,62 @@ class Participant:
                 waited = True
                 self.book.counters.waited += 1
                 self.emit("budget.waited", endpoint, detail=f"fleet at its limit of {self.limit}")
-            with anyio.move_on_after(self.poll_every):
-                await wake.wait()
-            if give_up is not None and give_up():
-                raise GaveUp
+            # Until a share frees (the wake event) or the poll interval
+            # passes; a nudge (one of the pool's own connections came back
+            # idle) only asks give_up() again, without a Redis call.
+            deadline = anyio.current_time() + self.poll_every
+            while True:
+                if give_up is not None and give_up():
+                    raise self._gave_up(endpoint, start)
+                left = deadline - anyio.current_time()
+                if wake.is_set() or left <= 0:
+                    break
+                with self._nudgeable(endpoint, give_up, left):
+                    await wake.wait()
+
+    @contextmanager
+    def _nudgeable(
+        self, endpoint: object, give_up: Callable[[], bool] | None, seconds: float
+    ) -> Iterator[None]:
+        """A wait of at most ``seconds`` that :meth:`idle_now` cuts short for
+        ``endpoint`` when the waiter can give up (has a ``give_up``)."""
+        with anyio.move_on_after(seconds) as scope:
+            if give_up is None:
+                yield
+                return
+            scopes = self.nudges.get(endpoint)
+            if scopes is None:
+                scopes = self.nudges[endpoint] = set()
+            scopes.add(scope)
+            try:
+                yield
+            finally:
+                scopes.discard(scope)
+                if not scopes and self.nudges.get(endpoint) is scopes:
+                    del self.nudges[endpoint]
+
+    def idle_now(self, endpoint: object) -> None:
+        """One of the pool's own connections to ``endpoint`` is idle: every
+        dial of it waiting for budget (for the key's lock or for a share)
+        asks its ``give_up()`` now rather than at its next poll.
+
+        The pool calls it only while :attr:`nudges` is non-empty, so a pool
+        whose dials do not wait pays a truth test per release, and a pool
+        without a budget nothing.
+        """
+        scopes = self.nudges.get(endpoint)
+        if scopes:
+            for scope in list(scopes):
+                scope.cancel()
+
+    def _gave_up(self, endpoint: object, start: float) -> GaveUp:
+        self.emit(
+            "budget.gave_up",
+            endpoint,
+            duration_ns=max(1, int((_monotonic() - start) * 1e9)),
+            detail="one of the pool's own connections came back idle",
+        )
+        return GaveUp()
 
     #: Trace every grant (off: a grant is already a connect.* event's neighbour).
     emit_granted = True

@@ -269,6 +269,7 @@ class Lifecycle:
                 return  # traced (on_connect.failed), closed, backing off
         state.warm_ready(rec, pool._clock(), refill=True)
         pool._flush()
+        pool._budget_idle(ep)
 
     async def prewarm(self, ep: Ep, endpoint: Endpoint, n: int) -> int:
         """Open connections until ``n`` are idle (see :meth:`Pool.prewarm`)."""

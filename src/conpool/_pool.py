@@ -292,6 +292,10 @@ class Pool:
                 give_back=self._give_back, emit=self._emit, library=backend.name
             )
             self._participant = participant
+            # Releases then nudge dials waiting for budget (see
+            # _put_back_budgeted): an attribute of this pool only, so that
+            # the release path of a pool without a budget stays as it is.
+            self._put_back = self._put_back_budgeted  # type: ignore[method-assign]
             try:
                 await tg.start(participant.run, name="conpool budget")
             except BaseException:
@@ -685,6 +689,29 @@ class Pool:
         if state.to_close or state.to_wake:
             self._flush()
 
+    def _put_back_budgeted(self, conn: Connection) -> None:
+        """:meth:`_put_back` of a pool with a budget (it replaces the method
+        on the instance when the pool joins the fleet).
+
+        A dial waiting for budget holds a slot, not a place among the
+        machine's waiters, so a connection of its endpoint coming back goes
+        idle rather than to it; the dial's ``give_up()`` would see it only
+        at its next poll.  Nudge it now, while one waits.
+        """
+        Pool._put_back(self, conn)
+        participant = self._participant
+        if participant is not None and participant.nudges:
+            rec = conn._rec
+            if rec.state is IDLE:
+                participant.idle_now(rec.ep.key)
+
+    def _budget_idle(self, ep: Ep) -> None:
+        """A connection of ``ep`` went idle outside a release (a refill, a
+        grant handed back): nudge the dials waiting for budget."""
+        participant = self._participant
+        if participant is not None and participant.nudges and ep.idle:
+            participant.idle_now(ep.key)
+
     async def prewarm(self, endpoint: Endpoint, n: int | None = None) -> int:
         """Open connections to ``endpoint`` now, until ``n`` are idle, so
         that the first requests find them ready (each runs ``on_connect``).
@@ -848,6 +875,8 @@ class Pool:
         now = self._clock()
         self._state.cancel(w, now)
         self._flush()
+        if self._participant is not None:
+            self._budget_idle(w.ep)
         waited = now - w.since
         _histogram(self._waits, w.ep).observe(waited)
         if isinstance(exc, PoolTimeout):

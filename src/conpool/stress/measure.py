@@ -75,7 +75,9 @@ class Slot:
     def reset(self) -> None:
         self.wait_ns = 0
         self.granted_ns = 0
-        # When the fleet budget granted the dial's lease (budget.granted).
+        # When the dial's wait for the fleet budget ended: its lease
+        # (budget.granted), or an idle connection of its own pool instead
+        # (budget.gave_up).
         self.budget_ns = 0
         self.dial_start_ns = 0
         self.dial_end_ns = 0
@@ -108,6 +110,7 @@ _PER_REQUEST = frozenset(
         "tls.complete",
         "resolve.complete",
         "budget.granted",
+        "budget.gave_up",
     }
 )
 
@@ -156,7 +159,7 @@ class StressTracer(conpool.Tracer):
                     slot.resolve_ns += duration_ns or 0
                 elif kind == "connect.failed":
                     slot.failures += 1
-                elif kind == "budget.granted":
+                elif kind == "budget.granted" or kind == "budget.gave_up":
                     slot.budget_ns = ts_ns
                 else:
                     slot.retries += 1
