@@ -12,7 +12,8 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -400,7 +401,7 @@ PROMPT = 0.25
 
 def _asker(
     pool: conpool.Pool, ep: conpool.Endpoint, served: list[float], both: anyio.Event
-) -> Callable[[], Awaitable[None]]:
+) -> Callable[[], Coroutine[Any, Any, None]]:
     """A task body asking ``pool`` for ``ep``: it records when it got a
     connection, echoes through it and releases it."""
 

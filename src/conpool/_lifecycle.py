@@ -70,6 +70,8 @@ class Shell(Protocol):
 
     def _return_lease(self, lease: Lease | None) -> None: ...
 
+    def _budget_idle(self, ep: Ep) -> None: ...
+
     def _emit(
         self,
         kind: str,
