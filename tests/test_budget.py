@@ -493,37 +493,3 @@ async def test_dials_waiting_for_budget_are_woken_when_a_lease_frees_locally(
         stats = a.stats()
         assert stats.endpoints[ep].created == 2 and stats.pending == 0
         assert echo_server.max_concurrent <= 1
-
-
-async def test_a_dial_waiting_for_budget_is_served_before_tasks_that_queued_after_it(
-    redis: RedisServer, rc: redis_py.Redis, echo_server: EchoServer
-) -> None:
-    budget = conpool.RedisBudget(url(redis), limit=1, lease_ttl=10.0)
-    ep = conpool.Endpoint("127.0.0.1", echo_server.port)
-    config = conpool.Config(max_connections_per_endpoint=2, acquire_timeout=10.0)
-    order: list[str] = []
-    async with (
-        conpool.Pool(config, budget=budget) as a,
-        conpool.Pool(budget=budget),
-        anyio.create_task_group() as tg,
-    ):
-        held_by_a = await a.acquire(ep)
-
-        async def ask(name: str) -> None:
-            conn = await a.acquire(ep)
-            order.append(name)
-            await anyio.sleep(0.05)
-            await a.release(conn)
-
-        tg.start_soon(ask, "dial")  # a slot free: it dials, and waits for budget
-        await eventually(
-            lambda: a.stats().budget.waiting == 1,  # type: ignore[union-attr]
-            what="the dial waiting for budget",
-        )
-        tg.start_soon(ask, "waiter")  # no slot left: it waits in the pool
-        await eventually(lambda: a.stats().waiting == 1, what="the task waiting in the pool")
-        await a.release(held_by_a)
-    # The dial was first: it gets the connection, its slot goes to the
-    # waiter (which then waits for budget, and gets the connection next).
-    assert order == ["dial", "waiter"]
-    assert held(rc, ep) == 0

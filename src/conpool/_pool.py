@@ -698,34 +698,12 @@ class Pool:
         idle rather than to it; the dial's ``give_up()`` would see it only
         at its next poll.  Nudge it now, while one waits.
         """
+        Pool._put_back(self, conn)
         participant = self._participant
-        if participant is None or not participant.nudges:
-            Pool._put_back(self, conn)
-            return
-        rec = getattr(conn, "_rec", None)
-        state = self._state
-        if (
-            rec is not None
-            and rec.ep.waiters
-            and rec.ep.owner is state
-            and rec.conn is None
-            and not conn._broken
-            and rec.ep.key in participant.nudges
-        ):
-            # Tasks wait too: the dial was first (see release_for_dials).
-            rec.conn = conn
-            now = self._clock()
-            state.release_for_dials(rec, now)
-            if rec.expires < self._sweep_at and rec.state is IDLE:
-                self._sweep_sooner(rec.expires)
-            if self._trace_rec is not None:
-                self._trace_rec("conn.release", rec, now)
-            self._flush()
-        else:
-            Pool._put_back(self, conn)
+        if participant is not None and participant.nudges:
             rec = conn._rec
-        if rec.state is IDLE:
-            participant.idle_now(rec.ep.key)
+            if rec.state is IDLE:
+                participant.idle_now(rec.ep.key)
 
     def _budget_idle(self, ep: Ep) -> None:
         """A connection of ``ep`` went idle outside a release (a refill, a

@@ -649,28 +649,6 @@ class PoolState(Generic[K, C]):
         ep.idle += 1
         self.lru[rec] = None
 
-    def release_for_dials(self, rec: ConnRecord[K, C], now: float) -> None:
-        """:meth:`release` (reusable) of a connection whose endpoint has a
-        dial waiting for a fleet budget: it goes idle even while tasks wait,
-        for that dial to take (cold path: only pools with a budget).
-
-        The dial held its slot before any waiter queued (acquire only says
-        WAIT once the slots are taken), so it was there first; handing the
-        connection to a waiter instead starves it for as long as waiters
-        keep coming.  When the dial takes the connection it frees its slot
-        (:meth:`dial_abandoned`), which goes to the oldest waiter.
-        """
-        ep = rec.ep
-        waiters = ep.waiters
-        ep.waiters = OrderedDict()
-        try:
-            self.release(rec, now, True)
-        finally:
-            ep.waiters = waiters
-        if rec.state is CLOSED:
-            # (Its slot was freed while the waiters were out of sight.)
-            self._slot_freed(ep)
-
     def _release_reason(self, rec: ConnRecord[K, C], now: float) -> str:
         if self.closed:
             return "pool-closed"
