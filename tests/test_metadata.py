@@ -32,7 +32,11 @@ def test_conpool_version_on_the_command_line() -> None:
         timeout=60,
         check=False,
     )
-    assert (done.returncode, done.stdout, done.stderr) == (0, f"conpool {conpool.__version__}\n", "")
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        f"conpool {conpool.__version__}\n",
+        "",
+    )
 
 
 def test_version_in_process(capsys: pytest.CaptureFixture[str]) -> None:
