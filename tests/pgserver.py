@@ -59,15 +59,12 @@ class PostgresServer:
             shutil.chown(self.directory, self.user, self.user)
         self._process: subprocess.Popen[bytes] | None = None
 
-    def _run_as(self) -> dict[str, object]:
-        return {} if self.user is None else {"user": self.user, "group": self.user}
-
     def start(self) -> None:
         subprocess.run(
             [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
              "-E", "UTF8", "--no-sync", "--no-instructions"],
             cwd=self.directory, capture_output=True, check=True, timeout=60,
-            **self._run_as(),  # type: ignore[arg-type]
+            user=self.user, group=self.user,
         )  # fmt: skip
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
@@ -76,7 +73,7 @@ class PostgresServer:
                  "-c", "logging_collector=off"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.directory, start_new_session=True,
-                **self._run_as(),  # type: ignore[arg-type]
+                user=self.user, group=self.user,
             )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT * 3  # initdb's first start is slower
         while not self.is_ready():

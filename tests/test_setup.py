@@ -20,7 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 
-#: Every Debian package the tests need (the last three: the proxy tests').
+#: Every Debian package the tests need (tinyproxy, microsocks, dante-server: the proxy
+#: tests'; postgresql: the PostgreSQL recipe in the docs).
 PACKAGES = [
     "nginx-light",
     "redis-server",
@@ -30,6 +31,7 @@ PACKAGES = [
     "tinyproxy-bin",
     "microsocks",
     "dante-server",
+    "postgresql",
 ]
 
 # dpkg-query -W -f='${Status}' PKG: installed when PKG is a line of $STATE/installed.
