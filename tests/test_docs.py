@@ -235,6 +235,20 @@ def test_block_runs_and_prints_what_the_page_shows(block: Block, tmp_path: Path)
         assert out == expected
 
 
+def test_every_block_type_checks(tmp_path: Path) -> None:
+    """mypy --strict, with the project's settings, over every block as its own module."""
+    for n, block in enumerate(RUNNABLE):
+        (tmp_path / f"block_{n:03d}.py").write_text(f"# {block.name}\n{block.code}")
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
+         "--cache-dir", str(tmp_path / ".mypy_cache"), "--no-error-summary", str(tmp_path)],
+        capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    names = {f"block_{n:03d}.py": block.name for n, block in enumerate(RUNNABLE)}
+    report = re.sub(r"\S*(block_\d+\.py):(\d+)", lambda m: f"{names[m[1]]} (+{m[2]})", done.stdout)
+    assert done.returncode == 0, report + done.stderr
+
+
 # -- the convention itself -------------------------------------------------------------
 
 
