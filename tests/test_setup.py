@@ -71,9 +71,15 @@ FAKE_ID = r"""#!/bin/sh
 echo "${FAKE_UID:-0}"
 """
 
-# python3 -m venv .venv: makes a .venv/bin/python that records how it is called.
+# python3 -m venv .venv: makes a .venv/bin/python that records how it is called;
+# with $STATE/no-ensurepip, fails as Debian's does until python3-venv is installed.
 FAKE_PYTHON3 = r"""#!/bin/sh
 echo "python3 $*" >>"$STATE/calls"
+if [ -e "$STATE/no-ensurepip" ] && ! grep -qx python3-venv "$STATE/installed"; then
+    echo "The virtual environment was not created successfully because ensurepip is not"
+    echo "available.  On Debian/Ubuntu systems, you need to install the python3-venv package"
+    exit 1
+fi
 mkdir -p .venv/bin
 cp "$STATE/venv-python" .venv/bin/python
 """
@@ -263,6 +269,34 @@ def test_a_missing_venv_is_created_then_installed(machine: Machine) -> None:
         "setup: created .venv",
         "setup: installed conpool and its dev tools into .venv",
     ]
+
+
+def test_a_python_without_venv_gets_python3_venv_as_root(machine: Machine) -> None:
+    shutil.rmtree(machine.repo / ".venv")
+    (machine.state / "no-ensurepip").touch()
+    run = machine.run("setup", "--python-only")
+    assert run.returncode == 0, run.stderr
+    assert [c for c in run.calls if not c.startswith("dpkg-query")] == [
+        "python3 -m venv .venv",
+        "apt-get update",
+        "apt-get install -y --no-install-recommends --no-upgrade python3-venv",
+        "python3 -m venv .venv",
+        "venv-python -m pip install --quiet -e .[dev]",
+    ]
+    assert run.stdout.splitlines() == [
+        "setup: installed python3-venv",
+        "setup: created .venv",
+        "setup: installed conpool and its dev tools into .venv",
+    ]
+
+
+def test_a_python_without_venv_and_no_root_says_what_to_install(machine: Machine) -> None:
+    shutil.rmtree(machine.repo / ".venv")
+    (machine.state / "no-ensurepip").touch()
+    run = machine.run("setup", "--python-only", uid=1000)
+    assert run.returncode == 1
+    assert apt_calls(run) == []
+    assert "python3-venv" in run.stderr and "ensurepip is not" in run.stderr
 
 
 def test_an_unknown_option_is_refused(machine: Machine) -> None:
