@@ -104,7 +104,11 @@ class PostgresServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> Self:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # removes the cluster directory of a failed initdb
+            raise
         return self
 
     def __exit__(
