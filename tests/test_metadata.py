@@ -54,8 +54,10 @@ def test_the_index_shows_classifiers_keywords_authors_and_urls() -> None:
     assert "conpool developers" in (meta["Author-email"] or meta["Author"] or "")
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [])
     assert set(urls) == {"Documentation", "Changelog", "Reliability", "Benchmarks"}
-    # In-repo paths: each names a file that exists in the repository.
-    for label, path in urls.items():
+    # In-repo paths, relative to the repository's root until it has a public
+    # address (then "https://.../blob/main/docs/index.md"): each names a file here.
+    for label, url in urls.items():
+        path = url.split("/blob/main/", 1)[1] if "://" in url else url
         assert (ROOT / path).is_file(), f"Project-URL {label} -> {path} does not exist"
 
 
