@@ -36,6 +36,7 @@ from servers import (
     POOL_RECORDS,
     DnsmasqServer,
     EchoServer,
+    MicrosocksServer,
     NginxServer,
     RedisServer,
     unused_port,
@@ -182,6 +183,11 @@ def _dns(stack: contextlib.ExitStack, tmp: Path) -> int:
     return stack.enter_context(DnsmasqServer(tmp / "dns", records)).port
 
 
+def _socks5(stack: contextlib.ExitStack, tmp: Path) -> int:
+    proxy = MicrosocksServer(tmp / "socks5", username="user", password="secret")
+    return stack.enter_context(proxy).port
+
+
 #: need -> (the port the page shows, what starts the server and returns its real port).
 NEEDS: dict[str, tuple[str, Starter]] = {
     "redis": ("6379", _redis),  # redis-server on 127.0.0.1
@@ -191,8 +197,9 @@ NEEDS: dict[str, tuple[str, Starter]] = {
     "nginx": ("8080", _nginx),  # nginx answering "200 ok" on 127.0.0.1
     "nginx4": ("8080", _nginx4),  # nginx on one port of 127.0.0.11-14
     "dns": ("5353", _dns),  # dnsmasq: pool.test and echo.default.svc.cluster.local -> .11-14
+    "socks5": ("1080", _socks5),  # microsocks on 127.0.0.1, user "user", password "secret"
 }
-REAL_SERVERS = {"redis", "postgres", "nginx", "nginx4", "dns"}
+REAL_SERVERS = {"redis", "postgres", "nginx", "nginx4", "dns", "socks5"}
 
 
 def _param(block: Block) -> object:

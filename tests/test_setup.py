@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 
-#: Every Debian package the tests need (tinyproxy, microsocks, dante-server: the proxy
+#: Every Debian package the tests need (tinyproxy-bin, microsocks, dante-server: the proxy
 #: tests'; postgresql: the PostgreSQL recipe in the docs).
 PACKAGES = [
     "nginx-light",
