@@ -81,6 +81,14 @@ def pages(site: Path) -> list[str]:
     return sorted(str(p.relative_to(site)) for p in site.rglob("*.html"))
 
 
+def test_scripts_docs_fails_on_warnings() -> None:
+    # --strict turns warnings into a failure only if they are emitted: --quiet
+    # (or -q) drops them first and the build then passes with a broken link.
+    command = (ROOT / "scripts" / "docs").read_text().split("exec ", 1)[1]
+    assert "--strict" in command
+    assert "--quiet" not in command and " -q" not in command
+
+
 def search(page: Any, box: Any, word: str) -> list[str]:
     """Type *word* into the search box until results naming it show (60 s at most)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
