@@ -142,8 +142,16 @@ def blocks(path: Path) -> list[Block]:
     return found
 
 
+#: Pages whose blocks are fragments that a test of their own runs (with the names the
+#: fragments expect): page -> that test. Their blocks are not run again here.
+COVERED_ELSEWHERE = {"docs/lifecycle.md": "tests/test_docs_lifecycle.py"}
+
 ALL_BLOCKS = [block for path in sources() for block in blocks(path)]
-RUNNABLE = [block for block in ALL_BLOCKS if block.not_run is None]
+RUNNABLE = [
+    block
+    for block in ALL_BLOCKS
+    if block.not_run is None and str(block.path.relative_to(ROOT)) not in COVERED_ELSEWHERE
+]
 
 
 # -- the servers a block may ask for ------------------------------------------------
@@ -272,6 +280,12 @@ def test_blocks_are_found_on_every_page_that_has_them() -> None:
         text = _outside_examples(path.read_text())
         opened = len(re.findall(r"^[ \t]*```(?:python|py|python3)\b", text, flags=re.M))
         assert opened == len(blocks(path)), f"{path}: a python fence the parser missed"
+
+
+@pytest.mark.parametrize(("page", "test"), sorted(COVERED_ELSEWHERE.items()))
+def test_pages_covered_elsewhere_have_their_test(page: str, test: str) -> None:
+    assert (ROOT / page).is_file()
+    assert page in (ROOT / test).read_text(), f"{test} does not read {page}"
 
 
 def test_not_run_blocks_are_rare_and_say_why() -> None:
