@@ -311,6 +311,51 @@ def test_parse_rejections(text: str, fragment: str) -> None:
         Endpoint.parse(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "https://example.com",
+            "invalid 'host:port' 'https://example.com': a URL is not accepted (scheme 'https');"
+            " give the host and port, as in 'example.com:443', with tls=conpool.TLS()",
+        ),
+        (
+            "http://Pool.Test:8080/path?q=1",
+            "invalid 'host:port' 'http://Pool.Test:8080/path?q=1': a URL is not accepted"
+            " (scheme 'http'); give the host and port, as in 'pool.test:8080'",
+        ),
+        (
+            "redis://[::1]/0",
+            "invalid 'host:port' 'redis://[::1]/0': a URL is not accepted (scheme 'redis');"
+            " give the host and port, as in '[::1]:6379'",
+        ),
+        (
+            "gopher://pool.test",
+            "invalid 'host:port' 'gopher://pool.test': a URL is not accepted (scheme 'gopher');"
+            " give the host and port, as in 'host:port'",
+        ),
+        (
+            "http://[::1:80",  # urlsplit itself rejects this one
+            "invalid 'host:port' 'http://[::1:80': a URL is not accepted (scheme 'http');"
+            " give the host and port, as in 'host:port'",
+        ),
+    ],
+)
+def test_parse_says_urls_are_not_accepted(text: str, expected: str) -> None:
+    # It used to read "https" as the host and complain that the port
+    # '//example.com' was not a number.
+    with pytest.raises(ValueError) as info:
+        Endpoint.parse(text)
+    assert str(info.value) == expected
+    assert "not a decimal number" not in str(info.value)
+
+
+def test_the_suggested_form_parses() -> None:
+    with pytest.raises(ValueError, match=r"as in 'example\.com:443'"):
+        Endpoint.parse("https://example.com")
+    assert Endpoint.parse("example.com:443") == Endpoint("example.com", 443)
+
+
 def test_parse_names_the_text() -> None:
     with pytest.raises(ValueError, match=r"'pool\.test'"):
         Endpoint.parse("pool.test")

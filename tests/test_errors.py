@@ -41,7 +41,7 @@ async def test_refused_with_retries_exact_text() -> None:
         "[Errno 111] Connection refused\n"
         f"  connecting to tcp:127.0.0.1:{port}\n"
         f"  connecting to 127.0.0.1:{port}\n"
-        "  after 3 retry attempts"
+        "  after 3 retry attempts (4 attempts in all)"
     )
     assert type(exc) is conpool.ConnectError
     assert isinstance(exc, OSError) and isinstance(exc, conpool.PoolError)
@@ -53,7 +53,7 @@ async def test_refused_with_retries_exact_text() -> None:
     assert exc.context == (
         f"connecting to tcp:127.0.0.1:{port}",
         f"connecting to 127.0.0.1:{port}",
-        "after 3 retry attempts",
+        "after 3 retry attempts (4 attempts in all)",
     )
     assert exc.__cause__ is exc.errors[-1]
 
@@ -67,7 +67,7 @@ async def test_refused_with_name_exact_text() -> None:
         "[Errno 111] Connection refused\n"
         f"  connecting to tcp:127.0.0.1:{port}\n"
         f"  connecting to pool.test:{port}\n"
-        "  after 3 retry attempts"
+        "  after 3 retry attempts (4 attempts in all)"
     )
     assert exc.endpoint == ep
     assert exc.attempts == 4
@@ -81,7 +81,7 @@ async def test_refused_traceback_tells_the_story() -> None:
         "conpool.ConnectError: [Errno 111] Connection refused\n"
         f"  connecting to tcp:127.0.0.1:{port}\n"
         f"  connecting to 127.0.0.1:{port}\n"
-        "  after 3 retry attempts"
+        "  after 3 retry attempts (4 attempts in all)"
     )
     # The underlying error is chained above it.
     assert "ConnectionRefusedError" in text
@@ -103,11 +103,11 @@ async def test_no_retries_has_no_after_line() -> None:
 
 
 async def test_one_retry_is_singular() -> None:
-    # "after 1 retry attempts" would read wrong; one retry is one attempt.
+    # "after 1 retry attempts" would read wrong; one retry is one attempt, two in all.
     port = refused_port()
     exc = await refused(conpool.Endpoint("127.0.0.1", port), retries=1)
     assert exc.attempts == 2
-    assert str(exc).endswith("\n  after 1 retry attempt")
+    assert str(exc).endswith("\n  after 1 retry attempt (2 attempts in all)")
 
 
 async def test_retries_back_off() -> None:
@@ -153,7 +153,7 @@ async def test_connect_timeout_with_retries() -> None:
         exc = info.value
         assert exc.attempts == 3
         assert str(exc).startswith("TCP connect timed out after 0.1 s\n")
-        assert str(exc).endswith("\n  after 2 retry attempts")
+        assert str(exc).endswith("\n  after 2 retry attempts (3 attempts in all)")
 
 
 async def test_name_that_does_not_resolve() -> None:

@@ -334,7 +334,7 @@ async def test_log_exporter_writes_the_stacked_error(caplog: pytest.LogCaptureFi
     assert text.splitlines()[1:] == [
         f"  connecting to tcp:127.0.0.1:{port}",
         f"  connecting to 127.0.0.1:{port}",
-        "  after 1 retry attempt",
+        "  after 1 retry attempt (2 attempts in all)",
     ]
     attempts = [r.getMessage() for r in caplog.records if "connect.failed" in r.getMessage()]
     assert len(attempts) == 2

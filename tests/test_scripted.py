@@ -125,7 +125,7 @@ def test_a_dial_gives_up_after_its_retries_and_frees_its_slot() -> None:
             with pytest.raises(conpool.ConnectError) as info:
                 await pool.acquire(EP)
             assert len(net.attempts) == 3
-            assert "after 2 retry attempts" in str(info.value)
+            assert "after 2 retry attempts (3 attempts in all)" in str(info.value)
             assert len(info.value.errors) == 3
             s = quiet(pool, net)
             assert s.endpoints[EP].connect_failures == 1

@@ -505,7 +505,7 @@ async def test_refused_connect_with_retries() -> None:
         "[Errno 111] Connection refused",
         f"  connecting to tcp:127.0.0.1:{port}",
         f"  connecting to 127.0.0.1:{port}",
-        "  after 2 retry attempts",
+        "  after 2 retry attempts (3 attempts in all)",
     ]
     e = stats.endpoints[ep]
     assert (e.connect_failures, e.addresses["127.0.0.1"].failures) == (1, 3)

@@ -213,7 +213,7 @@ async def test_unix_liveness_leaks_and_errors(unix_echo: UnixEchoServer) -> None
         assert lines[1:] == [
             f"  connecting to unix:{missing.path}",
             f"  connecting to {missing}",
-            "  after 1 retry attempt",
+            "  after 1 retry attempt (2 attempts in all)",
         ]
 
 

@@ -8,6 +8,9 @@ ordinary :class:`anyio.abc.ByteStream`.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
 from ._balance import POLICIES as POLICIES
 from ._budget import BudgetStats as BudgetStats
 from ._budget import RedisBudget as RedisBudget
@@ -38,7 +41,11 @@ from ._stats import PoolStats as PoolStats
 from ._trace import Event as Event
 from ._trace import Tracer as Tracer
 
-__version__ = "0.1.0"
+try:
+    # One source of truth: the version pyproject.toml gave the installed package.
+    __version__ = _version("conpool")
+except _PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = (
     "POLICIES",

@@ -194,8 +194,13 @@ class DialPlan:
             f"connecting to {endpoint}",
         ]
         if self.round > 1:
+            # Retries and attempts both appear in the line, so that nobody has to
+            # reconcile "3 retries" with the four entries of ``errors`` (a Happy
+            # Eyeballs round makes two attempts, so these may differ by more).
             retries = self.round - 1
-            context.append(f"after {retries} retry attempt{'s' if retries > 1 else ''}")
+            plural = "s" if retries > 1 else ""
+            attempts = len(self.errors)
+            context.append(f"after {retries} retry attempt{plural} ({attempts} attempts in all)")
         return context
 
 

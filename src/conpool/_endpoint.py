@@ -14,6 +14,7 @@ import ipaddress
 import os
 import re
 import ssl
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import FrozenInstanceError
 from typing import TYPE_CHECKING, Literal, NoReturn, final
@@ -478,9 +479,10 @@ class Endpoint:
         :param text: the address to parse.
         :param tls: TLS settings for the endpoint.
         :raises TypeError: if *text* is not a str.
-        :raises ValueError: if the port is missing or not a decimal number, an
-            IPv6 address lacks its brackets, or the host or port is invalid as
-            for :class:`Endpoint`.
+        :raises ValueError: if *text* is a URL (``"https://example.com"``: the
+            message names the scheme and the ``host:port`` to give instead), the
+            port is missing or not a decimal number, an IPv6 address lacks its
+            brackets, or the host or port is invalid as for :class:`Endpoint`.
         """
         if not isinstance(text, str):
             raise TypeError(
@@ -490,6 +492,8 @@ class Endpoint:
             rest = text[len(_UNIX_PREFIX) :]
             if not (rest.isascii() and rest.isdigit()):
                 return cls.unix(rest, tls=tls)
+        if "://" in text:
+            _reject_url(text)
         if text.startswith("["):
             close = text.find("]")
             if close == -1:
@@ -610,6 +614,38 @@ class Endpoint:
         if self._tls is None:
             return f"Endpoint({self._host!r}, {self._port!r})"
         return f"Endpoint({self._host!r}, {self._port!r}, tls={self._tls!r})"
+
+
+# Where a URL's scheme implies a port, the suggestion in the error can name it.
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "redis": 6379, "rediss": 6379}
+_TLS_SCHEMES = frozenset({"https", "wss", "rediss"})
+
+
+def _reject_url(text: str) -> NoReturn:
+    """Fail on ``scheme://...`` with the ``host:port`` form the caller meant.
+
+    Without this, ``rpartition(":")`` reads "https://example.com" as the host
+    "https" and the port "//example.com", an error that names neither the
+    mistake nor the fix.
+    """
+    scheme = text.partition("://")[0]
+    try:
+        parts = urllib.parse.urlsplit(text)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    port = port or _DEFAULT_PORTS.get(scheme.lower())
+    if host and port:
+        netloc = f"[{host}]" if ":" in host else host
+        hint = f"'{netloc}:{port}'"
+        if scheme.lower() in _TLS_SCHEMES:
+            hint += ", with tls=conpool.TLS()"
+    else:
+        hint = "'host:port'"
+    raise ValueError(
+        f"invalid 'host:port' {text!r}: a URL is not accepted (scheme {scheme!r}); "
+        f"give the host and port, as in {hint}"
+    )
 
 
 def _rebuild_endpoint(host: str, port: int, tls: TLS | None) -> Endpoint:

@@ -13,7 +13,7 @@ error's own text followed by those lines::
     conpool.ConnectError: [Errno 111] Connection refused
       connecting to tcp:127.0.0.1:8088
       connecting to localhost:8088
-      after 3 retry attempts
+      after 3 retry attempts (4 attempts in all)
 """
 
 from __future__ import annotations
