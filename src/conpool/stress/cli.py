@@ -32,7 +32,7 @@ from rich.table import Table
 
 import conpool
 
-from . import fleet
+from . import fleet, httpx_driver
 from .protocols import PROTOCOLS
 from .report import render, summary_rows
 from .runner import RUNNERS, RunControl, Target, environment, run_scenario
@@ -547,6 +547,11 @@ def main(argv: list[str] | None = None, prog: str = "conpool stress") -> int:
             if reason is not None:
                 skipped.append({"name": fleet.NAME, "reason": reason})
                 scenarios = [s for s in scenarios if s.name != fleet.NAME]
+        if any(s.name == httpx_driver.NAME for s in scenarios):
+            reason = httpx_driver.unavailable_reason()
+            if reason is not None:
+                skipped.append({"name": httpx_driver.NAME, "reason": reason})
+                scenarios = [s for s in scenarios if s.name != httpx_driver.NAME]
         trace_dir = _trace_dir(args.trace) if args.trace is not None else None
     except UsageError as exc:
         parser.error(str(exc))  # exits with status 2
