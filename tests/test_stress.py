@@ -27,6 +27,7 @@ import pytest
 import conpool
 from conpool.stress import cli, report, runner, scenarios, svg
 from conpool.stress.proxy import LatencyProxy
+from conpool.stress.servers import STRESS_ADDRESSES
 from servers import NginxServer, RedisServer, need, skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1340,3 +1341,52 @@ def test_config_values_survive_json() -> None:
     assert saved["max_idle_time"] == "inf" and saved["no_proxy"] == ["internal.test"]
     assert report._config_value("no_proxy", saved["no_proxy"]) == "internal.test"
     assert report._config_value("no_proxy", []) == "none"
+
+
+# ----------------------------------------------------------------------------
+# httpx over the pool's transport
+
+
+def test_httpx_scenario_runs_next_to_its_baseline(quick: QuickRun) -> None:
+    """httpx.AsyncClient over conpool.httpx.AsyncTransport: every request
+    succeeds, on all four addresses, and its breakdown adds up like the
+    minimal client's (its parts come from the pool's hand-out and release)."""
+    by = _by_name(quick.results)
+    for name in ("http", "httpx"):
+        r = by[name]
+        assert r["requests"]["ok"] > 0 and r["requests"]["errors"] == 0, (name, r["errors"])
+        assert r["errors"] == [], name
+        assert sorted(r["breakdown"]["by_address"]) == sorted(STRESS_ADDRESSES), name
+        assert sorted(r["server"]["accepted"]) == sorted(STRESS_ADDRESSES), name
+        assert all(n > 0 for n in r["server"]["accepted"].values()), name
+        b = r["breakdown"]
+        assert b["requests"] == r["requests"]["ok"] and b["max_gap_ns"] == 0, name
+        assert sum(b["mean_ms"].values()) == pytest.approx(b["total_ms"], abs=1e-4), name
+        assert b["mean_ms"]["wire"] > 0, name
+        for ip, parts in b["by_address"].items():
+            assert all(v >= 0 for v in parts.values()), (name, ip)
+    assert "httpx.AsyncClient over conpool.httpx.AsyncTransport" in quick.html
+
+
+def test_httpx_missing_is_listed_as_skipped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without the httpx extra the scenario is not run, and the report says
+    why at its top; the minimal-client baseline still runs."""
+    from conpool.stress import httpx_driver
+
+    # None in sys.modules makes `import httpx` raise ImportError.
+    monkeypatch.setitem(sys.modules, "httpx", None)
+    monkeypatch.delitem(sys.modules, "conpool.httpx", raising=False)
+    reason = httpx_driver.unavailable_reason()
+    assert reason is not None and "conpool[httpx]" in reason
+    out, js = tmp_path / "r.html", tmp_path / "r.json"
+    argv = ["--duration", "0.2", "--scenarios", "http,httpx", "--out", str(out), "--json", str(js)]
+    assert cli.main(argv) == 0
+    results = json.loads(js.read_text())
+    assert [s["name"] for s in results["scenarios"]] == ["http"]
+    assert results["skipped"] == [{"name": "httpx", "reason": reason}]
+    page = out.read_text()
+    top = page.index('id="skipped"')
+    assert top < page.index('id="summary"')
+    assert "needs the httpx extra" in page[top:]
