@@ -643,7 +643,7 @@ def test_target_plan_skips_what_needs_the_embedded_servers() -> None:
     args = cli.build_parser().parse_args(["--target", "127.0.0.1:6379", "--protocol", "redis"])
     chosen, skipped, target = cli._plan(args, 1.0)
     assert target == runner.Target("127.0.0.1", 6379, "redis")
-    embedded = {"address-down", "tls", "server-idle-close", "fleet"}
+    embedded = {"address-down", "tls", "server-idle-close", "fleet", "http", "httpx"}
     assert {s["name"] for s in skipped} == embedded
     assert {s.name for s in chosen}.isdisjoint(embedded)
     assert "slow-address" in {s.name for s in chosen}

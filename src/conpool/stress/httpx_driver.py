@@ -31,7 +31,7 @@ CONFIG = {"max_connections_per_endpoint": 16}
 def unavailable_reason() -> str | None:
     """Why the ``httpx`` scenario cannot run here (None: it can)."""
     try:
-        import conpool.httpx  # noqa: F401, PLC0415 (the optional extra, imported lazily)
+        import conpool.httpx  # noqa: F401 (the optional extra: imported only here)
     except ImportError as exc:
         return f"needs the httpx extra (pip install 'conpool[httpx]'): {exc}"
     return None
@@ -44,9 +44,10 @@ async def httpx_driver(
     """One ``httpx.AsyncClient`` on the scenario's pool, shared by every client
     task.  The transport holds the connection, not the driver: the hand-out
     and release times come from the trace."""
-    import httpx  # noqa: PLC0415 (the optional extra)
+    # The optional extra: imported only when the scenario runs.
+    import httpx
 
-    import conpool.httpx  # noqa: PLC0415
+    import conpool.httpx
 
     url = f"http://{endpoint.host}:{endpoint.port}/"
     transport = conpool.httpx.AsyncTransport(pool=pool)
