@@ -43,7 +43,14 @@ FILE_TIERS = {
     "test_trio_parked.py": "scripted",
     "test_realservers.py": "realserver",
     "test_faults_root.py": "root",
+    "test_budget_core.py": "pure",
+    "test_state_floor.py": "pure",
+    "test_site.py": "realserver",
 }
+
+#: Fixtures that start a server from a Debian package: a test using one is of
+#: the real-server tier even when its file does not say so.
+REAL_SERVER_FIXTURES = frozenset({"nginx", "nginx4", "redis", "dnsmasq"})
 
 
 def tier_of(item: pytest.Item) -> str:
@@ -53,7 +60,10 @@ def tier_of(item: pytest.Item) -> str:
     for tier in reversed(TIERS):
         if tier in own:
             return tier
-    return FILE_TIERS.get(item.path.name, "loopback")
+    tier = FILE_TIERS.get(item.path.name, "loopback")
+    if tier == "loopback" and REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "realserver"
+    return tier
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
