@@ -17,6 +17,8 @@ share them; the classes below do the I/O on the pool.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -31,7 +33,9 @@ from ._config import Config
 from ._connection import Connection
 from ._endpoint import TLS, Endpoint
 from ._errors import ConnectError, PoolClosed, PoolTimeout
+from ._noproxy import EnvironmentProxies, NoProxy
 from ._pool import Pool
+from ._proxy import Proxy
 from ._resolve import Resolver
 from ._trace import Tracer
 
@@ -281,9 +285,24 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         failure before any byte of its response (on top of the single retry
         a stale reused connection always gets).  Connect attempts themselves
         are retried by ``Config.connect_retries``.
+    :param proxy: a proxy every request goes through (a URL for
+        :meth:`conpool.Proxy.parse`, or a :class:`conpool.Proxy`): the owned
+        pool's ``Config.proxy``, so CONNECT and SOCKS name the address the
+        pool chose and balancing stays per target address.  ``config``'s
+        ``no_proxy`` still applies.  Not with a shared ``pool`` (whose own
+        ``Config.proxy`` decides).
+    :param trust_env: with no ``proxy`` (and no ``Config.proxy``), honour
+        ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (read
+        when the transport is made) as httpx does: per request, by the URL's
+        scheme and host.  The requests through a proxy go to an owned pool
+        of their own per proxy, made on first use from ``config``; never
+        applied to a shared ``pool``.
     :raises TypeError: an argument of the wrong type, or ``pool`` given
         together with ``config``, ``resolver`` or ``tracer``.
-    :raises ValueError: ``retries`` is negative.
+    :raises ValueError: ``retries`` is negative; ``proxy`` is not a valid
+        proxy URL, or is given with a shared ``pool`` or with a ``config``
+        that has its own ``proxy``; a proxy environment variable is not a
+        valid proxy URL (named, without its credentials).
     """
 
     def __init__(
@@ -295,18 +314,59 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         tracer: Tracer | None = None,
         verify: ssl.SSLContext | bool = True,
         retries: int = 0,
+        proxy: str | Proxy | None = None,
+        trust_env: bool = True,
     ) -> None:
+        if isinstance(proxy, str):
+            proxy = Proxy.parse(proxy)  # (its ValueError shows the URL redacted)
+        elif proxy is not None and not isinstance(proxy, Proxy):
+            raise TypeError(
+                f"proxy must be a proxy URL (str), a conpool.Proxy or None, "
+                f"got {type(proxy).__name__}"
+            )
+        if not isinstance(trust_env, bool):
+            raise TypeError(f"trust_env must be a bool, got {trust_env!r}")
+        #: Routing by the environment's proxies (owned pools only), or None.
+        self._env: EnvironmentProxies | None = None
+        self._bypass: NoProxy | None = None
         if pool is not None:
             if not isinstance(pool, Pool):
                 raise TypeError(f"pool must be a conpool.Pool or None, got {pool!r}")
             if config is not None or resolver is not None or tracer is not None:
                 raise TypeError("give either pool or config/resolver/tracer, not both")
+            if proxy is not None:
+                raise ValueError(
+                    "proxy cannot be given with a shared pool: the shared pool's own "
+                    "Config.proxy decides (make it with conpool.Config(proxy=...))"
+                )
             self._owned = False
         else:
             if config is None:
                 config = Config(max_connections_per_endpoint=100, max_idle_time=5.0)
+            elif not isinstance(config, Config):
+                raise TypeError(f"config must be a conpool.Config or None, got {config!r}")
+            if proxy is not None:
+                if config.proxy is not None:
+                    raise ValueError("give the proxy either as proxy= or as config.proxy, not both")
+                config = dataclasses.replace(config, proxy=proxy)
+            elif config.proxy is None and trust_env:
+                env = EnvironmentProxies(os.environ)
+                if env.http is not None or env.https is not None or env.all is not None:
+                    self._env = env
+                    if config.no_proxy:
+                        self._bypass = NoProxy(config.no_proxy)
             pool = Pool(config, resolver=resolver, tracer=tracer)
             self._owned = True
+        self._config = pool.config
+        self._resolver = resolver
+        self._tracer = tracer
+        #: Every pool under the transport by its proxy (None: direct).
+        self._pools: dict[Proxy | None, Pool] = {pool.config.proxy: pool}
+        # With proxies from the environment: the task group the pools made
+        # on first use live in (entered with the transport), and what ends them.
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stop: anyio.Event | None = None
+        self._making: anyio.Lock | None = None
         if not isinstance(verify, bool | ssl.SSLContext):
             raise TypeError(f"verify must be a bool or an ssl.SSLContext, got {verify!r}")
         if isinstance(retries, bool) or not isinstance(retries, int):
@@ -319,7 +379,9 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         # milliseconds that a plain-http client need not pay.
         self._tls_value: TLS | None = None
         self._retries = retries
-        self._endpoints: dict[tuple[bytes, bytes, int | None, object], Endpoint] = {}
+        self._endpoints: dict[
+            tuple[bytes, bytes, int | None, object], tuple[Endpoint, Proxy | None]
+        ] = {}
         self._entered = False
         self._closed = False
 
@@ -339,8 +401,24 @@ class AsyncTransport(httpx.AsyncBaseTransport):
 
     @property
     def pool(self) -> Pool:
-        """The :class:`conpool.Pool` under this transport: ``stats()``, the tracer."""
+        """The :class:`conpool.Pool` under this transport: ``stats()``, the
+        tracer.  With proxies from the environment, the pool of the direct
+        requests (see :attr:`pools`)."""
         return self._pool
+
+    @property
+    def pools(self) -> Mapping[Proxy | None, Pool]:
+        """Every pool under this transport by its ``Config.proxy`` (``None``
+        for direct connections): more than one only with proxies from the
+        environment, one per proxy used so far."""
+        return dict(self._pools)
+
+    def __repr__(self) -> str:
+        proxies = [str(p) for p in self._pools if p is not None]
+        return (
+            f"<conpool.httpx.AsyncTransport owned={self._owned} proxies={proxies!r}"
+            f" trust_env_proxies={self._env is not None}>"
+        )
 
     async def __aenter__(self) -> AsyncTransport:
         if self._owned and not self._entered:
@@ -349,9 +427,65 @@ class AsyncTransport(httpx.AsyncBaseTransport):
                     "this conpool.httpx.AsyncTransport was closed with its pool: "
                     "make a new transport for a new client"
                 )
-            await self._pool.__aenter__()
+            if self._env is not None:
+                tg = anyio.create_task_group()
+                await tg.__aenter__()
+                self._tg, self._stop, self._making = tg, anyio.Event(), anyio.Lock()
+            try:
+                await self._pool.__aenter__()
+            except BaseException:
+                await self._end_proxy_pools()
+                raise
             self._entered = True
         return self
+
+    async def _end_proxy_pools(self) -> None:
+        """Close the pools made on first use and leave their task group."""
+        tg, stop = self._tg, self._stop
+        if tg is None or stop is None:
+            return
+        self._tg = None
+        for proxy, pool in self._pools.items():
+            if proxy is not None:
+                await pool.aclose()
+        stop.set()
+        await tg.__aexit__(None, None, None)
+
+    async def _run_pool(
+        self, pool: Pool, stop: anyio.Event, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        # A pool's task group must be entered and left by one task: this one,
+        # in the transport's task group, for as long as the transport is open.
+        async with pool:
+            task_status.started()
+            await stop.wait()
+
+    async def _proxy_pool(self, proxy: Proxy, request: httpx.Request) -> Pool:
+        """The owned pool of the requests through *proxy*, made and entered
+        on first use."""
+        tg, lock, stop, env = self._tg, self._making, self._stop, self._env
+        if self._closed or tg is None or lock is None or stop is None or env is None:
+            why = "is closed" if self._closed else "was not entered"
+            raise httpx.ConnectError(
+                f"conpool.httpx.AsyncTransport {why}: use it as "
+                f"'async with httpx.AsyncClient(transport=...)'\n"
+                f"  sending {request.method} {request.url} via {proxy}",
+                request=request,
+            )
+        async with lock:
+            pool = self._pools.get(proxy)
+            if pool is None:
+                config = dataclasses.replace(
+                    self._config,
+                    proxy=proxy,
+                    no_proxy=(*self._config.no_proxy, *env.no_proxy),
+                )
+                pool = Pool(config, resolver=self._resolver, tracer=self._tracer)
+                # Shielded: a pool half entered cannot be entered again.
+                with anyio.CancelScope(shield=True):
+                    await tg.start(self._run_pool, pool, stop)
+                self._pools[proxy] = pool
+        return pool
 
     async def __aexit__(
         self,
@@ -362,22 +496,30 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         if self._owned and self._entered:
             self._entered = False
             self._closed = True
-            await self._pool.__aexit__(exc_type, exc_value, traceback)
+            try:
+                await self._pool.__aexit__(exc_type, exc_value, traceback)
+            finally:
+                await self._end_proxy_pools()
 
     async def aclose(self) -> None:
-        """Close the pool if the transport owns it (a shared pool stays open)."""
+        """Close the pools the transport owns (a shared pool stays open)."""
         if self._owned:
             self._closed = True
-            await self._pool.aclose()
+            for pool in list(self._pools.values()):
+                await pool.aclose()
+            if self._stop is not None:
+                self._stop.set()
 
     # -- a request ---------------------------------------------------------------------
 
-    def _endpoint(self, request: httpx.Request) -> Endpoint:
+    def _endpoint(self, request: httpx.Request) -> tuple[Endpoint, Proxy | None]:
+        """The request's endpoint, and the proxy from the environment it goes
+        through (None: direct, or no proxies from the environment)."""
         url = request.url
         sni = request.extensions.get("sni_hostname")
         key = (url.raw_scheme, url.raw_host, url.port, sni)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
+        route = self._endpoints.get(key)
+        if route is None:
             scheme = url.scheme
             if scheme not in ("http", "https"):
                 raise httpx.UnsupportedProtocol(
@@ -393,20 +535,33 @@ class AsyncTransport(httpx.AsyncBaseTransport):
                 if isinstance(sni, str):
                     tls = TLS(self._tls.context, server_name=sni, alpn=("http/1.1",))
             endpoint = Endpoint(url.host, port, tls=tls)
+            proxy = None
+            env = self._env
+            if env is not None:
+                proxy = env.proxy_for(endpoint)
+                bypass = self._bypass
+                if proxy is not None and bypass is not None and bypass.matches(endpoint):
+                    proxy = None
+            route = (endpoint, proxy)
             if len(self._endpoints) > 1024:
                 self._endpoints.clear()
-            self._endpoints[key] = endpoint
-        return endpoint
+            self._endpoints[key] = route
+        return route
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        endpoint = self._endpoint(request)
+        endpoint, proxy = self._endpoint(request)
+        if proxy is None:
+            pool = self._pool
+        else:
+            found = self._pools.get(proxy)
+            pool = found if found is not None else await self._proxy_pool(proxy, request)
         limits = timeouts(request)
         retries = self._retries
         fresh = False
         stale_retried = False
         while True:
             try:
-                return await self._send(request, endpoint, limits, fresh)
+                return await self._send(request, pool, endpoint, limits, fresh)
             except _Failed as failed:
                 if not replayable(request):
                     raise failed.error from failed.error.__cause__
@@ -421,11 +576,11 @@ class AsyncTransport(httpx.AsyncBaseTransport):
     async def _send(
         self,
         request: httpx.Request,
+        pool: Pool,
         endpoint: Endpoint,
         limits: Mapping[str, float | None],
         fresh: bool,
     ) -> httpx.Response:
-        pool = self._pool
         try:
             conn = await pool.acquire(
                 endpoint,
@@ -450,13 +605,17 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         # From here the connection is ours until the response is done with:
         # every way out either hands it to the response or gives it back.
         try:
-            return await self._exchange(conn, request, limits)
+            return await self._exchange(pool, conn, request, limits)
         except BaseException:
             await _discard(pool, conn)
             raise
 
     async def _exchange(
-        self, conn: Connection, request: httpx.Request, limits: Mapping[str, float | None]
+        self,
+        pool: Pool,
+        conn: Connection,
+        request: httpx.Request,
+        limits: Mapping[str, float | None],
     ) -> httpx.Response:
         user_data = conn.user_data
         h11c: h11.Connection | None = user_data.get(H11_KEY)
@@ -521,12 +680,12 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         headers = head.headers.raw_items()
         if is_upgrade(request, status):
             trailing, _ = h11c.trailing_data
-            extensions["network_stream"] = _NetworkStream(self._pool, conn, bytes(trailing))
+            extensions["network_stream"] = _NetworkStream(pool, conn, bytes(trailing))
             # The response itself has no body: what follows is the new protocol's.
             return httpx.Response(
                 status, headers=headers, stream=httpx.ByteStream(b""), extensions=extensions
             )
-        body = _ResponseStream(self._pool, conn, h11c, request, read_t)
+        body = _ResponseStream(pool, conn, h11c, request, read_t)
         # Whatever of the body came with the head, without waiting for more.
         await body.take_buffered()
         return httpx.Response(status, headers=headers, stream=body, extensions=extensions)
