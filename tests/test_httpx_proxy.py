@@ -139,7 +139,10 @@ async def test_proxy_from_the_environment(
         variable = "HTTP_PROXY" if kind == "tinyproxy" else "ALL_PROXY"
         monkeypatch.setenv(variable, url)
         monkeypatch.setenv("NO_PROXY", f".example, {POOL_ADDRESSES[1]}, localhost")
-        transport = conpool.httpx.AsyncTransport(config=config(), resolver=dns_resolver(dnsmasq))
+        tracer = conpool.Tracer()
+        transport = conpool.httpx.AsyncTransport(
+            config=config(), resolver=dns_resolver(dnsmasq), tracer=tracer
+        )
         async with httpx.AsyncClient(transport=transport) as client:
             for _ in range(4):
                 r = await client.get(f"http://pool.test:{nginx4.port}/")
@@ -164,6 +167,14 @@ async def test_proxy_from_the_environment(
             assert proxied.config.proxy == proxy
             assert ".example" in proxied.config.no_proxy
             assert PASSWORD not in repr(transport) and PASSWORD not in repr(proxied.config)
+            assert PASSWORD not in str(proxied.stats())
+        # Both pools trace to the transport's tracer; the proxied connects
+        # show their handshake, the direct one none; no credentials anywhere.
+        kinds = [e.kind for e in tracer.events()]
+        assert kinds.count("proxy.handshake.complete") == 2, kinds
+        assert kinds.count("connect.complete") == 3, kinds
+        for event in tracer.events():
+            assert PASSWORD not in event.detail and USER not in event.detail, event
         # The pools made on first use close with the transport.
         with pytest.raises(httpx.ConnectError, match="closed"):
             await transport.handle_async_request(
