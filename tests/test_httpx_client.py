@@ -163,10 +163,11 @@ async def test_trust_env(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """httpx applies environment proxies only to its own transports
-    (``allow_env_proxies = trust_env and transport is None``): with this
-    transport a proxy variable changes nothing, whatever trust_env says
-    (nothing listens at the proxy address, so a request sent there would
-    fail).  netrc is explicit since httpx 0.24 (NetRCAuth)."""
+    (``allow_env_proxies = trust_env and transport is None``): the client's
+    trust_env changes nothing here, the transport's own decides, and it reads
+    the environment when it is made (the fixture's was made before the
+    variables were set; nothing listens at the proxy address, so a request
+    sent there fails).  netrc is explicit since httpx 0.24 (NetRCAuth)."""
     refused = f"http://127.0.0.1:{unused_port()}"
     for name in ("HTTPS_PROXY", "ALL_PROXY", "https_proxy", "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
@@ -181,10 +182,14 @@ async def test_trust_env(
         assert (r.status_code, r.text) == (200, "yes")
         (ep,) = check_quiet(transport.pool).endpoints.values()
         assert (ep.created, ep.reused) == (1, 1)
-    again = conpool.httpx.AsyncTransport()
-    async with httpx.AsyncClient(transport=again, trust_env=False) as client:
+    ignoring = conpool.httpx.AsyncTransport(trust_env=False)
+    async with httpx.AsyncClient(transport=ignoring, trust_env=True) as client:
         assert (await client.get(app.url("/final"))).text == "final"
-        assert len(again.pool.stats().endpoints) == 1
+        assert list(ignoring.pools) == [None]
+    trusting = conpool.httpx.AsyncTransport()
+    async with httpx.AsyncClient(transport=trusting, trust_env=False) as client:
+        with pytest.raises(httpx.ConnectError, match=f"via {refused}"):
+            await client.get(app.url("/final"))
 
 
 async def test_headers_reach_the_server(
