@@ -22,6 +22,7 @@ import pytest
 
 import conpool
 import conpool.httpx
+from helpers_pool import fd_baseline, fds_back_to
 from servers import (
     LOOPBACK,
     POOL_ADDRESSES,
@@ -305,3 +306,44 @@ async def test_proxy_from_the_environment_needs_the_client_entered(
     transport = conpool.httpx.AsyncTransport()
     with pytest.raises(httpx.ConnectError, match="not entered"):
         await transport.handle_async_request(httpx.Request("GET", "http://127.0.0.1:9/"))
+
+
+async def test_first_requests_at_once_make_one_pool_per_proxy_and_leak_nothing(
+    tmp_path: Path, nginx4: NginxServer, dnsmasq: DnsmasqServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight first requests through the same proxy from the environment, at
+    once: one pool is made for them; some are cancelled mid-way; after the
+    client closes, every descriptor is back and every pool closed."""
+    baseline = await fd_baseline()
+    with BoundTinyproxy(tmp_path / "tiny", connect_ports=[nginx4.port]) as tiny:
+        monkeypatch.setenv("HTTP_PROXY", tiny.url())
+        transport = conpool.httpx.AsyncTransport(config=config(), resolver=dns_resolver(dnsmasq))
+        done = 0
+        async with httpx.AsyncClient(transport=transport) as client:
+
+            async def one(path: str) -> None:
+                nonlocal done
+                r = await client.get(f"http://pool.test:{nginx4.port}{path}")
+                assert r.text == "ok\n"
+                done += 1
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(6):
+                        tg.start_soon(one, "/sleep?s=0.5")
+                    async with anyio.create_task_group() as doomed:
+                        for _ in range(2):
+                            doomed.start_soon(one, "/sleep?s=10")
+                        await anyio.sleep(0.2)
+                        doomed.cancel_scope.cancel()
+            assert done == 6
+            assert set(transport.pools) == {None, conpool.Proxy.parse(tiny.url())}
+            proxied = transport.pools[conpool.Proxy.parse(tiny.url())]
+            stats = proxied.stats().endpoints[conpool.Endpoint("pool.test", nginx4.port)]
+            assert (stats.active, stats.pending) == (0, 0), stats
+            assert 6 <= stats.created <= 8, stats
+        for pool in transport.pools.values():
+            with pytest.raises(conpool.PoolClosed):
+                await pool.acquire(conpool.Endpoint("pool.test", nginx4.port))
+    assert Counter(line.remote_addr for line in nginx4.wait_for_log(6)) == {SOURCE["tinyproxy"]: 6}
+    await fds_back_to(baseline, within=10.0)
