@@ -17,6 +17,7 @@ from bench.httpx_workload import Httpx
 from bench.memory import Memory
 from bench.scale import Scale
 from bench.sweep import Sweep
+from bench.sync import Sync
 from bench.tracing import Tracing
 
 WORKLOADS: dict[str, Workload] = {
@@ -33,5 +34,6 @@ WORKLOADS: dict[str, Workload] = {
         Hold(),
         Tracing(),
         Budget(),
+        Sync(),
     )
 }

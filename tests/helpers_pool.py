@@ -292,7 +292,7 @@ class StallingResolver:
 # Invariants
 
 
-def check_consistent(pool: conpool.Pool) -> conpool.PoolStats:
+def check_consistent(pool: conpool.Pool | conpool.SyncPool) -> conpool.PoolStats:
     """Assert that every count in ``pool.stats()`` adds up, and return it.
 
     * pool totals are the sums over endpoints;
@@ -320,7 +320,7 @@ def check_consistent(pool: conpool.Pool) -> conpool.PoolStats:
     return stats
 
 
-def check_quiet(pool: conpool.Pool) -> conpool.PoolStats:
+def check_quiet(pool: conpool.Pool | conpool.SyncPool) -> conpool.PoolStats:
     """:func:`check_consistent`, and nothing is in use, dialling or waiting."""
     stats = check_consistent(pool)
     assert (stats.active, stats.pending, stats.waiting) == (0, 0, 0), stats

@@ -33,11 +33,14 @@ from ._resolve import DNSResolver as DNSResolver
 from ._resolve import ResolvedAddress as ResolvedAddress
 from ._resolve import Resolver as Resolver
 from ._resolve import StaticResolver as StaticResolver
+from ._resolve import SyncResolver as SyncResolver
 from ._resolve import SystemResolver as SystemResolver
 from ._stats import AddressStats as AddressStats
 from ._stats import EndpointStats as EndpointStats
 from ._stats import HistogramStats as HistogramStats
 from ._stats import PoolStats as PoolStats
+from ._syncconnection import SyncConnection as SyncConnection
+from ._syncpool import SyncPool as SyncPool
 from ._trace import Event as Event
 from ._trace import Tracer as Tracer
 
@@ -74,6 +77,9 @@ __all__ = (
     "ResolvedAddress",
     "Resolver",
     "StaticResolver",
+    "SyncConnection",
+    "SyncPool",
+    "SyncResolver",
     "SystemResolver",
     "Tracer",
     "__version__",

@@ -14,6 +14,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
@@ -26,15 +28,182 @@ from ._errors import ConnectError, ResolveError, describe
 from ._proxy import Proxy
 from ._state import EndpointState, PoolState
 
-__all__ = ["Connector"]
+__all__ = ["NO_LOCK", "Connector", "Dialer"]
 
 Emit = Callable[..., None]
 State = PoolState[Endpoint, Connection]
 Ep = EndpointState[Endpoint, Connection]
+C = TypeVar("C", bound="DialedConn")
 
 
-class Connector:
-    """Opens connections in slots the state machine reserved.
+class DialedConn(Protocol):
+    """What a dial asks of either shell's connection."""
+
+    address: tuple[str, int]
+    _rec: Any
+    _connect_ns: int
+    _tls_ns: int | None
+
+    def _usable(self, idle: float) -> bool: ...
+
+    def _close_now(self) -> None: ...
+
+
+class _NoLock:
+    """The async shell's lock: none (nothing between two awaits can interleave)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+NO_LOCK = _NoLock()
+
+
+class Dialer(Generic[C]):
+    """What a dial does the same way in both shells: the story of a retry,
+    of a failed attempt and of a dial that gave up, and registering the winner
+    with the state machine.  A shell's connector (the async :class:`Connector`,
+    the threaded one in :mod:`conpool._syncconnect`) does the waiting.
+
+    :param state: the state machine.
+    :param clock: the pool's clock.
+    :param emit: the shell's trace point.
+    :param rng: the backoff's jitter.
+    :param lock: held around every call into the state machine (the threaded
+        shell's lock; none for the async shell).
+    """
+
+    def __init__(
+        self,
+        state: PoolState[Endpoint, C],
+        clock: Callable[[], float],
+        emit: Emit,
+        rng: random.Random,
+        lock: AbstractContextManager[Any] = NO_LOCK,
+    ) -> None:
+        self.state = state
+        self.config = state.config
+        self.clock = clock
+        self.emit = emit
+        self.rng = rng
+        self.lock = lock
+        self.sockets = SocketFactory.of(self.config)
+
+    def _proxy(self, endpoint: Endpoint) -> Proxy | None:
+        """The proxy a dial to ``endpoint`` goes through (never for a Unix
+        socket: it is local by definition)."""
+        if endpoint.is_unix:
+            return None
+        return self.config.proxy_for(endpoint.host, endpoint.port)
+
+    def _plan(self, attempt_timeout: float | None) -> DialPlan:
+        config = self.config
+        return DialPlan(
+            config.connect_retries,
+            config.retry_backoff,
+            config.retry_backoff_max,
+            self.rng,
+            attempt_timeout,
+        )
+
+    def _retrying(self, ep: EndpointState[Endpoint, C], plan: DialPlan, delay: float) -> None:
+        self.emit(
+            "connect.retry",
+            ep.key,
+            plan.errors[-1][0],
+            detail=f"attempt {plan.round} of {plan.rounds} in {delay:.3f} s",
+        )
+
+    def _no_address(self, ep: EndpointState[Endpoint, C], plan: DialPlan) -> str:
+        """The address the round starts with (the state machine's pick)."""
+        with self.lock:
+            first = self.state.pick_address(ep, self.clock(), plan.tried)
+        if first is None:
+            raise ResolveError(
+                "the name has no address", endpoint=ep.key, context=[f"connecting to {ep.key}"]
+            )
+        return first
+
+    def _gave_up(self, ep: EndpointState[Endpoint, C], plan: DialPlan) -> ConnectError:
+        endpoint = ep.key
+        last = plan.errors[-1][1]
+        error = ConnectError(
+            describe(last),
+            endpoint=endpoint,
+            errors=[exc for _, exc in plan.errors],
+            context=plan.context(endpoint, endpoint.port, self._proxy(endpoint), endpoint.is_unix),
+        )
+        error.__cause__ = last
+        error.__suppress_context__ = True
+        return error
+
+    def _failed(
+        self,
+        ep: EndpointState[Endpoint, C],
+        ip: str,
+        plan: DialPlan,
+        exc: OSError,
+        elapsed: int,
+    ) -> None:
+        """An attempt to ``ip`` failed with ``exc`` after ``elapsed`` ns.
+        The events go out before the state machine hears of the failure, so
+        an ejection it decides on follows the failure that caused it."""
+        endpoint = ep.key
+        plan.failed(ip, exc)
+        if tls_failure(exc):
+            tls_ns = getattr(exc, "conpool_tls_ns", None)
+            self.emit("tls.failed", endpoint, ip, duration_ns=tls_ns, detail=describe(exc))
+        self.emit("connect.failed", endpoint, ip, duration_ns=elapsed, detail=describe(exc))
+        with self.lock:
+            self.state.attempt_failed(ep, ip, self.clock(), counts=blames_address(exc))
+
+    def _cancelled(
+        self,
+        ep: EndpointState[Endpoint, C],
+        ip: str,
+        why: str,
+        elapsed: int,
+        race: Race | None,
+    ) -> None:
+        """An attempt to ``ip`` was abandoned (``why``: what stopped it): lost
+        a race or its caller gave up."""
+        lost = race is not None and race.cancel_counts(ip)
+        self.emit(
+            "connect.cancelled",
+            ep.key,
+            ip,
+            duration_ns=elapsed,
+            detail="lost the Happy Eyeballs race" if lost else why,
+        )
+        with self.lock:
+            self.state.attempt_failed(ep, ip, self.clock(), counts=lost)
+
+    def _connected(self, ep: EndpointState[Endpoint, C], conn: C, start: int) -> None:
+        conn._connect_ns = time.monotonic_ns() - start
+        if conn._tls_ns is not None:
+            self.emit("tls.complete", ep.key, conn.address[0], duration_ns=conn._tls_ns)
+
+    def _register(self, ep: EndpointState[Endpoint, C], conn: C) -> C:
+        with self.lock:
+            rec = self.state.connected(ep, conn.address[0], conn, self.clock())
+        conn._rec = rec
+        self.emit("connect.complete", ep.key, conn.address[0], rec.id, duration_ns=conn._connect_ns)
+        return conn
+
+    def _discard(self, ep: EndpointState[Endpoint, C], conn: C) -> None:
+        """Close a connection that lost a race (never registered)."""
+        with self.lock:
+            self.state.attempt_failed(ep, conn.address[0], self.clock(), counts=False)
+        conn._close_now()
+
+
+class Connector(Dialer[Connection]):
+    """Opens connections in slots the state machine reserved (async shell).
 
     :param state: the state machine.
     :param backend: opens the sockets and tells the time.
@@ -43,12 +212,8 @@ class Connector:
     """
 
     def __init__(self, state: State, backend: Backend, emit: Emit, rng: random.Random) -> None:
-        self.state = state
-        self.config = state.config
+        super().__init__(state, backend.clock, emit, rng)
         self.backend = backend
-        self.emit = emit
-        self.rng = rng
-        self.sockets = SocketFactory.of(self.config)
 
     async def connect(self, ep: Ep, attempt_timeout: float | None) -> Connection:
         """A registered connection (its record active), or :class:`ConnectError`.
@@ -56,47 +221,18 @@ class Connector:
         :param attempt_timeout: seconds per attempt (the caller's
             ``connect_timeout``, or the config's).
         """
-        config = self.config
-        endpoint = ep.key
-        plan = DialPlan(
-            config.connect_retries,
-            config.retry_backoff,
-            config.retry_backoff_max,
-            self.rng,
-            attempt_timeout,
-        )
+        plan = self._plan(attempt_timeout)
         while (delay := plan.next_round()) is not None:
             if plan.round > 1:
-                self.emit(
-                    "connect.retry",
-                    endpoint,
-                    plan.errors[-1][0],
-                    detail=f"attempt {plan.round} of {plan.rounds} in {delay:.3f} s",
-                )
+                self._retrying(ep, plan, delay)
                 await anyio.sleep(delay)
             conn = await self._round(ep, plan)
             if conn is not None:
                 return conn
-        last = plan.errors[-1][1]
-        raise ConnectError(
-            describe(last),
-            endpoint=endpoint,
-            errors=[exc for _, exc in plan.errors],
-            context=plan.context(
-                endpoint,
-                endpoint.port,
-                self._proxy(endpoint),
-                endpoint.is_unix,
-            ),
-        ) from last
+        raise self._gave_up(ep, plan)
 
     async def _round(self, ep: Ep, plan: DialPlan) -> Connection | None:
-        state = self.state
-        first = state.pick_address(ep, self.backend.clock(), plan.tried)
-        if first is None:
-            raise ResolveError(
-                "the name has no address", endpoint=ep.key, context=[f"connecting to {ep.key}"]
-            )
+        first = self._no_address(ep, plan)
         if not should_race(a.ip for a in ep.listed):
             conn = await self._attempt(ep, first, plan)
             return None if conn is None else self._register(ep, conn)
@@ -147,7 +283,6 @@ class Connector:
         Returns the unregistered connection, or None after recording the
         error.  Whether a cancellation counts as the address's failure is the
         race's to say."""
-        state = self.state
         endpoint = ep.key
         start = time.monotonic_ns()
         self.emit("connect.started", endpoint, ip)
@@ -156,30 +291,13 @@ class Connector:
         except BaseException as exc:
             # OSError covers refusals, resets, timeouts and TLS failures;
             # anything else is cancellation or a bug, and propagates as is.
-            # The events go out before the state machine hears of the failure,
-            # so an ejection it decides on follows the failure that caused it.
             elapsed = time.monotonic_ns() - start
             if not isinstance(exc, OSError):
-                lost = race is not None and race.cancel_counts(ip)
-                self.emit(
-                    "connect.cancelled",
-                    endpoint,
-                    ip,
-                    duration_ns=elapsed,
-                    detail="lost the Happy Eyeballs race" if lost else type(exc).__name__,
-                )
-                state.attempt_failed(ep, ip, self.backend.clock(), counts=lost)
+                self._cancelled(ep, ip, type(exc).__name__, elapsed, race)
                 raise
-            plan.failed(ip, exc)
-            if tls_failure(exc):
-                tls_ns = getattr(exc, "conpool_tls_ns", None)
-                self.emit("tls.failed", endpoint, ip, duration_ns=tls_ns, detail=describe(exc))
-            self.emit("connect.failed", endpoint, ip, duration_ns=elapsed, detail=describe(exc))
-            state.attempt_failed(ep, ip, self.backend.clock(), counts=blames_address(exc))
+            self._failed(ep, ip, plan, exc, elapsed)
             return None
-        conn._connect_ns = time.monotonic_ns() - start
-        if conn._tls_ns is not None:
-            self.emit("tls.complete", endpoint, ip, duration_ns=conn._tls_ns)
+        self._connected(ep, conn, start)
         return conn
 
     async def open(self, endpoint: Endpoint, ip: str, attempt_timeout: float | None) -> Connection:
@@ -201,13 +319,6 @@ class Connector:
             trace=self._tracer(endpoint, ip),
         )
 
-    def _proxy(self, endpoint: Endpoint) -> Proxy | None:
-        """The proxy a dial to ``endpoint`` goes through (never for a Unix
-        socket: it is local by definition)."""
-        if endpoint.is_unix:
-            return None
-        return self.config.proxy_for(endpoint.host, endpoint.port)
-
     def _tracer(self, endpoint: Endpoint, ip: str) -> Callable[[str, int | None, str], None]:
         """What a proxied attempt reports its handshake span through."""
         emit = self.emit
@@ -216,14 +327,3 @@ class Connector:
             emit(kind, endpoint, ip, duration_ns=duration_ns, detail=detail)
 
         return trace
-
-    def _register(self, ep: Ep, conn: Connection) -> Connection:
-        rec = self.state.connected(ep, conn.address[0], conn, self.backend.clock())
-        conn._rec = rec
-        self.emit("connect.complete", ep.key, conn.address[0], rec.id, duration_ns=conn._connect_ns)
-        return conn
-
-    def _discard(self, ep: Ep, conn: Connection) -> None:
-        """Close a connection that lost a race (never registered)."""
-        self.state.attempt_failed(ep, conn.address[0], self.backend.clock(), counts=False)
-        conn._close_now()

@@ -23,7 +23,7 @@ from ._records import AddressState, ConnRecord, EndpointState
 if TYPE_CHECKING:
     from ._endpoint import Endpoint
 
-__all__ = ["UNREGISTERED", "Connection"]
+__all__ = ["UNREGISTERED", "Connection", "describe_connection", "released_error"]
 
 #: Stands in for the pool's record of a connection the pool has not
 #: registered yet (it is being dialled).  Its ``conn`` is None, as a held
@@ -145,23 +145,32 @@ class Connection(ByteStream):
         that was garbage-collected without being released."""
 
     def _released(self) -> RuntimeError:
-        """The error of a send or receive on a connection idle in the pool."""
-        return RuntimeError(
-            f"{self!r} was released to the pool and is idle there: "
-            "acquire a connection again to use one"
-        )
+        return released_error(self)
 
     def __repr__(self) -> str:
-        rec = self._rec
-        ident = f"#{rec.id} " if rec is not UNREGISTERED else ""
-        ip, port = self.address
-        if self.endpoint.is_unix:
-            via = f"unix:{ip}"
-        else:
-            via = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-        state = "closed" if self._closed else "broken" if self._broken else "open"
-        uses = rec.uses if rec is not UNREGISTERED else 0
-        return f"<conpool.Connection {ident}{self.endpoint} via {via} {state} uses={uses}>"
+        return describe_connection("conpool.Connection", self)
 
 
 Connection.__module__ = "conpool"
+
+
+def released_error(conn: object) -> RuntimeError:
+    """The error of a send or receive on a connection idle in the pool (either shell's)."""
+    return RuntimeError(
+        f"{conn!r} was released to the pool and is idle there: "
+        "acquire a connection again to use one"
+    )
+
+
+def describe_connection(kind: str, conn: Any) -> str:
+    """Either shell's connection's ``repr``."""
+    rec = conn._rec
+    ident = f"#{rec.id} " if rec is not UNREGISTERED else ""
+    ip, port = conn.address
+    if conn.endpoint.is_unix:
+        via = f"unix:{ip}"
+    else:
+        via = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    state = "closed" if conn._closed else "broken" if conn._broken else "open"
+    uses = rec.uses if rec is not UNREGISTERED else 0
+    return f"<{kind} {ident}{conn.endpoint} via {via} {state} uses={uses}>"

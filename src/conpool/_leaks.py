@@ -20,9 +20,8 @@ import traceback
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._connection import Connection
 from ._hooks import logger
 from ._records import ACTIVE, ConnRecord
 
@@ -30,7 +29,14 @@ if TYPE_CHECKING:
     from ._endpoint import Endpoint
     from ._state import PoolState
 
-Rec = ConnRecord["Endpoint", Connection]
+
+class Watched(Protocol):
+    """Either shell's connection, as the leak watch sees it."""
+
+    def _closer(self) -> Callable[[], None]: ...
+
+
+Rec = ConnRecord["Endpoint", Any]
 
 __all__ = ["Leaks", "note_taken"]
 
@@ -43,7 +49,7 @@ def note_taken(rec: Rec) -> None:
     watch.reported = False
 
 
-class _Watch(weakref.ref[Connection]):
+class _Watch(weakref.ref[Watched]):
     """What the pool keeps of a connection it may not hold strongly: a weak
     reference that is also the record of what to do when it dies (one
     object per connection, not a weakref plus a callback plus a record)."""
@@ -52,7 +58,7 @@ class _Watch(weakref.ref[Connection]):
 
     def __new__(
         cls,
-        conn: Connection,
+        conn: Watched,
         callback: Callable[[_Watch], None],
         rec: Rec,
         closer: Callable[[], None],
@@ -61,7 +67,7 @@ class _Watch(weakref.ref[Connection]):
 
     def __init__(
         self,
-        conn: Connection,
+        conn: Watched,
         callback: Callable[[_Watch], None],
         rec: Rec,
         closer: Callable[[], None],
@@ -86,7 +92,7 @@ class Leaks:
 
     def __init__(
         self,
-        state: PoolState[Endpoint, Connection],
+        state: PoolState[Endpoint, Any],
         flush: Callable[[], None],
         emit: Callable[..., None],
     ) -> None:
@@ -97,7 +103,7 @@ class Leaks:
         # the pool is entered).
         self.soon: Callable[..., object] | None = None
 
-    def track(self, rec: Rec, conn: Connection) -> None:
+    def track(self, rec: Rec, conn: Watched) -> None:
         """Watch a new connection for the rest of its life."""
         rec.leak = _Watch(conn, self._collected, rec, conn._closer())
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Never
@@ -39,14 +38,14 @@ from ._config import Config, _float
 from ._connect import Connector
 from ._connection import Connection
 from ._endpoint import Endpoint
-from ._errors import PoolClosed, PoolError, PoolTimeout, ResolveError, describe
-from ._hooks import Hook, Hooks, logger
-from ._leaks import Leaks, note_taken
+from ._errors import PoolClosed, PoolError, PoolTimeout
+from ._hooks import Hooks, logger
+from ._leaks import Leaks
 from ._lifecycle import Lifecycle
-from ._resolve import ResolutionCache, Resolver, SystemResolver
+from ._resolve import ResolutionCache, Resolver
+from ._shell import Shell, _histogram, checked_arguments
 from ._state import (
     DIAL,
-    EXPIRY_REASONS,
     IDLE,
     MAX_ENDPOINTS,
     WAIT,
@@ -56,7 +55,7 @@ from ._state import (
     PoolState,
     Waiter,
 )
-from ._stats import BUCKETS, Histogram, PoolStats, snapshot
+from ._stats import Histogram, PoolStats
 from ._trace import Tracer
 
 if TYPE_CHECKING:
@@ -181,7 +180,7 @@ class _ResettingOptionLease(_OptionLease, _ResettingLease):
 _new_lease = object.__new__
 
 
-class Pool:
+class Pool(Shell[Connection]):
     """A connection pool keyed by endpoint, balanced across every address.
 
     Use it as ``async with conpool.Pool(...) as pool``: the block owns the
@@ -206,16 +205,7 @@ class Pool:
         tracer: Tracer | None = None,
         budget: RedisBudget | None = None,
     ) -> None:
-        if config is None:
-            config = Config()
-        elif not isinstance(config, Config):
-            raise TypeError(f"config must be a conpool.Config, got {config!r}")
-        if resolver is None:
-            resolver = SystemResolver()
-        elif not callable(getattr(resolver, "resolve", None)):
-            raise TypeError(f"resolver must have an async resolve(host) method, got {resolver!r}")
-        if tracer is not None and not isinstance(tracer, Tracer):
-            raise TypeError(f"tracer must be a conpool.Tracer, got {tracer!r}")
+        config, resolver = checked_arguments(config, resolver, tracer, "resolve")
         if budget is not None and not isinstance(budget, RedisBudget):
             raise TypeError(f"budget must be a conpool.RedisBudget or None, got {budget!r}")
         self.budget = budget
@@ -524,61 +514,6 @@ class Pool:
         self._last_ep = ep
         return ep
 
-    def _grab(self, endpoint: Endpoint) -> Connection | None:
-        """The synchronous first step of every acquire: ask the machine.
-
-        Returns the connection when an idle one can be handed out at once
-        (no health check, no ``leak_warning_after``); otherwise leaves the machine's answer
-        in ``self._got`` and the endpoint state in ``self._last_ep`` for
-        :meth:`_acquire`, which the caller awaits with nothing in between.
-        Being a plain function, not a coroutine, is what makes the common
-        case cheap.
-        """
-        state = self._state
-        # Most callers ask for the same endpoint object again and again: an
-        # identity check saves hashing it (a Python-level __hash__).
-        if endpoint is self._last_key:
-            ep = self._last_ep
-        else:
-            try:
-                found = state.endpoints.get(endpoint)
-            except TypeError:
-                found = None
-            ep = self._new_endpoint(endpoint) if found is None else found
-            self._last_key = endpoint
-            self._last_ep = ep
-        now = self._clock()
-        got = state.acquire(ep, now)
-        if state.to_close or state.to_wake:
-            self._flush()
-        if got.__class__ is ConnRecord and self._plain:
-            rec: Rec = got
-            if self._trace_rec is not None:
-                self._trace_rec("conn.reuse", rec, now)
-            conn = rec.conn
-            # The holder's reference is the only strong one (see _hand_out).
-            rec.conn = None
-            return conn
-        self._got = got
-        return None
-
-    def _hand_out(self, rec: Rec, reused: bool = True) -> Connection:
-        """Give the user the connection of an active record: one the machine
-        granted from idle (traced as ``conn.reuse``), or a new one.
-
-        While the user holds it, the pool keeps no strong reference to it
-        (``rec.conn`` is None), so a connection dropped without release is
-        garbage-collected, reported and reclaimed (see :mod:`conpool._leaks`).
-        """
-        if reused and self._trace_rec is not None:
-            self._trace_rec("conn.reuse", rec, self._clock())
-        conn = rec.conn
-        assert conn is not None
-        rec.conn = None
-        if self._leak_after is not None:
-            note_taken(rec)
-        return conn
-
     async def _acquire(
         self,
         ep: Ep,
@@ -661,34 +596,6 @@ class Pool:
         else:
             self._put_back(conn)  # (raises the right error)
 
-    def _put_back(self, conn: Connection) -> None:
-        try:
-            # (A connection not registered yet has a stand-in record whose
-            # endpoint has no owner: refused below, as not this pool's.)
-            rec = conn._rec
-        except AttributeError:
-            raise TypeError(f"release() takes a conpool.Connection, got {conn!r}") from None
-        state = self._state
-        if rec.ep.owner is not state:
-            raise ValueError(f"{conn!r} does not belong to this pool")
-        if rec.conn is not None:
-            raise RuntimeError(f"{conn!r} is not in use: it was already released")
-        rec.conn = conn
-        now = self._clock()
-        if conn._broken:  # (set too when it was closed)
-            state.release(rec, now, False, "closed" if conn._closed else "error")
-        else:
-            state.release(rec, now, True)
-            if rec.expires < self._sweep_at and rec.state == IDLE:
-                # The sweeper sleeps past this connection's expiry (it had
-                # nothing to wait for): bring its wake-up forward.  (The
-                # deadline first: it is usually false, and decides alone.)
-                self._sweep_sooner(rec.expires)
-        if self._trace_rec is not None:
-            self._trace_rec("conn.release", rec, now)
-        if state.to_close or state.to_wake:
-            self._flush()
-
     def _put_back_budgeted(self, conn: Connection) -> None:
         """:meth:`_put_back` of a pool with a budget (it replaces the method
         on the instance when the pool joins the fleet).
@@ -748,22 +655,18 @@ class Pool:
 
     def stats(self) -> PoolStats:
         """A frozen snapshot of every count (see :class:`~conpool.PoolStats`)."""
-        stale = frozenset(name for name in self._state.by_name if self._names.is_stale(name))
-        stats = snapshot(self._state, self._clock(), stale, self._waits, self._connects)
+        stats = super().stats()
         if self._participant is not None:
             stats = dataclasses.replace(stats, budget=participant_stats(self._participant))
         return stats
 
+    def _closed_lease(self, rec: Rec) -> None:
+        # The budget's second call point: batched, never awaited.
+        self._return_lease(self._leases.pop(rec, None))
+
     def __repr__(self) -> str:
-        s = self._state
-        active = sum(ep.active for ep in s.endpoints.values())
-        idle = sum(ep.idle for ep in s.endpoints.values())
-        status = "closed" if s.closed else "open" if self._tg is not None else "not entered"
-        return (
-            f"<conpool.Pool {status} endpoints={len(s.endpoints)} active={active} "
-            f"idle={idle} waiting={s.n_waiters} "
-            f"limit={self.config.max_connections_per_endpoint}/endpoint>"
-        )
+        status = "open" if self._tg is not None else "not entered"
+        return self._describe("conpool.Pool", status)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -825,16 +728,6 @@ class Pool:
 
     # -- waiting: _acquire parks, awaits the handle, then asks _served ----------
 
-    def _park(self, ep: Ep) -> Wait:
-        """Queue the calling task for the machine to serve; it then awaits
-        the waiter's handle (what the backend parks a task on)."""
-        w = self._state.enqueue(ep, self._new_parked(), self._clock())
-        if w is None:
-            raise self._too_many_waiters(ep.key)
-        if self._trace is not None:
-            self._trace("acquire.queued", ep.key)
-        return w
-
     async def _wait_timed(self, w: Wait, wait: float) -> None:
         """Await a parked waiter's handle for at most ``wait`` seconds."""
         backend = self._backend
@@ -843,167 +736,7 @@ class Pool:
         if w.grant is None and not self._state.closed:
             raise self._timed_out(w.ep.key, wait)
 
-    def _served(self, w: Wait) -> Rec | None:
-        """The parked task was woken: a connection record, or None for a
-        reserved dial slot.
-
-        Runs once per acquire that waited, so it reads the clock only when
-        no release told the waiter how long it waited.
-        """
-        waited = w.waited
-        if waited is None:  # served a dial slot, or woken by close
-            waited = self._clock() - w.since
-        ep = w.ep
-        # Histogram.observe, inlined.
-        hist = self._waits.get(ep) or _histogram(self._waits, ep)
-        hist.counts[bisect_left(BUCKETS, waited)] += 1
-        hist.sum += waited
-        hist.count += 1
-        grant = w.grant
-        if grant is None:
-            raise PoolClosed("the pool was closed while waiting for a connection")
-        if self._trace is not None:
-            self._trace("acquire.granted", ep.key, "", 0, int(waited * 1e9))
-        if grant.__class__ is ConnRecord:
-            return grant
-        return None
-
-    def _gave_up(self, w: Wait, exc: BaseException) -> None:
-        """A parked task timed out, was cancelled, or was failed by close:
-        whatever the machine granted it in the meantime goes to the next
-        waiter, and the wait still counts."""
-        now = self._clock()
-        self._state.cancel(w, now)
-        self._flush()
-        if self._participant is not None:
-            self._budget_idle(w.ep)
-        waited = now - w.since
-        _histogram(self._waits, w.ep).observe(waited)
-        if isinstance(exc, PoolTimeout):
-            self._emit("acquire.timeout", w.ep.key, duration_ns=int(waited * 1e9))
-
-    def _timed_out(self, endpoint: Endpoint, wait: float) -> PoolTimeout:
-        which = (
-            f"acquire_timeout={wait:g} s"
-            if wait == self.config.acquire_timeout
-            else f"timeout={wait:g} s"
-        )
-        return PoolTimeout(f"no connection to {endpoint} became free within {which}")
-
-    def _too_many_waiters(self, endpoint: Endpoint) -> PoolTimeout:
-        self._emit("acquire.rejected", endpoint)
-        return PoolTimeout(
-            f"no connection to {endpoint} is free and max_waiters="
-            f"{self.config.max_waiters} tasks are already waiting"
-        )
-
-    def _flush(self) -> None:
-        """Do what the machine decided: wake served waiters, close connections."""
-        state = self._state
-        if state.to_wake:
-            wake, state.to_wake = state.to_wake, []
-            self._wake(wake)
-        if state.to_close:
-            closing, state.to_close = state.to_close, []
-            for rec, reason in closing:
-                conn = rec.conn
-                if self._trace is not None:
-                    if reason in EXPIRY_REASONS:
-                        self._trace("conn.expire", rec.ep.key, rec.addr.ip, rec.id, None, reason)
-                    lived = int((self._clock() - rec.created) * 1e9)
-                    self._trace("conn.close", rec.ep.key, rec.addr.ip, rec.id, lived, reason)
-                # (None for a connection garbage-collected while held: the
-                # leak watch closed its socket.)
-                if conn is not None:
-                    conn._close_now()
-                    # Nothing needs a closed connection's stream any more
-                    # (and a tracer may keep the record a while).
-                    rec.conn = None
-                if self._leases:
-                    # The budget's second call point: batched, never awaited.
-                    lease = self._leases.pop(rec, None)
-                    if lease is not None:
-                        participant = self._participant
-                        assert participant is not None  # (leases exist only with one)
-                        participant.release(lease)
-            # (Only a close leaves the floor short, outside the sweep.)
-            if state.refill_due:
-                self._life.start_refills()
-
-    def _emit(
-        self,
-        kind: str,
-        endpoint: object = "",
-        address: str = "",
-        conn_id: int = 0,
-        duration_ns: int | None = None,
-        detail: str = "",
-    ) -> None:
-        trace = self._trace
-        if trace is not None:
-            trace(kind, endpoint, address, conn_id, duration_ns, detail)
-
-    def _core_event(self, kind: str, ep: Ep, address: str, detail: str) -> None:
-        """What the state machine reports by itself (ejections, re-admissions)."""
-        self._emit(kind, ep.key, address, detail=detail)
-
     # -- hooks -----------------------------------------------------------------------
-
-    def add_hook(self, kind: str, hook: Hook) -> None:
-        """Call ``hook(event)`` for every event whose kind matches.
-
-        :param kind: an event kind (``"conn.close"``), a scope (``"connect.*"``)
-            or ``"*"`` for all.
-        :param hook: a plain function taking a :class:`~conpool.Event`.  It runs
-            inside the pool's bookkeeping, so it must not block; one that raises
-            is disabled and logged, and the pool carries on.
-        :raises TypeError: ``kind`` is not a non-empty str or ``hook`` is not callable.
-        """
-        self._hooks.add(kind, hook)
-        self._retrace()
-
-    def remove_hook(self, hook: Hook) -> None:
-        """Unregister ``hook`` (every pattern it was added under).
-
-        :raises ValueError: it was not registered.
-        """
-        self._hooks.remove(hook)
-        self._retrace()
-
-    def _retrace(self) -> None:
-        """Point the trace points at what listens: nothing (None: one
-        attribute check per trace point), the tracer's own ``emit`` when it
-        is alone (one call), or the hook dispatcher."""
-        if len(self._hooks):
-            self._trace = self._hooks
-            self._trace_rec = self._rec_event
-        elif self.tracer is not None:
-            self._trace = self.tracer.emit
-            self._trace_rec = self.tracer._record
-        else:
-            self._trace = None
-            self._trace_rec = None
-
-    def _rec_event(self, kind: str, rec: Rec, now: float) -> None:
-        trace = self._trace
-        if trace is not None:
-            trace(kind, rec.ep.key, rec.addr.ip, rec.id)
-
-    def on_connection_created(self, hook: Hook) -> Hook:
-        """Register ``hook`` for ``connect.complete``; usable as a decorator."""
-        self.add_hook("connect.complete", hook)
-        return hook
-
-    def on_connection_reused(self, hook: Hook) -> Hook:
-        """Register ``hook`` for ``conn.reuse``; usable as a decorator."""
-        self.add_hook("conn.reuse", hook)
-        return hook
-
-    def on_connection_closed(self, hook: Hook) -> Hook:
-        """Register ``hook`` for ``conn.close`` (detail: the reason); usable
-        as a decorator."""
-        self.add_hook("conn.close", hook)
-        return hook
 
     # -- resolving and dialling ----------------------------------------------------
 
@@ -1016,46 +749,22 @@ class Pool:
         name = ep.name
         if name is None:
             return
-        endpoint = ep.key
         now = self._clock()
         ips = self._names.peek(name, now)
+        start = 0
         if ips is None:
-            start = 0
 
             def started() -> None:
                 nonlocal start
-                start = time.monotonic_ns()
-                self._emit("resolve.started", endpoint)
+                start = self._lookup_started(ep.key)
 
             if self._names.looking_up(name):
-                self._emit("resolve.joined", endpoint)
+                self._emit("resolve.joined", ep.key)
             try:
                 ips, _changed = await self._names.resolve(name, now, on_lookup=started)
             except Exception as exc:
-                if start:
-                    self._emit("resolve.failed", endpoint, detail=describe(exc))
-                raise ResolveError(
-                    describe(exc),
-                    endpoint=endpoint,
-                    errors=[exc],
-                    context=[f"resolving {name}", f"connecting to {endpoint}"],
-                ) from exc
-            if start:
-                stale = self._names.stale_error(name)
-                if stale is not None:
-                    self._emit("resolve.failed", endpoint, detail=describe(stale))
-                    self._emit("resolve.stale", endpoint, detail=" ".join(ips))
-                else:
-                    self._emit(
-                        "resolve.complete",
-                        endpoint,
-                        duration_ns=time.monotonic_ns() - start,
-                        detail=" ".join(ips),
-                    )
-        if tuple(a.ip for a in ep.listed) != ips:
-            # (Every endpoint of the name follows, not only this one.)
-            self._state.answer(name, ips)
-            self._flush()
+                raise self._lookup_failed(ep, exc, start) from exc
+        self._looked_up(ep, ips, start)
 
     async def _dial(self, ep: Ep, connect_timeout: float | _Unset | None = UNSET) -> Connection:
         """Open a connection in the slot the machine reserved for us (each
@@ -1175,37 +884,27 @@ class Pool:
                 # the pool's task group: log it and keep sweeping.
                 logger.exception("conpool: the expiry sweep failed")
 
-    def _sweep_once(self) -> None:
-        state = self._state
-        now = self._clock()
-        state.sweep(now)
-        self._flush()
-        if state.refill_due:
-            self._life.start_refills()
-        if self._leak_after is not None:
-            self._leaks.warn_held_too_long(now, self._leak_after)
-        for ep in state.forget_unused(MAX_ENDPOINTS):
-            self._waits.pop(ep, None)
-            self._connects.pop(ep, None)
-            if ep is self._last_ep:
-                self._last_key = object()
-        names = self._names
-        due = state.refresh_due(lambda name: names.peek(name, now))
-        self._flush()  # (a fresh answer spread to an endpoint may drain idle ones)
-        tg = self._tg
-        for ep in due:
-            if tg is None:
-                assert ep.name is not None
-                state.refresh_done(ep.name)
-            else:
-                tg.start_soon(self._refresh, ep)
-
     def _sweep_sooner(self, when: float) -> None:
         """Wake the sweeper at time ``when`` (the pool's clock) instead of later."""
         scope = self._sweep_scope
         if scope is not None and self.config.sweep_interval is None:
             self._sweep_at = when
             scope.deadline = anyio.current_time() + max(when - self._clock(), 0.0)
+
+    def _start_refresh(self, ep: Ep) -> None:
+        tg = self._tg
+        if tg is None:
+            assert ep.name is not None
+            self._state.refresh_done(ep.name)
+        else:
+            tg.start_soon(self._refresh, ep)
+
+    def _waiter_left(self, ep: Ep) -> None:
+        if self._participant is not None:
+            self._budget_idle(ep)
+
+    def _start_refills(self) -> None:
+        self._life.start_refills()
 
     async def _refresh(self, ep: Ep) -> None:
         """Look a name up again for the sweep (see PoolState.refresh_due)."""
@@ -1216,14 +915,6 @@ class Pool:
             pass  # kept serving the old answer, or nothing to drain; logged as an event
         finally:
             self._state.refresh_done(ep.name)
-
-
-def _histogram(table: dict[Ep, Histogram], ep: Ep) -> Histogram:
-    """``ep``'s histogram in ``table``, made on first use."""
-    hist = table.get(ep)
-    if hist is None:
-        hist = table[ep] = Histogram()
-    return hist
 
 
 def _not_entered(*_: object) -> Never:

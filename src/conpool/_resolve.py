@@ -12,17 +12,20 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
+from anyio import to_thread
 
 __all__ = [
     "DNSResolver",
     "ResolutionCache",
     "ResolvedAddress",
     "Resolver",
+    "SyncResolver",
     "StaticResolver",
     "SystemResolver",
 ]
@@ -56,6 +59,19 @@ class Resolver(Protocol):
 Resolver.__module__ = "conpool"
 
 
+@runtime_checkable
+class SyncResolver(Protocol):
+    """What :class:`~conpool.SyncPool` asks: the same as :class:`Resolver`,
+    blocking.  Every resolver conpool provides has both methods."""
+
+    def resolve_sync(self, host: str) -> Sequence[ResolvedAddress]:
+        """Every address of ``host``, blocking the calling thread."""
+        ...
+
+
+SyncResolver.__module__ = "conpool"
+
+
 def _check_positive(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number, got {value!r}")
@@ -82,6 +98,14 @@ class SystemResolver:
 
     async def resolve(self, host: str) -> Sequence[ResolvedAddress]:
         infos = await anyio.getaddrinfo(host, None, family=self.family, type=socket.SOCK_STREAM)
+        return self._answer(infos)
+
+    def resolve_sync(self, host: str) -> Sequence[ResolvedAddress]:
+        """:meth:`resolve`, blocking (for :class:`~conpool.SyncPool`)."""
+        infos = socket.getaddrinfo(host, None, family=self.family, type=socket.SOCK_STREAM)
+        return self._answer(infos)
+
+    def _answer(self, infos: Sequence[tuple[Any, Any, Any, Any, Any]]) -> list[ResolvedAddress]:
         seen: dict[str, None] = {}
         for fam, _type, _proto, _canon, sockaddr in infos:
             if fam in (socket.AF_INET, socket.AF_INET6):
@@ -120,6 +144,10 @@ class StaticResolver:
             self._table[name.lower().rstrip(".")] = tuple(checked)
 
     async def resolve(self, host: str) -> Sequence[ResolvedAddress]:
+        return self.resolve_sync(host)
+
+    def resolve_sync(self, host: str) -> Sequence[ResolvedAddress]:
+        """:meth:`resolve`, blocking (for :class:`~conpool.SyncPool`)."""
         ips = self._table.get(host.lower().rstrip("."))
         if not ips:
             raise OSError(f"{host!r} is not in the static table")
@@ -188,42 +216,67 @@ class DNSResolver:
         # The answer's own TTL decides; dnspython's cache would second-guess it.
         self._resolver.cache = None
         self._nameservers = nameservers
+        self._blocking: Any = None  # dnspython's blocking resolver, made on first use
 
     async def resolve(self, host: str) -> Sequence[ResolvedAddress]:
         import dns.asyncbackend
         import dns.exception
-        import dns.resolver
 
         # dnspython remembers the first async library it sees; name ours.
         backend = dns.asyncbackend.get_backend(_current_library())
-        kinds = ("A", "AAAA") if self.ipv6 else ("A",)
-        results: dict[str, Sequence[ResolvedAddress] | BaseException] = {}
+        results: dict[str, Any] = {}
 
         async def one(kind: str) -> None:
             try:
-                answer = await self._resolver.resolve(host, kind, backend=backend)
-            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN) as exc:
-                results[kind] = exc
-                return
+                results[kind] = await self._resolver.resolve(host, kind, backend=backend)
             except dns.exception.DNSException as exc:
                 results[kind] = exc
-                return
-            ttl = min(
-                max(float(answer.rrset.ttl if answer.rrset else 0), self.min_ttl), self.max_ttl
-            )
-            results[kind] = [ResolvedAddress(str(r.address), ttl) for r in answer]
 
         async with anyio.create_task_group() as tg:
-            for kind in kinds:
+            for kind in self._kinds:
                 tg.start_soon(one, kind)
+        return self._combine(host, results)
+
+    def resolve_sync(self, host: str) -> Sequence[ResolvedAddress]:
+        """:meth:`resolve`, blocking (for :class:`~conpool.SyncPool`): the
+        same nameservers and limits, dnspython's blocking resolver, A then
+        AAAA."""
+        import dns.exception
+        import dns.resolver
+
+        blocking = self._blocking
+        if blocking is None:
+            blocking = dns.resolver.Resolver(configure=False)
+            blocking.nameservers = self._resolver.nameservers
+            blocking.lifetime = self.timeout
+            blocking.cache = None
+            self._blocking = blocking
+        results: dict[str, Any] = {}
+        for kind in self._kinds:
+            try:
+                results[kind] = blocking.resolve(host, kind)
+            except dns.exception.DNSException as exc:
+                results[kind] = exc
+        return self._combine(host, results)
+
+    @property
+    def _kinds(self) -> tuple[str, ...]:
+        return ("A", "AAAA") if self.ipv6 else ("A",)
+
+    def _combine(self, host: str, results: Mapping[str, Any]) -> list[ResolvedAddress]:
+        """The addresses of the answers (one per record type asked), or the
+        most telling error when none has any."""
+        import dns.resolver
+
         addresses: list[ResolvedAddress] = []
         errors: list[BaseException] = []
-        for kind in kinds:
+        for kind in self._kinds:
             res = results[kind]
             if isinstance(res, BaseException):
                 errors.append(res)
-            else:
-                addresses.extend(res)
+                continue
+            ttl = min(max(float(res.rrset.ttl if res.rrset else 0), self.min_ttl), self.max_ttl)
+            addresses.extend(ResolvedAddress(str(r.address), ttl) for r in res)
         if addresses:
             return addresses
         # Prefer the most telling reason: a timeout or server failure over "no AAAA".
@@ -249,12 +302,14 @@ def _current_library() -> str:
 
 
 class _Lookup:
-    """One lookup in progress, shared by every caller that wants the name."""
+    """One lookup in progress, shared by every caller that wants the name
+    (``done``: an :class:`anyio.Event` for the async shell's lookups, a
+    :class:`threading.Event` for the threaded shell's)."""
 
     __slots__ = ("answered", "done", "error")
 
-    def __init__(self) -> None:
-        self.done = anyio.Event()
+    def __init__(self, done: anyio.Event | threading.Event) -> None:
+        self.done = done
         self.answered = False
         self.error: BaseException | None = None
 
@@ -273,18 +328,23 @@ class _Entry:
 class ResolutionCache:
     """One answer per name, shared lookups, stale answers on failure.
 
+    Both shells use it: :meth:`resolve` from the event loop, :meth:`resolve_sync`
+    from threads; what a lookup's outcome does to the cache is one code path
+    (:meth:`_begin`, :meth:`_answered`, :meth:`_failed`) for both.
+
     :param resolver: where answers come from.
     :param stale_limit: seconds past expiry an old answer is still served
         while refreshes fail.
     """
 
-    def __init__(
-        self, resolver: Resolver, stale_limit: float = 300.0, max_names: int = 10_000
-    ) -> None:
+    def __init__(self, resolver: Any, stale_limit: float = 300.0, max_names: int = 10_000) -> None:
         self.resolver = resolver
         self.stale_limit = stale_limit
         self.max_names = max_names
         self._entries: dict[str, _Entry] = {}
+        # Threads look names up through the cache under this lock (never
+        # held across the lookup itself).
+        self._lock = threading.Lock()
 
     def peek(self, host: str, now: float) -> tuple[str, ...] | None:
         """The cached answer if it is still fresh, without awaiting."""
@@ -308,6 +368,63 @@ class ResolutionCache:
         entry = self._entries.get(host)
         return entry.error if entry is not None and entry.stale else None
 
+    def _begin(self, host: str, now: float) -> tuple[_Entry, tuple[str, ...] | _Lookup | None]:
+        """Where a resolve stands: the fresh answer, a lookup in progress to
+        share, or None (this caller must look the name up)."""
+        entry = self._entries.get(host)
+        if entry is not None and now < entry.expires:
+            return entry, entry.ips
+        if entry is None:
+            if len(self._entries) >= self.max_names:
+                # Bounded: forget the oldest-inserted name (dict order).
+                self._entries.pop(next(iter(self._entries)))
+            entry = self._entries[host] = _Entry()
+        return entry, entry.inflight
+
+    @staticmethod
+    def _shared(entry: _Entry, lookup: _Lookup) -> tuple[str, ...] | None:
+        """What a caller that shared ``lookup`` gets once it is done: the
+        answer, or None when it was abandoned (then ask again)."""
+        if lookup.error is not None:
+            raise lookup.error
+        return entry.ips if lookup.answered else None
+
+    def _answered(
+        self,
+        host: str,
+        entry: _Entry,
+        lookup: _Lookup,
+        answer: Sequence[ResolvedAddress],
+        now: float,
+    ) -> tuple[tuple[str, ...], bool]:
+        ips = tuple(dict.fromkeys(str(ipaddress.ip_address(a.ip)) for a in answer))
+        if not ips:
+            raise OSError(f"the resolver returned no address for {host!r}")
+        ttls = [a.ttl for a in answer if a.ttl is not None]
+        ttl = min(ttls) if ttls else math.inf
+        changed = ips != entry.ips and bool(entry.ips)
+        entry.ips = ips
+        entry.error = None
+        entry.stale = False
+        entry.expires = now + ttl
+        entry.stale_until = entry.expires + self.stale_limit
+        lookup.answered = True
+        return ips, changed
+
+    @staticmethod
+    def _failed(entry: _Entry, lookup: _Lookup, exc: Exception, now: float) -> bool:
+        """A lookup failed: True when the old answer is served instead (the
+        caller returns it), False when the error stands (the caller raises)."""
+        entry.error = exc
+        if entry.ips and now < entry.stale_until:
+            entry.stale = True
+            # Try again soon, but not on every acquire.
+            entry.expires = now + 1.0
+            lookup.answered = True
+            return True
+        lookup.error = exc
+        return False
+
     async def resolve(
         self, host: str, now: float, on_lookup: Callable[[], None] | None = None
     ) -> tuple[tuple[str, ...], bool]:
@@ -322,55 +439,75 @@ class ResolutionCache:
         :raises OSError: the name did not resolve and no usable old answer exists.
         """
         while True:
-            entry = self._entries.get(host)
-            if entry is not None and now < entry.expires:
-                return entry.ips, False
-            if entry is None:
-                if len(self._entries) >= self.max_names:
-                    # Bounded: forget the oldest-inserted name (dict order).
-                    self._entries.pop(next(iter(self._entries)))
-                entry = self._entries[host] = _Entry()
-            lookup = entry.inflight
-            if lookup is None:
+            entry, found = self._begin(host, now)
+            if isinstance(found, tuple):
+                return found, False
+            if found is None:
                 break
             # Someone is already asking: share their answer, or their error.
-            await lookup.done.wait()
-            if lookup.error is not None:
-                raise lookup.error
-            if lookup.answered:
-                return entry.ips, False
+            done = found.done
+            if isinstance(done, anyio.Event):
+                await done.wait()
+            else:  # a thread's lookup: wait for it without blocking the loop
+                await to_thread.run_sync(done.wait)
+            ips = self._shared(entry, found)
+            if ips is not None:
+                return ips, False
             # That lookup was cancelled with its task: ask again ourselves.
-        lookup = entry.inflight = _Lookup()
+        lookup = entry.inflight = _Lookup(anyio.Event())
         try:
             if on_lookup is not None:
                 on_lookup()
             answer = await self.resolver.resolve(host)
-            ips = tuple(dict.fromkeys(str(ipaddress.ip_address(a.ip)) for a in answer))
-            if not ips:
-                raise OSError(f"the resolver returned no address for {host!r}")
+            return self._answered(host, entry, lookup, answer, now)
         except Exception as exc:
-            entry.error = exc
-            if entry.ips and now < entry.stale_until:
-                entry.stale = True
-                # Try again soon, but not on every acquire.
-                entry.expires = now + 1.0
-                lookup.answered = True
+            if self._failed(entry, lookup, exc, now):
                 return entry.ips, False
-            lookup.error = exc
             raise
-        else:
-            ttls = [a.ttl for a in answer if a.ttl is not None]
-            ttl = min(ttls) if ttls else math.inf
-            changed = ips != entry.ips and bool(entry.ips)
-            entry.ips = ips
-            entry.error = None
-            entry.stale = False
-            entry.expires = now + ttl
-            entry.stale_until = entry.expires + self.stale_limit
-            lookup.answered = True
         finally:
             # Wakes the tasks sharing this lookup: answered, failed, or (if
             # neither is set) cancelled, in which case they ask again.
             entry.inflight = None
             lookup.done.set()
-        return ips, changed
+
+    def resolve_sync(
+        self, host: str, now: float, on_lookup: Callable[[], None] | None = None
+    ) -> tuple[tuple[str, ...], bool]:
+        """:meth:`resolve` for threads: the resolver's ``resolve_sync``, one
+        lookup per name at a time, shared by the threads that want it."""
+        while True:
+            with self._lock:
+                entry, found = self._begin(host, now)
+                if isinstance(found, tuple):
+                    return found, False
+                if found is None:
+                    lookup = entry.inflight = _Lookup(threading.Event())
+                    break
+            done = found.done
+            if isinstance(done, threading.Event):
+                done.wait()
+            else:
+                # An event loop's lookup of the same cache: not shareable
+                # from a thread, so look the name up ourselves.
+                lookup = _Lookup(threading.Event())
+                break
+            with self._lock:
+                ips = self._shared(entry, found)
+            if ips is not None:
+                return ips, False
+        try:
+            if on_lookup is not None:
+                on_lookup()
+            answer = self.resolver.resolve_sync(host)
+            with self._lock:
+                return self._answered(host, entry, lookup, answer, now)
+        except Exception as exc:
+            with self._lock:
+                if self._failed(entry, lookup, exc, now):
+                    return entry.ips, False
+            raise
+        finally:
+            with self._lock:
+                if entry.inflight is lookup:
+                    entry.inflight = None
+            lookup.done.set()

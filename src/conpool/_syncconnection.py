@@ -1,0 +1,204 @@
+"""The connection a thread holds: :class:`SyncConnection`, a blocking socket
+(TLS through :mod:`ssl`) that knows its pool, as :class:`~conpool.Connection`
+does for the async shell."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._backends._sockets import PROBE_AFTER, probe
+from ._connection import UNREGISTERED, describe_connection, released_error
+from ._records import ConnRecord
+
+if TYPE_CHECKING:
+    from ._endpoint import Endpoint
+
+__all__ = ["SyncConnection"]
+
+
+class SyncConnection:
+    """A pooled connection for threads: a blocking socket plus what the pool
+    knows about it.
+
+    Give it back with :meth:`SyncPool.release <conpool.SyncPool.release>` (or
+    leave the ``pool.connection()`` block); :meth:`close` closes it for good.
+    Do not use it after releasing it: while it is idle in the pool its
+    ``send``, ``receive`` and ``send_eof`` raise :class:`RuntimeError`.
+
+    An error escaping ``send`` or ``receive`` (a timeout included) marks it
+    broken: the pool closes it on release instead of reusing it.
+
+    :ivar endpoint: the :class:`~conpool.Endpoint` it was acquired for.
+    :ivar address: ``(ip, port)`` actually dialled.
+    :ivar user_data: a dict that lives as long as the connection (protocol
+        state of a layer built on the pool).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_broken",
+        "_closed",
+        "_connect_ns",
+        "_fd",
+        "_gen",
+        "_rec",
+        "_sock",
+        "_tls",
+        "_tls_ns",
+        "address",
+        "endpoint",
+        "user_data",
+    )
+
+    def __init__(
+        self, endpoint: Endpoint, address: tuple[str, int], sock: socket.socket, gen: int = 0
+    ) -> None:
+        self.endpoint = endpoint
+        self.address = address
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._rec: ConnRecord[Endpoint, Any] = UNREGISTERED
+        self._broken = False
+        self._closed = False
+        self._connect_ns = 0
+        self._tls_ns: int | None = None
+        # The fork generation of the process that opened it (see _syncpool).
+        self._gen = gen
+        self.user_data: dict[Any, Any] = {}
+
+    # -- the user's side ---------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Send all of ``data``, blocking until the kernel took it.
+
+        :raises RuntimeError: the connection was released to the pool.
+        :raises OSError: the connection is closed or failed (then broken).
+        :raises TimeoutError: the :meth:`settimeout` time passed (then broken).
+        """
+        if self._rec.conn is not None:
+            raise self._released()
+        if self._closed:
+            raise OSError("the connection is closed")
+        try:
+            self._sock.sendall(data)
+        except BaseException:
+            self._broken = True
+            raise
+
+    def receive(self, max_bytes: int = 65536) -> bytes:
+        """At most ``max_bytes`` bytes, blocking until some arrive; ``b""`` at
+        the end of the stream (then the connection is not reused).
+
+        :raises ValueError: ``max_bytes`` is not a positive integer.
+        :raises RuntimeError: the connection was released to the pool.
+        :raises OSError: the connection is closed or failed (then broken).
+        :raises TimeoutError: the :meth:`settimeout` time passed (then broken).
+        """
+        if self._rec.conn is not None:
+            raise self._released()
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        if self._closed:
+            raise OSError("the connection is closed")
+        try:
+            data = self._sock.recv(max_bytes)
+        except BaseException:
+            self._broken = True
+            raise
+        if not data:
+            self._broken = True
+        return data
+
+    def send_eof(self) -> None:
+        """Half-close: tell the peer nothing more will be sent (plain TCP
+        only).  The connection is not reused afterwards.
+
+        :raises NotImplementedError: on a TLS connection.
+        """
+        if self._rec.conn is not None:
+            raise self._released()
+        if self._tls:
+            raise NotImplementedError("send_eof() is not supported on TLS connections")
+        if self._closed:
+            raise OSError("the connection is closed")
+        self._broken = True
+        self._sock.shutdown(socket.SHUT_WR)
+
+    def settimeout(self, seconds: float | None) -> None:
+        """Bound each later ``send`` and ``receive`` to ``seconds`` (None:
+        block as long as it takes, the default).  Reset on release.
+
+        :raises ValueError: a negative or NaN ``seconds``.
+        """
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0
+        ):
+            raise ValueError(f"seconds must be a number >= 0 or None, got {seconds!r}")
+        self._sock.settimeout(seconds)
+
+    def close(self) -> None:
+        """Close the connection for good; the pool will not reuse it.
+
+        :raises RuntimeError: the connection was released to the pool (a
+            stale holder cannot close what someone else may hold now).
+        """
+        if self._rec.conn is not None:
+            raise self._released()
+        self._close_now()
+
+    @property
+    def socket(self) -> socket.socket:
+        """The underlying socket (an :class:`ssl.SSLSocket` with TLS)."""
+        return self._sock
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed."""
+        return self._closed
+
+    @property
+    def uses(self) -> int:
+        """How many times the pool has handed this connection out, this time included."""
+        return self._rec.uses
+
+    @property
+    def created_at(self) -> float:
+        """When the connection was established (:func:`time.monotonic` seconds)."""
+        return self._rec.created
+
+    @property
+    def id(self) -> int:
+        """The pool's number for this connection, as used in trace events."""
+        return self._rec.id
+
+    # -- the pool's side ---------------------------------------------------------
+
+    def _usable(self, idle: float) -> bool:
+        if self._broken:
+            return False
+        if idle < PROBE_AFTER:
+            return True
+        # No event loop watches an idle blocking socket: the kernel is the
+        # only one who knows whether the peer closed it meanwhile.
+        return probe(self._fd, self._tls)
+
+    def _close_now(self) -> None:
+        if not self._closed:
+            self._closed = self._broken = True
+            self._sock.close()
+
+    def _closer(self) -> Callable[[], None]:
+        return self._sock.close
+
+    def _released(self) -> RuntimeError:
+        return released_error(self)
+
+    def __repr__(self) -> str:
+        return describe_connection("conpool.SyncConnection", self)
+
+
+SyncConnection.__module__ = "conpool"

@@ -1,0 +1,620 @@
+"""The threaded shell: :class:`SyncPool`, the same state machine as
+:class:`~conpool.Pool` driven from threads.
+
+Locking: one re-entrant lock around every call into the state machine and
+the shared book-keeping (:class:`conpool._shell.Shell`); no I/O under it.
+Sockets the machine retires are closed after the lock is released
+(:meth:`SyncPool._close_conn` queues them), dials, lookups, health checks and
+TLS handshakes run with the lock free.
+
+Waiting: a thread that must wait parks on a lock of its own
+(:mod:`conpool._backends._threads`), queued in the machine like an async
+waiter; whoever frees a slot or a connection serves the oldest waiter under
+the pool's lock and releases that thread's lock.  First come, first served.
+
+The sweep: a daemon thread started with the first endpoint, sleeping until
+the machine's next deadline (woken earlier by a release that makes one
+sooner).  It holds the pool only weakly between sweeps, so it never keeps
+the pool or the interpreter alive, and it ends when the pool is closed.
+
+Fork: every entry point compares the pool's fork generation with the
+process's (bumped in the child by :func:`os.register_at_fork`).  In a child
+the pool starts empty: the inherited sockets' descriptors are closed without
+``shutdown()`` and without a TLS goodbye, so the parent's connections carry
+on untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from ._backends._threads import park, wait, wake
+from ._config import Config
+from ._endpoint import Endpoint
+from ._errors import PoolClosed, PoolError, PoolTimeout
+from ._hooks import Hooks, logger
+from ._leaks import Leaks
+from ._resolve import ResolutionCache
+from ._shell import Shell, checked_arguments
+from ._state import DIAL, WAIT, Answer, ConnRecord, EndpointState, PoolState, Waiter
+from ._stats import PoolStats
+from ._syncconnect import SyncConnector
+from ._syncconnection import SyncConnection
+from ._trace import Tracer
+
+__all__ = ["SyncPool"]
+
+Ep = EndpointState[Endpoint, SyncConnection]
+Rec = ConnRecord[Endpoint, SyncConnection]
+Wait = Waiter[Endpoint, SyncConnection]
+
+# Bumped in a child process after fork(): a pool made in another generation
+# starts over before it does anything (see the module docstring).
+_generation = [0]
+
+
+def _forked() -> None:
+    _generation[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _fork_generation() -> int:
+    return _generation[0]
+
+
+class _Lease:
+    """``with pool.connection(ep) as conn``."""
+
+    __slots__ = ("_conn", "_connect_timeout", "_endpoint", "_pool", "_timeout")
+
+    def __init__(
+        self,
+        pool: SyncPool,
+        endpoint: Endpoint,
+        timeout: Any,
+        connect_timeout: Any,
+    ) -> None:
+        self._pool = pool
+        self._endpoint = endpoint
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._conn: SyncConnection | None = None
+
+    def __enter__(self) -> SyncConnection:
+        conn = self._conn = self._pool.acquire(
+            self._endpoint, timeout=self._timeout, connect_timeout=self._connect_timeout
+        )
+        return conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        conn, self._conn = self._conn, None
+        assert conn is not None
+        # Left by an exception: the exchange was interrupted and the peer
+        # may be mid-response, so the connection is not reused.
+        conn._broken = conn._broken or exc_type is not None
+        self._pool.release(conn)
+
+
+_DEFAULT: Any = object()
+
+
+class SyncPool(Shell[SyncConnection]):
+    """A connection pool for threads, keyed by endpoint, balanced across
+    every address: the same :class:`~conpool.Config`, limits, balancing,
+    errors, stats, tracer and hooks as :class:`~conpool.Pool`.
+
+    Use it as ``with conpool.SyncPool(...) as pool`` (or call :meth:`close`).
+    Safe to share between threads.
+
+    :param config: limits and lifetimes; :class:`~conpool.Config` defaults if
+        None.  Its ``health_check``, if any, must be a plain function
+        ``check(conn: SyncConnection) -> bool``.
+    :param resolver: turns names into addresses (its ``resolve_sync``); a
+        :class:`~conpool.SystemResolver` if None.
+    :param tracer: a :class:`~conpool.Tracer` that receives the pool's events.
+    :raises TypeError: an argument of the wrong type.
+    """
+
+    _conn_kind = "conpool.SyncConnection"
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        resolver: Any = None,
+        tracer: Tracer | None = None,
+    ) -> None:
+        config, resolver = checked_arguments(config, resolver, tracer, "resolve_sync")
+        health = config.health_check
+        if health is not None and inspect.iscoroutinefunction(health):
+            raise TypeError(
+                "SyncPool needs a plain function as Config.health_check "
+                f"(check(conn) -> bool), got the coroutine function {health!r}"
+            )
+        self.config = config
+        self.resolver = resolver
+        self.tracer = tracer
+        self._hooks = Hooks()
+        self._hooks.tracer = tracer
+        self._trace = None
+        self._trace_rec = None
+        # Tracer and hooks are not thread-safe by themselves: one lock of
+        # their own, taken only while someone listens.
+        self._trace_lock = threading.RLock()
+        self._health: Callable[[SyncConnection], object] | None = health  # type: ignore[assignment]
+        self._acquire_timeout = config.acquire_timeout
+        self._leak_after = config.leak_warning_after
+        self._plain = health is None and self._leak_after is None
+        self._clock = time.monotonic
+        self._new_parked = park
+        self._wake = wake
+        self._rng = random.Random(config.balance_seed)
+        self._retrace()
+        self._start()
+
+    def _start(self) -> None:
+        """(Re)make everything that belongs to one process: the machine,
+        the lock, the cache, the sweeper's signals."""
+        config = self.config
+        self._gen = _fork_generation()
+        self._lock = threading.RLock()
+        self._state: PoolState[Endpoint, SyncConnection] = PoolState(config)
+        self._state.on_event = self._core_event
+        self._names = ResolutionCache(self.resolver, config.dns_stale_limit)
+        self._last_key = object()
+        self._last_ep = EndpointState(Endpoint("0.0.0.0", 1))
+        self._got = WAIT
+        self._waits = {}
+        self._connects = {}
+        self._sweep_at = 0.0
+        self._leaks = Leaks(self._state, self._flush, self._emit)
+        # A dropped connection's weakref callback may run inside any
+        # allocation, under our lock or not: it only queues the reclaim,
+        # which the next entry point (or the sweep) runs under the lock.
+        self._deferred: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
+        self._leaks.soon = self._defer
+        self._to_close: deque[SyncConnection] = deque()
+        self._refresh_due: list[Ep] = []
+        self._leases = {}  # (no fleet budget in the threaded shell)
+        self._closing = threading.Event()
+        self._sweep_wake = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        connector = SyncConnector(self._state, self._clock, self._emit, self._rng, self._lock)
+        connector.gen = _fork_generation
+        connector.closing = self._closing
+        self._connector = connector
+
+    def _after_fork(self) -> None:
+        """First use in a child process: forget the parent's connections
+        without touching their streams (see the module docstring)."""
+        inherited = [rec.conn for rec in list(self._state.lru) if rec.conn is not None]
+        closed = self._state.closed
+        self._start()
+        if closed:
+            self._state.close()
+        for conn in inherited:
+            # Only this process's descriptor: no shutdown(), no TLS
+            # close_notify, so the parent's stream is as it was.
+            conn._closed = conn._broken = True
+            conn._sock.close()
+
+    def _enter(self) -> None:
+        """Every entry point: notice a fork, run deferred reclaims."""
+        if self._gen != _generation[0]:
+            self._after_fork()
+        if self._deferred:
+            with self._lock:
+                while self._deferred:
+                    fn, args = self._deferred.popleft()
+                    fn(*args)
+            self._close_pending()
+
+    def _defer(self, fn: Callable[..., object], /, *args: Any) -> None:
+        # (Run by the next entry point, or the next sweep at the latest.)
+        self._deferred.append((fn, args))
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def __enter__(self) -> SyncPool:
+        if self._state.closed:
+            raise RuntimeError("a SyncPool cannot be used again once closed")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pool: idle connections close now, connections in use
+        close when released, every waiting or later acquire raises
+        :class:`~conpool.PoolClosed`, and the sweeper thread ends.  Safe to
+        call more than once."""
+        self._enter()
+        with self._lock:
+            if self._state.closed:
+                return
+            self._emit("pool.close")
+            self._state.close()
+            self._flush()
+        self._closing.set()
+        self._sweep_wake.set()
+        self._close_pending()
+
+    # -- acquiring and releasing ---------------------------------------------------
+
+    def connection(
+        self,
+        endpoint: Endpoint,
+        *,
+        timeout: float | None = _DEFAULT,
+        connect_timeout: float | None = _DEFAULT,
+    ) -> _Lease:
+        """``with pool.connection(endpoint) as conn``: acquire, then release
+        on a normal exit or close on an exception.  Takes the arguments of
+        :meth:`acquire`."""
+        return _Lease(self, endpoint, timeout, connect_timeout)
+
+    def acquire(
+        self,
+        endpoint: Endpoint,
+        *,
+        timeout: float | None = _DEFAULT,
+        connect_timeout: float | None = _DEFAULT,
+    ) -> SyncConnection:
+        """A connection to ``endpoint``: an idle one if the pool has one,
+        else a new one (waiting for a free slot if the limits are reached).
+
+        :param endpoint: where to connect.
+        :param timeout: seconds to wait for a slot (None: as long as it
+            takes), instead of ``Config.acquire_timeout`` for this call.
+        :param connect_timeout: seconds per connection attempt, instead of
+            ``Config.connect_timeout`` for this call.
+        :returns: a :class:`~conpool.SyncConnection`; give it back with :meth:`release`.
+        :raises TypeError: ``endpoint`` is not a :class:`~conpool.Endpoint`.
+        :raises ValueError: a negative or NaN ``timeout`` or ``connect_timeout``.
+        :raises ConnectError: every attempt failed; its text tells the story.
+        :raises ResolveError: the name did not resolve.
+        :raises PoolTimeout: no slot within the timeout, or ``max_waiters``
+            threads already wait.
+        :raises PoolClosed: the pool is closed, or closed while waiting.
+        """
+        if timeout is _DEFAULT:
+            timeout = self._acquire_timeout
+        elif timeout is not None:
+            timeout = _seconds("timeout", timeout)
+        if connect_timeout is _DEFAULT:
+            connect_timeout = self.config.connect_timeout
+        elif connect_timeout is not None:
+            connect_timeout = _seconds("connect_timeout", connect_timeout)
+        self._enter()
+        with self._lock:
+            conn = self._grab(endpoint)
+            ep = self._last_ep
+            got = self._got
+        if self._to_close:
+            self._close_pending()
+        if conn is not None:
+            return conn
+        return self._acquire(ep, got, timeout, connect_timeout)
+
+    def _acquire(
+        self, ep: Ep, got: Rec | Answer, timeout: float | None, connect_timeout: float | None
+    ) -> SyncConnection:
+        """The rest of an acquire: health checks, dialling, waiting."""
+        lock = self._lock
+        deadline = None if timeout is None else self._clock() + timeout
+        while True:
+            if got is DIAL:
+                return self._dial(ep, connect_timeout)
+            if got is WAIT:
+                granted = self._wait(ep, deadline, timeout)
+                if granted is None:
+                    return self._dial(ep, connect_timeout)
+                got = granted
+            assert isinstance(got, ConnRecord)
+            if self._health is None or self._healthy(got):
+                with lock:
+                    return self._hand_out(got)
+            with lock:
+                got = self._state.acquire(ep, self._clock())
+                if self._state.to_close or self._state.to_wake:
+                    self._flush()
+            self._close_pending()
+
+    def _wait(self, ep: Ep, deadline: float | None, timeout: float | None) -> Rec | None:
+        """Park until served: a connection record, or None for a dial slot."""
+        lock = self._lock
+        with lock:
+            w = self._park(ep)
+        try:
+            wait(w.handle, None if deadline is None else deadline - self._clock())
+        except BaseException as exc:
+            with lock:
+                self._gave_up(w, exc)
+            self._close_pending()
+            raise
+        with lock:
+            if w.grant is None and not self._state.closed:
+                assert timeout is not None
+                timed_out = self._timed_out(ep.key, timeout)
+                self._gave_up(w, timed_out)
+            else:
+                return self._served(w)
+        self._close_pending()
+        raise timed_out
+
+    def _healthy(self, rec: Rec) -> bool:
+        """Run the user's health check (lock free) on a connection about to be reused."""
+        assert self._health is not None
+        conn = rec.conn
+        assert conn is not None
+        # The check uses the connection as its next holder will: not idle.
+        rec.conn = None
+        try:
+            ok = self._health(conn)
+        except Exception:
+            ok = False
+        finally:
+            rec.conn = conn
+        if ok is True and not conn._broken:
+            return True
+        with self._lock:
+            self._state.discard(rec, "health")
+            self._flush()
+        self._close_pending()
+        return False
+
+    def _dial(self, ep: Ep, connect_timeout: float | None) -> SyncConnection:
+        """Open a connection in the slot the machine reserved for us; on any
+        failure the slot goes back."""
+        lock = self._lock
+        try:
+            self._addresses(ep)
+            conn = self._connector.connect(ep, connect_timeout)
+        except Exception as exc:
+            with lock:
+                self._dial_failed(ep, exc)
+            self._close_pending()
+            raise
+        except BaseException:
+            with lock:
+                self._dial_abandoned(ep)
+            self._close_pending()
+            raise
+        with lock:
+            try:
+                return self._dialled(ep, conn)
+            finally:
+                if self._to_close:
+                    self._close_pending()
+
+    def _addresses(self, ep: Ep) -> None:
+        """Make sure the machine knows the name's current addresses (the
+        lookup runs with the lock free; threads share one per name)."""
+        name = ep.name
+        if name is None:
+            return
+        names = self._names
+        now = self._clock()
+        ips = names.peek(name, now)
+        start = 0
+        if ips is None:
+
+            def started() -> None:
+                nonlocal start
+                start = self._lookup_started(ep.key)
+
+            if names.looking_up(name):
+                self._emit("resolve.joined", ep.key)
+            try:
+                ips, _changed = names.resolve_sync(name, now, on_lookup=started)
+            except Exception as exc:
+                raise self._lookup_failed(ep, exc, start) from exc
+        with self._lock:
+            self._looked_up(ep, ips, start)
+        self._close_pending()
+
+    def release(self, conn: SyncConnection) -> None:
+        """Give a connection back.  It becomes idle for the next acquire, or
+        is closed if it was closed, broken, expired or used up.
+
+        :raises TypeError: ``conn`` is not a :class:`~conpool.SyncConnection`.
+        :raises ValueError: ``conn`` belongs to another pool.
+        :raises RuntimeError: ``conn`` was already released.
+        """
+        if not isinstance(conn, SyncConnection):
+            raise TypeError(f"release() takes a conpool.SyncConnection, got {conn!r}")
+        if conn._gen != _generation[0]:
+            # Held across a fork: the parent owns the stream; only this
+            # process's descriptor goes.
+            if not conn._closed:
+                conn._closed = conn._broken = True
+                conn._sock.close()
+            return
+        if not conn._broken and conn._sock.gettimeout() is not None:
+            try:
+                conn._sock.settimeout(None)
+            except OSError:
+                conn._broken = True
+        self._enter()
+        with self._lock:
+            self._put_back(conn)
+        if self._to_close:
+            self._close_pending()
+
+    def prewarm(self, endpoint: Endpoint, n: int | None = None) -> int:
+        """Open connections now until ``n`` (default 1) are idle, within the
+        limits, and return how many are idle.
+
+        :raises ValueError: ``n`` is not a positive integer.
+        :raises ConnectError: not a single connection could be opened.
+        """
+        if n is None:
+            n = 1
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        n = min(n, self.config.max_connections_per_endpoint)
+        held: list[SyncConnection] = []
+        try:
+            for _ in range(n):
+                try:
+                    held.append(self.acquire(endpoint, timeout=0))
+                except (PoolTimeout, PoolError) as exc:
+                    if not held and not isinstance(exc, PoolTimeout):
+                        raise
+                    break
+        finally:
+            for conn in held:
+                self.release(conn)
+        with self._lock:
+            found = self._state.endpoints.get(endpoint)
+            return 0 if found is None else found.idle
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of every count (see :class:`~conpool.PoolStats`)."""
+        self._enter()
+        with self._lock:
+            return super().stats()
+
+    def __repr__(self) -> str:
+        return self._describe("conpool.SyncPool", "open")
+
+    # -- the shared book-keeping's hooks into this shell ---------------------------
+
+    def _new_endpoint(self, endpoint: Endpoint) -> Ep:
+        if not isinstance(endpoint, Endpoint):
+            raise TypeError(f"endpoint must be a conpool.Endpoint, got {endpoint!r}")
+        if self._state.closed:
+            raise PoolClosed("the pool is closed")
+        if endpoint.is_ip:
+            ep = self._state.endpoint(endpoint)
+            self._state.set_addresses(ep, [endpoint.host])
+        else:
+            ep = self._state.endpoint(endpoint, endpoint.host)
+        if self._sweeper is None:
+            self._sweeper = threading.Thread(
+                target=_sweep, args=(weakref.ref(self),), name="conpool sweeper", daemon=True
+            )
+            self._sweeper.start()
+        return ep
+
+    def _close_conn(self, conn: SyncConnection) -> None:
+        # Under the lock: the socket is closed once it is released.
+        self._to_close.append(conn)
+
+    def _close_pending(self) -> None:
+        pending = self._to_close
+        while pending:
+            try:
+                conn = pending.popleft()
+            except IndexError:
+                return
+            conn._close_now()
+
+    def _sweep_sooner(self, when: float) -> None:
+        if self.config.sweep_interval is None:
+            self._sweep_at = when
+            self._sweep_wake.set()
+
+    def _start_refresh(self, ep: Ep) -> None:
+        # Done by the sweeper thread once it let go of the lock.
+        self._refresh_due.append(ep)
+
+    def _retrace(self) -> None:
+        super()._retrace()
+        trace, trace_rec = self._trace, self._trace_rec
+        if trace is None or trace_rec is None:
+            return
+        lock = self._trace_lock
+
+        def locked(*args: Any, **kwargs: Any) -> None:
+            with lock:
+                trace(*args, **kwargs)
+
+        def locked_rec(kind: str, rec: Rec, now: float) -> None:
+            with lock:
+                trace_rec(kind, rec, now)
+
+        self._trace = locked
+        self._trace_rec = locked_rec
+
+    def _sweep_once_unlocked(self) -> None:
+        """One sweep from the sweeper thread: the machine's part under the
+        lock, closes and name refreshes after."""
+        self._enter()
+        with self._lock:
+            self._sweep_once()
+            due, self._refresh_due = self._refresh_due, []
+        self._close_pending()
+        for ep in due:
+            assert ep.name is not None
+            try:
+                self._addresses(ep)
+            except PoolError:
+                pass  # kept serving the old answer, or nothing to drain; traced
+            finally:
+                with self._lock:
+                    self._state.refresh_done(ep.name)
+
+    def _next_sweep(self) -> float:
+        """Seconds until the sweeper should look again."""
+        interval = self.config.sweep_interval
+        with self._lock:
+            now = self._clock()
+            delay = (
+                interval
+                if interval is not None
+                else min(max(self._state.next_deadline() - now, 0.005), 1.0)
+            )
+            self._sweep_at = now + delay
+        return delay
+
+
+def _sweep(ref: weakref.ref[SyncPool]) -> None:
+    """The sweeper thread: holds the pool only while sweeping, so that a
+    pool dropped without close is collected (and its thread ends)."""
+    pool = ref()
+    if pool is None:
+        return
+    gen = pool._gen
+    while True:
+        if pool._state.closed or pool._gen != gen or gen != _generation[0]:
+            return
+        delay = pool._next_sweep()
+        wake_up = pool._sweep_wake
+        del pool
+        wake_up.wait(delay)
+        wake_up.clear()
+        pool = ref()
+        if pool is None:
+            return
+        if pool._state.closed or pool._gen != gen:
+            return
+        try:
+            pool._sweep_once_unlocked()
+        except Exception:
+            logger.exception("conpool: the expiry sweep failed")
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0 or None, got {value!r}")
+    return float(value)
+
+
+SyncPool.__module__ = "conpool"
