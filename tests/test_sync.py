@@ -148,7 +148,9 @@ def test_hostile_input(echo_server: EchoServer) -> None:
             with pytest.raises(ValueError, match="seconds"):
                 conn.settimeout(-1)
         with pytest.raises(ValueError, match="n must"):
-            pool.prewarm(ep_of(echo_server), 0)
+            pool.prewarm(ep_of(echo_server), -1)
+        with pytest.raises(TypeError, match="n must"):
+            pool.prewarm(ep_of(echo_server), 1.5)  # type: ignore[arg-type]
         check_quiet(pool)
 
 
@@ -673,3 +675,103 @@ def test_threads_share_one_lookup(echo_server: EchoServer) -> None:
         kinds = Counter(e.kind for e in tracer.events())
         assert kinds["resolve.started"] == 1 and kinds["resolve.complete"] == 1
         check_quiet(pool)
+
+
+# -- the lifecycle fields: on_connect, reset, socket options, Unix sockets ------------------
+
+
+def test_on_connect_and_reset(echo_server: EchoServer) -> None:
+    ep = ep_of(echo_server)
+    greeted: list[int] = []
+    verdicts = [True, False]
+
+    def on_connect(conn: conpool.SyncConnection) -> None:
+        assert echo(conn, b"HELLO") == b"HELLO"
+        greeted.append(conn.id)
+
+    def reset(conn: conpool.SyncConnection) -> bool:
+        return verdicts.pop(0)
+
+    config = conpool.Config(on_connect=on_connect, reset=reset)  # type: ignore[arg-type]
+    tracer = conpool.Tracer()
+    with conpool.SyncPool(config, tracer=tracer) as pool:
+        with pool.connection(ep) as conn:  # greeted; reset says True: kept
+            first = conn.id
+        with pool.connection(ep) as conn:  # reused; reset says False: closed
+            assert conn.id == first
+        with pool.connection(ep) as conn:
+            assert conn.id != first
+            pool_conn = conn
+        assert greeted == [first, pool_conn.id]
+        kinds = [e.kind for e in tracer.events()]
+        assert kinds.count("on_connect.complete") == 2
+        assert "reset.failed" in kinds
+
+
+def test_on_connect_failure_story(echo_server: EchoServer) -> None:
+    def on_connect(conn: conpool.SyncConnection) -> None:
+        raise PermissionError("AUTH refused")
+
+    config = conpool.Config(on_connect=on_connect, connect_retries=2)  # type: ignore[arg-type]
+    with conpool.SyncPool(config) as pool:
+        with pytest.raises(conpool.ConnectError) as info:
+            pool.acquire(ep_of(echo_server))
+        lines = str(info.value).splitlines()
+        assert lines[0] == "AUTH refused"
+        assert lines[1:3] == [
+            "  running on_connect",
+            f"  connecting to tcp:127.0.0.1:{echo_server.port}",
+        ]
+        assert isinstance(info.value.errors[0], PermissionError)
+        e = check_quiet(pool).endpoints[ep_of(echo_server)]
+        assert (e.created, e.closed) == (1, 1)
+
+
+def test_socket_options_and_unix(tmp_path: Path, echo_server: EchoServer) -> None:
+    opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    with conpool.SyncPool(conpool.Config(socket_options=opts, local_address="127.0.0.1")) as pool:
+        with pool.connection(ep_of(echo_server)) as conn:
+            assert conn.socket.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert conn.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    path = str(tmp_path / "echo.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(4)
+
+    def serve() -> None:
+        c, _ = listener.accept()
+        with c:
+            while data := c.recv(100):
+                c.sendall(data)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with conpool.SyncPool() as pool:
+            ep = conpool.Endpoint.unix(path)
+            for _ in range(2):
+                with pool.connection(ep) as conn:
+                    assert echo(conn, b"local") == b"local"
+                    assert conn.address[0] == path
+            assert "unix:" in repr(conn)
+            e = check_quiet(pool).endpoints[ep]
+            assert (e.created, e.reused) == (1, 1)
+    finally:
+        listener.close()
+        t.join(5)
+
+
+def test_min_idle_floor_is_kept_by_the_sweeper(echo_server: EchoServer) -> None:
+    ep = ep_of(echo_server)
+    tracer = conpool.Tracer()
+    config = conpool.Config(min_idle=2, max_connection_lifetime=0.5)
+    with conpool.SyncPool(config, tracer=tracer) as pool:
+        assert pool.prewarm(ep) == 2
+        # Lifetimes end; the sweeper closes them and refills the floor.
+        eventually(
+            lambda: pool.stats().endpoints[ep].closed >= 2 and pool.stats().endpoints[ep].idle == 2,
+            within=10,
+            what="the floor refilled after lifetimes ended",
+        )
+        assert any(e.kind == "connect.complete" and e.detail == "refill" for e in tracer.events())
+        check_consistent(pool)

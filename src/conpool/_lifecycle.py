@@ -29,7 +29,14 @@ if TYPE_CHECKING:
     from ._connection import Connection
     from ._endpoint import Endpoint
 
-__all__ = ["Lifecycle", "Shell"]
+__all__ = [
+    "Lifecycle",
+    "Shell",
+    "init_done",
+    "init_failed",
+    "reset_outcome",
+    "reset_wanted",
+]
 
 #: Seconds a warm dial waits at most for the fleet budget when no timeout
 #: bounds it (``connect_timeout=None``): a floor must not wait forever.
@@ -105,10 +112,7 @@ class Lifecycle:
         """
         hook = self.on_connect
         assert hook is not None
-        pool = self.pool
         rec = conn._rec
-        endpoint: Endpoint = conn.endpoint
-        ip = conn.address[0]
         start = time.monotonic_ns()
         # The hook uses the connection as its first holder would: not idle.
         rec.conn = None
@@ -116,48 +120,12 @@ class Lifecycle:
             await hook(conn)
         except BaseException as exc:
             rec.conn = conn
-            if isinstance(exc, Exception):
-                # (Traced before the close it causes.)
-                pool._emit(
-                    "on_connect.failed",
-                    endpoint,
-                    ip,
-                    rec.id,
-                    time.monotonic_ns() - start,
-                    ("refill: " if refill else "") + describe(exc),
-                )
-            pool._state.init_failed(rec, pool._clock(), warm=warm, background=refill)
-            pool._flush()
-            if not isinstance(exc, Exception):
-                raise  # cancelled: closed, and the cancellation goes on
-            raise ConnectError(
-                describe(exc),
-                endpoint=endpoint,
-                errors=[exc],
-                context=[
-                    "running on_connect",
-                    f"connecting to {address_label(ip, endpoint.port, endpoint.is_unix)}",
-                    f"connecting to {endpoint}",
-                ],
-            ) from exc
+            error = init_failed(self.pool, conn, exc, start, warm, refill)
+            if error is exc:
+                raise
+            raise error from exc
         rec.conn = conn
-        if conn._broken:
-            # The hook closed it, or left it in an unknown state.
-            error = ConnectionError("on_connect closed the connection or left it broken")
-            pool._emit("on_connect.failed", endpoint, ip, rec.id, None, str(error))
-            pool._state.init_failed(rec, pool._clock(), warm=warm, background=refill)
-            pool._flush()
-            raise ConnectError(
-                str(error),
-                endpoint=endpoint,
-                errors=[error],
-                context=[
-                    "running on_connect",
-                    f"connecting to {address_label(ip, endpoint.port, endpoint.is_unix)}",
-                    f"connecting to {endpoint}",
-                ],
-            )
-        pool._emit("on_connect.complete", endpoint, ip, rec.id, time.monotonic_ns() - start)
+        init_done(self.pool, conn, start, warm, refill)
 
     # -- reset -------------------------------------------------------------------
 
@@ -168,31 +136,17 @@ class Lifecycle:
         it broken and propagates."""
         hook = self.reset
         assert hook is not None
-        pool = self.pool
-        rec = getattr(conn, "_rec", None)
-        if not isinstance(rec, ConnRecord) or rec.ep.owner is not pool._state:
-            return True  # release() refuses it with the right error
-        if rec.conn is not None or conn._broken:
-            return True  # already released, or closing anyway
-        if not pool._state.would_reuse(rec, pool._clock()):
+        if not reset_wanted(self.pool, conn):
             return True
         start = time.monotonic_ns()
         try:
             ok = await hook(conn)
         except Exception as exc:
-            detail = describe(exc)
-            ok = False
+            return reset_outcome(self.pool, conn, False, describe(exc), start)
         except BaseException:
             conn._broken = True
             raise
-        else:
-            detail = f"returned {ok!r}"
-        elapsed = time.monotonic_ns() - start
-        if ok is True and not (conn._broken):
-            pool._emit("reset.complete", conn.endpoint, conn.address[0], rec.id, elapsed)
-            return True
-        pool._emit("reset.failed", conn.endpoint, conn.address[0], rec.id, elapsed, detail)
-        return False
+        return reset_outcome(self.pool, conn, ok, f"returned {ok!r}", start)
 
     # -- the warm floor ----------------------------------------------------------
 
@@ -336,3 +290,89 @@ class Lifecycle:
         if errors:
             logger.debug("conpool: prewarm of %s: %d of %d dials failed", endpoint, len(errors), k)
         return ep.idle
+
+
+# -- the halves of on_connect and reset that do not wait: both shells' -----------
+
+
+def init_failed(
+    pool: Any, conn: Any, exc: BaseException, start: int, warm: bool, refill: bool
+) -> BaseException:
+    """``on_connect`` raised ``exc``: close the connection and return what
+    to raise (a :class:`ConnectError` with the hook's error; a cancellation
+    or interrupt as it is)."""
+    rec = conn._rec
+    endpoint: Endpoint = conn.endpoint
+    ip = conn.address[0]
+    if isinstance(exc, Exception):
+        # (Traced before the close it causes.)
+        pool._emit(
+            "on_connect.failed",
+            endpoint,
+            ip,
+            rec.id,
+            time.monotonic_ns() - start,
+            ("refill: " if refill else "") + describe(exc),
+        )
+    pool._state.init_failed(rec, pool._clock(), warm=warm, background=refill)
+    pool._flush()
+    if not isinstance(exc, Exception):
+        return exc  # cancelled: closed, and the cancellation goes on
+    return _init_error(endpoint, ip, exc)
+
+
+def init_done(pool: Any, conn: Any, start: int, warm: bool, refill: bool) -> None:
+    """``on_connect`` returned: trace it, unless it left the connection
+    broken (then close it and raise :class:`ConnectError`)."""
+    rec = conn._rec
+    endpoint: Endpoint = conn.endpoint
+    ip = conn.address[0]
+    if conn._broken:
+        # The hook closed it, or left it in an unknown state.
+        error = ConnectionError("on_connect closed the connection or left it broken")
+        pool._emit("on_connect.failed", endpoint, ip, rec.id, None, str(error))
+        pool._state.init_failed(rec, pool._clock(), warm=warm, background=refill)
+        pool._flush()
+        raise _init_error(endpoint, ip, error)
+    pool._emit("on_connect.complete", endpoint, ip, rec.id, time.monotonic_ns() - start)
+
+
+def _init_error(endpoint: Endpoint, ip: str, exc: BaseException) -> ConnectError:
+    error = ConnectError(
+        describe(exc),
+        endpoint=endpoint,
+        errors=[exc],
+        context=[
+            "running on_connect",
+            f"connecting to {address_label(ip, endpoint.port, endpoint.is_unix)}",
+            f"connecting to {endpoint}",
+        ],
+    )
+    error.__cause__ = exc
+    return error
+
+
+def reset_wanted(pool: Any, conn: Any) -> bool:
+    """Whether a release of ``conn`` runs ``reset`` first: only one that
+    would be reused (a foreign, released or broken one goes to the release,
+    which refuses or closes it)."""
+    state: Any = pool._state
+    rec = getattr(conn, "_rec", None)
+    if not isinstance(rec, ConnRecord) or rec.ep.owner is not state:
+        return False
+    if rec.conn is not None or conn._broken:
+        return False
+    would_reuse = pool._state.would_reuse
+    return bool(would_reuse(rec, pool._clock()))
+
+
+def reset_outcome(pool: Any, conn: Any, ok: object, detail: str, start: int) -> bool:
+    """``reset`` answered ``ok`` (``detail`` says how): trace it; True when
+    the connection may be reused."""
+    rec = conn._rec
+    elapsed = time.monotonic_ns() - start
+    if ok is True and not conn._broken:
+        pool._emit("reset.complete", conn.endpoint, conn.address[0], rec.id, elapsed)
+        return True
+    pool._emit("reset.failed", conn.endpoint, conn.address[0], rec.id, elapsed, detail)
+    return False

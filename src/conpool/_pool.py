@@ -583,19 +583,6 @@ class Pool(Shell[Connection]):
         else:
             self._put_back_closing(conn, "reset")
 
-    def _put_back_closing(self, conn: Connection, why: str) -> None:
-        """Give a held connection back to be closed for ``why``."""
-        rec = conn._rec
-        if rec.conn is None and rec.ep.owner is self._state:
-            now = self._clock()
-            rec.conn = conn
-            self._state.release(rec, now, False, why)
-            if self._trace_rec is not None:
-                self._trace_rec("conn.release", rec, now)
-            self._flush()
-        else:
-            self._put_back(conn)  # (raises the right error)
-
     def _put_back_budgeted(self, conn: Connection) -> None:
         """:meth:`_put_back` of a pool with a budget (it replaces the method
         on the instance when the pool joins the fleet).
@@ -677,28 +664,7 @@ class Pool(Shell[Connection]):
             if self._state.closed:
                 raise PoolClosed("the pool is closed")
             raise RuntimeError("use the pool as 'async with conpool.Pool(...) as pool:'")
-        if self._state.closed:
-            raise PoolClosed("the pool is closed")
-        if endpoint.is_unix or endpoint.is_ip or self._proxy_resolves(endpoint):
-            # No name to resolve (and so none to refresh): the host is the
-            # endpoint's one address (the IP, a socket's path, or a name a
-            # proxy resolves).
-            ep = self._state.endpoint(endpoint)
-            self._state.set_addresses(ep, [endpoint.host])
-        else:
-            ep = self._state.endpoint(endpoint, endpoint.host)
-        return ep
-
-    def _proxy_resolves(self, endpoint: Endpoint) -> bool:
-        """Whether the endpoint's name goes to a proxy that resolves it
-        (``socks5h``, ``socks4a``): the state machine then balances the name
-        itself as a single address."""
-        proxy = self.config.proxy
-        return (
-            proxy is not None
-            and proxy.remote_dns
-            and self.config.proxy_for(endpoint.host, endpoint.port) is proxy
-        )
+        return self._endpoint_state(endpoint)
 
     async def _healthy(self, rec: Rec) -> bool:
         """Run the user's health check on a connection about to be reused."""

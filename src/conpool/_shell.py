@@ -445,17 +445,58 @@ class Shell(Generic[C]):
         self._state.dial_abandoned(ep)
         self._flush()
 
-    def _dialled(self, ep: EndpointState[Endpoint, C], conn: Any) -> C:
-        """A dial succeeded: hand out the new (registered) connection."""
+    def _endpoint_state(self, endpoint: Endpoint) -> EndpointState[Endpoint, C]:
+        """The machine's state for a new endpoint (the caller checked it)."""
+        if self._state.closed:
+            raise PoolClosed("the pool is closed")
+        if endpoint.is_unix or endpoint.is_ip or self._proxy_resolves(endpoint):
+            # No name to resolve (and so none to refresh): the host is the
+            # endpoint's one address (the IP, a socket's path, or a name a
+            # proxy resolves).
+            ep = self._state.endpoint(endpoint)
+            self._state.set_addresses(ep, [endpoint.host])
+        else:
+            ep = self._state.endpoint(endpoint, endpoint.host)
+        return ep
+
+    def _proxy_resolves(self, endpoint: Endpoint) -> bool:
+        """Whether the endpoint's name goes to a proxy that resolves it
+        (``socks5h``, ``socks4a``): the state machine then balances the name
+        itself as a single address."""
+        proxy = self.config.proxy
+        return (
+            proxy is not None
+            and proxy.remote_dns
+            and self.config.proxy_for(endpoint.host, endpoint.port) is proxy
+        )
+
+    def _note_new(self, ep: EndpointState[Endpoint, C], conn: Any) -> None:
+        """A dial succeeded: its connect time, its leak watch."""
         _histogram(self._connects, ep).observe(conn._connect_ns / 1e9)
+        self._leaks.track(conn._rec, conn)
+
+    def _hand_new(self, conn: Any) -> C:
+        """Hand out a new connection (after ``on_connect``, if any)."""
         rec = conn._rec
         state = self._state
         if state.closed:
             state.discard(rec, "pool-closed")
             self._flush()
             raise PoolClosed("the pool was closed while connecting")
-        self._leaks.track(rec, conn)
         return self._hand_out(rec, reused=False)
+
+    def _put_back_closing(self, conn: C, why: str) -> None:
+        """Give a held connection back to be closed for ``why``."""
+        rec = conn._rec
+        if rec.conn is None and rec.ep.owner is self._state:
+            now = self._clock()
+            rec.conn = conn
+            self._state.release(rec, now, False, why)
+            if self._trace_rec is not None:
+                self._trace_rec("conn.release", rec, now)
+            self._flush()
+        else:
+            self._put_back(conn)  # (raises the right error)
 
     # -- resolving: what a lookup tells the trace and the machine ----------------
 

@@ -71,6 +71,35 @@ class SyncConnector(Dialer[SyncConnection]):
                 return self._register(ep, conn)
         raise self._gave_up(ep, plan)
 
+    def open_one(self, ep: Ep, ip: str, timeout: float | None) -> SyncConnection:
+        """One attempt to ``ip``, not registered (the warm floor's refills):
+        TCP (or the proxy's tunnel), then TLS.  :class:`OSError` when it fails."""
+        plan = self._plan()
+        proxy = self._proxy(ep.key)
+        if proxy is not None:
+            conn = self._via_proxy(ep, ip, plan, timeout, proxy, quiet=True)
+        else:
+            start = time.monotonic_ns()
+            sock, done = start_connect(self.sockets, ep.key, ip, ep.key.port)
+            deadline = math.inf if timeout is None else time.monotonic() + timeout
+            try:
+                if not done:
+                    with selectors.DefaultSelector() as sel:
+                        sel.register(sock, selectors.EVENT_WRITE)
+                        if not sel.select(None if timeout is None else timeout):
+                            assert timeout is not None
+                            raise timeout_error("TCP connect", timeout)
+                    err = connect_result(sock)
+                    if err is not None:
+                        raise err
+            except BaseException:
+                sock.close()
+                raise
+            conn = self._finish(ep, _Attempt(ip, sock, start, deadline), plan, timeout, quiet=True)
+        if conn is None:
+            raise plan.errors[-1][1]
+        return conn
+
     def _start(self, ep: Ep, ip: str, plan: DialPlan, timeout: float | None) -> _Attempt | None:
         """Start an attempt to ``ip``; None when it failed at once."""
         self.emit("connect.started", ep.key, ip)
@@ -150,7 +179,13 @@ class SyncConnector(Dialer[SyncConnection]):
         return self._finish(ep, won, plan, timeout)
 
     def _via_proxy(
-        self, ep: Ep, ip: str, plan: DialPlan, timeout: float | None, proxy: Proxy
+        self,
+        ep: Ep,
+        ip: str,
+        plan: DialPlan,
+        timeout: float | None,
+        proxy: Proxy,
+        quiet: bool = False,
     ) -> SyncConnection | None:
         """One attempt through ``proxy`` to ``ip``: connect to the proxy
         (TLS to it for ``https://``), the proxy's handshake on the blocking
@@ -201,17 +236,21 @@ class SyncConnector(Dialer[SyncConnection]):
         except OSError as exc:
             if sock is not None:
                 sock.close()
-            self._failed(ep, ip, plan, exc, time.monotonic_ns() - start)
+            if quiet:
+                plan.failed(ip, exc)
+            else:
+                self._failed(ep, ip, plan, exc, time.monotonic_ns() - start)
             return None
         except BaseException:
             if sock is not None:
                 sock.close()
-            self._cancelled(ep, ip, "KeyboardInterrupt", time.monotonic_ns() - start, None)
+            if not quiet:
+                self._cancelled(ep, ip, "KeyboardInterrupt", time.monotonic_ns() - start, None)
             raise
-        return self._finish(ep, _Attempt(ip, sock, start, deadline), plan, timeout)
+        return self._finish(ep, _Attempt(ip, sock, start, deadline), plan, timeout, quiet)
 
     def _finish(
-        self, ep: Ep, a: _Attempt, plan: DialPlan, timeout: float | None
+        self, ep: Ep, a: _Attempt, plan: DialPlan, timeout: float | None, quiet: bool = False
     ) -> SyncConnection | None:
         """TCP is up: TLS if asked, then the unregistered connection."""
         endpoint = ep.key
@@ -223,13 +262,20 @@ class SyncConnector(Dialer[SyncConnection]):
                 deadline = None if timeout is None else a.deadline
                 sock, tls_ns = tls_handshake(sock, endpoint, deadline, timeout)
         except OSError as exc:
-            self._failed(ep, a.ip, plan, exc, time.monotonic_ns() - a.start)
+            if quiet:
+                plan.failed(a.ip, exc)
+            else:
+                self._failed(ep, a.ip, plan, exc, time.monotonic_ns() - a.start)
             return None
         except BaseException:
             sock.close()
-            self._cancelled(ep, a.ip, "KeyboardInterrupt", time.monotonic_ns() - a.start, None)
+            if not quiet:
+                self._cancelled(ep, a.ip, "KeyboardInterrupt", time.monotonic_ns() - a.start, None)
             raise
         conn = SyncConnection(endpoint, (a.ip, endpoint.port), sock, self.gen())
         conn._tls_ns = tls_ns
-        self._connected(ep, conn, a.start)
+        if quiet:
+            conn._connect_ns = time.monotonic_ns() - a.start
+        else:
+            self._connected(ep, conn, a.start)
         return conn

@@ -39,10 +39,12 @@ from typing import Any
 
 from ._backends._threads import park, wait, wake
 from ._config import Config
+from ._dialplan import blames_address
 from ._endpoint import Endpoint
-from ._errors import PoolClosed, PoolError, PoolTimeout
+from ._errors import ConnectError, PoolError, PoolTimeout, describe
 from ._hooks import Hooks, logger
 from ._leaks import Leaks
+from ._lifecycle import init_done, init_failed, reset_outcome, reset_wanted
 from ._resolve import ResolutionCache
 from ._shell import Shell, checked_arguments
 from ._state import DIAL, WAIT, Answer, ConnRecord, EndpointState, PoolState, Waiter
@@ -137,11 +139,18 @@ class SyncPool(Shell[SyncConnection]):
     ) -> None:
         config, resolver = checked_arguments(config, resolver, tracer, "resolve_sync")
         health = config.health_check
-        if health is not None and inspect.iscoroutinefunction(health):
-            raise TypeError(
-                "SyncPool needs a plain function as Config.health_check "
-                f"(check(conn) -> bool), got the coroutine function {health!r}"
-            )
+        for field, hook, shape in (
+            ("health_check", health, "check(conn) -> bool"),
+            ("on_connect", config.on_connect, "on_connect(conn) -> None"),
+            ("reset", config.reset, "reset(conn) -> bool"),
+        ):
+            if hook is not None and inspect.iscoroutinefunction(hook):
+                raise TypeError(
+                    f"SyncPool needs a plain function as Config.{field} "
+                    f"({shape}), got the coroutine function {hook!r}"
+                )
+        self._on_connect: Callable[[SyncConnection], object] | None = config.on_connect  # type: ignore[assignment]
+        self._reset: Callable[[SyncConnection], object] | None = config.reset  # type: ignore[assignment]
         self.config = config
         self.resolver = resolver
         self.tracer = tracer
@@ -186,6 +195,7 @@ class SyncPool(Shell[SyncConnection]):
         self._leaks.soon = self._defer
         self._to_close: deque[SyncConnection] = deque()
         self._refresh_due: list[Ep] = []
+        self._refills_due = False
         self._leases = {}  # (no fleet budget in the threaded shell)
         self._closing = threading.Event()
         self._sweep_wake = threading.Event()
@@ -397,11 +407,42 @@ class SyncPool(Shell[SyncConnection]):
             self._close_pending()
             raise
         with lock:
+            self._note_new(ep, conn)
+        try:
+            if self._on_connect is not None:
+                self._init(conn)
+            with lock:
+                return self._hand_new(conn)
+        finally:
+            if self._to_close:
+                self._close_pending()
+
+    def _init(self, conn: SyncConnection, *, warm: bool = False, refill: bool = False) -> None:
+        """Run ``on_connect`` (lock free) on a new connection, as the async
+        pool does (:mod:`conpool._lifecycle`'s halves that do not wait)."""
+        assert self._on_connect is not None
+        rec = conn._rec
+        start = time.monotonic_ns()
+        rec.conn = None  # used as its first holder would: not idle
+        try:
+            self._on_connect(conn)
+        except BaseException as exc:
+            rec.conn = conn
+            with self._lock:
+                error = init_failed(self, conn, exc, start, warm, refill)
+            if error is exc:
+                raise
+            if not warm:
+                self._emit("acquire.failed", conn.endpoint, detail=str(error))
+            raise error from exc
+        rec.conn = conn
+        with self._lock:
             try:
-                return self._dialled(ep, conn)
-            finally:
-                if self._to_close:
-                    self._close_pending()
+                init_done(self, conn, start, warm, refill)
+            except PoolError as exc:
+                if not warm:
+                    self._emit("acquire.failed", conn.endpoint, detail=str(exc))
+                raise
 
     def _addresses(self, ep: Ep) -> None:
         """Make sure the machine knows the name's current addresses (the
@@ -452,38 +493,106 @@ class SyncPool(Shell[SyncConnection]):
             except OSError:
                 conn._broken = True
         self._enter()
-        with self._lock:
-            self._put_back(conn)
+        if self._reset is not None and not self._reset_ok(conn):
+            with self._lock:
+                self._put_back_closing(conn, "reset")
+        else:
+            with self._lock:
+                self._put_back(conn)
         if self._to_close:
             self._close_pending()
 
-    def prewarm(self, endpoint: Endpoint, n: int | None = None) -> int:
-        """Open connections now until ``n`` (default 1) are idle, within the
-        limits, and return how many are idle.
+    def _reset_ok(self, conn: SyncConnection) -> bool:
+        """Run ``reset`` (lock free) before a release that would reuse
+        ``conn``; False when it must be closed instead."""
+        assert self._reset is not None
+        with self._lock:
+            wanted = reset_wanted(self, conn)
+        if not wanted:
+            return True
+        start = time.monotonic_ns()
+        try:
+            ok = self._reset(conn)
+        except Exception as exc:
+            ok, detail = False, describe(exc)
+        except BaseException:
+            conn._broken = True
+            with self._lock:
+                self._put_back(conn)
+            raise
+        else:
+            detail = f"returned {ok!r}"
+        with self._lock:
+            return reset_outcome(self, conn, ok, detail, start)
 
-        :raises ValueError: ``n`` is not a positive integer.
-        :raises ConnectError: not a single connection could be opened.
+    def prewarm(self, endpoint: Endpoint, n: int | None = None) -> int:
+        """Open connections to ``endpoint`` now, until ``n`` are idle (each
+        runs ``on_connect``), one after another in the calling thread.  The
+        endpoint is then one the pool serves: with ``Config.min_idle`` its
+        floor is kept from here on.  Never beyond the limits.
+
+        :param n: how many idle connections to have; ``None`` for
+            ``max(Config.min_idle, 1)``.
+        :returns: the number of idle connections to ``endpoint`` now.
+        :raises TypeError: ``endpoint`` is not an :class:`~conpool.Endpoint`,
+            or ``n`` is not an int.
+        :raises ValueError: ``n`` is negative.
+        :raises ConnectError: dials were needed and not one opened a connection.
+        :raises PoolClosed: the pool is closed.
         """
         if n is None:
-            n = 1
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        n = min(n, self.config.max_connections_per_endpoint)
-        held: list[SyncConnection] = []
+            n = max(self.config.min_idle, 1)
+        elif isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int or None, got {type(n).__name__} {n!r}")
+        elif n < 0:
+            raise ValueError(f"n must be >= 0, got {n!r}")
+        self._enter()
+        lock = self._lock
+        state = self._state
+        with lock:
+            try:
+                found = state.endpoints.get(endpoint)
+            except TypeError:
+                found = None
+            ep = self._new_endpoint(endpoint) if found is None else found
+        self._addresses(ep)
+        with lock:
+            k = state.reserve_warm(ep, n)
+        errors: list[ConnectError] = []
+        opened = 0
         try:
-            for _ in range(n):
+            for _ in range(k):
                 try:
-                    held.append(self.acquire(endpoint, timeout=0))
-                except (PoolTimeout, PoolError) as exc:
-                    if not held and not isinstance(exc, PoolTimeout):
-                        raise
-                    break
+                    conn = self._connector.connect(ep, self.config.connect_timeout)
+                except ConnectError as exc:
+                    with lock:
+                        state.warm_abandoned(ep, None, failed=True)
+                        self._flush()
+                    errors.append(exc)
+                    continue
+                except BaseException:
+                    with lock:
+                        state.warm_abandoned(ep, None)
+                        self._flush()
+                    raise
+                with lock:
+                    self._note_new(ep, conn)
+                if self._on_connect is not None:
+                    try:
+                        self._init(conn, warm=True)
+                    except ConnectError as exc:
+                        errors.append(exc)
+                        continue
+                opened += 1
+                with lock:
+                    state.warm_ready(conn._rec, self._clock())
+                    self._flush()
         finally:
-            for conn in held:
-                self.release(conn)
-        with self._lock:
-            found = self._state.endpoints.get(endpoint)
-            return 0 if found is None else found.idle
+            self._close_pending()
+        if k and not opened:
+            raise errors[0]
+        with lock:
+            return ep.idle
 
     def stats(self) -> PoolStats:
         """A frozen snapshot of every count (see :class:`~conpool.PoolStats`)."""
@@ -499,13 +608,7 @@ class SyncPool(Shell[SyncConnection]):
     def _new_endpoint(self, endpoint: Endpoint) -> Ep:
         if not isinstance(endpoint, Endpoint):
             raise TypeError(f"endpoint must be a conpool.Endpoint, got {endpoint!r}")
-        if self._state.closed:
-            raise PoolClosed("the pool is closed")
-        if endpoint.is_ip:
-            ep = self._state.endpoint(endpoint)
-            self._state.set_addresses(ep, [endpoint.host])
-        else:
-            ep = self._state.endpoint(endpoint, endpoint.host)
+        ep = self._endpoint_state(endpoint)
         if self._sweeper is None:
             self._sweeper = threading.Thread(
                 target=_sweep, args=(weakref.ref(self),), name="conpool sweeper", daemon=True
@@ -530,6 +633,55 @@ class SyncPool(Shell[SyncConnection]):
         if self.config.sweep_interval is None:
             self._sweep_at = when
             self._sweep_wake.set()
+
+    def _start_refills(self) -> None:
+        # Done by the sweeper thread (woken now) once it let go of the lock.
+        self._refills_due = True
+        self._sweep_wake.set()
+
+    def _refill(self, ep: Ep, ip: str) -> None:
+        """One background dial of the warm floor (the sweeper thread): one
+        attempt, no retries (the backoff between refills is the retry);
+        nothing raises out of it."""
+        lock = self._lock
+        state = self._state
+        endpoint = ep.key
+        start = time.monotonic_ns()
+        self._emit("connect.started", endpoint, ip, detail="refill")
+        try:
+            conn = self._connector.open_one(ep, ip, self.config.connect_timeout)
+        except Exception as exc:
+            self._emit(
+                "connect.failed",
+                endpoint,
+                ip,
+                duration_ns=time.monotonic_ns() - start,
+                detail=f"refill: {describe(exc)}",
+            )
+            with lock:
+                state.refill_failed(ep, ip, self._clock(), counts=blames_address(exc))
+                self._flush()
+            return
+        except BaseException:
+            with lock:
+                state.warm_abandoned(ep, ip)
+                self._flush()
+            raise
+        with lock:
+            rec = state.refill_connected(ep, ip, conn, self._clock())
+            conn._rec = rec
+            self._note_new(ep, conn)
+        self._emit(
+            "connect.complete", endpoint, ip, rec.id, duration_ns=conn._connect_ns, detail="refill"
+        )
+        if self._on_connect is not None:
+            try:
+                self._init(conn, warm=True, refill=True)
+            except PoolError:
+                return  # traced (on_connect.failed), closed, backing off
+        with lock:
+            state.warm_ready(rec, self._clock(), refill=True)
+            self._flush()
 
     def _start_refresh(self, ep: Ep) -> None:
         # Done by the sweeper thread once it let go of the lock.
@@ -561,6 +713,13 @@ class SyncPool(Shell[SyncConnection]):
             self._sweep_once()
             due, self._refresh_due = self._refresh_due, []
         self._close_pending()
+        if self._refills_due:
+            self._refills_due = False
+            with self._lock:
+                dials = self._state.refills(self._clock())
+            for ep, ip in dials:
+                self._refill(ep, ip)
+            self._close_pending()
         for ep in due:
             assert ep.name is not None
             try:
