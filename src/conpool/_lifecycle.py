@@ -34,6 +34,7 @@ __all__ = [
     "Shell",
     "init_done",
     "init_failed",
+    "prewarm_count",
     "reset_outcome",
     "reset_wanted",
 ]
@@ -293,6 +294,21 @@ class Lifecycle:
 
 
 # -- the halves of on_connect and reset that do not wait: both shells' -----------
+
+
+def prewarm_count(n: object, min_idle: int) -> int:
+    """``prewarm()``'s ``n``, checked (``None``: ``max(min_idle, 1)``).
+
+    :raises TypeError: not an int.
+    :raises ValueError: negative.
+    """
+    if n is None:
+        return max(min_idle, 1)
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int or None, got {type(n).__name__} {n!r}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n!r}")
+    return n
 
 
 def init_failed(

@@ -41,7 +41,7 @@ from ._endpoint import Endpoint
 from ._errors import PoolClosed, PoolError, PoolTimeout
 from ._hooks import Hooks, logger
 from ._leaks import Leaks
-from ._lifecycle import Lifecycle
+from ._lifecycle import Lifecycle, prewarm_count
 from ._resolve import ResolutionCache, Resolver
 from ._shell import Shell, _histogram, checked_arguments
 from ._state import (
@@ -625,12 +625,7 @@ class Pool(Shell[Connection]):
             connection (or the name did not resolve: :class:`~conpool.ResolveError`).
         :raises PoolClosed: the pool is closed.
         """
-        if n is None:
-            n = max(self.config.min_idle, 1)
-        elif isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int or None, got {type(n).__name__} {n!r}")
-        elif n < 0:
-            raise ValueError(f"n must be >= 0, got {n!r}")
+        n = prewarm_count(n, self.config.min_idle)
         try:
             found = self._state.endpoints.get(endpoint)
         except TypeError:

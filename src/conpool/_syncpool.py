@@ -44,7 +44,7 @@ from ._endpoint import Endpoint
 from ._errors import ConnectError, PoolError, PoolTimeout, describe
 from ._hooks import Hooks, logger
 from ._leaks import Leaks
-from ._lifecycle import init_done, init_failed, reset_outcome, reset_wanted
+from ._lifecycle import init_done, init_failed, prewarm_count, reset_outcome, reset_wanted
 from ._resolve import ResolutionCache
 from ._shell import Shell, checked_arguments
 from ._state import DIAL, WAIT, Answer, ConnRecord, EndpointState, PoolState, Waiter
@@ -540,12 +540,7 @@ class SyncPool(Shell[SyncConnection]):
         :raises ConnectError: dials were needed and not one opened a connection.
         :raises PoolClosed: the pool is closed.
         """
-        if n is None:
-            n = max(self.config.min_idle, 1)
-        elif isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int or None, got {type(n).__name__} {n!r}")
-        elif n < 0:
-            raise ValueError(f"n must be >= 0, got {n!r}")
+        n = prewarm_count(n, self.config.min_idle)
         self._enter()
         lock = self._lock
         state = self._state
