@@ -659,7 +659,7 @@ class Pool(Shell[Connection]):
             if self._state.closed:
                 raise PoolClosed("the pool is closed")
             raise RuntimeError("use the pool as 'async with conpool.Pool(...) as pool:'")
-        return self._endpoint_state(endpoint)
+        return self._new_endpoint_state(endpoint)
 
     async def _healthy(self, rec: Rec) -> bool:
         """Run the user's health check on a connection about to be reused."""

@@ -445,7 +445,7 @@ class Shell(Generic[C]):
         self._state.dial_abandoned(ep)
         self._flush()
 
-    def _endpoint_state(self, endpoint: Endpoint) -> EndpointState[Endpoint, C]:
+    def _new_endpoint_state(self, endpoint: Endpoint) -> EndpointState[Endpoint, C]:
         """The machine's state for a new endpoint (the caller checked it)."""
         if self._state.closed:
             raise PoolClosed("the pool is closed")

@@ -74,7 +74,7 @@ class SyncConnector(Dialer[SyncConnection]):
     def open_one(self, ep: Ep, ip: str, timeout: float | None) -> SyncConnection:
         """One attempt to ``ip``, not registered (the warm floor's refills):
         TCP (or the proxy's tunnel), then TLS.  :class:`OSError` when it fails."""
-        plan = self._plan()
+        plan = self._plan(timeout)
         proxy = self._proxy(ep.key)
         if proxy is not None:
             conn = self._via_proxy(ep, ip, plan, timeout, proxy, quiet=True)

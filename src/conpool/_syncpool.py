@@ -41,7 +41,7 @@ from ._backends._threads import park, wait, wake
 from ._config import Config
 from ._dialplan import blames_address
 from ._endpoint import Endpoint
-from ._errors import ConnectError, PoolError, PoolTimeout, describe
+from ._errors import ConnectError, PoolError, describe
 from ._hooks import Hooks, logger
 from ._leaks import Leaks
 from ._lifecycle import init_done, init_failed, prewarm_count, reset_outcome, reset_wanted
@@ -603,7 +603,7 @@ class SyncPool(Shell[SyncConnection]):
     def _new_endpoint(self, endpoint: Endpoint) -> Ep:
         if not isinstance(endpoint, Endpoint):
             raise TypeError(f"endpoint must be a conpool.Endpoint, got {endpoint!r}")
-        ep = self._endpoint_state(endpoint)
+        ep = self._new_endpoint_state(endpoint)
         if self._sweeper is None:
             self._sweeper = threading.Thread(
                 target=_sweep, args=(weakref.ref(self),), name="conpool sweeper", daemon=True
