@@ -355,7 +355,7 @@ def test_refused_story_and_retries(echo_server: EchoServer) -> None:
             "[Errno 111] Connection refused",
             f"  connecting to tcp:{REFUSING}:{echo_server.port}",
             f"  connecting to {ep}",
-            "  after 2 retry attempts",
+            "  after 2 retry attempts (3 attempts in all)",
         ]
         kinds = [e.kind for e in tracer.events()]
         assert kinds.count("connect.failed") == 3
