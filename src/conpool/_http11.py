@@ -1,0 +1,592 @@
+"""HTTP/1.1 for the httpx transports, without I/O.
+
+Both :class:`conpool.httpx.AsyncTransport` (on :class:`~conpool.Pool`) and
+:class:`conpool.httpx.Transport` (on :class:`~conpool.SyncPool`) drive h11
+through these functions: what bytes open a request, what an h11 event means,
+whether a failure may be sent again, what an error says and which httpx
+class it is, which endpoint and proxy a request goes to.  The transports
+only move bytes and hold connections.
+
+Needs ``h11`` and ``httpx`` (the ``httpx`` extra): imported only by
+:mod:`conpool.httpx`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import ssl
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
+
+import anyio
+import h11
+import httpx
+
+from ._config import Config
+from ._endpoint import TLS, Endpoint
+from ._errors import ConnectError
+from ._noproxy import EnvironmentProxies, NoProxy
+from ._proxy import Proxy
+
+#: Where a connection keeps its h11 state machine (in ``user_data``).
+H11_KEY: Final = "conpool.httpx.h11"
+
+#: A request body up to this size goes out in the same send as the head.
+SMALL_BODY: Final = 64 * 1024
+
+#: Bytes asked for per receive.
+READ_SIZE: Final = 64 * 1024
+
+#: h11's limit on a response head (httpcore's value).
+MAX_HEAD: Final = 100 * 1024
+
+#: Methods whose request may be sent again (RFC 9110, section 9.2.2).
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+
+#: What an owned pool is made with by default: httpx's own limit and
+#: keep-alive expiry.
+DEFAULT_CONFIG: Final = Config(max_connections_per_endpoint=100, max_idle_time=5.0)
+
+_NO_TIMEOUT: Final[Mapping[str, float | None]] = {}
+
+# RFC 9110's field-name (a token) and field-value, as h11 checks them.
+_FIELD_NAME: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE: Final = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+
+#: Header fields already checked.  A client sends the same few (its
+#: defaults, Host) with every request: checking each once, not on every
+#: request, is a third of h11's cost of a request head.  Bounded.
+_CHECKED: set[tuple[bytes, bytes]] = set()
+_CHECKED_MAX: Final = 4096
+
+
+class PooledConnection(Protocol):
+    """What the error stories need of a connection (either shell's)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def uses(self) -> int: ...
+
+    endpoint: Endpoint
+    address: tuple[str, int]
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+def new_h11() -> h11.Connection:
+    """The HTTP/1.1 state machine of a new connection."""
+    return h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+
+
+def request_target(request: httpx.Request) -> bytes:
+    target = request.extensions.get("target")
+    return target if isinstance(target, bytes) else request.url.raw_path
+
+
+def start_request(conn: h11.Connection, request: httpx.Request) -> tuple[bytes, bool]:
+    """The bytes that open ``request`` on ``conn``: the head, and with a
+    small body already in memory the body and its end too.
+
+    :returns: ``(data, complete)``: ``complete`` when the whole request is in
+        ``data``; otherwise the caller streams ``request.stream``.
+    :raises h11.LocalProtocolError: the request cannot be framed.
+    """
+    raw = request.headers.raw
+    checked = _CHECKED
+    for field in raw:
+        if field not in checked:
+            _check_field(field)
+    # (_parsed: h11 skips the header regexes checked above and still checks
+    # the method, the target, Host, Content-Length and Transfer-Encoding.)
+    try:
+        method = request.method.encode("ascii")
+    except UnicodeEncodeError:
+        raise h11.LocalProtocolError(f"Illegal method {request.method!r}") from None
+    head = conn.send(
+        h11.Request(
+            method=method,
+            target=request_target(request),
+            headers=raw,
+            _parsed=True,
+        )
+    )
+    assert head is not None
+    stream = request.stream
+    if isinstance(stream, httpx.ByteStream):
+        # (Not request.content: a redirect's request shares the stream
+        # without having read it.)
+        body = b"".join(stream)
+        if len(body) <= SMALL_BODY:
+            parts = [head]
+            if body:
+                parts.append(conn.send(h11.Data(data=body)) or b"")
+            parts.append(conn.send(h11.EndOfMessage()) or b"")
+            return b"".join(parts), True
+    return head, False
+
+
+def _check_field(field: tuple[bytes, bytes]) -> None:
+    name, value = field
+    if _FIELD_NAME.fullmatch(name) is None:
+        raise h11.LocalProtocolError(f"Illegal header name {name!r}")
+    if _FIELD_VALUE.fullmatch(value) is None:
+        raise h11.LocalProtocolError(f"Illegal header value {value!r}")
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED.add(field)
+
+
+def replayable(request: httpx.Request) -> bool:
+    """Whether ``request`` can be sent again unchanged: an idempotent method
+    and a body that is in memory (or none)."""
+    return request.method in IDEMPOTENT and isinstance(request.stream, httpx.ByteStream)
+
+
+def timeouts(request: httpx.Request) -> Mapping[str, float | None]:
+    value = request.extensions.get("timeout")
+    return value if isinstance(value, Mapping) else _NO_TIMEOUT
+
+
+# -- responses ---------------------------------------------------------------------------
+
+
+def is_upgrade(request: httpx.Request, status: int) -> bool:
+    """Whether this response hands the connection to the caller."""
+    return status == 101 or (request.method == "CONNECT" and 200 <= status < 300)
+
+
+def head_event(conn: h11.Connection) -> h11.Response | h11.InformationalResponse | None:
+    """The final response head (or a 101) if h11 has it, skipping other 1xx;
+    None when more bytes are needed.
+
+    :raises h11.RemoteProtocolError: the server broke HTTP.
+    :raises anyio.EndOfStream: the server closed first.
+    """
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            return None
+        cls = type(event)
+        if cls is h11.Response:
+            return event  # type: ignore[return-value]
+        if cls is h11.InformationalResponse and event.status_code == 101:  # type: ignore[union-attr]
+            return event  # type: ignore[return-value]
+        if cls is h11.ConnectionClosed:
+            raise anyio.EndOfStream
+
+
+def response_parts(
+    head: h11.Response | h11.InformationalResponse,
+) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any]]:
+    """An ``httpx.Response``'s status, headers and extensions from h11's head."""
+    extensions: dict[str, Any] = {
+        "http_version": b"HTTP/" + head.http_version,
+        "reason_phrase": head.reason,
+    }
+    return head.status_code, head.headers.raw_items(), extensions
+
+
+def buffered_body(conn: h11.Connection, chunks: list[bytes]) -> bool:
+    """Take what of the body h11 has without more I/O into ``chunks``;
+    True when that reached the end of the body.  (A protocol error is
+    left for the reader, who raises it with its story.)"""
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return False
+        cls = type(event)
+        if cls is h11.Data:
+            chunks.append(bytes(event.data))  # type: ignore[union-attr]
+        elif cls is h11.EndOfMessage:
+            return True
+        else:
+            return False  # NEED_DATA; anything else surfaces when the body is read
+
+
+def body_event(conn: h11.Connection) -> bytes | bool:
+    """The next piece of a response body: a chunk, True at its end, False
+    when more bytes are needed.
+
+    :raises h11.RemoteProtocolError: the server broke HTTP.
+    """
+    event = conn.next_event()
+    if event is h11.NEED_DATA:
+        return False
+    cls = type(event)
+    if cls is h11.Data:
+        return bytes(event.data)  # type: ignore[union-attr]
+    if cls is h11.EndOfMessage:
+        return True
+    raise h11.RemoteProtocolError(f"unexpected {event!r} in a response body")
+
+
+def reusable(conn: h11.Connection) -> bool:
+    """After a response was read to its end: can the connection carry
+    another request?  (Starts h11's next cycle when it can.)"""
+    if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        conn.start_next_cycle()
+        return True
+    return False
+
+
+def pending_end(conn: h11.Connection) -> list[bytes] | None:
+    """The rest of a response body that has already arrived: the chunks, or
+    None when the body is not complete without more I/O.  Lets a response
+    closed early keep its connection when nothing is left to read."""
+    chunks: list[bytes] = []
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return None
+        if event is h11.NEED_DATA or event is h11.PAUSED:
+            return None
+        if type(event) is h11.Data:
+            chunks.append(bytes(event.data))
+        elif type(event) is h11.EndOfMessage:
+            return chunks
+        else:
+            return None
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class Failed(Exception):
+    """A request failed before any byte of its response arrived (``early``),
+    on a reused connection the server had closed (``stale``) or not."""
+
+    def __init__(self, error: httpx.HTTPError, early: bool, stale: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.early = early
+        self.stale = stale
+
+
+def where(conn: PooledConnection) -> str:
+    """The pool's part of an error's story: which connection, how used."""
+    ip, port = conn.address
+    host = f"[{ip}]" if ":" in ip else ip
+    uses = conn.uses
+    how = "new" if uses == 1 else f"reused, use {uses}"
+    return f"on connection #{conn.id} to {conn.endpoint} via {host}:{port} ({how})"
+
+
+def story(first: str, request: httpx.Request, doing: str, conn: PooledConnection | None) -> str:
+    lines = [first, f"  {doing} {request.method} {request.url}"]
+    if conn is not None:
+        lines.append(f"  {where(conn)}")
+    return "\n".join(lines)
+
+
+def connect_error(exc: ConnectError, request: httpx.Request) -> httpx.HTTPError:
+    """httpx's error for a connection the pool could not make."""
+    timed_out = any(isinstance(e, TimeoutError) for e in exc.errors)
+    cls = httpx.ConnectTimeout if timed_out else httpx.ConnectError
+    return cls(f"{exc}\n  sending {request.method} {request.url}", request=request)
+
+
+def acquire_failed(exc: ConnectError, request: httpx.Request, retries: int) -> Exception:
+    """What to raise when the pool could not make a connection: httpx's
+    error, wrapped in :class:`Failed` when retries may send it again."""
+    error = connect_error(exc, request)
+    error.__cause__ = exc
+    if retries:
+        return Failed(error, True, False)
+    return error
+
+
+def write_timeout(
+    request: httpx.Request, conn: PooledConnection, seconds: float
+) -> httpx.HTTPError:
+    return httpx.WriteTimeout(
+        story(f"timed out after {seconds:g} s", request, "sending", conn), request=request
+    )
+
+
+def read_timeout(request: httpx.Request, conn: PooledConnection, seconds: float) -> httpx.HTTPError:
+    return httpx.ReadTimeout(
+        story(f"timed out after {seconds:g} s", request, "reading the response to", conn),
+        request=request,
+    )
+
+
+def local_error(
+    exc: h11.LocalProtocolError, request: httpx.Request, conn: PooledConnection
+) -> httpx.HTTPError:
+    """httpx's error for a request h11 would not frame."""
+    return httpx.LocalProtocolError(story(str(exc), request, "sending", conn), request=request)
+
+
+def head_failure(
+    failure: BaseException,
+    write_failed: BaseException | None,
+    got_bytes: bool,
+    reused: bool,
+    request: httpx.Request,
+    conn: PooledConnection,
+) -> httpx.HTTPError:
+    """httpx's error for a request that got no response head: what stopped
+    the read (``failure``), whether the send had failed first, whether any
+    response byte had arrived, and whether the connection was a reused one
+    (then a non-idempotent request's message says why it is not retried)."""
+    doing = "reading the response to"
+    error: httpx.HTTPError
+    if write_failed is not None and not got_bytes:
+        error = httpx.WriteError(
+            story(describe(write_failed), request, "sending", conn), request=request
+        )
+        error.__cause__ = write_failed
+    elif isinstance(failure, h11.RemoteProtocolError):
+        error = httpx.RemoteProtocolError(
+            story(str(failure), request, doing, conn), request=request
+        )
+    elif isinstance(failure, anyio.EndOfStream):
+        what = (
+            "Server disconnected in the middle of the response head."
+            if got_bytes
+            else "Server disconnected without sending a response."
+        )
+        error = httpx.RemoteProtocolError(story(what, request, doing, conn), request=request)
+    else:
+        error = httpx.ReadError(story(describe(failure), request, doing, conn), request=request)
+    if error.__cause__ is None:
+        error.__cause__ = failure
+    if reused and not got_bytes and not replayable(request):
+        error.args = (
+            f"{error.args[0]}\n  not sent again: the connection was a reused "
+            f"one, but {request.method} requests are not retried",
+        )
+    return error
+
+
+def no_head(
+    failure: BaseException,
+    write_failed: BaseException | None,
+    got_bytes: bool,
+    reused: bool,
+    request: httpx.Request,
+    conn: PooledConnection,
+) -> Failed:
+    """:func:`head_failure`, marked for the retry decision."""
+    error = head_failure(failure, write_failed, got_bytes, reused, request, conn)
+    return Failed(error, not got_bytes, reused and not got_bytes)
+
+
+def body_error(
+    exc: BaseException, request: httpx.Request, conn: PooledConnection, seconds: float | None
+) -> httpx.HTTPError | None:
+    """httpx's error for a failure while reading a response body (None:
+    not one of ours, raise it as it is)."""
+    doing = "reading the body of the response to"
+    if isinstance(exc, TimeoutError):
+        return httpx.ReadTimeout(
+            story(f"timed out after {seconds:g} s", request, doing, conn), request=request
+        )
+    if isinstance(exc, h11.RemoteProtocolError):
+        return httpx.RemoteProtocolError(story(str(exc), request, doing, conn), request=request)
+    if isinstance(exc, OSError | anyio.BrokenResourceError | anyio.ClosedResourceError):
+        return httpx.ReadError(story(describe(exc), request, doing, conn), request=request)
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    text = str(cause)
+    return text or type(cause).__name__
+
+
+class Retries:
+    """Whether a failed request goes out again: once after a stale reused
+    connection, and up to ``retries`` more times after a failure before any
+    response byte, only for a request that can be sent again unchanged."""
+
+    __slots__ = ("left", "stale_retried")
+
+    def __init__(self, retries: int) -> None:
+        self.left = retries
+        self.stale_retried = False
+
+    def again(self, failed: Failed, request: httpx.Request) -> bool:
+        if not replayable(request):
+            return False
+        if failed.stale and not self.stale_retried:
+            self.stale_retried = True
+            return True
+        if self.left > 0 and failed.early:
+            self.left -= 1
+            return True
+        return False
+
+
+# -- the transports' arguments and routing ---------------------------------------------
+
+
+class Setup:
+    """A transport's checked arguments: the pool to use (``shared``) or the
+    config to make one from, the proxies of the environment, verify and
+    retries.
+
+    :raises TypeError: see the transports.
+    :raises ValueError: see the transports.
+    """
+
+    __slots__ = ("bypass", "config", "env", "owned", "retries", "verify")
+
+    def __init__(
+        self,
+        pool_type: type[Any],
+        pool_name: str,
+        shared: Any,
+        config: Config | None,
+        resolver: object,
+        tracer: object,
+        verify: ssl.SSLContext | bool,
+        retries: int,
+        proxy: str | Proxy | None,
+        trust_env: bool,
+    ) -> None:
+        if isinstance(proxy, str):
+            proxy = Proxy.parse(proxy)  # (its ValueError shows the URL redacted)
+        elif proxy is not None and not isinstance(proxy, Proxy):
+            raise TypeError(
+                f"proxy must be a proxy URL (str), a conpool.Proxy or None, "
+                f"got {type(proxy).__name__}"
+            )
+        if not isinstance(trust_env, bool):
+            raise TypeError(f"trust_env must be a bool, got {trust_env!r}")
+        #: Routing by the environment's proxies (owned pools only), or None.
+        self.env: EnvironmentProxies | None = None
+        self.bypass: NoProxy | None = None
+        if shared is not None:
+            if not isinstance(shared, pool_type):
+                raise TypeError(f"pool must be a {pool_name} or None, got {shared!r}")
+            if config is not None or resolver is not None or tracer is not None:
+                raise TypeError("give either pool or config/resolver/tracer, not both")
+            if proxy is not None:
+                raise ValueError(
+                    "proxy cannot be given with a shared pool: the shared pool's own "
+                    "Config.proxy decides (make it with conpool.Config(proxy=...))"
+                )
+            self.owned = False
+            config = shared.config
+        else:
+            if config is None:
+                config = DEFAULT_CONFIG
+            elif not isinstance(config, Config):
+                raise TypeError(f"config must be a conpool.Config or None, got {config!r}")
+            if proxy is not None:
+                if config.proxy is not None:
+                    raise ValueError("give the proxy either as proxy= or as config.proxy, not both")
+                config = dataclasses.replace(config, proxy=proxy)
+            elif config.proxy is None and trust_env:
+                env = EnvironmentProxies(os.environ)
+                if env.http is not None or env.https is not None or env.all is not None:
+                    self.env = env
+                    if config.no_proxy:
+                        self.bypass = NoProxy(config.no_proxy)
+            self.owned = True
+        assert config is not None
+        self.config: Config = config
+        if not isinstance(verify, bool | ssl.SSLContext):
+            raise TypeError(f"verify must be a bool or an ssl.SSLContext, got {verify!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise TypeError(f"retries must be an int, got {retries!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries!r}")
+        self.verify = verify
+        self.retries = retries
+
+    def proxy_config(self, proxy: Proxy) -> Config:
+        """The config of the owned pool for the requests through ``proxy``."""
+        env = self.env
+        assert env is not None
+        return dataclasses.replace(
+            self.config, proxy=proxy, no_proxy=(*self.config.no_proxy, *env.no_proxy)
+        )
+
+
+class Router:
+    """Which endpoint (and which proxy of the environment) a request goes
+    to, remembered per scheme, host, port and SNI name."""
+
+    __slots__ = ("_bypass", "_endpoints", "_env", "_name", "_tls_value", "_verify")
+
+    def __init__(self, name: str, setup: Setup) -> None:
+        self._name = name
+        self._verify = setup.verify
+        self._env = setup.env
+        self._bypass = setup.bypass
+        # Made on the first https request: loading the CA bundle takes
+        # milliseconds that a plain-http client need not pay.
+        self._tls_value: TLS | None = None
+        self._endpoints: dict[
+            tuple[bytes, bytes, int | None, object], tuple[Endpoint, Proxy | None]
+        ] = {}
+
+    @property
+    def tls(self) -> TLS:
+        """The TLS settings of https endpoints (ALPN http/1.1, SNI by name)."""
+        tls = self._tls_value
+        if tls is None:
+            verify = self._verify
+            context = (
+                verify
+                if isinstance(verify, ssl.SSLContext)
+                else httpx.create_ssl_context(verify=verify)
+            )
+            tls = self._tls_value = TLS(context, alpn=("http/1.1",))
+        return tls
+
+    def route(self, request: httpx.Request) -> tuple[Endpoint, Proxy | None]:
+        """The request's endpoint, and the proxy from the environment it goes
+        through (None: direct, or no proxies from the environment)."""
+        url = request.url
+        sni = request.extensions.get("sni_hostname")
+        key = (url.raw_scheme, url.raw_host, url.port, sni)
+        route = self._endpoints.get(key)
+        if route is None:
+            scheme = url.scheme
+            if scheme not in ("http", "https"):
+                raise httpx.UnsupportedProtocol(
+                    f"{self._name} speaks http and https, not {scheme!r}: {url}",
+                    request=request,
+                )
+            if not url.host:
+                raise httpx.UnsupportedProtocol(f"no host in {url}", request=request)
+            port = url.port or (443 if scheme == "https" else 80)
+            tls = None
+            if scheme == "https":
+                tls = self.tls
+                if isinstance(sni, str):
+                    tls = TLS(tls.context, server_name=sni, alpn=("http/1.1",))
+            endpoint = Endpoint(url.host, port, tls=tls)
+            proxy = None
+            env = self._env
+            if env is not None:
+                proxy = env.proxy_for(endpoint)
+                bypass = self._bypass
+                if proxy is not None and bypass is not None and bypass.matches(endpoint):
+                    proxy = None
+            route = (endpoint, proxy)
+            if len(self._endpoints) > 1024:
+                self._endpoints.clear()
+            self._endpoints[key] = route
+        return route
+
+
+def transport_closed(
+    name: str, why: str, use: str, request: httpx.Request, proxy: Proxy
+) -> httpx.HTTPError:
+    """The error of a request through a proxy of the environment on a
+    transport that is not open."""
+    return httpx.ConnectError(
+        f"{name} {why}: use it as '{use}'\n  sending {request.method} {request.url} via {proxy}",
+        request=request,
+    )
