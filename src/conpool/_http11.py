@@ -18,7 +18,7 @@ import os
 import re
 import ssl
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import anyio
 import h11
@@ -26,7 +26,7 @@ import httpx
 
 from ._config import Config
 from ._endpoint import TLS, Endpoint
-from ._errors import ConnectError
+from ._errors import ConnectError, PoolError, PoolTimeout
 from ._noproxy import EnvironmentProxies, NoProxy
 from ._proxy import Proxy
 
@@ -73,6 +73,10 @@ class PooledConnection(Protocol):
 
     endpoint: Endpoint
     address: tuple[str, int]
+
+
+P = TypeVar("P")
+C = TypeVar("C", bound=PooledConnection)
 
 
 # -- requests ----------------------------------------------------------------------------
@@ -128,6 +132,25 @@ def start_request(conn: h11.Connection, request: httpx.Request) -> tuple[bytes, 
             parts.append(conn.send(h11.EndOfMessage()) or b"")
             return b"".join(parts), True
     return head, False
+
+
+def begin(
+    user_data: dict[Any, Any], request: httpx.Request, conn: PooledConnection
+) -> tuple[h11.Connection, bytes, bool]:
+    """Open ``request`` on a pooled connection: its h11 state machine (kept
+    in ``user_data``, made new when the last exchange did not end cleanly)
+    and :func:`start_request`'s ``(data, complete)``.
+
+    :raises httpx.LocalProtocolError: the request cannot be framed.
+    """
+    h11c: h11.Connection | None = user_data.get(H11_KEY)
+    if h11c is None or h11c.our_state is not h11.IDLE:
+        h11c = user_data[H11_KEY] = new_h11()
+    try:
+        data, complete = start_request(h11c, request)
+    except h11.LocalProtocolError as exc:
+        raise local_error(exc, request, conn) from exc
+    return h11c, data, complete
 
 
 def _check_field(field: tuple[bytes, bytes]) -> None:
@@ -255,6 +278,70 @@ def pending_end(conn: h11.Connection) -> list[bytes] | None:
             return None
 
 
+class Body(Generic[P, C]):
+    """What both transports' response bodies hold, and when their
+    connection goes back: the I/O (reading, releasing) is each one's."""
+
+    def __init__(
+        self,
+        pool: P,
+        conn: C,
+        h11c: h11.Connection,
+        request: httpx.Request,
+        read_timeout: float | None,
+    ) -> None:
+        self._pool = pool
+        self._conn: C | None = conn
+        self._h11 = h11c
+        self._request = request
+        self._read = read_timeout
+        self._chunks: list[bytes] = []
+
+    def _buffered(self) -> bool:
+        """Take what of the body h11 has without I/O; True at its end."""
+        return buffered_body(self._h11, self._chunks)
+
+    def _done(self) -> tuple[C, bool] | None:
+        """At the end of the body: its connection (now the caller's to give
+        back) and whether it can carry another request; None if already."""
+        conn = self._conn
+        if conn is None:
+            return None
+        self._conn = None
+        return conn, reusable(self._h11)
+
+    def _closing(self) -> tuple[C, bool] | None:
+        """Closed by the caller: as :meth:`_done`, but a body closed before
+        its end with more to come leaves the connection out of step (closed,
+        not reused: draining a body of unknown length could take as long as
+        the body)."""
+        if self._conn is None:
+            return None
+        if pending_end(self._h11) is None:
+            conn, self._conn = self._conn, None
+            return conn, False
+        return self._done()
+
+    def _failed(self, exc: BaseException, conn: C) -> httpx.HTTPError | None:
+        """Reading failed (the connection is being discarded): httpx's error."""
+        self._conn = None
+        return body_error(exc, self._request, conn, self._read)
+
+
+class Handed(Generic[P, C]):
+    """The part of a handed-over connection (101, CONNECT) both
+    transports share: the bytes h11 had read past the response head."""
+
+    def __init__(self, pool: P, conn: C, leading: bytes) -> None:
+        self._pool = pool
+        self._conn: C | None = conn
+        self._leading = leading
+
+    def _take_leading(self, max_bytes: int) -> bytes:
+        data, self._leading = self._leading[:max_bytes], self._leading[max_bytes:]
+        return data
+
+
 # -- errors ------------------------------------------------------------------------------
 
 
@@ -292,14 +379,19 @@ def connect_error(exc: ConnectError, request: httpx.Request) -> httpx.HTTPError:
     return cls(f"{exc}\n  sending {request.method} {request.url}", request=request)
 
 
-def acquire_failed(exc: ConnectError, request: httpx.Request, retries: int) -> Exception:
-    """What to raise when the pool could not make a connection: httpx's
-    error, wrapped in :class:`Failed` when retries may send it again."""
-    error = connect_error(exc, request)
-    error.__cause__ = exc
-    if retries:
-        return Failed(error, True, False)
-    return error
+def acquire_error(exc: PoolError, request: httpx.Request, retries: int) -> Exception:
+    """What to raise when the pool gave no connection (``exc`` is its
+    :class:`~conpool.PoolTimeout`, :class:`~conpool.ConnectError` or
+    :class:`~conpool.PoolClosed`): httpx's error, wrapped in :class:`Failed`
+    when ``retries`` may send the request again (a connection not made)."""
+    if isinstance(exc, ConnectError):
+        error = connect_error(exc, request)
+        error.__cause__ = exc
+        if retries:
+            return Failed(error, True, False)
+        return error
+    cls = httpx.PoolTimeout if isinstance(exc, PoolTimeout) else httpx.ConnectError
+    return cls(f"{exc}\n  sending {request.method} {request.url}", request=request)
 
 
 def write_timeout(
@@ -324,18 +416,19 @@ def local_error(
     return httpx.LocalProtocolError(story(str(exc), request, "sending", conn), request=request)
 
 
-def head_failure(
+def no_head(
     failure: BaseException,
     write_failed: BaseException | None,
     got_bytes: bool,
     reused: bool,
     request: httpx.Request,
     conn: PooledConnection,
-) -> httpx.HTTPError:
-    """httpx's error for a request that got no response head: what stopped
-    the read (``failure``), whether the send had failed first, whether any
-    response byte had arrived, and whether the connection was a reused one
-    (then a non-idempotent request's message says why it is not retried)."""
+) -> Failed:
+    """httpx's error for a request that got no response head, marked for the
+    retry decision: what stopped the read (``failure``), whether the send
+    had failed first, whether any response byte had arrived, and whether
+    the connection was a reused one (then a non-idempotent request's
+    message says why it is not retried)."""
     doing = "reading the response to"
     error: httpx.HTTPError
     if write_failed is not None and not got_bytes:
@@ -363,19 +456,6 @@ def head_failure(
             f"{error.args[0]}\n  not sent again: the connection was a reused "
             f"one, but {request.method} requests are not retried",
         )
-    return error
-
-
-def no_head(
-    failure: BaseException,
-    write_failed: BaseException | None,
-    got_bytes: bool,
-    reused: bool,
-    request: httpx.Request,
-    conn: PooledConnection,
-) -> Failed:
-    """:func:`head_failure`, marked for the retry decision."""
-    error = head_failure(failure, write_failed, got_bytes, reused, request, conn)
     return Failed(error, not got_bytes, reused and not got_bytes)
 
 
@@ -413,16 +493,17 @@ class Retries:
         self.left = retries
         self.stale_retried = False
 
-    def again(self, failed: Failed, request: httpx.Request) -> bool:
-        if not replayable(request):
-            return False
-        if failed.stale and not self.stale_retried:
-            self.stale_retried = True
-            return True
-        if self.left > 0 and failed.early:
-            self.left -= 1
-            return True
-        return False
+    def after(self, failed: Failed, request: httpx.Request) -> None:
+        """Return to send ``request`` again (on a fresh connection);
+        otherwise raise its error."""
+        if replayable(request):
+            if failed.stale and not self.stale_retried:
+                self.stale_retried = True
+                return
+            if self.left > 0 and failed.early:
+                self.left -= 1
+                return
+        raise failed.error from failed.error.__cause__
 
 
 # -- the transports' arguments and routing ---------------------------------------------

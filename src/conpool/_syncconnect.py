@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ._backends._sockets import timeout_error
 from ._backends._threads import connect_result, start_connect, tls_handshake
@@ -193,11 +194,6 @@ class SyncConnector(Dialer[SyncConnection]):
         the target as on a direct connection.  No race: every attempt goes
         to the same proxy."""
         endpoint = ep.key
-        if proxy.is_tls and endpoint.tls is not None:
-            # (TLS inside TLS needs ssl's memory BIOs: not done yet.)
-            raise NotImplementedError(
-                "SyncPool cannot reach a TLS endpoint through https:// proxies"
-            )
         self.emit("connect.started", endpoint, ip)
         start = time.monotonic_ns()
         deadline = math.inf if timeout is None else time.monotonic() + timeout
@@ -252,9 +248,10 @@ class SyncConnector(Dialer[SyncConnection]):
     def _finish(
         self, ep: Ep, a: _Attempt, plan: DialPlan, timeout: float | None, quiet: bool = False
     ) -> SyncConnection | None:
-        """TCP is up: TLS if asked, then the unregistered connection."""
+        """TCP (or a proxy's tunnel) is up: TLS if asked (inside the
+        tunnel's TLS for an https:// proxy), then the unregistered connection."""
         endpoint = ep.key
-        sock: socket.socket = a.sock
+        sock: Any = a.sock
         tls_ns: int | None = None
         try:
             sock.setblocking(True)

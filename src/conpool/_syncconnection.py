@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._backends._sockets import PROBE_AFTER, probe
+from ._backends._tlsintls import TLSInTLS
 from ._connection import UNREGISTERED, describe_connection, released_error
 from ._records import ConnRecord
 
@@ -46,6 +47,7 @@ class SyncConnection:
         "_gen",
         "_rec",
         "_sock",
+        "_timeout",
         "_tls",
         "_tls_ns",
         "address",
@@ -54,13 +56,19 @@ class SyncConnection:
     )
 
     def __init__(
-        self, endpoint: Endpoint, address: tuple[str, int], sock: socket.socket, gen: int = 0
+        self,
+        endpoint: Endpoint,
+        address: tuple[str, int],
+        sock: socket.socket | TLSInTLS,
+        gen: int = 0,
     ) -> None:
         self.endpoint = endpoint
         self.address = address
         self._sock = sock
         self._fd = sock.fileno()
-        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._tls = isinstance(sock, ssl.SSLSocket | TLSInTLS)
+        #: What settimeout() last gave the socket (None: blocking).
+        self._timeout: float | None = None
         self._rec: ConnRecord[Endpoint, Any] = UNREGISTERED
         self._broken = False
         self._closed = False
@@ -134,11 +142,17 @@ class SyncConnection:
 
         :raises ValueError: a negative or NaN ``seconds``.
         """
-        if seconds is not None and (
-            isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0
-        ):
+        if seconds is None:
+            if self._timeout is None:
+                return
+        elif seconds.__class__ is float and seconds == self._timeout:
+            # (A protocol layer sets the same timeout before every request:
+            # the socket already has it, no system call.)
+            return
+        elif isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
             raise ValueError(f"seconds must be a number >= 0 or None, got {seconds!r}")
         self._sock.settimeout(seconds)
+        self._timeout = seconds
 
     def close(self) -> None:
         """Close the connection for good; the pool will not reuse it.
@@ -152,8 +166,22 @@ class SyncConnection:
 
     @property
     def socket(self) -> socket.socket:
-        """The underlying socket (an :class:`ssl.SSLSocket` with TLS)."""
-        return self._sock
+        """The underlying socket (an :class:`ssl.SSLSocket` with TLS; with
+        TLS inside an ``https://`` proxy's tunnel, an object with the socket
+        methods the connection uses, ``sendall``, ``recv``, ``settimeout``,
+        ``fileno``)."""
+        return self._sock  # type: ignore[return-value]
+
+    @property
+    def ssl_object(self) -> ssl.SSLSocket | ssl.SSLObject | None:
+        """The TLS session to the endpoint (for ``version()``,
+        ``selected_alpn_protocol()``, ``getpeercert()``), or None without TLS."""
+        sock = self._sock
+        if self.endpoint.tls is None:
+            return None  # (a plain endpoint through an https:// proxy's TLS included)
+        if isinstance(sock, TLSInTLS):
+            return sock.ssl_object
+        return sock if isinstance(sock, ssl.SSLSocket) else None
 
     @property
     def closed(self) -> bool:

@@ -78,24 +78,29 @@ def _fork_generation() -> int:
 class _Lease:
     """``with pool.connection(ep) as conn``."""
 
-    __slots__ = ("_conn", "_connect_timeout", "_endpoint", "_pool", "_timeout")
+    __slots__ = ("_conn", "_connect_timeout", "_endpoint", "_fresh", "_pool", "_timeout")
 
     def __init__(
         self,
         pool: SyncPool,
         endpoint: Endpoint,
+        fresh: bool,
         timeout: Any,
         connect_timeout: Any,
     ) -> None:
         self._pool = pool
         self._endpoint = endpoint
+        self._fresh = fresh
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._conn: SyncConnection | None = None
 
     def __enter__(self) -> SyncConnection:
         conn = self._conn = self._pool.acquire(
-            self._endpoint, timeout=self._timeout, connect_timeout=self._connect_timeout
+            self._endpoint,
+            fresh=self._fresh,
+            timeout=self._timeout,
+            connect_timeout=self._connect_timeout,
         )
         return conn
 
@@ -271,18 +276,20 @@ class SyncPool(Shell[SyncConnection]):
         self,
         endpoint: Endpoint,
         *,
+        fresh: bool = False,
         timeout: float | None = _DEFAULT,
         connect_timeout: float | None = _DEFAULT,
     ) -> _Lease:
         """``with pool.connection(endpoint) as conn``: acquire, then release
         on a normal exit or close on an exception.  Takes the arguments of
         :meth:`acquire`."""
-        return _Lease(self, endpoint, timeout, connect_timeout)
+        return _Lease(self, endpoint, fresh, timeout, connect_timeout)
 
     def acquire(
         self,
         endpoint: Endpoint,
         *,
+        fresh: bool = False,
         timeout: float | None = _DEFAULT,
         connect_timeout: float | None = _DEFAULT,
     ) -> SyncConnection:
@@ -290,12 +297,18 @@ class SyncPool(Shell[SyncConnection]):
         else a new one (waiting for a free slot if the limits are reached).
 
         :param endpoint: where to connect.
+        :param fresh: never hand out an idle connection: dial a new one
+            (within the limits; when the endpoint's limit is reached and
+            some of its connections are idle, the least recently used idle
+            one is closed to make room).  For retrying a request that failed
+            on a reused connection.
         :param timeout: seconds to wait for a slot (None: as long as it
             takes), instead of ``Config.acquire_timeout`` for this call.
         :param connect_timeout: seconds per connection attempt, instead of
             ``Config.connect_timeout`` for this call.
         :returns: a :class:`~conpool.SyncConnection`; give it back with :meth:`release`.
-        :raises TypeError: ``endpoint`` is not a :class:`~conpool.Endpoint`.
+        :raises TypeError: ``endpoint`` is not a :class:`~conpool.Endpoint`,
+            or ``fresh`` is not a bool.
         :raises ValueError: a negative or NaN ``timeout`` or ``connect_timeout``.
         :raises ConnectError: every attempt failed; its text tells the story.
         :raises ResolveError: the name did not resolve.
@@ -311,6 +324,10 @@ class SyncPool(Shell[SyncConnection]):
             connect_timeout = self.config.connect_timeout
         elif connect_timeout is not None:
             connect_timeout = _seconds("connect_timeout", connect_timeout)
+        if fresh is not False:
+            if fresh is not True:
+                raise TypeError(f"fresh must be a bool, got {type(fresh).__name__} {fresh!r}")
+            return self._acquire_fresh(endpoint, timeout, connect_timeout)
         self._enter()
         with self._lock:
             conn = self._grab(endpoint)
@@ -344,6 +361,42 @@ class SyncPool(Shell[SyncConnection]):
                 got = self._state.acquire(ep, self._clock())
                 if self._state.to_close or self._state.to_wake:
                     self._flush()
+            self._close_pending()
+
+    def _ep_for(self, endpoint: Endpoint) -> Ep:
+        """The machine's state of ``endpoint``, made on first use (under the lock)."""
+        try:
+            found = self._state.endpoints.get(endpoint)
+        except TypeError:
+            found = None
+        return self._new_endpoint(endpoint) if found is None else found
+
+    def _acquire_fresh(
+        self, endpoint: Endpoint, timeout: float | None, connect_timeout: float | None
+    ) -> SyncConnection:
+        """A new connection, never an idle one (``acquire(fresh=True)``)."""
+        self._enter()
+        lock = self._lock
+        state = self._state
+        deadline = None if timeout is None else self._clock() + timeout
+        while True:
+            with lock:
+                ep = self._ep_for(endpoint)
+                got = state.acquire_fresh(ep)
+                if state.to_close or state.to_wake:
+                    self._flush()
+            self._close_pending()
+            if got is DIAL:
+                return self._dial(ep, connect_timeout)
+            granted = self._wait(ep, deadline, timeout)
+            if granted is None:
+                return self._dial(ep, connect_timeout)
+            # Served a connection someone released: not what was asked for.
+            # Closing it frees its slot; the next round dials in it (or
+            # waits again, if a waiter that came first takes it).
+            with lock:
+                state.discard(granted, "fresh")
+                self._flush()
             self._close_pending()
 
     def _wait(self, ep: Ep, deadline: float | None, timeout: float | None) -> Rec | None:
@@ -487,9 +540,10 @@ class SyncPool(Shell[SyncConnection]):
                 conn._closed = conn._broken = True
                 conn._sock.close()
             return
-        if not conn._broken and conn._sock.gettimeout() is not None:
+        if conn._timeout is not None and not conn._broken:
             try:
                 conn._sock.settimeout(None)
+                conn._timeout = None
             except OSError:
                 conn._broken = True
         self._enter()
@@ -545,11 +599,7 @@ class SyncPool(Shell[SyncConnection]):
         lock = self._lock
         state = self._state
         with lock:
-            try:
-                found = state.endpoints.get(endpoint)
-            except TypeError:
-                found = None
-            ep = self._new_endpoint(endpoint) if found is None else found
+            ep = self._ep_for(endpoint)
         self._addresses(ep)
         with lock:
             k = state.reserve_warm(ep, n)

@@ -1,4 +1,6 @@
-"""httpx on conpool: ``httpx.AsyncClient(transport=conpool.httpx.AsyncTransport())``.
+"""httpx on conpool: ``httpx.AsyncClient(transport=conpool.httpx.AsyncTransport())``,
+and ``httpx.Client(transport=conpool.httpx.Transport())`` on threads (the
+twin over :class:`~conpool.SyncPool`, in :mod:`conpool._httpx_sync`).
 
 HTTP/1.1 is framed by h11, driven here directly: one ``h11.Connection`` per
 pooled connection, kept in :attr:`Connection.user_data
@@ -30,37 +32,34 @@ from ._connection import Connection
 from ._endpoint import TLS, Endpoint
 from ._errors import ConnectError, PoolClosed, PoolTimeout
 from ._http11 import (
-    H11_KEY,
     READ_SIZE,
+    Body,
     Failed,
+    Handed,
     Retries,
     Router,
     Setup,
-    acquire_failed,
-    body_error,
+    acquire_error,
+    begin,
     body_event,
-    buffered_body,
     describe,
     head_event,
     is_upgrade,
     local_error,
-    new_h11,
     no_head,
-    pending_end,
     read_timeout,
     response_parts,
-    reusable,
-    start_request,
     timeouts,
     transport_closed,
     write_timeout,
 )
+from ._httpx_sync import Transport as Transport
 from ._pool import Pool
 from ._proxy import Proxy
 from ._resolve import Resolver
 from ._trace import Tracer
 
-__all__ = ["AsyncTransport"]
+__all__ = ["AsyncTransport", "Transport"]
 
 
 class AsyncTransport(httpx.AsyncBaseTransport):
@@ -272,8 +271,7 @@ class AsyncTransport(httpx.AsyncBaseTransport):
             except Failed as failed:
                 if retry is None:
                     retry = Retries(self._retries)
-                if not retry.again(failed, request):
-                    raise failed.error from failed.error.__cause__
+                retry.after(failed, request)
                 fresh = True
 
     async def _send(
@@ -291,16 +289,8 @@ class AsyncTransport(httpx.AsyncBaseTransport):
                 timeout=limits.get("pool"),
                 connect_timeout=limits.get("connect"),
             )
-        except PoolTimeout as exc:
-            raise httpx.PoolTimeout(
-                f"{exc}\n  sending {request.method} {request.url}", request=request
-            ) from exc
-        except ConnectError as exc:
-            raise acquire_failed(exc, request, self._retries) from exc
-        except PoolClosed as exc:
-            raise httpx.ConnectError(
-                f"{exc}\n  sending {request.method} {request.url}", request=request
-            ) from exc
+        except (PoolTimeout, ConnectError, PoolClosed) as exc:
+            raise acquire_error(exc, request, self._retries) from exc
         # From here the connection is ours until the response is done with:
         # every way out either hands it to the response or gives it back.
         try:
@@ -316,17 +306,10 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         request: httpx.Request,
         limits: Mapping[str, float | None],
     ) -> httpx.Response:
-        user_data = conn.user_data
-        h11c: h11.Connection | None = user_data.get(H11_KEY)
-        if h11c is None or h11c.our_state is not h11.IDLE:
-            h11c = user_data[H11_KEY] = new_h11()
+        h11c, data, complete = begin(conn.user_data, request, conn)
         write_t = limits.get("write")
         read_t = limits.get("read")
         reused = conn.uses > 1
-        try:
-            data, complete = start_request(h11c, request)
-        except h11.LocalProtocolError as exc:
-            raise local_error(exc, request, conn) from exc
         write_failed: BaseException | None = None
         # One cancel scope for the request; its deadline moves from the
         # write limit to the read limit (not a scope per read or write).
@@ -420,7 +403,7 @@ async def _discard(pool: Pool, conn: Connection) -> None:
         await pool.release(conn)
 
 
-class _ResponseStream(httpx.AsyncByteStream):
+class _ResponseStream(Body[Pool, Connection], httpx.AsyncByteStream):
     """A response body read from a pooled connection.
 
     The connection goes back to the pool when the body ends (reusable, if
@@ -431,38 +414,24 @@ class _ResponseStream(httpx.AsyncByteStream):
     and reports it.
     """
 
-    def __init__(
-        self,
-        pool: Pool,
-        conn: Connection,
-        h11c: h11.Connection,
-        request: httpx.Request,
-        read_timeout: float | None,
-    ) -> None:
-        self._pool = pool
-        self._conn: Connection | None = conn
-        self._h11 = h11c
-        self._request = request
-        self._read = read_timeout
-        self._chunks: list[bytes] = []
-
     async def take_buffered(self) -> None:
         """Take what of the body h11 has without more I/O; at the end of the
         body, give the connection back now (a small response costs no
         further await)."""
-        if buffered_body(self._h11, self._chunks):
+        if self._buffered():
             await self._finish()
 
     async def _finish(self) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        self._conn = None
-        if reusable(self._h11):
-            await self._pool.release(conn)
-        else:
-            # Connection: close, HTTP/1.0, or the server closed after: retire.
-            await _discard(self._pool, conn)
+        await self._give_back(self._done())
+
+    async def _give_back(self, done: tuple[Connection, bool] | None) -> None:
+        if done is not None:
+            conn, reuse = done
+            if reuse:
+                await self._pool.release(conn)
+            else:
+                # Connection: close, HTTP/1.0, closed early or by the server: retire.
+                await _discard(self._pool, conn)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -490,9 +459,8 @@ class _ResponseStream(httpx.AsyncByteStream):
                         break
                     return step
         except BaseException as exc:
-            self._conn = None
+            error = self._failed(exc, conn)
             await _discard(self._pool, conn)
-            error = body_error(exc, self._request, conn, self._read)
             if error is None:
                 raise
             if isinstance(exc, TimeoutError):
@@ -502,30 +470,14 @@ class _ResponseStream(httpx.AsyncByteStream):
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        if pending_end(self._h11) is None:
-            # Closed before its end with more to come: the connection is out
-            # of step, so it is closed, not reused (draining a body of
-            # unknown length could take as long as the body).
-            self._conn = None
-            await _discard(self._pool, conn)
-        else:
-            # The rest of the body had already arrived: still in step.
-            await self._finish()
+        await self._give_back(self._closing())
 
 
-class _NetworkStream:
+class _NetworkStream(Handed[Pool, Connection]):
     """The connection after a ``101 Switching Protocols`` or a ``CONNECT``:
     the caller's, through ``response.extensions["network_stream"]``.  It
     never goes back to the pool for reuse: closing it closes the connection
     (and frees its slot)."""
-
-    def __init__(self, pool: Pool, conn: Connection, leading: bytes) -> None:
-        self._pool = pool
-        self._conn: Connection | None = conn
-        self._leading = leading
 
     def _held(self) -> Connection:
         conn = self._conn
@@ -535,8 +487,7 @@ class _NetworkStream:
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         if self._leading:
-            data, self._leading = self._leading[:max_bytes], self._leading[max_bytes:]
-            return data
+            return self._take_leading(max_bytes)
         conn = self._held()
         try:
             with anyio.fail_after(timeout):

@@ -25,9 +25,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._sockets import NotTLSError, SocketFactory, closed_in_handshake, timeout_error, tls_timed
+from ._tlsintls import TLSInTLS
 
 if TYPE_CHECKING:
-    from .._endpoint import Endpoint
+    from .._endpoint import TLS, Endpoint
     from .._records import Waiter
 
 __all__ = ["connect_result", "park", "start_connect", "tls_handshake", "wait", "wake"]
@@ -89,27 +90,23 @@ def connect_result(sock: socket.socket) -> OSError | None:
 
 def tls_handshake(
     sock: socket.socket, endpoint: Endpoint, deadline: float | None, timeout: float | None
-) -> tuple[ssl.SSLSocket, int]:
-    """The TLS handshake on a connected socket, bounded by ``deadline``
+) -> tuple[ssl.SSLSocket | TLSInTLS, int]:
+    """The TLS handshake on a connected socket (or inside an https://
+    proxy's TLS tunnel), bounded by ``deadline``
     (monotonic; ``timeout`` is what it is reported as).  Returns the TLS
     socket and how long the handshake took (ns).  On failure the socket is
     closed."""
     tls = endpoint.tls
     assert tls is not None
     tls_start = time.monotonic_ns()
+    tls_sock: ssl.SSLSocket | TLSInTLS
     try:
-        # A TLS server waits for our hello; bytes (or a hang-up) before it
-        # mean whatever listens there does not speak TLS.
-        poll = select.poll()
-        poll.register(sock.fileno(), select.POLLIN)
-        if poll.poll(0):
-            peeked = sock.recv(1, socket.MSG_PEEK)
-            if not peeked:
-                raise closed_in_handshake()
-            raise NotTLSError("the server sent bytes before the TLS handshake")
-        tls_sock = tls.ssl_context.wrap_socket(
-            sock, server_hostname=tls.server_name_for(endpoint.host), do_handshake_on_connect=False
-        )
+        if isinstance(sock, ssl.SSLSocket):
+            # The tunnel of an https:// proxy: TLS inside its TLS (no peek:
+            # the proxy's own records are there to read).
+            tls_sock = TLSInTLS(sock, tls.ssl_context, tls.server_name_for(endpoint.host))
+        else:
+            tls_sock = _wrap(sock, tls, endpoint.host)
     except BaseException as exc:
         sock.close()
         tls_timed(exc, tls_start)
@@ -134,3 +131,18 @@ def tls_handshake(
         tls_timed(exc, tls_start)
         raise
     return tls_sock, time.monotonic_ns() - tls_start
+
+
+def _wrap(sock: socket.socket, tls: TLS, host: str) -> ssl.SSLSocket:
+    # A TLS server waits for our hello; bytes (or a hang-up) before it
+    # mean whatever listens there does not speak TLS.
+    poll = select.poll()
+    poll.register(sock.fileno(), select.POLLIN)
+    if poll.poll(0):
+        peeked = sock.recv(1, socket.MSG_PEEK)
+        if not peeked:
+            raise closed_in_handshake()
+        raise NotTLSError("the server sent bytes before the TLS handshake")
+    return tls.ssl_context.wrap_socket(
+        sock, server_hostname=tls.server_name_for(host), do_handshake_on_connect=False
+    )
