@@ -46,6 +46,8 @@ class SyncConnection:
         "_fd",
         "_gen",
         "_rec",
+        "_recv",
+        "_sendall",
         "_sock",
         "_timeout",
         "_tls",
@@ -65,6 +67,9 @@ class SyncConnection:
         self.endpoint = endpoint
         self.address = address
         self._sock = sock
+        # Bound once: send and receive are then one call into the socket.
+        self._sendall = sock.sendall
+        self._recv = sock.recv
         self._fd = sock.fileno()
         self._tls = isinstance(sock, ssl.SSLSocket | TLSInTLS)
         #: What settimeout() last gave the socket (None: blocking).
@@ -87,12 +92,10 @@ class SyncConnection:
         :raises OSError: the connection is closed or failed (then broken).
         :raises TimeoutError: the :meth:`settimeout` time passed (then broken).
         """
-        if self._rec.conn is not None:
-            raise self._released()
-        if self._closed:
-            raise OSError("the connection is closed")
+        if self._rec.conn is not None or self._closed:
+            self._refuse()
         try:
-            self._sock.sendall(data)
+            self._sendall(data)
         except BaseException:
             self._broken = True
             raise
@@ -106,20 +109,32 @@ class SyncConnection:
         :raises OSError: the connection is closed or failed (then broken).
         :raises TimeoutError: the :meth:`settimeout` time passed (then broken).
         """
-        if self._rec.conn is not None:
-            raise self._released()
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-            raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
-        if self._closed:
-            raise OSError("the connection is closed")
+        # (One test for the common case; the reasons apart only on failure.)
+        if (
+            self._rec.conn is not None
+            or self._closed
+            or max_bytes.__class__ is not int
+            or max_bytes < 1
+        ):
+            self._refuse(max_bytes)
         try:
-            data = self._sock.recv(max_bytes)
+            data = self._recv(max_bytes)
         except BaseException:
             self._broken = True
             raise
         if not data:
             self._broken = True
         return data
+
+    def _refuse(self, max_bytes: object = 1) -> None:
+        """Raise why ``send`` or ``receive`` cannot go ahead (or return, for
+        a ``max_bytes`` of an int subclass)."""
+        if self._rec.conn is not None:
+            raise self._released()
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        if self._closed:
+            raise OSError("the connection is closed")
 
     def send_eof(self) -> None:
         """Half-close: tell the peer nothing more will be sent (plain TCP

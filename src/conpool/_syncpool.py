@@ -76,42 +76,47 @@ def _fork_generation() -> int:
 
 
 class _Lease:
-    """``with pool.connection(ep) as conn``."""
+    """``with pool.connection(ep) as conn`` (made without ``__init__``:
+    :meth:`SyncPool.connection` sets the slots)."""
 
-    __slots__ = ("_conn", "_connect_timeout", "_endpoint", "_fresh", "_pool", "_timeout")
+    __slots__ = ("_conn", "_endpoint", "_pool")
 
-    def __init__(
-        self,
-        pool: SyncPool,
-        endpoint: Endpoint,
-        fresh: bool,
-        timeout: Any,
-        connect_timeout: Any,
-    ) -> None:
-        self._pool = pool
-        self._endpoint = endpoint
-        self._fresh = fresh
-        self._timeout = timeout
-        self._connect_timeout = connect_timeout
-        self._conn: SyncConnection | None = None
+    _conn: SyncConnection | None
+    _endpoint: Endpoint
+    _pool: SyncPool
 
     def __enter__(self) -> SyncConnection:
-        conn = self._conn = self._pool.acquire(
-            self._endpoint,
-            fresh=self._fresh,
-            timeout=self._timeout,
-            connect_timeout=self._connect_timeout,
-        )
+        conn = self._conn = self._pool._take(self._endpoint, _DEFAULT, _DEFAULT)
         return conn
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        conn, self._conn = self._conn, None
+        conn = self._conn
+        self._conn = None
         assert conn is not None
-        # Left by an exception: the exchange was interrupted and the peer
-        # may be mid-response, so the connection is not reused.
-        conn._broken = conn._broken or exc_type is not None
+        if exc_type is not None:
+            # Left by an exception: the exchange was interrupted and the
+            # peer may be mid-response, so the connection is not reused.
+            conn._broken = True
         self._pool.release(conn)
 
+
+class _OptionLease(_Lease):
+    """A lease with ``fresh``, ``timeout`` or ``connect_timeout``: checked
+    by :meth:`SyncPool.acquire` when the block is entered."""
+
+    __slots__ = ("_options",)
+
+    _options: tuple[Any, Any, Any]
+
+    def __enter__(self) -> SyncConnection:
+        fresh, timeout, connect_timeout = self._options
+        conn = self._conn = self._pool.acquire(
+            self._endpoint, fresh=fresh, timeout=timeout, connect_timeout=connect_timeout
+        )
+        return conn
+
+
+_new_lease = object.__new__
 
 _DEFAULT: Any = object()
 
@@ -283,7 +288,16 @@ class SyncPool(Shell[SyncConnection]):
         """``with pool.connection(endpoint) as conn``: acquire, then release
         on a normal exit or close on an exception.  Takes the arguments of
         :meth:`acquire`."""
-        return _Lease(self, endpoint, fresh, timeout, connect_timeout)
+        if fresh is not False or timeout is not _DEFAULT or connect_timeout is not _DEFAULT:
+            options: _OptionLease = _new_lease(_OptionLease)
+            options._options = (fresh, timeout, connect_timeout)
+            lease: _Lease = options
+        else:
+            lease = _new_lease(_Lease)
+        lease._pool = self
+        lease._endpoint = endpoint
+        lease._conn = None
+        return lease
 
     def acquire(
         self,
@@ -316,28 +330,41 @@ class SyncPool(Shell[SyncConnection]):
             threads already wait.
         :raises PoolClosed: the pool is closed, or closed while waiting.
         """
-        if timeout is _DEFAULT:
-            timeout = self._acquire_timeout
-        elif timeout is not None:
+        if fresh is False and timeout is _DEFAULT and connect_timeout is _DEFAULT:
+            return self._take(endpoint, _DEFAULT, _DEFAULT)
+        if timeout is not _DEFAULT and timeout is not None:
             timeout = _seconds("timeout", timeout)
-        if connect_timeout is _DEFAULT:
-            connect_timeout = self.config.connect_timeout
-        elif connect_timeout is not None:
+        if connect_timeout is not _DEFAULT and connect_timeout is not None:
             connect_timeout = _seconds("connect_timeout", connect_timeout)
-        if fresh is not False:
-            if fresh is not True:
-                raise TypeError(f"fresh must be a bool, got {type(fresh).__name__} {fresh!r}")
-            return self._acquire_fresh(endpoint, timeout, connect_timeout)
-        self._enter()
+        if fresh is False:
+            return self._take(endpoint, timeout, connect_timeout)
+        if fresh is not True:
+            raise TypeError(f"fresh must be a bool, got {type(fresh).__name__} {fresh!r}")
+        return self._acquire_fresh(
+            endpoint,
+            self._acquire_timeout if timeout is _DEFAULT else timeout,
+            self.config.connect_timeout if connect_timeout is _DEFAULT else connect_timeout,
+        )
+
+    def _take(self, endpoint: Endpoint, timeout: Any, connect_timeout: Any) -> SyncConnection:
+        """An acquire with checked options (``_DEFAULT``: the config's)."""
+        if self._gen != _generation[0] or self._deferred:
+            self._enter()
         with self._lock:
             conn = self._grab(endpoint)
-            ep = self._last_ep
-            got = self._got
+            if conn is None:
+                ep = self._last_ep
+                got = self._got
         if self._to_close:
             self._close_pending()
         if conn is not None:
             return conn
-        return self._acquire(ep, got, timeout, connect_timeout)
+        return self._acquire(
+            ep,
+            got,
+            self._acquire_timeout if timeout is _DEFAULT else timeout,
+            self.config.connect_timeout if connect_timeout is _DEFAULT else connect_timeout,
+        )
 
     def _acquire(
         self, ep: Ep, got: Rec | Answer, timeout: float | None, connect_timeout: float | None
@@ -531,7 +558,7 @@ class SyncPool(Shell[SyncConnection]):
         :raises ValueError: ``conn`` belongs to another pool.
         :raises RuntimeError: ``conn`` was already released.
         """
-        if not isinstance(conn, SyncConnection):
+        if conn.__class__ is not SyncConnection and not isinstance(conn, SyncConnection):
             raise TypeError(f"release() takes a conpool.SyncConnection, got {conn!r}")
         if conn._gen != _generation[0]:
             # Held across a fork: the parent owns the stream; only this
@@ -546,7 +573,8 @@ class SyncPool(Shell[SyncConnection]):
                 conn._timeout = None
             except OSError:
                 conn._broken = True
-        self._enter()
+        if self._gen != _generation[0] or self._deferred:
+            self._enter()
         if self._reset is not None and not self._reset_ok(conn):
             with self._lock:
                 self._put_back_closing(conn, "reset")
