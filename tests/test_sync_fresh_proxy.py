@@ -185,3 +185,60 @@ def test_https_proxy_tls_target_with_the_wrong_name(tmp_path: Path) -> None:
             assert "certificate" in text.lower() and "tls.test" in text, text
             assert PASSWORD not in text
             check_quiet(pool)
+
+
+# --------------------------------------------------------------------------
+# The connection's fast paths keep their checks
+
+
+def test_settimeout_is_kept_and_reset_on_release(echo_server: EchoServer) -> None:
+    endpoint = conpool.Endpoint(echo_server.host, echo_server.port)
+    with conpool.SyncPool() as pool:
+        with pool.connection(endpoint) as conn:
+            conn.settimeout(2.5)
+            conn.settimeout(2.5)  # (the same: no system call, still 2.5)
+            assert conn.socket.gettimeout() == 2.5
+            conn.settimeout(3)
+            assert conn.socket.gettimeout() == 3.0
+            for bad in (-1, float("nan"), True, "1"):
+                with pytest.raises(ValueError, match="seconds"):
+                    conn.settimeout(bad)  # type: ignore[arg-type]
+            assert conn.socket.gettimeout() == 3.0
+            assert echo(conn, b"timed") == b"timed"
+        with pool.connection(endpoint) as conn:
+            assert conn.uses == 2
+            assert conn.socket.gettimeout() is None
+            conn.settimeout(None)
+            assert echo(conn, b"blocking") == b"blocking"
+        check_quiet(pool)
+
+
+def test_receive_rejects_bad_sizes_without_breaking(echo_server: EchoServer) -> None:
+    endpoint = conpool.Endpoint(echo_server.host, echo_server.port)
+
+    class Size(int):
+        pass
+
+    with conpool.SyncPool() as pool:
+        with pool.connection(endpoint) as conn:
+            for bad in (0, -5, True, 2.0, "9"):
+                with pytest.raises(ValueError, match="max_bytes"):
+                    conn.receive(bad)  # type: ignore[arg-type]
+            conn.send(b"sub")
+            assert conn.receive(Size(3)) == b"sub"  # an int subclass is an int
+        stats = check_quiet(pool).endpoints[endpoint]
+        assert (stats.idle, stats.closed) == (1, 0)
+        conn = pool.acquire(endpoint)
+        pool.release(conn)
+        with pytest.raises(RuntimeError, match="released"):
+            conn.receive()
+        with pytest.raises(RuntimeError, match="released"):
+            conn.send(b"x")
+        conn = pool.acquire(endpoint)
+        conn.close()
+        with pytest.raises(OSError, match="closed"):
+            conn.send(b"x")
+        with pytest.raises(OSError, match="closed"):
+            conn.receive()
+        pool.release(conn)
+        check_quiet(pool)
