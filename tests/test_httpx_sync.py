@@ -27,24 +27,22 @@ import trustme
 import conpool
 import conpool.httpx
 from helpers_pool import check_quiet, fd_count
-from servers import POOL_ADDRESSES, DnsmasqServer, unused_port, write_cert_files
-from test_httpx import BIG, CuedServer, HttpxNginx, MiB, dns_resolver
+from servers import POOL_ADDRESSES, DnsmasqServer, unused_port
+from test_httpx import (
+    BIG,
+    CuedServer,
+    HttpxNginx,
+    MiB,
+    ca,
+    dns_resolver,
+    nginx,
+    nginx4,
+    tls_nginx,
+)
 
 pytestmark = pytest.mark.realserver
 
-
-@pytest.fixture
-def nginx(tmp_path: Path) -> Iterator[HttpxNginx]:
-    with HttpxNginx(tmp_path / "nginx") as server:
-        if not server.has_sleep:
-            pytest.skip("nginx's echo module is not installed")
-        yield server
-
-
-@pytest.fixture
-def nginx4(tmp_path: Path) -> Iterator[HttpxNginx]:
-    with HttpxNginx(tmp_path / "nginx4", addresses=POOL_ADDRESSES) as server:
-        yield server
+__all__ = ["ca", "nginx", "nginx4"]  # (fixtures shared with the async tests)
 
 
 def transport(**kwargs: object) -> conpool.httpx.Transport:
@@ -378,17 +376,6 @@ def test_a_shared_pool_stays_open(nginx: HttpxNginx) -> None:
 
 # --------------------------------------------------------------------------
 # TLS
-
-
-@pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def tls_nginx(tmp_path: Path, ca: trustme.CA, name: str) -> HttpxNginx:
-    (tmp_path / "certs").mkdir()
-    chain, key = write_cert_files(ca, [name], tmp_path / "certs")
-    return HttpxNginx(tmp_path / "nginx", tls_cert=chain, tls_key=key)
 
 
 def test_https_with_a_trusted_ca_by_name(tmp_path: Path, ca: trustme.CA) -> None:

@@ -17,16 +17,11 @@ import conpool
 import conpool.httpx
 from helpers_pool import check_quiet
 from servers import unused_port
-from test_httpx_client import BODY, Uvicorn
+from test_httpx_client import BODY, Uvicorn, app
 
 pytestmark = pytest.mark.realserver
 
-
-@pytest.fixture(scope="module")
-def app() -> Iterator[Uvicorn]:
-    server = Uvicorn()
-    yield server
-    server.stop()
+__all__ = ["app"]  # (the uvicorn fixture, shared with the async tests)
 
 
 @pytest.fixture
