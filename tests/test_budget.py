@@ -493,3 +493,102 @@ async def test_dials_waiting_for_budget_are_woken_when_a_lease_frees_locally(
         stats = a.stats()
         assert stats.endpoints[ep].created == 2 and stats.pending == 0
         assert echo_server.max_concurrent <= 1
+
+
+# -- first come, first served and one deadline under a full budget -----------------
+
+
+async def test_under_a_full_budget_tasks_are_served_in_the_order_they_came(
+    redis: RedisServer, rc: redis_py.Redis, echo_server: EchoServer
+) -> None:
+    """The fleet's limit (2) is below the pool's own (4): the first dials
+    that find the fleet full wait for budget, the tasks after them for a
+    slot.  Connections released meanwhile go to whoever came first, the
+    dials waiting for budget included (they used to wait seconds while
+    later tasks took every connection that came back)."""
+    budget = conpool.RedisBudget(url(redis), limit=2, lease_ttl=10.0)
+    ep = conpool.Endpoint("127.0.0.1", echo_server.port)
+    config = conpool.Config(max_connections_per_endpoint=4, acquire_timeout=60.0)
+    # Tasks come faster (one per stagger) than two connections serve them
+    # (one per hold / 2): a line forms.
+    n, hold, stagger = 16, 0.15, 0.03
+    served: list[int] = []
+    waits = [0.0] * n
+
+    async def task(i: int) -> None:
+        start = time.monotonic()
+        conn = await pool.acquire(ep)
+        waits[i] = time.monotonic() - start
+        served.append(i)
+        await conn.send(b"x")
+        assert await conn.receive() == b"x"
+        await anyio.sleep(hold)
+        await pool.release(conn)
+
+    async with conpool.Pool(config, budget=budget) as pool:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(task, i)
+                    await anyio.sleep(stagger)
+        stats = pool.stats()
+        assert stats.pending == 0 and stats.waiting == 0 and stats.active == 0
+        assert stats.budget is not None and stats.budget.waiting == 0
+        assert stats.budget.waited >= 1  # the fleet was full
+    assert echo_server.max_concurrent <= 2
+    # Served in arrival order: nobody overtaken by more than one task
+    # (two woken in one scheduler pass may resume either way round).
+    overtaken = {i: served.index(i) - i for i in range(n)}
+    assert max(overtaken.values()) <= 1, f"served in the order {served}"
+    # No starvation: the first tasks to wait for budget are served within a
+    # few holds, not after everyone who came later (about n / 2 holds).
+    assert max(waits[:5]) < 4 * hold, f"waits {[round(w, 3) for w in waits]}"
+    assert held(rc, ep) == 0
+
+
+async def test_acquire_timeout_bounds_the_slot_wait_and_the_budget_wait_together(
+    redis: RedisServer, rc: redis_py.Redis, echo_server: EchoServer
+) -> None:
+    """A task waits for a slot (max_connections, held by a connection to
+    another server) for most of its acquire_timeout, then its dial finds
+    the fleet full: it times out at acquire_timeout from its start, not a
+    whole acquire_timeout later."""
+    budget = conpool.RedisBudget(url(redis), limit=1, lease_ttl=10.0)
+    ep = conpool.Endpoint("127.0.0.1", echo_server.port)
+    timeout, hold = 1.5, 1.0
+    with EchoServer() as other_server:
+        other = conpool.Endpoint("127.0.0.1", other_server.port)
+        config = conpool.Config(max_connections=1, acquire_timeout=timeout)
+        async with (
+            conpool.Pool(budget=budget) as fleet,
+            conpool.Pool(config, budget=budget) as pool,
+            anyio.create_task_group() as tg,
+        ):
+            taken = await fleet.acquire(ep)  # the fleet's one lease of ep
+            blocker = await pool.acquire(other)  # the pool's one slot
+
+            async def close_later() -> None:
+                await anyio.sleep(hold)
+                await blocker.aclose()
+                await pool.release(blocker)
+
+            tg.start_soon(close_later)
+            start = time.monotonic()
+            with pytest.raises(conpool.PoolTimeout, match=r"budget .* acquire_timeout=1.5 s"):
+                await pool.acquire(ep)
+            elapsed = time.monotonic() - start
+            stats = pool.stats()
+            assert stats.budget is not None and stats.budget.timeouts == 1
+            assert stats.pending == 0 and stats.waiting == 0
+            # Per call too: timeout= bounds both waits the same way.
+            blocker = await pool.acquire(other)
+            tg.start_soon(close_later)
+            start = time.monotonic()
+            with pytest.raises(conpool.PoolTimeout, match=r"no connection budget .* timeout=1.2 s"):
+                await pool.acquire(ep, timeout=1.2)
+            per_call = time.monotonic() - start
+            await fleet.release(taken)
+    # Generous slack for a loaded machine, well short of the two waits'
+    # sum (2.5 s and 2.2 s).
+    assert timeout - 0.05 <= elapsed < timeout + 0.6, elapsed
+    assert 1.2 - 0.05 <= per_call < 1.2 + 0.6, per_call

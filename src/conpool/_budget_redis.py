@@ -429,6 +429,8 @@ class Participant:
         endpoint: Endpoint,
         max_wait: float | None,
         give_up: Callable[[], bool] | None = None,
+        on_wait: Callable[[], None] | None = None,
+        timeout_name: str | None = None,
     ) -> Lease:
         """A lease for one connection to ``endpoint``, waiting while the fleet
         is at its limit.
@@ -436,9 +438,15 @@ class Participant:
         :param give_up: asked before every wait and whenever it wakes up (a
             freed share, a nudge from :meth:`idle_now`, or every poll
             interval): True ends the wait with :class:`GaveUp` (the pool has
-            an idle connection for the caller by now).
-        :raises PoolTimeout: no lease within ``max_wait`` seconds (the pool's
-            ``acquire_timeout``; None waits as long as it takes).
+            a connection for the caller by now).
+        :param on_wait: called once, when the lease cannot be had at once
+            (another dial of the key asks first, or the fleet is at its
+            limit): the pool then stops holding a slot for the dial and puts
+            it in its line of waiters.
+        :param timeout_name: how the timeout names ``max_wait`` (the
+            acquire's timeout: ``"acquire_timeout=2 s"``).
+        :raises PoolTimeout: no lease within ``max_wait`` seconds (what is
+            left of the acquire's timeout; None waits as long as it takes).
         :raises ConnectError: Redis is unavailable and the policy is fail-closed.
         :raises GaveUp: ``give_up()`` said so.
         """
@@ -458,6 +466,8 @@ class Participant:
                 queued = lock.locked()
                 if queued:
                     self.emit("budget.queued", endpoint, detail="behind another dial of its server")
+                    if on_wait is not None:
+                        on_wait()
                 acquired = False
                 while not acquired:
                     if give_up is not None and give_up():
@@ -466,7 +476,9 @@ class Participant:
                         await lock.acquire()
                         acquired = True
                 try:
-                    return await self._acquire(kb, endpoint, start, give_up, queued)
+                    return await self._acquire(
+                        kb, endpoint, start, give_up, queued, None if queued else on_wait
+                    )
                 finally:
                     lock.release()
         except TimeoutError:
@@ -475,8 +487,9 @@ class Participant:
             self.book.counters.timeouts += 1
             waited = _monotonic() - start
             self.emit("budget.timeout", endpoint, duration_ns=int(waited * 1e9))
+            within = timeout_name or f"acquire_timeout={max_wait:g} s"
             raise PoolTimeout(
-                f"no connection budget for {key} within acquire_timeout={max_wait:g} s: the "
+                f"no connection budget for {key} within {within}: the "
                 f"fleet holds its limit of {self.limit} ({self.label})"
             ) from None
         finally:
@@ -491,7 +504,10 @@ class Participant:
         start: float,
         give_up: Callable[[], bool] | None,
         queued: bool,
+        on_wait: Callable[[], None] | None,
     ) -> Lease:
+        """The attempts of the dial holding the key's lock (``on_wait``:
+        still to call when it must wait, or None)."""
         waited = False
         while True:
             if not self.book.should_try(_monotonic()):
@@ -518,6 +534,8 @@ class Participant:
                 waited = True
                 self.book.counters.waited += 1
                 self.emit("budget.waited", endpoint, detail=f"fleet at its limit of {self.limit}")
+                if on_wait is not None:
+                    on_wait()
             # Until a share frees (the wake event) or the poll interval
             # passes; a nudge (one of the pool's own connections came back
             # idle) only asks give_up() again, without a Redis call.

@@ -78,8 +78,6 @@ class Shell(Protocol):
 
     def _return_lease(self, lease: Lease | None) -> None: ...
 
-    def _budget_idle(self, ep: Ep) -> None: ...
-
     def _emit(
         self,
         kind: str,
@@ -226,7 +224,6 @@ class Lifecycle:
                 return  # traced (on_connect.failed), closed, backing off
         state.warm_ready(rec, pool._clock(), refill=True)
         pool._flush()
-        pool._budget_idle(ep)
 
     async def prewarm(self, ep: Ep, endpoint: Endpoint, n: int) -> int:
         """Open connections until ``n`` are idle (see :meth:`Pool.prewarm`)."""

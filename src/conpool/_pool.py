@@ -46,7 +46,6 @@ from ._resolve import ResolutionCache, Resolver
 from ._shell import Shell, _histogram, checked_arguments
 from ._state import (
     DIAL,
-    IDLE,
     MAX_ENDPOINTS,
     WAIT,
     Answer,
@@ -282,10 +281,10 @@ class Pool(Shell[Connection]):
                 give_back=self._give_back, emit=self._emit, library=backend.name
             )
             self._participant = participant
-            # Releases then nudge dials waiting for budget (see
-            # _put_back_budgeted): an attribute of this pool only, so that
-            # the release path of a pool without a budget stays as it is.
-            self._put_back = self._put_back_budgeted  # type: ignore[method-assign]
+            # Serving a dial that waits for budget also cuts its wait short
+            # (see _wake_budgeted): set on this pool only, so that a pool
+            # without a budget wakes its waiters as it did.
+            self._wake = self._wake_budgeted
             try:
                 await tg.start(participant.run, name="conpool budget")
             except BaseException:
@@ -472,12 +471,13 @@ class Pool(Shell[Connection]):
         """A new connection, never an idle one (``acquire(fresh=True)``)."""
         state = self._state
         ep = self._endpoint_state(endpoint)
+        deadline = None if wait is None else self._clock() + wait
         while True:
             got = state.acquire_fresh(ep)
             if state.to_close or state.to_wake:
                 self._flush()
             if got is DIAL:
-                return await self._dial(ep, connect_timeout)
+                return await self._dial(ep, connect_timeout, deadline, wait)
             w = self._park(ep)
             try:
                 if wait is None:
@@ -489,7 +489,7 @@ class Pool(Shell[Connection]):
                 raise
             granted = self._served(w)
             if granted is None:
-                return await self._dial(ep, connect_timeout)
+                return await self._dial(ep, connect_timeout, deadline, wait)
             # Served a connection someone released: not what was asked for.
             # Closing it frees its slot; the next round dials in it (or
             # waits again, if a waiter that came first takes it).
@@ -528,9 +528,12 @@ class Pool(Shell[Connection]):
         if wait is UNSET:
             wait = self._acquire_timeout
         assert not isinstance(wait, _Unset)
+        # One deadline for the whole acquire: the slot wait and a dial's
+        # wait for the fleet budget share ``wait``.
+        deadline = None if wait is None else self._clock() + wait
         while True:
             if got is DIAL:
-                return await self._dial(ep, connect_timeout)
+                return await self._dial(ep, connect_timeout, deadline, wait)
             if got is WAIT:
                 # Wait, in this frame: every contended acquire resumes
                 # through it, and each coroutine level costs.
@@ -545,7 +548,7 @@ class Pool(Shell[Connection]):
                     raise
                 granted = self._served(w)
                 if granted is None:
-                    return await self._dial(ep, connect_timeout)
+                    return await self._dial(ep, connect_timeout, deadline, wait)
                 if self._health is None or await self._healthy(granted):
                     return self._hand_out(granted)
             else:
@@ -583,28 +586,20 @@ class Pool(Shell[Connection]):
         else:
             self._put_back_closing(conn, "reset")
 
-    def _put_back_budgeted(self, conn: Connection) -> None:
-        """:meth:`_put_back` of a pool with a budget (it replaces the method
-        on the instance when the pool joins the fleet).
-
-        A dial waiting for budget holds a slot, not a place among the
-        machine's waiters, so a connection of its endpoint coming back goes
-        idle rather than to it; the dial's ``give_up()`` would see it only
-        at its next poll.  Nudge it now, while one waits.
-        """
-        Pool._put_back(self, conn)
+    def _wake_budgeted(self, waiters: list[Wait]) -> None:
+        """The backend's wake, for a pool with a budget: a dial waiting for
+        the fleet's lease is a waiter of the machine too (first come, first
+        served), but it waits in the budget, not on its handle; serving it
+        (a connection came back for it, or the pool closed) nudges that wait
+        to end now rather than at its next poll."""
+        backend = self._backend
+        assert backend is not None
+        backend.wake(waiters)
         participant = self._participant
-        if participant is not None and participant.nudges:
-            rec = conn._rec
-            if rec.state is IDLE:
-                participant.idle_now(rec.ep.key)
-
-    def _budget_idle(self, ep: Ep) -> None:
-        """A connection of ``ep`` went idle outside a release (a refill, a
-        grant handed back): nudge the dials waiting for budget."""
-        participant = self._participant
-        if participant is not None and participant.nudges and ep.idle:
-            participant.idle_now(ep.key)
+        if participant is not None:
+            for w in waiters:
+                if w.budget:
+                    participant.idle_now(w.ep.key)
 
     async def prewarm(self, endpoint: Endpoint, n: int | None = None) -> int:
         """Open connections to ``endpoint`` now, until ``n`` are idle, so
@@ -727,40 +722,36 @@ class Pool(Shell[Connection]):
                 raise self._lookup_failed(ep, exc, start) from exc
         self._looked_up(ep, ips, start)
 
-    async def _dial(self, ep: Ep, connect_timeout: float | _Unset | None = UNSET) -> Connection:
+    async def _dial(
+        self,
+        ep: Ep,
+        connect_timeout: float | _Unset | None = UNSET,
+        deadline: float | None = None,
+        wait: float | None = None,
+    ) -> Connection:
         """Open a connection in the slot the machine reserved for us (each
         attempt for at most ``connect_timeout``, by default the config's).
 
         On any failure, cancellation included, the slot goes back.  With a
         budget, the dial first waits for a lease of the fleet's limit (the
-        first of the budget's two call points; the other is in _flush)."""
+        first of the budget's two call points; the other is in _flush),
+        until ``deadline`` (the pool's clock: when the acquire's ``wait``
+        seconds, slot wait included, are over; None for no limit)."""
         state = self._state
         connector = self._connector
         assert connector is not None
-        participant = self._participant
         lease: Lease | None = None
         if connect_timeout is UNSET:
             connect_timeout = self.config.connect_timeout
         assert not isinstance(connect_timeout, _Unset)
+        if self._participant is not None:
+            got = await self._budget_lease(ep, connect_timeout, deadline, wait)
+            if isinstance(got, Connection):
+                return got
+            lease = got
         try:
-            if participant is not None:
-                lease = await participant.acquire(
-                    ep.key, self._acquire_timeout, lambda: ep.idle > 0
-                )
             await self._addresses(ep)
             conn = await connector.connect(ep, connect_timeout)
-        except GaveUp:
-            # While this dial waited for the fleet, one of the pool's own
-            # connections came back idle: take it instead (or dial again).
-            state.dial_abandoned(ep)
-            self._flush()
-            return await self._acquire(ep, state.acquire(ep, self._clock()), UNSET, connect_timeout)
-        except PoolTimeout:
-            # No budget within acquire_timeout: not a connect failure.
-            self._return_lease(lease)
-            state.dial_abandoned(ep)
-            self._flush()
-            raise
         except Exception as exc:
             self._return_lease(lease)
             state.dial_failed(ep)
@@ -789,6 +780,101 @@ class Pool(Shell[Connection]):
         return self._hand_out(rec, reused=False)
 
     # -- the fleet budget ------------------------------------------------------------
+
+    async def _budget_lease(
+        self, ep: Ep, connect_timeout: float | None, deadline: float | None, wait: float | None
+    ) -> Lease | Connection:
+        """The fleet's lease for the dial in ``ep``'s reserved slot, or a
+        connection of the pool's own that came back for it meanwhile.
+
+        While the dial cannot have a lease at once (the fleet is at its
+        limit, or another dial of the endpoint asks first), it waits in the
+        machine's line too (:meth:`PoolState.wait_budget`), holding no slot:
+        a connection released meanwhile goes to whoever came first, this
+        dial included, and its wait for the lease is then withdrawn.  The
+        machine decides what a wait's end means (:meth:`PoolState.budget_over`);
+        this carries it out.  On any failure, whatever it held goes back.
+        """
+        participant = self._participant
+        assert participant is not None
+        state = self._state
+        w: Wait | None = None
+        since = self._clock()
+
+        def wait_in_line() -> None:
+            nonlocal w
+            w = state.wait_budget(ep, self._new_parked(), since)
+            self._flush()
+
+        def served() -> bool:
+            return w is not None and (w.grant is not None or state.closed)
+
+        what = None if wait is None else self._timeout_name(wait)
+        while True:
+            lease: Lease | None = None
+            left = None if deadline is None else max(0.0, deadline - self._clock())
+            try:
+                try:
+                    lease = await participant.acquire(ep.key, left, served, wait_in_line, what)
+                except GaveUp:
+                    pass
+                if w is None:
+                    assert lease is not None
+                    return lease  # at once: the slot is still this dial's
+                got = state.budget_over(w)
+            except Exception as exc:
+                self._return_lease(lease)
+                if w is not None:
+                    state.cancel(w, self._clock())
+                elif isinstance(exc, PoolTimeout):
+                    state.dial_abandoned(ep)  # not a connect failure
+                else:
+                    state.dial_failed(ep)
+                self._flush()
+                if not isinstance(exc, PoolTimeout | PoolClosed):
+                    self._emit("acquire.failed", ep.key, detail=str(exc))
+                raise
+            except BaseException:
+                self._return_lease(lease)
+                if w is None:
+                    state.dial_abandoned(ep)
+                else:
+                    state.cancel(w, self._clock())
+                self._flush()
+                raise
+            self._flush()
+            if got is DIAL:
+                assert lease is not None
+                return lease
+            # Served by a connection of the pool's own, or no local room for
+            # the lease: it goes back either way.
+            self._return_lease(lease)
+            if got is WAIT:
+                queued = w
+                try:
+                    if left is None:
+                        await queued.handle
+                    else:
+                        await self._wait_timed(queued, max(0.0, left))
+                except BaseException as exc:
+                    self._gave_up(queued, exc)
+                    raise
+            rec = self._served(w)
+            if rec is None:
+                # A slot again (the local limits had no room for the lease
+                # before): ask the fleet again, in the same line.
+                w = None
+                continue
+            if self._health is None or await self._healthy(rec):
+                return self._hand_out(rec)
+            left = None if deadline is None else max(0.0, deadline - self._clock())
+            return await self._acquire(ep, state.acquire(ep, self._clock()), left, connect_timeout)
+
+    def _timeout_name(self, wait: float) -> str:
+        """How a budget timeout names the acquire's timeout."""
+        if wait == self.config.acquire_timeout:
+            return f"acquire_timeout={wait:g} s"
+        return f"timeout={wait:g} s"
 
     def _return_lease(self, lease: Lease | None) -> None:
         """A dial that held ``lease`` (if any) failed or was abandoned."""
@@ -859,10 +945,6 @@ class Pool(Shell[Connection]):
             self._state.refresh_done(ep.name)
         else:
             tg.start_soon(self._refresh, ep)
-
-    def _waiter_left(self, ep: Ep) -> None:
-        if self._participant is not None:
-            self._budget_idle(ep)
 
     def _start_refills(self) -> None:
         self._life.start_refills()

@@ -194,10 +194,14 @@ class AddressState(Generic[K, C]):
 class Waiter(Generic[K, C]):
     """A task parked until a slot or a connection is free for its endpoint."""
 
-    __slots__ = ("ep", "grant", "handle", "since", "waited")
+    __slots__ = ("budget", "ep", "grant", "handle", "since", "waited")
 
     def __init__(self, ep: EndpointState[K, C], handle: Any, since: float) -> None:
         self.ep = ep
+        # True for a dial waiting for a fleet budget's lease (it holds no
+        # slot; see PoolState.wait_budget), False for a task waiting for a
+        # slot or a connection.
+        self.budget = False
         self.handle = handle
         # None while waiting; then a ConnRecord, or DIAL (a reserved slot).
         self.grant: ConnRecord[K, C] | Answer | None = None

@@ -122,10 +122,6 @@ class Shell(Generic[C]):
     def _closed_lease(self, rec: ConnRecord[Endpoint, C]) -> None:
         raise NotImplementedError
 
-    def _waiter_left(self, ep: EndpointState[Endpoint, C]) -> None:
-        """A waiter of ``ep`` gave up (the async shell nudges the fleet
-        budget's waiting dials then)."""
-
     def _start_refills(self) -> None:
         """The machine found endpoints below ``Config.min_idle``: open
         connections for them in the background."""
@@ -272,7 +268,6 @@ class Shell(Generic[C]):
         now = self._clock()
         self._state.cancel(w, now)
         self._flush()
-        self._waiter_left(w.ep)
         waited = now - w.since
         _histogram(self._waits, w.ep).observe(waited)
         if isinstance(exc, PoolTimeout):

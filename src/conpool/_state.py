@@ -449,6 +449,10 @@ class PoolState(Generic[K, C]):
         if grant is None:
             if w in w.ep.waiters:  # idempotent: a timeout may have unqueued it
                 self._unqueue(w)
+                if w.budget:
+                    # It stood before the endpoint's other waiters: the
+                    # room it left may be theirs now.
+                    self._slot_freed(w.ep)
         elif grant is DIAL:
             w.grant = None
             self.dial_abandoned(w.ep)
@@ -731,6 +735,10 @@ class PoolState(Generic[K, C]):
             if not ep.waiters or ep.total >= self.per_endpoint:
                 return
             w = next(iter(ep.waiters))
+            if w.budget:
+                # Dials of the endpoint wait for the fleet's lease: a waiter
+                # behind them would only queue for that lease too.
+                return
         else:
             if self.total >= self.max_total:
                 return
@@ -746,9 +754,90 @@ class PoolState(Generic[K, C]):
 
     def _oldest_dialable(self) -> Waiter[K, C] | None:
         for w in self.waiters:
-            if w.ep.total < self.per_endpoint:
+            # (Not a dial waiting for the fleet budget, nor a waiter behind
+            # one: see _slot_freed.)
+            if w.ep.total < self.per_endpoint and not next(iter(w.ep.waiters)).budget:
                 return w
         return None
+
+    # -- the fleet budget: dials that wait for a lease -------------------------------
+
+    def wait_budget(self, ep: EndpointState[K, C], handle: Any, since: float) -> Waiter[K, C]:
+        """The dial in a slot reserved on ``ep`` must wait for a fleet
+        budget's lease (the fleet is at its limit, or another dial of the
+        endpoint asks first).  It stops holding the slot, which another
+        endpoint's waiter may take under ``max_connections``, and queues as
+        a *budget waiter*: first come, first served with the endpoint's
+        other waiters, so that a connection released meanwhile goes to it
+        if it came first (``grant``: the record, as for any waiter; the
+        shell then withdraws its wait for the lease).  ``since``: when its
+        acquire began.
+
+        Budget waiters stand before the endpoint's other waiters (a dial got
+        its slot before any of them queued, or as the oldest of them), in
+        the order of their ``since``; while one waits, freed slots of the
+        endpoint are not handed to the waiters behind it (they would only
+        queue for the lease too).  End the wait with :meth:`budget_over`,
+        or :meth:`cancel` it.
+        """
+        w = Waiter(ep, handle, since)
+        w.budget = True
+        waiters = ep.waiters
+        # (Dials that began later may have come to wait first: one asked
+        # the fleet while the next queued behind it.)
+        behind = [x for x in waiters if not x.budget or x.since > since]
+        waiters[w] = None
+        for x in behind:
+            waiters.move_to_end(x)
+        self.n_waiters += 1
+        if self.max_total is not None:
+            self.waiters[w] = None
+        ep.pending -= 1
+        self.total -= 1
+        self._slot_freed(ep)
+        return w
+
+    def budget_over(self, w: Waiter[K, C]) -> ConnRecord[K, C] | Answer:
+        """A budget waiter's wait for the lease ended: the fleet granted it,
+        or the shell gave up waiting because :attr:`Waiter.grant` was set.
+
+        :returns: the connection record a release served it (hand it out; a
+            lease granted meanwhile goes back), :data:`DIAL` (a slot is
+            reserved again: dial with the lease), or :data:`WAIT` (no room
+            in the local limits now: the lease goes back and the task waits
+            as an ordinary waiter, still first in line, on its handle).
+        :raises PoolClosed: the pool was closed meanwhile.
+        """
+        ep = w.ep
+        grant = w.grant
+        if isinstance(grant, ConnRecord):
+            self._slot_freed(ep)  # (the waiters behind it may have room now)
+            return grant
+        if self.closed:
+            if w in ep.waiters:
+                self._unqueue(w)
+            raise PoolClosed("the pool was closed while waiting for a connection")
+        self._unqueue(w)
+        if ep.total < self.per_endpoint and (
+            self.max_total is None or self.total < self.max_total or self._evict_lru()
+        ):
+            ep.pending += 1
+            self.total += 1
+            self._slot_freed(ep)
+            return DIAL
+        # Back in line, as an ordinary waiter before the others.
+        w.budget = False
+        waiters = ep.waiters
+        behind = [x for x in waiters if not x.budget]
+        waiters[w] = None
+        for x in behind:
+            waiters.move_to_end(x)
+        self.n_waiters += 1
+        if self.max_total is not None:
+            self.waiters[w] = None
+            for x in [x for x in self.waiters if x is not w and x.since > w.since]:
+                self.waiters.move_to_end(x)
+        return WAIT
 
     # -- time passing --------------------------------------------------------------
 
