@@ -7,17 +7,17 @@ from __future__ import annotations
 import pytest
 
 from conpool import PoolClosed
-from conpool._state import DIAL, WAIT, ConnRecord, PoolState
+from conpool._state import DIAL, WAIT, ConnRecord, EndpointState, PoolState, Waiter
 from test_state import complete, drain, endpoint, make, wait
 
 pytestmark = pytest.mark.pure
 
 
-def budget_waiter(state: PoolState, ep: object, now: float, name: str) -> object:
+def budget_waiter(state: PoolState, ep: EndpointState, now: float, name: str) -> Waiter:
     """A dial of ``ep`` that must wait for the fleet: it got a slot, then
     the budget said wait."""
-    assert state.acquire(ep, now) == DIAL  # type: ignore[arg-type]
-    return state.wait_budget(ep, name, now)  # type: ignore[arg-type]
+    assert state.acquire(ep, now) == DIAL
+    return state.wait_budget(ep, name, now)
 
 
 def test_a_release_goes_to_the_dial_that_waits_for_budget_before_later_waiters() -> None:
@@ -34,10 +34,10 @@ def test_a_release_goes_to_the_dial_that_waits_for_budget_before_later_waiters()
     assert list(ep.waiters) == [early, late]
     state.release(held, 3.0, reusable=True)
     _, woken = drain(state)
-    assert woken == [early] and early.grant is held  # type: ignore[attr-defined]
+    assert woken == [early] and early.grant is held
     # The shell withdraws the wait: the record is the dial's now, and the
     # slot it no longer needs is free for the waiter behind it.
-    assert state.budget_over(early) is held  # type: ignore[arg-type]
+    assert state.budget_over(early) is held
     _, woken = drain(state)
     assert woken == [late] and late.grant is DIAL
     assert ep.pending == 1 and state.total == 2 and state.n_waiters == 0
