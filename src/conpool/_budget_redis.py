@@ -294,19 +294,51 @@ class AsyncioIO:
             await self.subscriber.aclose()
 
 
+def sync_clients(url: str, timeout: float) -> tuple[redis.Redis, redis.Redis]:
+    """redis-py's sync clients: one for commands, one for pub/sub."""
+    from redis.retry import Retry
+
+    client = redis.Redis.from_url(url, **_client_options(timeout, Retry, commands=True))
+    subscriber = redis.Redis.from_url(url, **_client_options(timeout, Retry, commands=False))
+    return client, subscriber
+
+
+def listen_blocking(
+    subscriber: redis.Redis,
+    pattern: str,
+    timeout: float,
+    deliver: Callable[[str, str], None],
+    ready: Callable[[], None],
+    stop: threading.Event,
+) -> None:
+    """Subscribe with redis-py's sync client and hand every message of the
+    budget's channels to ``deliver`` until ``stop`` is set (looking up every
+    0.2 s for it); ``ready`` once subscribed.  A Redis error ends it."""
+    # (redis-py leaves the sync Redis.pubsub unannotated; this is its type.)
+    new_pubsub: Callable[..., redis.client.PubSub] = subscriber.pubsub
+    pubsub = new_pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.psubscribe(pattern)
+        pubsub.get_message(timeout=timeout)  # the confirmation
+        ready()
+        while not stop.is_set():
+            msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            if msg is not None and msg.get("type") == "pmessage":
+                deliver(str(msg["channel"]), str(msg["data"]))
+    finally:
+        pubsub.close()
+
+
+class _Abandoned(Exception):
+    """The trio run a pub/sub thread reports to is over."""
+
+
 class ThreadIO:
     """redis-py's sync client in worker threads, for trio (where its asyncio
     client does not run)."""
 
     def __init__(self, url: str, timeout: float) -> None:
-        from redis.retry import Retry
-
-        self.client: redis.Redis = redis.Redis.from_url(
-            url, **_client_options(timeout, Retry, commands=True)
-        )
-        self.subscriber: redis.Redis = redis.Redis.from_url(
-            url, **_client_options(timeout, Retry, commands=False)
-        )
+        self.client, self.subscriber = sync_clients(url, timeout)
         self.script = self.client.register_script(SYNC_SCRIPT)
         self.timeout = timeout
         # One call at a time: the participant's lock already serialises
@@ -327,25 +359,24 @@ class ThreadIO:
         stop = threading.Event()
         from anyio import from_thread
 
-        # (redis-py leaves the sync Redis.pubsub unannotated; this is its type.)
-        new_pubsub: Callable[..., redis.client.PubSub] = self.subscriber.pubsub
+        def to_trio(channel: str, data: str) -> None:
+            try:
+                from_thread.run_sync(deliver, channel, data)
+            except RuntimeError:
+                raise _Abandoned from None  # trio's run is over (or the task abandoned us)
 
         def run() -> None:
-            pubsub = new_pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.psubscribe(pattern)
-                pubsub.get_message(timeout=self.timeout)  # the confirmation
-                from_thread.run_sync(ready)
-                while not stop.is_set():
-                    msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                    if msg is not None and msg.get("type") == "pmessage":
-                        channel, data = str(msg["channel"]), str(msg["data"])
-                        try:
-                            from_thread.run_sync(deliver, channel, data)
-                        except RuntimeError:
-                            return  # trio's run is over (or the task abandoned us)
-            finally:
-                pubsub.close()
+                listen_blocking(
+                    self.subscriber,
+                    pattern,
+                    self.timeout,
+                    to_trio,
+                    lambda: from_thread.run_sync(ready),
+                    stop,
+                )
+            except _Abandoned:
+                return
 
         try:
             await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=self.listen_limiter)
@@ -367,10 +398,17 @@ GiveBack = Callable[[Endpoint, int], int]
 Emit = Callable[..., None]
 
 
-class Participant:
-    """One pool's membership in the fleet: what the pool calls at a dial
-    (:meth:`acquire`) and a close (:meth:`release`), and the background
-    tasks that renew leases, flush releases and listen for the fleet.
+class Membership:
+    """What both kinds of participant do the same way: the async
+    :class:`Participant` (for :class:`~conpool.Pool`) and the threaded
+    :class:`conpool._budget_sync.SyncParticipant` (for
+    :class:`~conpool.SyncPool`).
+
+    No waiting and no I/O here: the arguments of a script call, what its
+    reply or its failure means (counted, logged, traced), the policy when
+    Redis is unavailable, the give-back, pub/sub messages, the leases of
+    closed connections.  A subclass provides how a key's waiters are woken
+    (:meth:`_wake_key`) and how the flush is asked for (:meth:`_flush_soon`).
 
     :param give_back: ``give_back(endpoint, n) -> int``: the pool closes up
         to ``n`` connections of ``endpoint`` for the fleet (idle ones now, in
@@ -381,7 +419,6 @@ class Participant:
     def __init__(
         self,
         *,
-        url: str,
         label: str,
         namespace: str,
         limit: int,
@@ -390,7 +427,6 @@ class Participant:
         policy: str,
         give_back: GiveBack,
         emit: Emit,
-        library: str,
     ) -> None:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.label = label
@@ -409,8 +445,251 @@ class Participant:
         self.book = BudgetBook(self.id, limit, policy, self.retry_after)
         self.give_back_cb = give_back
         self.emit = emit
-        self.io: _IO = (ThreadIO if library == "trio" else AsyncioIO)(url, timeout)
         self.pattern = channel_pattern(namespace)
+        # Leases of connections that closed, returned after CLOSE_GRACE.
+        self.closing: list[tuple[float, Lease]] = []
+        self.closed = False
+
+    def _wake_key(self, key: str) -> None:
+        """A share of ``key`` may be free: wake its waiting dials."""
+        raise NotImplementedError
+
+    def _flush_soon(self) -> None:
+        raise NotImplementedError
+
+    def _forget_key(self, key: str) -> None:
+        """``key`` is forgotten: drop the subclass's own state of it."""
+
+    # -- a dial's story, traced and counted ----------------------------------------
+
+    def _granted(self, endpoint: Endpoint, start: float, waited: bool, queued: bool) -> None:
+        if waited or queued:
+            self.emit(
+                "budget.granted",
+                endpoint,
+                duration_ns=int((_monotonic() - start) * 1e9),
+                detail="after waiting" if waited else "after queueing",
+            )
+        elif self.emit_granted:
+            self.emit("budget.granted", endpoint)
+
+    def _queued(self, endpoint: Endpoint) -> None:
+        self.emit("budget.queued", endpoint, detail="behind another dial of its server")
+
+    def _must_wait(self, endpoint: Endpoint) -> None:
+        """The fleet is at its limit: the dial's first wait."""
+        self.book.counters.waited += 1
+        self.emit("budget.waited", endpoint, detail=f"fleet at its limit of {self.limit}")
+
+    def _gave_up(self, endpoint: object, start: float) -> GaveUp:
+        self.emit(
+            "budget.gave_up",
+            endpoint,
+            duration_ns=max(1, int((_monotonic() - start) * 1e9)),
+            detail="one of the pool's own connections came back for it",
+        )
+        return GaveUp()
+
+    def _timed_out(
+        self, key: str, endpoint: Endpoint, start: float, max_wait: float, name: str | None
+    ) -> PoolTimeout:
+        self.book.counters.timeouts += 1
+        waited = _monotonic() - start
+        self.emit("budget.timeout", endpoint, duration_ns=int(waited * 1e9))
+        within = name or f"acquire_timeout={max_wait:g} s"
+        return PoolTimeout(
+            f"no connection budget for {key} within {within}: the "
+            f"fleet holds its limit of {self.limit} ({self.label})"
+        )
+
+    #: Trace every grant (off: a grant is already a connect.* event's neighbour).
+    emit_granted = True
+
+    def _unavailable(self, kb: KeyBook, endpoint: Endpoint) -> Lease:
+        book = self.book
+        if book.policy == FAIL_OPEN:
+            lease = book.grant_unaccounted(kb)
+            detail = f"Redis unavailable: {book.last_error}"
+            self.emit("budget.unaccounted", endpoint, detail=detail)
+            self._flush_soon()
+            return lease
+        book.refuse()
+        self.emit("budget.denied", endpoint, detail=f"Redis unavailable: {book.last_error}")
+        raise ConnectError(
+            f"the connection budget {self.label} is unavailable (on_unavailable="
+            f"'fail-closed'): {book.last_error}",
+            endpoint=endpoint,
+            context=[f"asking the budget for a lease of {kb.key}", f"connecting to {endpoint}"],
+        )
+
+    # -- releasing -------------------------------------------------------------------
+
+    def release(self, lease: Lease) -> None:
+        """A connection with ``lease`` closed (or its dial failed): tell the
+        fleet soon, without waiting for Redis.
+
+        The lease returns :data:`CLOSE_GRACE` seconds later, together with
+        those of the connections that closed meanwhile (one call per key for
+        all of them): the server must see the close before someone else's
+        dial arrives, or it counts one connection too many for a moment.
+        """
+        if not lease.released:
+            self.closing.append((_monotonic() + CLOSE_GRACE, lease))
+            self._flush_soon()
+
+    def _return_closed(self, until: float) -> None:
+        """Free the leases of connections closed before ``until`` - grace."""
+        closing = self.closing
+        n = 0
+        while n < len(closing) and closing[n][0] <= until:
+            n += 1
+        returned, self.closing = closing[:n], closing[n:]
+        for _, lease in returned:
+            kb = self.book.release(lease)
+            if kb is not None and kb.waiting:
+                # A local task waits for this key: our own close makes room.
+                self._wake_key(kb.key)
+
+    # -- one script call: its arguments, its reply, its failure ------------------------
+
+    def _call_args(self, kb: KeyBook, acquire: bool) -> tuple[list[str], list[str | int], int]:
+        """The script's keys and arguments for a call about ``kb`` sent now,
+        and the count it carries (read when it is sent: see the module
+        docstring)."""
+        if acquire:
+            mine, still = self.book.acquire_args(kb)
+        else:
+            mine, still = kb.held, kb.waiting > 0
+        args: list[str | int] = [self.id, "acquire" if acquire else "set", mine, int(still)]
+        args += [self.ttl_ms, self.limit, channel_name(self.namespace, kb.key)]
+        return redis_keys(self.namespace, kb.key), args, mine
+
+    def _answered(
+        self, kb: KeyBook, reply: object, mine: int, acquire: bool
+    ) -> tuple[Lease | None, Snapshot, bool]:
+        """Record a reply: the lease (for a granted acquire), what Redis
+        holds, and whether Redis had lost our leases."""
+        snap = parse_reply(reply)
+        lost = self.book.counters.lost
+        lease = self.book.answered(kb, snap, mine, acquire)
+        return lease, snap, self.book.counters.lost != lost
+
+    def _after_reply(self, kb: KeyBook, snap: Snapshot, lost: bool) -> None:
+        """What follows a reply, outside the call's lock: an outage's end,
+        lost leases, the give-back."""
+        if self.book.succeeded():
+            logger.warning("conpool: the connection budget %s is available again", self.label)
+            self.emit("budget.available", detail=self.label)
+            self._flush_soon()  # every key: the truth, at once
+        if lost:
+            logger.warning(
+                "conpool: the connection budget %s had lost this pool's leases of %s "
+                "(expired or Redis restarted); registered them again",
+                self.label,
+                kb.key,
+            )
+            self.emit("budget.lease_lost", kb.key, detail=f"held {kb.held}")
+        self._fairness(kb, snap)
+
+    def _failed(self, exc: BaseException) -> None:
+        error = describe(exc)
+        self.emit("budget.redis_error", detail=error)
+        if self.book.failed(_monotonic(), error):
+            if self.book.policy == FAIL_OPEN:
+                logger.warning(
+                    "conpool: the connection budget %s is unavailable (%s): dialling within "
+                    "the pool's own limits only until it is back",
+                    self.label,
+                    error,
+                )
+            else:
+                logger.warning(
+                    "conpool: the connection budget %s is unavailable (%s): dials fail "
+                    "until it is back",
+                    self.label,
+                    error,
+                )
+            self.emit("budget.unavailable", detail=error)
+
+    def _fairness(self, kb: KeyBook, snap: Snapshot) -> None:
+        n = self.book.give_back(kb, snap)
+        if n <= 0:
+            return
+        kb.retiring += n
+        done = 0
+        for endpoint in list(kb.endpoints):
+            if done >= n:
+                break
+            done += self.give_back_cb(endpoint, n - done)
+        self.book.giving_back(kb, n, done)
+        if done:
+            self.emit(
+                "budget.give_back",
+                kb.key,
+                detail=f"{done} connection(s) for participants below their fair share",
+            )
+
+    # -- the fleet's messages, and forgetting ------------------------------------------
+
+    def deliver(self, channel: str, data: str) -> None:
+        """A pub/sub message (on the event loop's thread, or under the
+        threaded participant's lock)."""
+        key = channel_key(self.namespace, channel)
+        if key is None:
+            return
+        kb = self.book.keys.get(key)
+        if kb is None:
+            return
+        kind, _, sender = data.partition(" ")
+        if sender == self.id:
+            return
+        if kind == "free" and kb.waiting:
+            self._wake_key(key)
+        elif kind == "want" and kb.held:
+            # Someone waits: a sync fetches the key's counts, and the
+            # fairness check that follows gives back what is due.
+            kb.stale = True
+            self._flush_soon()
+
+    def _forget_unused(self) -> None:
+        for key, kb in list(self.book.keys.items()):
+            if not (kb.held or kb.waiting or kb.dirty or kb.reported):
+                del self.book.keys[key]
+                self._forget_key(key)
+
+
+class Participant(Membership):
+    """One :class:`~conpool.Pool`'s membership in the fleet: what the pool
+    calls at a dial (:meth:`acquire`) and a close (:meth:`release`), and the
+    background tasks that renew leases, flush releases and listen for the
+    fleet (see :class:`Membership` for the parameters; ``library``: the
+    pool's event loop, which picks the Redis client)."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        label: str,
+        namespace: str,
+        limit: int,
+        lease_ttl: float,
+        timeout: float,
+        policy: str,
+        give_back: GiveBack,
+        emit: Emit,
+        library: str,
+    ) -> None:
+        super().__init__(
+            label=label,
+            namespace=namespace,
+            limit=limit,
+            lease_ttl=lease_ttl,
+            timeout=timeout,
+            policy=policy,
+            give_back=give_back,
+            emit=emit,
+        )
+        self.io: _IO = (ThreadIO if library == "trio" else AsyncioIO)(url, timeout)
         self.lock = anyio.Lock()
         self.key_locks: dict[str, anyio.Lock] = {}
         self.wakes: dict[str, anyio.Event] = {}
@@ -418,9 +697,6 @@ class Participant:
         #: :meth:`idle_now`); an endpoint is here only while one waits.
         self.nudges: dict[object, set[anyio.CancelScope]] = {}
         self.flush_needed = anyio.Event()
-        # Leases of connections that closed, returned after CLOSE_GRACE.
-        self.closing: list[tuple[float, Lease]] = []
-        self.closed = False
 
     # -- the two call points ------------------------------------------------
 
@@ -465,7 +741,7 @@ class Participant:
                 # first local waiter, not all of them at once.
                 queued = lock.locked()
                 if queued:
-                    self.emit("budget.queued", endpoint, detail="behind another dial of its server")
+                    self._queued(endpoint)
                     if on_wait is not None:
                         on_wait()
                 acquired = False
@@ -484,14 +760,8 @@ class Participant:
         except TimeoutError:
             # (Only fail_after raises it here: Redis timeouts are handled
             # inside, by the policy.)
-            self.book.counters.timeouts += 1
-            waited = _monotonic() - start
-            self.emit("budget.timeout", endpoint, duration_ns=int(waited * 1e9))
-            within = timeout_name or f"acquire_timeout={max_wait:g} s"
-            raise PoolTimeout(
-                f"no connection budget for {key} within {within}: the "
-                f"fleet holds its limit of {self.limit} ({self.label})"
-            ) from None
+            assert max_wait is not None
+            raise self._timed_out(key, endpoint, start, max_wait, timeout_name) from None
         finally:
             kb.waiting -= 1
             if kb.dirty:
@@ -520,20 +790,11 @@ class Participant:
             except _RedisFailure:
                 return self._unavailable(kb, endpoint)
             if lease is not None:
-                if waited or queued:
-                    self.emit(
-                        "budget.granted",
-                        endpoint,
-                        duration_ns=int((_monotonic() - start) * 1e9),
-                        detail="after waiting" if waited else "after queueing",
-                    )
-                elif self.emit_granted:
-                    self.emit("budget.granted", endpoint)
+                self._granted(endpoint, start, waited, queued)
                 return lease
             if not waited:
                 waited = True
-                self.book.counters.waited += 1
-                self.emit("budget.waited", endpoint, detail=f"fleet at its limit of {self.limit}")
+                self._must_wait(endpoint)
                 if on_wait is not None:
                     on_wait()
             # Until a share frees (the wake event) or the poll interval
@@ -584,165 +845,34 @@ class Participant:
             for scope in list(scopes):
                 scope.cancel()
 
-    def _gave_up(self, endpoint: object, start: float) -> GaveUp:
-        self.emit(
-            "budget.gave_up",
-            endpoint,
-            duration_ns=max(1, int((_monotonic() - start) * 1e9)),
-            detail="one of the pool's own connections came back idle",
-        )
-        return GaveUp()
-
-    #: Trace every grant (off: a grant is already a connect.* event's neighbour).
-    emit_granted = True
-
-    def _unavailable(self, kb: KeyBook, endpoint: Endpoint) -> Lease:
-        book = self.book
-        if book.policy == FAIL_OPEN:
-            lease = book.grant_unaccounted(kb)
-            detail = f"Redis unavailable: {book.last_error}"
-            self.emit("budget.unaccounted", endpoint, detail=detail)
-            self._flush_soon()
-            return lease
-        book.refuse()
-        self.emit("budget.denied", endpoint, detail=f"Redis unavailable: {book.last_error}")
-        raise ConnectError(
-            f"the connection budget {self.label} is unavailable (on_unavailable="
-            f"'fail-closed'): {book.last_error}",
-            endpoint=endpoint,
-            context=[f"asking the budget for a lease of {kb.key}", f"connecting to {endpoint}"],
-        )
-
-    def release(self, lease: Lease) -> None:
-        """A connection with ``lease`` closed (or its dial failed): tell the
-        fleet soon, without waiting for Redis.
-
-        The lease returns :data:`CLOSE_GRACE` seconds later, together with
-        those of the connections that closed meanwhile (one call per key for
-        all of them): the server must see the close before someone else's
-        dial arrives, or it counts one connection too many for a moment.
-        """
-        if not lease.released:
-            self.closing.append((_monotonic() + CLOSE_GRACE, lease))
-            self._flush_soon()
-
-    def _return_closed(self, until: float) -> None:
-        """Free the leases of connections closed before ``until`` - grace."""
-        closing = self.closing
-        n = 0
-        while n < len(closing) and closing[n][0] <= until:
-            n += 1
-        returned, self.closing = closing[:n], closing[n:]
-        for _, lease in returned:
-            kb = self.book.release(lease)
-            if kb is not None and kb.waiting:
-                # A local task waits for this key: our own close makes room.
-                wake = self.wakes.get(kb.key)
-                if wake is not None:
-                    wake.set()
-
-    # -- talking to Redis ----------------------------------------------------------
-
     async def _sync(self, kb: KeyBook, *, acquire: bool) -> Lease | None:
         """One script call about ``kb``: an acquire, or telling Redis our truth."""
-        book = self.book
         async with self.lock:
-            # The count is read here, under the lock, so that it is the one
-            # current when the call goes out (see the module docstring).
-            if acquire:
-                mine, still = book.acquire_args(kb)
-            else:
-                mine, still = kb.held, kb.waiting > 0
-            args: list[str | int] = [self.id, "acquire" if acquire else "set", mine, int(still)]
-            args += [self.ttl_ms, self.limit, channel_name(self.namespace, kb.key)]
+            keys, args, mine = self._call_args(kb, acquire)
             try:
-                reply = await self.io.call(redis_keys(self.namespace, kb.key), args)
-                snap = parse_reply(reply)
+                reply = await self.io.call(keys, args)
+                lease, snap, lost = self._answered(kb, reply, mine, acquire)
             except REDIS_ERRORS as exc:
-                book.unsure(kb)
+                self.book.unsure(kb)
                 self._failed(exc)
                 raise _RedisFailure from exc
             except BaseException:
-                book.unsure(kb)
+                self.book.unsure(kb)
                 raise
-            lost = book.counters.lost
-            lease = book.answered(kb, snap, mine, acquire)
-        if book.succeeded():
-            logger.warning("conpool: the connection budget %s is available again", self.label)
-            self.emit("budget.available", detail=self.label)
-            self._flush_soon()  # every key: the truth, at once
-        if book.counters.lost != lost:
-            logger.warning(
-                "conpool: the connection budget %s had lost this pool's leases of %s "
-                "(expired or Redis restarted); registered them again",
-                self.label,
-                kb.key,
-            )
-            self.emit("budget.lease_lost", kb.key, detail=f"held {kb.held}")
-        self._fairness(kb, snap)
+        self._after_reply(kb, snap, lost)
         return lease
-
-    def _failed(self, exc: BaseException) -> None:
-        error = describe(exc)
-        self.emit("budget.redis_error", detail=error)
-        if self.book.failed(_monotonic(), error):
-            if self.book.policy == FAIL_OPEN:
-                logger.warning(
-                    "conpool: the connection budget %s is unavailable (%s): dialling within "
-                    "the pool's own limits only until it is back",
-                    self.label,
-                    error,
-                )
-            else:
-                logger.warning(
-                    "conpool: the connection budget %s is unavailable (%s): dials fail "
-                    "until it is back",
-                    self.label,
-                    error,
-                )
-            self.emit("budget.unavailable", detail=error)
-
-    def _fairness(self, kb: KeyBook, snap: Snapshot) -> None:
-        n = self.book.give_back(kb, snap)
-        if n <= 0:
-            return
-        kb.retiring += n
-        done = 0
-        for endpoint in list(kb.endpoints):
-            if done >= n:
-                break
-            done += self.give_back_cb(endpoint, n - done)
-        self.book.giving_back(kb, n, done)
-        if done:
-            self.emit(
-                "budget.give_back",
-                kb.key,
-                detail=f"{done} connection(s) for participants below their fair share",
-            )
 
     def _flush_soon(self) -> None:
         self.flush_needed.set()
 
-    def deliver(self, channel: str, data: str) -> None:
-        """A pub/sub message (on the event loop's thread)."""
-        key = channel_key(self.namespace, channel)
-        if key is None:
-            return
-        kb = self.book.keys.get(key)
-        if kb is None:
-            return
-        kind, _, sender = data.partition(" ")
-        if sender == self.id:
-            return
-        if kind == "free" and kb.waiting:
-            wake = self.wakes.get(key)
-            if wake is not None:
-                wake.set()
-        elif kind == "want" and kb.held:
-            # Someone waits: a sync fetches the key's counts, and the
-            # fairness check that follows gives back what is due.
-            kb.stale = True
-            self._flush_soon()
+    def _wake_key(self, key: str) -> None:
+        wake = self.wakes.get(key)
+        if wake is not None:
+            wake.set()
+
+    def _forget_key(self, key: str) -> None:
+        self.key_locks.pop(key, None)
+        self.wakes.pop(key, None)
 
     # -- background tasks --------------------------------------------------------
 
@@ -803,13 +933,6 @@ class Participant:
                 if kb.held:
                     book.counters.renewed += 1
             self._forget_unused()
-
-    def _forget_unused(self) -> None:
-        for key, kb in list(self.book.keys.items()):
-            if not (kb.held or kb.waiting or kb.dirty or kb.reported):
-                del self.book.keys[key]
-                self.key_locks.pop(key, None)
-                self.wakes.pop(key, None)
 
     async def _listener(self, ready: Callable[[], None]) -> None:
         while True:
