@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Final, Never
 import anyio
 from anyio.abc import TaskGroup
 
+from . import _budget_steps as budget_steps
 from ._backends import Backend, current_backend
 from ._budget import RedisBudget, participant_stats
 from ._budget_core import GaveUp
@@ -38,7 +39,7 @@ from ._config import Config, _float
 from ._connect import Connector
 from ._connection import Connection
 from ._endpoint import Endpoint
-from ._errors import PoolClosed, PoolError, PoolTimeout
+from ._errors import PoolClosed, PoolError
 from ._hooks import Hooks, logger
 from ._leaks import Leaks
 from ._lifecycle import Lifecycle, prewarm_count
@@ -637,10 +638,6 @@ class Pool(Shell[Connection]):
             stats = dataclasses.replace(stats, budget=participant_stats(self._participant))
         return stats
 
-    def _closed_lease(self, rec: Rec) -> None:
-        # The budget's second call point: batched, never awaited.
-        self._return_lease(self._leases.pop(rec, None))
-
     def __repr__(self) -> str:
         status = "open" if self._tg is not None else "not entered"
         return self._describe("conpool.Pool", status)
@@ -803,8 +800,7 @@ class Pool(Shell[Connection]):
 
         def wait_in_line() -> None:
             nonlocal w
-            w = state.wait_budget(ep, self._new_parked(), since)
-            self._flush()
+            w = budget_steps.wait_in_line(self, ep, since)
 
         def served() -> bool:
             return w is not None and (w.grant is not None or state.closed)
@@ -821,28 +817,10 @@ class Pool(Shell[Connection]):
                 if w is None:
                     assert lease is not None
                     return lease  # at once: the slot is still this dial's
-                got = state.budget_over(w)
-            except Exception as exc:
-                self._return_lease(lease)
-                if w is not None:
-                    state.cancel(w, self._clock())
-                elif isinstance(exc, PoolTimeout):
-                    state.dial_abandoned(ep)  # not a connect failure
-                else:
-                    state.dial_failed(ep)
-                self._flush()
-                if not isinstance(exc, PoolTimeout | PoolClosed):
-                    self._emit("acquire.failed", ep.key, detail=str(exc))
+                got = budget_steps.budget_over(self, w)
+            except BaseException as exc:
+                budget_steps.budget_failed(self, ep, w, lease, exc)
                 raise
-            except BaseException:
-                self._return_lease(lease)
-                if w is None:
-                    state.dial_abandoned(ep)
-                else:
-                    state.cancel(w, self._clock())
-                self._flush()
-                raise
-            self._flush()
             if got is DIAL:
                 assert lease is not None
                 return lease
@@ -855,7 +833,7 @@ class Pool(Shell[Connection]):
                     if left is None:
                         await queued.handle
                     else:
-                        await self._wait_timed(queued, max(0.0, left))
+                        await self._wait_timed(queued, left)
                 except BaseException as exc:
                     self._gave_up(queued, exc)
                     raise
@@ -875,25 +853,6 @@ class Pool(Shell[Connection]):
         if wait == self.config.acquire_timeout:
             return f"acquire_timeout={wait:g} s"
         return f"timeout={wait:g} s"
-
-    def _return_lease(self, lease: Lease | None) -> None:
-        """A dial that held ``lease`` (if any) failed or was abandoned."""
-        if lease is not None:
-            participant = self._participant
-            assert participant is not None  # (leases exist only with one)
-            participant.release(lease)
-
-    def _give_back(self, endpoint: Endpoint, n: int) -> int:
-        """The budget asks for up to ``n`` of ``endpoint``'s connections
-        back (other participants wait below their fair share): idle ones
-        close now, in-use ones when released.  Returns how many will."""
-        state = self._state
-        ep = state.endpoints.get(endpoint)
-        if ep is None or state.closed:
-            return 0
-        done = state.shed(ep, n)
-        self._flush()
-        return done
 
     def _note_connected(self, ep: Ep, conn: Connection, rec: Rec) -> None:
         """A new connection is registered: its connect time, its leak watch."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any, Generic, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol
 
 from typing_extensions import TypeVar
 
@@ -39,6 +39,10 @@ from ._state import (
 )
 from ._stats import BUCKETS, Histogram, PoolStats, snapshot
 from ._trace import Tracer
+
+if TYPE_CHECKING:
+    from ._budget_core import Lease
+    from ._budget_redis import Membership
 
 __all__ = ["Shell", "checked_arguments"]
 
@@ -115,12 +119,33 @@ class Shell(Generic[C]):
     _leaks: Leaks
     _waits: dict[EndpointState[Endpoint, C], Histogram]
     _connects: dict[EndpointState[Endpoint, C], Histogram]
-    # Fleet budget leases of open connections (the async shell's; empty
-    # in the threaded one).
+    # The fleet budget (conpool.RedisBudget): this pool's membership, and
+    # the lease of each connection it has open (empty without a budget).
+    _participant: Membership | None
     _leases: dict[Any, Any]
 
     def _closed_lease(self, rec: ConnRecord[Endpoint, C]) -> None:
-        raise NotImplementedError
+        # The budget's second call point: batched, never waited for.
+        self._return_lease(self._leases.pop(rec, None))
+
+    def _return_lease(self, lease: Lease | None) -> None:
+        """A dial or a connection that held ``lease`` (if any) is over."""
+        if lease is not None:
+            participant = self._participant
+            assert participant is not None  # (leases exist only with one)
+            participant.release(lease)
+
+    def _give_back(self, endpoint: Endpoint, n: int) -> int:
+        """The budget asks for up to ``n`` of ``endpoint``'s connections
+        back (other participants wait below their fair share): idle ones
+        close now, in-use ones when released.  Returns how many will."""
+        state = self._state
+        ep = state.endpoints.get(endpoint)
+        if ep is None or state.closed:
+            return 0
+        done = state.shed(ep, n)
+        self._flush()
+        return done
 
     def _start_refills(self) -> None:
         """The machine found endpoints below ``Config.min_idle``: open
