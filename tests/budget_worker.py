@@ -12,6 +12,9 @@ Modes:
   keeps its connections until the file ``--exit`` appears.
 * ``hold``: dials ``--n`` connections and keeps them (``--idle``: released to
   the pool, idle) until killed.
+
+``--backend sync`` runs either mode on a :class:`conpool.SyncPool` with
+threads instead of tasks.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -129,10 +133,90 @@ async def hold(args: argparse.Namespace, deadline: float) -> None:
                 say(f"open {stats.active + stats.idle}")
 
 
+def wait_for_file_sync(path: str, deadline: float) -> None:
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+def load_sync(args: argparse.Namespace, deadline: float) -> None:
+    """``load`` on a SyncPool: ``--tasks`` threads."""
+    budget = conpool.RedisBudget(
+        args.redis, args.limit, lease_ttl=args.ttl, on_unavailable=args.policy
+    )
+    ep = conpool.Endpoint("127.0.0.1", args.port)
+    config = conpool.Config(max_connections_per_endpoint=args.pool, acquire_timeout=30.0)
+    counts = {"done": 0, "errors": 0}
+    failures: list[str] = []
+    lock = threading.Lock()
+    with conpool.SyncPool(config, budget=budget) as pool:
+        say("ready")
+        wait_for_file_sync(args.go, deadline)
+        stop = time.monotonic() + args.seconds
+
+        def worker(i: int) -> None:
+            payload = f"w{os.getpid()}-{i}".encode()
+            while time.monotonic() < stop:
+                try:
+                    with pool.connection(ep) as conn:
+                        conn.send(payload)
+                        got = b""
+                        while len(got) < len(payload):
+                            got += conn.receive()
+                        assert got == payload
+                        time.sleep(0.002)
+                    with lock:
+                        counts["done"] += 1
+                except (conpool.PoolError, OSError) as exc:
+                    with lock:
+                        counts["errors"] += 1
+                        if len(failures) < 5:
+                            failures.append(repr(exc))
+                    time.sleep(0.05)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.tasks)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(args.seconds + 40)
+        stats = pool.stats()
+        result: dict[str, Any] = {
+            **counts,
+            "failures": failures,
+            "open": stats.active + stats.idle,
+            "budget": dataclasses.asdict(stats.budget) if stats.budget else None,
+        }
+        say(json.dumps(result))
+        if args.exit:
+            wait_for_file_sync(args.exit, deadline)
+
+
+def hold_sync(args: argparse.Namespace, deadline: float) -> None:
+    """``hold`` on a SyncPool."""
+    budget = conpool.RedisBudget(args.redis, args.limit, lease_ttl=args.ttl)
+    ep = conpool.Endpoint("127.0.0.1", args.port)
+    config = conpool.Config(max_connections_per_endpoint=args.n)
+    with conpool.SyncPool(config, budget=budget) as pool:
+        conns = [pool.acquire(ep) for _ in range(args.n)]
+        if args.idle:
+            for conn in conns:
+                pool.release(conn)
+        say(f"held {args.n}")
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            if args.idle:
+                stats = pool.stats()
+                say(f"open {stats.active + stats.idle}")
+
+
 def main() -> None:
     args = parse()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     deadline = time.monotonic() + args.max_seconds
+    if args.backend == "sync":
+        (load_sync if args.mode == "load" else hold_sync)(args, deadline)
+        return
     run = load if args.mode == "load" else hold
     backend, options = args.backend, {}
     if backend == "uvloop":

@@ -116,11 +116,16 @@ def fleet_held(rc: redis_py.Redis, port: int) -> int:
     return sum(int(c) for c in counts.values())
 
 
-def test_eight_processes_share_twenty_connections(redis: RedisServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "backends", [["asyncio", "uvloop", "trio"], ["sync"]], ids=["async", "sync"]
+)
+def test_eight_processes_share_twenty_connections(
+    redis: RedisServer, tmp_path: Path, backends: list[str]
+) -> None:
     """8 processes x a pool of 10 (10 tasks each), budget 20: the server never
     sees more than 20 connections, and every process does its share of the
-    work.  The fleet mixes asyncio, uvloop and trio processes."""
-    backends = ["asyncio", "uvloop", "trio"]
+    work.  The fleet mixes asyncio, uvloop and trio processes, or is of
+    SyncPools with 10 threads each."""
     go, leave = tmp_path / "go", tmp_path / "exit"
     rc = redis_py.Redis(host=redis.host, port=redis.port, decode_responses=True)
     with EchoServer() as echo:
@@ -128,7 +133,7 @@ def test_eight_processes_share_twenty_connections(redis: RedisServer, tmp_path: 
             [
                 *["load", "--redis", url(redis), "--port", str(echo.port), "--limit", "20"],
                 *["--pool", "10", "--tasks", "10", "--seconds", "4", "--ttl", "5"],
-                *["--backend", backends[i % 3], "--go", str(go), "--exit", str(leave)],
+                *["--backend", backends[i % len(backends)], "--go", str(go), "--exit", str(leave)],
             ]
             for i in range(8)
         ]
@@ -213,7 +218,10 @@ def test_idle_connections_in_one_process_are_given_back_when_another_waits(
     assert took < 5.0  # pub/sub, not the ttl or a poll, brought them
 
 
-def test_fleet_rides_out_a_redis_outage_and_converges(redis: RedisServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "sync"])
+def test_fleet_rides_out_a_redis_outage_and_converges(
+    redis: RedisServer, tmp_path: Path, backend: str
+) -> None:
     """Three fail-open processes under load while Redis stops for a second:
     no request fails, each logs the outage, and once Redis is back its
     count of the fleet's connections is the truth again."""
@@ -224,7 +232,7 @@ def test_fleet_rides_out_a_redis_outage_and_converges(redis: RedisServer, tmp_pa
             [
                 *["load", "--redis", url(redis), "--port", str(echo.port), "--limit", "6"],
                 *["--pool", "4", "--tasks", "4", "--seconds", "4", "--ttl", "1"],
-                *["--go", str(go), "--exit", str(leave)],
+                *["--go", str(go), "--exit", str(leave), "--backend", backend],
             ]
             for _ in range(3)
         ]
@@ -252,3 +260,53 @@ def test_fleet_rides_out_a_redis_outage_and_converges(redis: RedisServer, tmp_pa
         # Within local limits only while Redis was away: 3 x 4 at most.
         assert echo.max_concurrent <= 12
     rc.close()
+
+
+# -- SyncPool: the same proofs, with the test's own pool threaded too ------------------
+
+
+def test_a_killed_process_gives_its_share_back_within_the_ttl_to_a_sync_pool(
+    redis: RedisServer, echo_server: EchoServer
+) -> None:
+    ttl = 1.0
+    renew = ttl / 3
+    argv = ["hold", "--redis", url(redis), "--port", str(echo_server.port), "--backend", "sync"]
+    argv += ["--limit", "6", "--n", "6", "--ttl", str(ttl)]
+    budget = conpool.RedisBudget(url(redis), limit=6, lease_ttl=ttl)
+    ep = conpool.Endpoint("127.0.0.1", echo_server.port)
+    with workers(argv) as (holder,):
+        holder.expect("held 6")
+        with conpool.SyncPool(conpool.Config(acquire_timeout=20.0), budget=budget) as pool:
+            os.kill(holder.process.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            holder.process.wait(10)
+            conns = [pool.acquire(ep) for _ in range(6)]
+            elapsed = time.monotonic() - killed
+            print(f"share back {elapsed:.3f} s after SIGKILL (ttl {ttl} s)")
+            assert ttl - renew - 0.05 <= elapsed <= ttl + renew + 0.5
+            assert echo_server.max_concurrent <= 6 + 1  # (the killed one's, closing)
+            for conn in conns:
+                pool.release(conn)
+
+
+def test_idle_connections_of_a_sync_process_are_given_back_to_a_sync_pool(
+    redis: RedisServer, echo_server: EchoServer
+) -> None:
+    argv = ["hold", "--redis", url(redis), "--port", str(echo_server.port), "--backend", "sync"]
+    argv += ["--limit", "8", "--n", "8", "--idle", "--ttl", "10"]
+    budget = conpool.RedisBudget(url(redis), limit=8, lease_ttl=10.0)
+    ep = conpool.Endpoint("127.0.0.1", echo_server.port)
+    with workers(argv) as (idler,):
+        idler.expect("held 8")
+        with conpool.SyncPool(conpool.Config(acquire_timeout=10.0), budget=budget) as pool:
+            start = time.monotonic()
+            conns = [pool.acquire(ep) for _ in range(4)]
+            took = time.monotonic() - start
+            stats = pool.stats().budget
+            assert stats is not None and stats.waited >= 1
+            for conn in conns:
+                pool.release(conn)
+        idler.expect("open 4", timeout=10)
+        print(f"4 connections given back in {took:.3f} s")
+    assert echo_server.max_concurrent <= 8
+    assert took < 5.0  # pub/sub, not the ttl or a poll, brought them

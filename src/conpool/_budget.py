@@ -12,13 +12,14 @@ import dataclasses
 import importlib.util
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ._budget_core import POLICIES, Counters
 
 if TYPE_CHECKING:
-    from ._budget_redis import Emit, GiveBack, Participant
+    from ._budget_redis import Emit, GiveBack, Membership, Participant
+    from ._budget_sync import SyncParticipant
 
 __all__ = ["BudgetStats", "RedisBudget"]
 
@@ -85,7 +86,7 @@ def _stats_of(counters: Counters, held: int, waiting: int, available: bool) -> B
     )
 
 
-def participant_stats(p: Participant) -> BudgetStats:
+def participant_stats(p: Membership) -> BudgetStats:
     """One participant's :class:`BudgetStats`."""
     keys = p.book.keys.values()
     return _stats_of(
@@ -113,7 +114,9 @@ class RedisBudget:
     """A limit on connections per endpoint shared by every pool (in any
     process, on any host) that uses the same Redis and namespace.
 
-    Pass it to :class:`~conpool.Pool` (``Pool(config, budget=budget)``); each
+    Pass it to :class:`~conpool.Pool` (``Pool(config, budget=budget)``) or
+    to :class:`~conpool.SyncPool` (``SyncPool(config, budget=budget)``): the
+    same object serves both, and pools of both kinds share its limit; each
     pool that uses it is one participant.  Needs the ``redis`` extra
     (``pip install 'conpool[redis]'``).
 
@@ -197,7 +200,7 @@ class RedisBudget:
         self.lease_ttl = ttl
         self.on_unavailable = on_unavailable
         self.timeout = call_timeout
-        self._participants: list[Participant] = []
+        self._participants: list[Membership] = []
         self._retired = Counters()
 
     @property
@@ -206,31 +209,49 @@ class RedisBudget:
         return f"redis budget {_redact(self.url)} namespace {self.namespace!r}"
 
     def _join(self, *, give_back: GiveBack, emit: Emit, library: str) -> Participant:
-        """A new participant, for a pool that starts (on ``library``)."""
+        """A new participant, for a :class:`~conpool.Pool` that starts (on
+        ``library``)."""
         from ._budget_redis import Participant
 
-        participant = Participant(
-            url=self.url,
-            label=self.label,
-            namespace=self.namespace,
-            limit=self.limit,
-            lease_ttl=self.lease_ttl,
-            timeout=self.timeout,
-            policy=self.on_unavailable,
-            give_back=give_back,
-            emit=emit,
-            library=library,
-        )
+        participant = Participant(**self._settings(give_back, emit), library=library)
         self._participants.append(participant)
         return participant
 
-    def _leave(self, participant: Participant) -> None:
+    def _join_sync(self, *, give_back: GiveBack, emit: Emit) -> SyncParticipant:
+        """A new participant, for a :class:`~conpool.SyncPool` (its threads
+        not started yet)."""
+        from ._budget_sync import SyncParticipant
+
+        participant = SyncParticipant(**self._settings(give_back, emit))
+        self._participants.append(participant)
+        return participant
+
+    def _settings(self, give_back: GiveBack, emit: Emit) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "label": self.label,
+            "namespace": self.namespace,
+            "limit": self.limit,
+            "lease_ttl": self.lease_ttl,
+            "timeout": self.timeout,
+            "policy": self.on_unavailable,
+            "give_back": give_back,
+            "emit": emit,
+        }
+
+    def _leave(self, participant: Membership) -> None:
         """A pool closed: keep its counts in the totals."""
         if participant in self._participants:
             self._participants.remove(participant)
             mine, total = participant.book.counters, self._retired
             for name in Counters.__slots__:
                 setattr(total, name, getattr(total, name) + getattr(mine, name))
+
+    def _forget(self, participant: Membership) -> None:
+        """A participant inherited across a fork: not this process's (its
+        counts stay the parent's)."""
+        if participant in self._participants:
+            self._participants.remove(participant)
 
     def stats(self) -> BudgetStats:
         """Every participant's counts summed (those of closed pools included;

@@ -56,7 +56,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 import anyio
@@ -78,7 +78,18 @@ from ._budget_core import (
 from ._endpoint import Endpoint
 from ._errors import ConnectError, PoolTimeout, describe
 
-__all__ = ["SYNC_SCRIPT", "Participant", "budget_key", "channel_key", "redis_keys"]
+__all__ = [
+    "REDIS_ERRORS",
+    "SYNC_SCRIPT",
+    "Membership",
+    "Participant",
+    "RedisFailure",
+    "budget_key",
+    "channel_key",
+    "listen_blocking",
+    "redis_keys",
+    "sync_clients",
+]
 
 logger = logging.getLogger("conpool")
 
@@ -449,6 +460,9 @@ class Membership:
         # Leases of connections that closed, returned after CLOSE_GRACE.
         self.closing: list[tuple[float, Lease]] = []
         self.closed = False
+        #: What guards the book where threads share it (the threaded
+        #: participant's lock; nothing on an event loop).
+        self.mutex: AbstractContextManager[object] = nullcontext()
 
     def _wake_key(self, key: str) -> None:
         """A share of ``key`` may be free: wake its waiting dials."""
@@ -612,16 +626,21 @@ class Membership:
             self.emit("budget.unavailable", detail=error)
 
     def _fairness(self, kb: KeyBook, snap: Snapshot) -> None:
-        n = self.book.give_back(kb, snap)
-        if n <= 0:
-            return
-        kb.retiring += n
+        # (The pool's give-back takes the threaded pool's lock: never
+        # called holding the participant's own.)
+        with self.mutex:
+            n = self.book.give_back(kb, snap)
+            if n <= 0:
+                return
+            kb.retiring += n
+            endpoints = list(kb.endpoints)
         done = 0
-        for endpoint in list(kb.endpoints):
+        for endpoint in endpoints:
             if done >= n:
                 break
             done += self.give_back_cb(endpoint, n - done)
-        self.book.giving_back(kb, n, done)
+        with self.mutex:
+            self.book.giving_back(kb, n, done)
         if done:
             self.emit(
                 "budget.give_back",
@@ -787,7 +806,7 @@ class Participant(Membership):
                 wake = self.wakes[kb.key] = anyio.Event()
             try:
                 lease = await self._sync(kb, acquire=True)
-            except _RedisFailure:
+            except RedisFailure:
                 return self._unavailable(kb, endpoint)
             if lease is not None:
                 self._granted(endpoint, start, waited, queued)
@@ -855,7 +874,7 @@ class Participant(Membership):
             except REDIS_ERRORS as exc:
                 self.book.unsure(kb)
                 self._failed(exc)
-                raise _RedisFailure from exc
+                raise RedisFailure from exc
             except BaseException:
                 self.book.unsure(kb)
                 raise
@@ -917,7 +936,7 @@ class Participant(Membership):
         for kb in self.book.to_flush():
             try:
                 await self._sync(kb, acquire=False)
-            except _RedisFailure:
+            except RedisFailure:
                 return
         self._forget_unused()
 
@@ -928,7 +947,7 @@ class Participant(Membership):
             for kb in book.to_renew():
                 try:
                     await self._sync(kb, acquire=False)
-                except _RedisFailure:
+                except RedisFailure:
                     break
                 if kb.held:
                     book.counters.renewed += 1
@@ -943,5 +962,5 @@ class Participant(Membership):
             await anyio.sleep(self.retry_after)
 
 
-class _RedisFailure(Exception):
+class RedisFailure(Exception):
     """A Redis call failed (already counted and logged)."""

@@ -848,12 +848,6 @@ class Pool(Shell[Connection]):
             left = None if deadline is None else max(0.0, deadline - self._clock())
             return await self._acquire(ep, state.acquire(ep, self._clock()), left, connect_timeout)
 
-    def _timeout_name(self, wait: float) -> str:
-        """How a budget timeout names the acquire's timeout."""
-        if wait == self.config.acquire_timeout:
-            return f"acquire_timeout={wait:g} s"
-        return f"timeout={wait:g} s"
-
     def _note_connected(self, ep: Ep, conn: Connection, rec: Rec) -> None:
         """A new connection is registered: its connect time, its leak watch."""
         _histogram(self._connects, ep).observe(conn._connect_ns / 1e9)

@@ -299,12 +299,14 @@ class Shell(Generic[C]):
             self._emit("acquire.timeout", w.ep.key, duration_ns=int(waited * 1e9))
 
     def _timed_out(self, endpoint: Endpoint, wait: float) -> PoolTimeout:
-        which = (
-            f"acquire_timeout={wait:g} s"
-            if wait == self.config.acquire_timeout
-            else f"timeout={wait:g} s"
-        )
+        which = self._timeout_name(wait)
         return PoolTimeout(f"no connection to {endpoint} became free within {which}")
+
+    def _timeout_name(self, wait: float) -> str:
+        """How a timeout names the acquire's ``wait`` seconds."""
+        if wait == self.config.acquire_timeout:
+            return f"acquire_timeout={wait:g} s"
+        return f"timeout={wait:g} s"
 
     def _too_many_waiters(self, endpoint: Endpoint) -> PoolTimeout:
         self._emit("acquire.rejected", endpoint)

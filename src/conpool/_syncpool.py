@@ -26,6 +26,7 @@ on untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import random
@@ -35,13 +36,16 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import _budget_steps as budget_steps
 from ._backends._threads import park, wait, wake
+from ._budget import RedisBudget, participant_stats
+from ._budget_core import GaveUp, Lease
 from ._config import Config
 from ._dialplan import blames_address
 from ._endpoint import Endpoint
-from ._errors import ConnectError, PoolError, describe
+from ._errors import ConnectError, PoolError, PoolTimeout, describe
 from ._hooks import Hooks, logger
 from ._leaks import Leaks
 from ._lifecycle import init_done, init_failed, prewarm_count, reset_outcome, reset_wanted
@@ -53,7 +57,14 @@ from ._syncconnect import SyncConnector
 from ._syncconnection import SyncConnection
 from ._trace import Tracer
 
+if TYPE_CHECKING:
+    from ._budget_sync import SyncParticipant
+
 __all__ = ["SyncPool"]
+
+#: Seconds a warm dial waits at most for the fleet budget when no
+#: connect_timeout bounds it.
+WARM_BUDGET_WAIT = 10.0
 
 Ep = EndpointState[Endpoint, SyncConnection]
 Rec = ConnRecord[Endpoint, SyncConnection]
@@ -135,6 +146,11 @@ class SyncPool(Shell[SyncConnection]):
     :param resolver: turns names into addresses (its ``resolve_sync``); a
         :class:`~conpool.SystemResolver` if None.
     :param tracer: a :class:`~conpool.Tracer` that receives the pool's events.
+    :param budget: a :class:`~conpool.RedisBudget` whose per-endpoint limit
+        this pool shares with every other pool using it (threaded or async,
+        in any process); the pool is one participant, with a renewal thread
+        and a pub/sub thread of its own until :meth:`close`.  Only dials and
+        closes talk to it.
     :raises TypeError: an argument of the wrong type.
     """
 
@@ -146,8 +162,12 @@ class SyncPool(Shell[SyncConnection]):
         *,
         resolver: Any = None,
         tracer: Tracer | None = None,
+        budget: RedisBudget | None = None,
     ) -> None:
         config, resolver = checked_arguments(config, resolver, tracer, "resolve_sync")
+        if budget is not None and not isinstance(budget, RedisBudget):
+            raise TypeError(f"budget must be a conpool.RedisBudget or None, got {budget!r}")
+        self.budget = budget
         health = config.health_check
         for field, hook, shape in (
             ("health_check", health, "check(conn) -> bool"),
@@ -206,7 +226,8 @@ class SyncPool(Shell[SyncConnection]):
         self._to_close: deque[SyncConnection] = deque()
         self._refresh_due: list[Ep] = []
         self._refills_due = False
-        self._leases = {}  # (no fleet budget in the threaded shell)
+        self._leases = {}
+        self._participant: SyncParticipant | None = None
         self._closing = threading.Event()
         self._sweep_wake = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -214,12 +235,47 @@ class SyncPool(Shell[SyncConnection]):
         connector.gen = _fork_generation
         connector.closing = self._closing
         self._connector = connector
+        if self.budget is not None and not self._state.closed:
+            self._join_budget(self.budget)
+
+    def _join_budget(self, budget: RedisBudget) -> None:
+        """Join the fleet: a participant whose threads hold this pool only
+        weakly (an unclosed pool garbage-collected stops them), and a wake
+        that also ends the budget wait of a dial the machine served."""
+        ref = weakref.ref(self)
+
+        def give_back(endpoint: Endpoint, n: int) -> int:
+            pool = ref()
+            return 0 if pool is None else pool._give_back_locked(endpoint, n)
+
+        def emit(*args: Any, **kwargs: Any) -> None:
+            pool = ref()
+            if pool is not None:
+                pool._emit(*args, **kwargs)
+
+        participant = budget._join_sync(give_back=give_back, emit=emit)
+        self._participant = participant
+        weakref.finalize(self, participant.stop)
+
+        def wake_budgeted(waiters: list[Wait]) -> None:
+            wake(waiters)
+            for w in waiters:
+                if w.budget:
+                    participant.idle_now(w.ep.key)
+
+        self._wake = wake_budgeted
+        participant.start()
 
     def _after_fork(self) -> None:
         """First use in a child process: forget the parent's connections
         without touching their streams (see the module docstring)."""
         inherited = [rec.conn for rec in list(self._state.lru) if rec.conn is not None]
         closed = self._state.closed
+        participant = self._participant
+        if participant is not None and self.budget is not None:
+            # The parent's membership: its threads did not follow us, and
+            # its Redis connections are the parent's (not closed here).
+            self.budget._forget(participant)
         self._start()
         if closed:
             self._state.close()
@@ -274,6 +330,14 @@ class SyncPool(Shell[SyncConnection]):
         self._closing.set()
         self._sweep_wake.set()
         self._close_pending()
+        participant = self._participant
+        if participant is not None and self.budget is not None:
+            # Tell the fleet of the connections just closed (a connection
+            # still in use gives its share back within lease_ttl).
+            try:
+                participant.close()
+            finally:
+                self.budget._leave(participant)
 
     # -- acquiring and releasing ---------------------------------------------------
 
@@ -374,11 +438,11 @@ class SyncPool(Shell[SyncConnection]):
         deadline = None if timeout is None else self._clock() + timeout
         while True:
             if got is DIAL:
-                return self._dial(ep, connect_timeout)
+                return self._dial(ep, connect_timeout, deadline, timeout)
             if got is WAIT:
                 granted = self._wait(ep, deadline, timeout)
                 if granted is None:
-                    return self._dial(ep, connect_timeout)
+                    return self._dial(ep, connect_timeout, deadline, timeout)
                 got = granted
             assert isinstance(got, ConnRecord)
             if self._health is None or self._healthy(got):
@@ -428,9 +492,14 @@ class SyncPool(Shell[SyncConnection]):
 
     def _wait(self, ep: Ep, deadline: float | None, timeout: float | None) -> Rec | None:
         """Park until served: a connection record, or None for a dial slot."""
-        lock = self._lock
-        with lock:
+        with self._lock:
             w = self._park(ep)
+        return self._wait_parked(w, deadline, timeout)
+
+    def _wait_parked(self, w: Wait, deadline: float | None, timeout: float | None) -> Rec | None:
+        """Block on a parked waiter's handle until served (or the deadline)."""
+        lock = self._lock
+        ep = w.ep
         try:
             wait(w.handle, None if deadline is None else deadline - self._clock())
         except BaseException as exc:
@@ -469,24 +538,42 @@ class SyncPool(Shell[SyncConnection]):
         self._close_pending()
         return False
 
-    def _dial(self, ep: Ep, connect_timeout: float | None) -> SyncConnection:
+    def _dial(
+        self,
+        ep: Ep,
+        connect_timeout: float | None,
+        deadline: float | None = None,
+        wait: float | None = None,
+    ) -> SyncConnection:
         """Open a connection in the slot the machine reserved for us; on any
-        failure the slot goes back."""
+        failure the slot goes back.  With a budget, the dial first waits
+        for a lease of the fleet's limit, until ``deadline`` (the acquire's
+        ``wait`` seconds, slot wait included)."""
         lock = self._lock
+        lease: Lease | None = None
+        if self._participant is not None:
+            got = self._budget_lease(ep, connect_timeout, deadline, wait)
+            if isinstance(got, SyncConnection):
+                return got
+            lease = got
         try:
             self._addresses(ep)
             conn = self._connector.connect(ep, connect_timeout)
         except Exception as exc:
             with lock:
+                self._return_lease(lease)
                 self._dial_failed(ep, exc)
             self._close_pending()
             raise
         except BaseException:
             with lock:
+                self._return_lease(lease)
                 self._dial_abandoned(ep)
             self._close_pending()
             raise
         with lock:
+            if lease is not None:
+                self._leases[conn._rec] = lease
             self._note_new(ep, conn)
         try:
             if self._on_connect is not None:
@@ -496,6 +583,85 @@ class SyncPool(Shell[SyncConnection]):
         finally:
             if self._to_close:
                 self._close_pending()
+
+    def _budget_lease(
+        self, ep: Ep, connect_timeout: float | None, deadline: float | None, wait: float | None
+    ) -> Lease | SyncConnection:
+        """The fleet's lease for the dial in ``ep``'s reserved slot, or a
+        connection that came back for it meanwhile: the async pool's
+        ``_budget_lease`` on threads (the machine decides, the steps are
+        :mod:`conpool._budget_steps`', taken under the lock)."""
+        participant = self._participant
+        assert participant is not None
+        lock = self._lock
+        state = self._state
+        w: Wait | None = None
+        since = self._clock()
+
+        def wait_in_line() -> None:
+            nonlocal w
+            with lock:
+                w = budget_steps.wait_in_line(self, ep, since)
+            self._close_pending()
+
+        def served() -> bool:
+            return w is not None and (w.grant is not None or state.closed)
+
+        what = None if wait is None else self._timeout_name(wait)
+        while True:
+            lease: Lease | None = None
+            left = None if deadline is None else max(0.0, deadline - self._clock())
+            try:
+                try:
+                    lease = participant.acquire(ep.key, left, served, wait_in_line, what)
+                except GaveUp:
+                    pass
+                if w is None:
+                    assert lease is not None
+                    return lease  # at once: the slot is still this dial's
+                with lock:
+                    got = budget_steps.budget_over(self, w)
+            except BaseException as exc:
+                with lock:
+                    budget_steps.budget_failed(self, ep, w, lease, exc)
+                self._close_pending()
+                raise
+            if got is DIAL:
+                assert lease is not None
+                return lease
+            with lock:
+                self._return_lease(lease)  # served, or no local room for it
+                rec = None if got is WAIT else self._served(w)
+            if got is WAIT:
+                rec = self._wait_parked(w, deadline, wait)
+            if rec is None:
+                w = None  # a slot again: ask the fleet again
+                continue
+            if self._health is None or self._healthy(rec):
+                with lock:
+                    return self._hand_out(rec)
+            left = None if deadline is None else max(0.0, deadline - self._clock())
+            with lock:
+                again = state.acquire(ep, self._clock())
+                self._flush()
+            self._close_pending()
+            return self._acquire(ep, again, left, connect_timeout)
+
+    def _give_back_locked(self, endpoint: Endpoint, n: int) -> int:
+        """The budget's give-back (from its threads), under the pool's lock."""
+        with self._lock:
+            done = self._give_back(endpoint, n)
+        self._close_pending()
+        return done
+
+    def _warm_lease(self, ep: Ep) -> Lease | None:
+        """A warm dial's lease (a prewarm or a refill counts in the fleet's
+        budget like any connection); waiting for it is bounded.
+        :raises PoolError: no lease (in time, or Redis down and fail-closed)."""
+        participant = self._participant
+        if participant is None:
+            return None
+        return participant.acquire(ep.key, self.config.connect_timeout or WARM_BUDGET_WAIT)
 
     def _init(self, conn: SyncConnection, *, warm: bool = False, refill: bool = False) -> None:
         """Run ``on_connect`` (lock free) on a new connection, as the async
@@ -635,20 +801,32 @@ class SyncPool(Shell[SyncConnection]):
         opened = 0
         try:
             for _ in range(k):
+                lease = None
                 try:
+                    lease = self._warm_lease(ep)
                     conn = self._connector.connect(ep, self.config.connect_timeout)
+                except PoolTimeout:
+                    # No room in the fleet's budget: nothing to open, no error.
+                    with lock:
+                        state.warm_abandoned(ep, None)
+                        self._flush()
+                    continue
                 except ConnectError as exc:
                     with lock:
+                        self._return_lease(lease)
                         state.warm_abandoned(ep, None, failed=True)
                         self._flush()
                     errors.append(exc)
                     continue
                 except BaseException:
                     with lock:
+                        self._return_lease(lease)
                         state.warm_abandoned(ep, None)
                         self._flush()
                     raise
                 with lock:
+                    if lease is not None:
+                        self._leases[conn._rec] = lease
                     self._note_new(ep, conn)
                 if self._on_connect is not None:
                     try:
@@ -671,7 +849,10 @@ class SyncPool(Shell[SyncConnection]):
         """A frozen snapshot of every count (see :class:`~conpool.PoolStats`)."""
         self._enter()
         with self._lock:
-            return super().stats()
+            stats = super().stats()
+        if self._participant is not None:
+            stats = dataclasses.replace(stats, budget=participant_stats(self._participant))
+        return stats
 
     def __repr__(self) -> str:
         return self._describe("conpool.SyncPool", "open")
@@ -721,28 +902,40 @@ class SyncPool(Shell[SyncConnection]):
         endpoint = ep.key
         start = time.monotonic_ns()
         self._emit("connect.started", endpoint, ip, detail="refill")
+        lease = None
         try:
+            try:
+                lease = self._warm_lease(ep)
+            except PoolError as exc:
+                raise _NoBudget(str(exc)) from exc
             conn = self._connector.open_one(ep, ip, self.config.connect_timeout)
         except Exception as exc:
+            cause = (exc.__cause__ or exc) if isinstance(exc, _NoBudget) else exc
             self._emit(
                 "connect.failed",
                 endpoint,
                 ip,
                 duration_ns=time.monotonic_ns() - start,
-                detail=f"refill: {describe(exc)}",
+                detail=f"refill: {describe(cause)}",
             )
+            # (No budget is the refill's failure, backed off, not the address's.)
+            blamed = not isinstance(exc, _NoBudget) and blames_address(exc)
             with lock:
-                state.refill_failed(ep, ip, self._clock(), counts=blames_address(exc))
+                self._return_lease(lease)
+                state.refill_failed(ep, ip, self._clock(), counts=blamed)
                 self._flush()
             return
         except BaseException:
             with lock:
+                self._return_lease(lease)
                 state.warm_abandoned(ep, ip)
                 self._flush()
             raise
         with lock:
             rec = state.refill_connected(ep, ip, conn, self._clock())
             conn._rec = rec
+            if lease is not None:
+                self._leases[rec] = lease
             self._note_new(ep, conn)
         self._emit(
             "connect.complete", endpoint, ip, rec.id, duration_ns=conn._connect_ns, detail="refill"
@@ -841,6 +1034,10 @@ def _sweep(ref: weakref.ref[SyncPool]) -> None:
             pool._sweep_once_unlocked()
         except Exception:
             logger.exception("conpool: the expiry sweep failed")
+
+
+class _NoBudget(Exception):
+    """The fleet budget refused a refill's lease."""
 
 
 def _seconds(name: str, value: object) -> float:
