@@ -498,6 +498,18 @@ async def test_dials_waiting_for_budget_are_woken_when_a_lease_frees_locally(
 # -- first come, first served and one deadline under a full budget -----------------
 
 
+def assert_first_come_first_served(served: list[int], waits: list[float], hold: float) -> None:
+    """Tasks numbered in the order they came were ``served`` in that order,
+    each having waited ``waits[i]``, holding their connection ``hold`` s."""
+    # Nobody overtaken by more than one task (two woken in one scheduler
+    # pass, or two threads, may resume either way round).
+    overtaken = {i: served.index(i) - i for i in range(len(served))}
+    assert max(overtaken.values()) <= 1, f"served in the order {served}"
+    # No starvation: the first tasks to wait for budget are served within a
+    # few holds, not after everyone who came later (about n / 2 holds).
+    assert max(waits[:5]) < 4 * hold, f"waits {[round(w, 3) for w in waits]}"
+
+
 async def test_under_a_full_budget_tasks_are_served_in_the_order_they_came(
     redis: RedisServer, rc: redis_py.Redis, echo_server: EchoServer
 ) -> None:
@@ -536,13 +548,7 @@ async def test_under_a_full_budget_tasks_are_served_in_the_order_they_came(
         assert stats.budget is not None and stats.budget.waiting == 0
         assert stats.budget.waited >= 1  # the fleet was full
     assert echo_server.max_concurrent <= 2
-    # Served in arrival order: nobody overtaken by more than one task
-    # (two woken in one scheduler pass may resume either way round).
-    overtaken = {i: served.index(i) - i for i in range(n)}
-    assert max(overtaken.values()) <= 1, f"served in the order {served}"
-    # No starvation: the first tasks to wait for budget are served within a
-    # few holds, not after everyone who came later (about n / 2 holds).
-    assert max(waits[:5]) < 4 * hold, f"waits {[round(w, 3) for w in waits]}"
+    assert_first_come_first_served(served, waits, hold)
     assert held(rc, ep) == 0
 
 

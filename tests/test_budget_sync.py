@@ -17,14 +17,10 @@ import pytest
 import redis as redis_py
 
 import conpool
-from conpool._budget_redis import redis_keys
 from servers import EchoServer, RedisServer
+from test_budget import assert_first_come_first_served, held, script_calls, url
 
 pytestmark = pytest.mark.realserver
-
-
-def url(server: RedisServer) -> str:
-    return f"redis://{server.host}:{server.port}/0"
 
 
 @pytest.fixture
@@ -32,16 +28,6 @@ def rc(redis: RedisServer) -> Iterator[redis_py.Redis]:
     client = redis_py.Redis(host=redis.host, port=redis.port, decode_responses=True)
     yield client
     client.close()
-
-
-def held(rc: redis_py.Redis, endpoint: conpool.Endpoint) -> int:
-    counts = rc.hgetall(redis_keys("conpool", str(endpoint))[0])
-    return sum(int(c) for c in counts.values())
-
-
-def script_calls(rc: redis_py.Redis) -> int:
-    stats = rc.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
 
 
 def eventually(check: Callable[[], bool], what: str, within: float = 10.0) -> None:
@@ -302,9 +288,7 @@ def test_under_a_full_budget_threads_are_served_in_the_order_they_came(
         assert stats.budget is not None and stats.budget.waiting == 0
         assert stats.budget.waited >= 1
     assert echo_server.max_concurrent <= 2
-    overtaken = {i: served.index(i) - i for i in range(n)}
-    assert max(overtaken.values()) <= 1, f"served in the order {served}"
-    assert max(waits[:5]) < 4 * hold, f"waits {[round(w, 3) for w in waits]}"
+    assert_first_come_first_served(served, waits, hold)
     eventually(lambda: held(rc, ep) == 0, what="every lease back")
 
 

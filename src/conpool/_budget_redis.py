@@ -430,6 +430,7 @@ class Membership:
     def __init__(
         self,
         *,
+        url: str,
         label: str,
         namespace: str,
         limit: int,
@@ -440,6 +441,7 @@ class Membership:
         emit: Emit,
     ) -> None:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.url = url
         self.label = label
         self.namespace = namespace
         self.limit = limit
@@ -684,31 +686,9 @@ class Participant(Membership):
     fleet (see :class:`Membership` for the parameters; ``library``: the
     pool's event loop, which picks the Redis client)."""
 
-    def __init__(
-        self,
-        *,
-        url: str,
-        label: str,
-        namespace: str,
-        limit: int,
-        lease_ttl: float,
-        timeout: float,
-        policy: str,
-        give_back: GiveBack,
-        emit: Emit,
-        library: str,
-    ) -> None:
-        super().__init__(
-            label=label,
-            namespace=namespace,
-            limit=limit,
-            lease_ttl=lease_ttl,
-            timeout=timeout,
-            policy=policy,
-            give_back=give_back,
-            emit=emit,
-        )
-        self.io: _IO = (ThreadIO if library == "trio" else AsyncioIO)(url, timeout)
+    def __init__(self, *, library: str, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.io: _IO = (ThreadIO if library == "trio" else AsyncioIO)(self.url, self.timeout)
         self.lock = anyio.Lock()
         self.key_locks: dict[str, anyio.Lock] = {}
         self.wakes: dict[str, anyio.Event] = {}

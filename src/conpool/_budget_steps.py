@@ -9,6 +9,8 @@ shell's own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from ._errors import PoolClosed, PoolTimeout
@@ -18,19 +20,54 @@ if TYPE_CHECKING:
     from ._budget_core import Lease
     from ._shell import Shell
 
-__all__ = ["budget_failed", "budget_over", "wait_in_line"]
+__all__ = ["Line", "budget_failed", "budget_over"]
 
 Ep = EndpointState[Any, Any]
 Wait = Waiter[Any, Any]
 
 
-def wait_in_line(shell: Shell[Any], ep: Ep, since: float) -> Wait:
-    """The dial in ``ep``'s slot cannot have a lease at once: it gives the
-    slot up and waits in the machine's line (served first come, first
-    served with the endpoint's other waiters)."""
-    w = shell._state.wait_budget(ep, shell._new_parked(), since)
-    shell._flush()
-    return w
+class Line:
+    """A dial's place in the machine's line while it waits for budget: none
+    until :meth:`join` (the participant's ``on_wait``), then its waiter.
+
+    :param lock: what the shell holds around the machine (the threaded
+        pool's lock; nothing on an event loop).
+    :param after: what the shell does once it let go of ``lock`` (the
+        threaded pool closes the sockets the machine retired).
+    """
+
+    __slots__ = ("after", "ep", "lock", "shell", "since", "w")
+
+    def __init__(
+        self,
+        shell: Shell[Any],
+        ep: Ep,
+        lock: AbstractContextManager[object] | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        self.shell = shell
+        self.ep = ep
+        self.lock = lock if lock is not None else nullcontext()
+        self.after = after
+        self.since = shell._clock()
+        self.w: Wait | None = None
+
+    def join(self) -> None:
+        """The dial cannot have a lease at once: it gives its slot up and
+        waits in the machine's line (served first come, first served with
+        the endpoint's other waiters)."""
+        shell = self.shell
+        with self.lock:
+            self.w = shell._state.wait_budget(self.ep, shell._new_parked(), self.since)
+            shell._flush()
+        if self.after is not None:
+            self.after()
+
+    def served(self) -> bool:
+        """Whether the machine served the dial meanwhile (a connection came
+        back for it, or the pool closed): its wait for the lease then ends."""
+        w = self.w
+        return w is not None and (w.grant is not None or self.shell._state.closed)
 
 
 def budget_over(shell: Shell[Any], w: Wait) -> ConnRecord[Any, Any] | Answer:

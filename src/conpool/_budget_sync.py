@@ -31,13 +31,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from ._budget_core import KeyBook, Lease
 from ._budget_redis import (
     REDIS_ERRORS,
     SYNC_SCRIPT,
-    Emit,
-    GiveBack,
     Membership,
     RedisFailure,
     budget_key,
@@ -57,30 +56,9 @@ class SyncParticipant(Membership):
     :class:`~conpool._budget_redis.Membership` for the parameters).  Its
     threads start with :meth:`start`; :meth:`close` flushes and stops them."""
 
-    def __init__(
-        self,
-        *,
-        url: str,
-        label: str,
-        namespace: str,
-        limit: int,
-        lease_ttl: float,
-        timeout: float,
-        policy: str,
-        give_back: GiveBack,
-        emit: Emit,
-    ) -> None:
-        super().__init__(
-            label=label,
-            namespace=namespace,
-            limit=limit,
-            lease_ttl=lease_ttl,
-            timeout=timeout,
-            policy=policy,
-            give_back=give_back,
-            emit=emit,
-        )
-        self.client, self.subscriber = sync_clients(url, timeout)
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.client, self.subscriber = sync_clients(self.url, self.timeout)
         self.script = self.client.register_script(SYNC_SCRIPT)
         self.mutex = lock = threading.RLock()
         self.cond = threading.Condition(lock)

@@ -795,31 +795,23 @@ class Pool(Shell[Connection]):
         participant = self._participant
         assert participant is not None
         state = self._state
-        w: Wait | None = None
-        since = self._clock()
-
-        def wait_in_line() -> None:
-            nonlocal w
-            w = budget_steps.wait_in_line(self, ep, since)
-
-        def served() -> bool:
-            return w is not None and (w.grant is not None or state.closed)
-
+        line = budget_steps.Line(self, ep)
         what = None if wait is None else self._timeout_name(wait)
         while True:
             lease: Lease | None = None
             left = None if deadline is None else max(0.0, deadline - self._clock())
             try:
                 try:
-                    lease = await participant.acquire(ep.key, left, served, wait_in_line, what)
+                    lease = await participant.acquire(ep.key, left, line.served, line.join, what)
                 except GaveUp:
                     pass
+                w = line.w
                 if w is None:
                     assert lease is not None
                     return lease  # at once: the slot is still this dial's
                 got = budget_steps.budget_over(self, w)
             except BaseException as exc:
-                budget_steps.budget_failed(self, ep, w, lease, exc)
+                budget_steps.budget_failed(self, ep, line.w, lease, exc)
                 raise
             if got is DIAL:
                 assert lease is not None
@@ -840,8 +832,8 @@ class Pool(Shell[Connection]):
             rec = self._served(w)
             if rec is None:
                 # A slot again (the local limits had no room for the lease
-                # before): ask the fleet again, in the same line.
-                w = None
+                # before): ask the fleet again.
+                line = budget_steps.Line(self, ep)
                 continue
             if self._health is None or await self._healthy(rec):
                 return self._hand_out(rec)

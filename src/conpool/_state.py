@@ -782,16 +782,9 @@ class PoolState(Generic[K, C]):
         """
         w = Waiter(ep, handle, since)
         w.budget = True
-        waiters = ep.waiters
         # (Dials that began later may have come to wait first: one asked
         # the fleet while the next queued behind it.)
-        behind = [x for x in waiters if not x.budget or x.since > since]
-        waiters[w] = None
-        for x in behind:
-            waiters.move_to_end(x)
-        self.n_waiters += 1
-        if self.max_total is not None:
-            self.waiters[w] = None
+        self._line_up(w, lambda x: not x.budget or x.since > since)
         ep.pending -= 1
         self.total -= 1
         self._slot_freed(ep)
@@ -827,17 +820,23 @@ class PoolState(Generic[K, C]):
             return DIAL
         # Back in line, as an ordinary waiter before the others.
         w.budget = False
-        waiters = ep.waiters
-        behind = [x for x in waiters if not x.budget]
+        self._line_up(w, lambda x: not x.budget)
+        return WAIT
+
+    def _line_up(self, w: Waiter[K, C], behind: Callable[[Waiter[K, C]], bool]) -> None:
+        """Queue ``w`` before the endpoint's waiters that ``behind`` picks
+        (and, under ``max_connections``, before every later one)."""
+        waiters = w.ep.waiters
+        after = [x for x in waiters if behind(x)]
         waiters[w] = None
-        for x in behind:
+        for x in after:
             waiters.move_to_end(x)
         self.n_waiters += 1
         if self.max_total is not None:
+            later = [x for x in self.waiters if x.since > w.since]
             self.waiters[w] = None
-            for x in [x for x in self.waiters if x is not w and x.since > w.since]:
+            for x in later:
                 self.waiters.move_to_end(x)
-        return WAIT
 
     # -- time passing --------------------------------------------------------------
 

@@ -595,27 +595,17 @@ class SyncPool(Shell[SyncConnection]):
         assert participant is not None
         lock = self._lock
         state = self._state
-        w: Wait | None = None
-        since = self._clock()
-
-        def wait_in_line() -> None:
-            nonlocal w
-            with lock:
-                w = budget_steps.wait_in_line(self, ep, since)
-            self._close_pending()
-
-        def served() -> bool:
-            return w is not None and (w.grant is not None or state.closed)
-
+        line = budget_steps.Line(self, ep, lock, self._close_pending)
         what = None if wait is None else self._timeout_name(wait)
         while True:
             lease: Lease | None = None
             left = None if deadline is None else max(0.0, deadline - self._clock())
             try:
                 try:
-                    lease = participant.acquire(ep.key, left, served, wait_in_line, what)
+                    lease = participant.acquire(ep.key, left, line.served, line.join, what)
                 except GaveUp:
                     pass
+                w = line.w
                 if w is None:
                     assert lease is not None
                     return lease  # at once: the slot is still this dial's
@@ -623,7 +613,7 @@ class SyncPool(Shell[SyncConnection]):
                     got = budget_steps.budget_over(self, w)
             except BaseException as exc:
                 with lock:
-                    budget_steps.budget_failed(self, ep, w, lease, exc)
+                    budget_steps.budget_failed(self, ep, line.w, lease, exc)
                 self._close_pending()
                 raise
             if got is DIAL:
@@ -635,8 +625,8 @@ class SyncPool(Shell[SyncConnection]):
             if got is WAIT:
                 rec = self._wait_parked(w, deadline, wait)
             if rec is None:
-                w = None  # a slot again: ask the fleet again
-                continue
+                line = budget_steps.Line(self, ep, lock, self._close_pending)
+                continue  # a slot again: ask the fleet again
             if self._health is None or self._healthy(rec):
                 with lock:
                     return self._hand_out(rec)
