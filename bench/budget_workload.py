@@ -7,6 +7,11 @@ redis-server of its own (targets: one per dial, at most one per close, none
 per hand-out).  Mean times with and without the budget are printed beside
 them, as an indication only.
 
+The ``threads`` loop measures a :class:`conpool.SyncPool` with the same
+budget (redis-py's sync client), driven by the same steps: each call of the
+pool is a plain call inside a coroutine (one await more per operation than a
+threaded caller pays, with and without the budget alike).
+
 ``python -m bench --workload budget`` runs it with the others (one cell per
 loop); ``python -m bench.budget_workload [--dials N] [--handouts N] [--loop L]``
 alone.  It needs redis-server on PATH or in /usr/sbin, and the ``redis``
@@ -122,8 +127,37 @@ def _script_calls(port: int) -> int:
     return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
 
 
+class _Threaded:
+    """A :class:`conpool.SyncPool` behind the async cycle's calls."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def __aenter__(self) -> _Threaded:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.pool.close()
+
+    async def acquire(self, ep: Any) -> _ThreadedConn:
+        return _ThreadedConn(self.pool.acquire(ep))
+
+    async def release(self, conn: _ThreadedConn) -> None:
+        self.pool.release(conn.conn)
+
+
+class _ThreadedConn:
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def aclose(self) -> None:
+        self.conn.close()
+
+
 async def _cycle(
-    redis_port: int | None, echo_port: int, dials: int, handouts: int
+    redis_port: int | None, echo_port: int, dials: int, handouts: int, threads: bool = False
 ) -> dict[str, float]:
     # (Imported here: the bench runner's own process loads no event loop.)
     import anyio
@@ -141,7 +175,12 @@ async def _cycle(
     def calls() -> int:
         return _script_calls(redis_port) if redis_port is not None else 0
 
-    async with conpool.Pool(config, budget=budget) as pool:
+    pool: Any = (
+        _Threaded(conpool.SyncPool(config, budget=budget))
+        if threads
+        else conpool.Pool(config, budget=budget)
+    )
+    async with pool:
         await pool.release(await pool.acquire(ep))  # warm up (loads the script)
         idle = await pool.acquire(ep)  # (not a dial: the warm-up's connection)
         start_calls = calls()
@@ -182,12 +221,22 @@ def measure(loop: str, dials: int, handouts: int) -> dict[str, dict[str, float]]
     """``{"budget": {...}, "local": {...}}`` for one event loop."""
     import anyio
 
+    threads = loop == "threads"
     backend, options = ("asyncio", {"use_uvloop": True}) if loop == "uvloop" else (loop, {})
+    if threads:
+        backend = "asyncio"
     results: dict[str, dict[str, float]] = {}
     with redis_server() as redis_port, echo_server() as echo_port:
         for name, port in (("local", None), ("budget", redis_port)):
             results[name] = anyio.run(
-                _cycle, port, echo_port, dials, handouts, backend=backend, backend_options=options
+                _cycle,
+                port,
+                echo_port,
+                dials,
+                handouts,
+                threads,
+                backend=backend,
+                backend_options=options,
             )
     return results
 
@@ -209,12 +258,12 @@ class Budget(Workload):
 
     name = "budget"
     title = "a fleet budget (RedisBudget): Redis calls per dial, close and hand-out"
-    impls: ClassVar[Impls] = {"conpool": LOOPS}
+    impls: ClassVar[Impls] = {"conpool": (*LOOPS, "threads")}
     requires: ClassVar[dict[str, str]] = {"conpool": "redis"}
     seconds = quick_seconds = (3.0, 0.0)  # no phase: a fixed count of operations
 
     def cells(self, opts: base.Options) -> list[Cell]:
-        return [Cell(self.name, "conpool", loop, DIALS) for loop in LOOPS]
+        return [Cell(self.name, "conpool", loop, DIALS) for loop in (*LOOPS, "threads")]
 
     def run(self, spec: CellSpec) -> Metrics:
         results = measure(spec.cell.loop, spec.cell.conc, HANDOUTS)
@@ -250,7 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.budget_workload")
     parser.add_argument("--dials", type=int, default=100)
     parser.add_argument("--handouts", type=int, default=2000)
-    parser.add_argument("--loop", choices=["asyncio", "uvloop", "trio"], default="asyncio")
+    parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop", "trio", "threads"],
+        default="asyncio",
+        help="threads: a SyncPool",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     results = measure(args.loop, args.dials, args.handouts)
