@@ -246,6 +246,7 @@ def test_threads_stop_on_close_and_when_an_unclosed_pool_is_collected(
     del pool, conn
     gc.collect()
     eventually(lambda: len(budget_threads()) == before, what="the threads ending", within=5)
+    assert budget.stats().participants == 0
 
 
 def test_under_a_full_budget_threads_are_served_in_the_order_they_came(

@@ -88,13 +88,14 @@ def _stats_of(counters: Counters, held: int, waiting: int, available: bool) -> B
 
 def participant_stats(p: Membership) -> BudgetStats:
     """One participant's :class:`BudgetStats`."""
-    keys = p.book.keys.values()
-    return _stats_of(
-        p.book.counters,
-        sum(kb.held for kb in keys),
-        sum(kb.waiting for kb in keys),
-        p.book.available,
-    )
+    with p.mutex:  # (a threaded participant's book changes under its lock)
+        keys = list(p.book.keys.values())
+        return _stats_of(
+            p.book.counters,
+            sum(kb.held for kb in keys),
+            sum(kb.waiting for kb in keys),
+            p.book.available,
+        )
 
 
 def _redact(url: str) -> str:
@@ -259,13 +260,14 @@ class RedisBudget:
         total = dataclasses.replace(self._retired)
         held = waiting = 0
         available = True
-        for p in self._participants:
-            for name in Counters.__slots__:
-                setattr(total, name, getattr(total, name) + getattr(p.book.counters, name))
-            for kb in p.book.keys.values():
-                held += kb.held
-                waiting += kb.waiting
-            available = available and p.book.available
+        for p in list(self._participants):
+            with p.mutex:
+                for name in Counters.__slots__:
+                    setattr(total, name, getattr(total, name) + getattr(p.book.counters, name))
+                for kb in p.book.keys.values():
+                    held += kb.held
+                    waiting += kb.waiting
+                available = available and p.book.available
         stats = _stats_of(total, held, waiting, available)
         return dataclasses.replace(stats, participants=len(self._participants))
 

@@ -255,7 +255,7 @@ class SyncPool(Shell[SyncConnection]):
 
         participant = budget._join_sync(give_back=give_back, emit=emit)
         self._participant = participant
-        weakref.finalize(self, participant.stop)
+        weakref.finalize(self, _abandoned, budget, participant)
 
         def wake_budgeted(waiters: list[Wait]) -> None:
             wake(waiters)
@@ -1024,6 +1024,13 @@ def _sweep(ref: weakref.ref[SyncPool]) -> None:
             pool._sweep_once_unlocked()
         except Exception:
             logger.exception("conpool: the expiry sweep failed")
+
+
+def _abandoned(budget: RedisBudget, participant: SyncParticipant) -> None:
+    """A pool with a budget was garbage-collected unclosed: its threads stop
+    (its leases expire after lease_ttl) and the budget stops counting it."""
+    participant.stop()
+    budget._leave(participant)
 
 
 class _NoBudget(Exception):
