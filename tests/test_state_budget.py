@@ -5,6 +5,9 @@ waiters, no slot held while waiting, every way a wait ends."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from conpool import PoolClosed
 from conpool._state import DIAL, WAIT, ConnRecord, EndpointState, PoolState, Waiter
@@ -34,13 +37,13 @@ def test_a_release_goes_to_the_dial_that_waits_for_budget_before_later_waiters()
     assert list(ep.waiters) == [early, late]
     state.release(held, 3.0, reusable=True)
     _, woken = drain(state)
-    assert woken == [early] and early.grant is held
-    # The shell withdraws the wait: the record is the dial's now, and the
-    # slot it no longer needs is free for the waiter behind it.
-    assert state.budget_over(early) is held
-    _, woken = drain(state)
-    assert woken == [late] and late.grant is DIAL
+    # The record is the dial's, and the slot it no longer needs is free for
+    # the waiter behind it at once.
+    assert woken == [early, late] and early.grant is held and late.grant is DIAL
     assert ep.pending == 1 and state.total == 2 and state.n_waiters == 0
+    # The shell withdraws the wait: the record is what it hands out.
+    assert state.budget_over(early) is held
+    assert drain(state) == ([], [])
 
 
 def test_budget_waiters_keep_their_order_before_the_other_waiters() -> None:
@@ -64,7 +67,8 @@ def test_budget_waiters_keep_their_order_before_the_other_waiters() -> None:
     assert woken == []  # the plain waiter still waits behind the second
     state.release(held, 3.0, reusable=True)
     _, woken = drain(state)
-    assert woken == [second]
+    assert woken == [second, plain]  # the plain one dials in the room left
+    assert second.grant is held and plain.grant is DIAL
 
 
 def test_budget_waiters_are_in_the_order_their_dials_began() -> None:
@@ -118,12 +122,13 @@ def test_cancelling_a_budget_waiter_served_a_connection_passes_it_on() -> None:
     held = complete(state, ep, 0.0)
     w = budget_waiter(state, ep, 1.0, "dial")
     late = wait(state, ep, 1.5, "late")
+    later = wait(state, ep, 1.6, "later")
     state.release(held, 2.0, reusable=True)
-    assert drain(state)[1] == [w]
+    assert drain(state)[1] == [w, late] and late.grant is DIAL  # (the room w left)
     state.cancel(w, 2.5)  # cancelled before it took the record
     _, woken = drain(state)
-    assert woken == [late] and late.grant is held
-    assert isinstance(late.grant, ConnRecord) and held.uses == 2
+    assert woken == [later] and later.grant is held
+    assert isinstance(later.grant, ConnRecord) and held.uses == 2
 
 
 def test_a_close_wakes_budget_waiters_and_ends_their_wait() -> None:
@@ -136,3 +141,141 @@ def test_a_close_wakes_budget_waiters_and_ends_their_wait() -> None:
     with pytest.raises(PoolClosed):
         state.budget_over(w)
     assert state.n_waiters == 0 and state.total == 0
+
+
+# -- random interleavings ------------------------------------------------------------
+
+
+@settings(max_examples=200, stateful_step_count=40, deadline=None)
+class BudgetMachine(RuleBasedStateMachine):
+    """Acquires, dials that must wait for the fleet, leases granted, releases
+    and cancellations in any order: the accounting holds, budget waiters
+    stand first in the order their dials began, and no waiter waits for a
+    slot the limits have room for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.dials: list[EndpointState] = []  # slots held for a dial
+        self.held: list[ConnRecord] = []
+        self.plain: list[Waiter] = []
+        self.budget: list[Waiter] = []
+
+    @initialize(per=st.integers(1, 3), total=st.one_of(st.none(), st.integers(1, 4)))
+    def setup(self, per: int, total: int | None) -> None:
+        self.state, _ = make(max_connections_per_endpoint=per, max_connections=total)
+        self.eps = [endpoint(self.state, k) for k in ("a", "b")]
+
+    def tick(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def settle(self) -> None:
+        _, woken = drain(self.state)
+        for w in woken:
+            if w in self.plain:
+                self.plain.remove(w)
+                if w.grant is DIAL:
+                    self.dials.append(w.ep)
+                else:
+                    assert isinstance(w.grant, ConnRecord)
+                    self.held.append(w.grant)
+            else:
+                assert w in self.budget and isinstance(w.grant, ConnRecord)
+
+    @rule(data=st.data())
+    def acquire(self, data: st.DataObject) -> None:
+        ep = data.draw(st.sampled_from(self.eps))
+        got = self.state.acquire(ep, self.tick())
+        if got is DIAL:
+            self.dials.append(ep)
+        elif got is WAIT:
+            w = self.state.enqueue(ep, "task", self.now)
+            assert w is not None
+            self.plain.append(w)
+        else:
+            assert isinstance(got, ConnRecord)
+            self.held.append(got)
+        self.settle()
+
+    @precondition(lambda self: self.dials)
+    @rule(data=st.data(), waits=st.booleans())
+    def dial(self, data: st.DataObject, waits: bool) -> None:
+        ep = data.draw(st.sampled_from(self.dials))
+        self.dials.remove(ep)
+        if waits:
+            # It began a little while ago (another dial may have begun later).
+            since = self.now - data.draw(st.sampled_from([0.0, 0.5, 1.5]))
+            self.budget.append(self.state.wait_budget(ep, "dial", since))
+        else:
+            self.held.append(complete(self.state, ep, self.tick()))
+        self.settle()
+
+    @precondition(lambda self: self.budget)
+    @rule(data=st.data())
+    def budget_over(self, data: st.DataObject) -> None:
+        w = data.draw(st.sampled_from(self.budget))
+        self.budget.remove(w)
+        got = self.state.budget_over(w)
+        if got is DIAL:
+            self.dials.append(w.ep)
+        elif got is WAIT:
+            self.plain.append(w)
+        else:
+            assert isinstance(got, ConnRecord) and got is w.grant
+            self.held.append(got)
+        self.settle()
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), reusable=st.booleans())
+    def release(self, data: st.DataObject, reusable: bool) -> None:
+        rec = data.draw(st.sampled_from(self.held))
+        self.held.remove(rec)
+        self.state.release(rec, self.tick(), reusable)
+        self.settle()
+
+    @precondition(lambda self: self.plain or self.budget)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        w = data.draw(st.sampled_from(self.plain + self.budget))
+        (self.plain if w in self.plain else self.budget).remove(w)
+        self.state.cancel(w, self.tick())
+        self.settle()
+
+    @invariant()
+    def accounting(self) -> None:
+        state = self.state
+        if not hasattr(self, "state"):
+            return
+        for ep in self.eps:
+            assert ep.pending == self.dials.count(ep) >= 0
+            assert ep.open == ep.idle + sum(1 for r in self.held if r.ep is ep)
+            assert ep.total <= state.per_endpoint
+        assert state.total == sum(ep.total for ep in self.eps)
+        assert state.max_total is None or state.total <= state.max_total
+        queued = [w for w in self.plain + self.budget if w.grant is None]
+        assert state.n_waiters == len(queued) == sum(len(ep.waiters) for ep in self.eps)
+
+    @invariant()
+    def budget_waiters_first_in_order(self) -> None:
+        if not hasattr(self, "state"):
+            return
+        for ep in self.eps:
+            kinds = [w.budget for w in ep.waiters]
+            assert kinds == sorted(kinds, reverse=True), kinds
+            sinces = [w.since for w in ep.waiters if w.budget]
+            assert sinces == sorted(sinces)
+
+    @invariant()
+    def nobody_waits_for_room_there_is(self) -> None:
+        if not hasattr(self, "state"):
+            return
+        state = self.state
+        room = state.max_total is None or state.total < state.max_total
+        for ep in self.eps:
+            first = next(iter(ep.waiters), None)
+            if first is not None and not first.budget:
+                assert not (room and ep.total < state.per_endpoint), (ep, list(ep.waiters))
+
+
+TestBudgetMachine = BudgetMachine.TestCase

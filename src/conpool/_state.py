@@ -637,6 +637,10 @@ class PoolState(Generic[K, C]):
             w.grant = rec
             w.waited = now - w.since
             self.to_wake.append(w)
+            if w.budget:
+                # A dial that waited for the fleet budget, holding no slot:
+                # the room it left may be for the waiters behind it now.
+                self._slot_freed(ep)
             return
         expires = now + self.max_idle
         rec.expires = expires if expires < rec.dies else rec.dies
