@@ -395,7 +395,8 @@ class Pool(Shell[Connection]):
             one is closed to make room).  For retrying a request that failed
             on a reused connection.
         :param timeout: seconds to wait for a free slot (None: no limit),
-            for this call instead of ``Config.acquire_timeout``.
+            for this call instead of ``Config.acquire_timeout``; with a
+            budget, the wait for the fleet's lease shares this deadline.
         :param connect_timeout: seconds per connection attempt (None: no
             limit), for this call instead of ``Config.connect_timeout``.
         :returns: a :class:`~conpool.Connection`; give it back with :meth:`release`.
@@ -405,8 +406,9 @@ class Pool(Shell[Connection]):
             is zero, negative or NaN.
         :raises ConnectError: every attempt failed; its text tells the story.
         :raises ResolveError: the name did not resolve.
-        :raises PoolTimeout: no slot within ``acquire_timeout`` (or
-            ``timeout``), or ``max_waiters`` tasks already wait.
+        :raises PoolTimeout: no slot (or, with a budget, no lease) within
+            ``acquire_timeout`` (or ``timeout``), or ``max_waiters`` tasks
+            already wait.
         :raises PoolClosed: the pool is closed, or closed while waiting.
         """
         if fresh or timeout is not UNSET or connect_timeout is not UNSET:

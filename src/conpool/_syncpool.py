@@ -381,7 +381,8 @@ class SyncPool(Shell[SyncConnection]):
             one is closed to make room).  For retrying a request that failed
             on a reused connection.
         :param timeout: seconds to wait for a slot (None: as long as it
-            takes), instead of ``Config.acquire_timeout`` for this call.
+            takes), instead of ``Config.acquire_timeout`` for this call; with
+            a budget, the wait for the fleet's lease shares this deadline.
         :param connect_timeout: seconds per connection attempt, instead of
             ``Config.connect_timeout`` for this call.
         :returns: a :class:`~conpool.SyncConnection`; give it back with :meth:`release`.
@@ -390,8 +391,8 @@ class SyncPool(Shell[SyncConnection]):
         :raises ValueError: a negative or NaN ``timeout`` or ``connect_timeout``.
         :raises ConnectError: every attempt failed; its text tells the story.
         :raises ResolveError: the name did not resolve.
-        :raises PoolTimeout: no slot within the timeout, or ``max_waiters``
-            threads already wait.
+        :raises PoolTimeout: no slot (or, with a budget, no lease) within
+            the timeout, or ``max_waiters`` threads already wait.
         :raises PoolClosed: the pool is closed, or closed while waiting.
         """
         if fresh is False and timeout is _DEFAULT and connect_timeout is _DEFAULT:
@@ -543,16 +544,16 @@ class SyncPool(Shell[SyncConnection]):
         ep: Ep,
         connect_timeout: float | None,
         deadline: float | None = None,
-        wait: float | None = None,
+        timeout: float | None = None,
     ) -> SyncConnection:
         """Open a connection in the slot the machine reserved for us; on any
         failure the slot goes back.  With a budget, the dial first waits
         for a lease of the fleet's limit, until ``deadline`` (the acquire's
-        ``wait`` seconds, slot wait included)."""
+        ``timeout`` seconds, slot wait included)."""
         lock = self._lock
         lease: Lease | None = None
         if self._participant is not None:
-            got = self._budget_lease(ep, connect_timeout, deadline, wait)
+            got = self._budget_lease(ep, connect_timeout, deadline, timeout)
             if isinstance(got, SyncConnection):
                 return got
             lease = got
@@ -585,7 +586,7 @@ class SyncPool(Shell[SyncConnection]):
                 self._close_pending()
 
     def _budget_lease(
-        self, ep: Ep, connect_timeout: float | None, deadline: float | None, wait: float | None
+        self, ep: Ep, connect_timeout: float | None, deadline: float | None, timeout: float | None
     ) -> Lease | SyncConnection:
         """The fleet's lease for the dial in ``ep``'s reserved slot, or a
         connection that came back for it meanwhile: the async pool's
@@ -596,7 +597,7 @@ class SyncPool(Shell[SyncConnection]):
         lock = self._lock
         state = self._state
         line = budget_steps.Line(self, ep, lock, self._close_pending)
-        what = None if wait is None else self._timeout_name(wait)
+        what = None if timeout is None else self._timeout_name(timeout)
         while True:
             lease: Lease | None = None
             left = None if deadline is None else max(0.0, deadline - self._clock())
@@ -623,7 +624,7 @@ class SyncPool(Shell[SyncConnection]):
                 self._return_lease(lease)  # served, or no local room for it
                 rec = None if got is WAIT else self._served(w)
             if got is WAIT:
-                rec = self._wait_parked(w, deadline, wait)
+                rec = self._wait_parked(w, deadline, timeout)
             if rec is None:
                 line = budget_steps.Line(self, ep, lock, self._close_pending)
                 continue  # a slot again: ask the fleet again
