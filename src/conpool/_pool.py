@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Final, Never
 import anyio
 from anyio.abc import TaskGroup
 
-from . import _budget_steps as budget_steps
 from ._backends import Backend, current_backend
 from ._budget import RedisBudget, participant_stats
 from ._budget_core import GaveUp
+from ._budget_steps import Line, budget_failed, budget_over
 from ._config import Config, _float
 from ._connect import Connector
 from ._connection import Connection
@@ -797,7 +797,7 @@ class Pool(Shell[Connection]):
         participant = self._participant
         assert participant is not None
         state = self._state
-        line = budget_steps.Line(self, ep)
+        line = Line(self, ep)
         what = None if wait is None else self._timeout_name(wait)
         while True:
             lease: Lease | None = None
@@ -811,9 +811,9 @@ class Pool(Shell[Connection]):
                 if w is None:
                     assert lease is not None
                     return lease  # at once: the slot is still this dial's
-                got = budget_steps.budget_over(self, w)
+                got = budget_over(self, w)
             except BaseException as exc:
-                budget_steps.budget_failed(self, ep, line.w, lease, exc)
+                budget_failed(self, ep, line.w, lease, exc)
                 raise
             if got is DIAL:
                 assert lease is not None
@@ -835,7 +835,7 @@ class Pool(Shell[Connection]):
             if rec is None:
                 # A slot again (the local limits had no room for the lease
                 # before): ask the fleet again.
-                line = budget_steps.Line(self, ep)
+                line = Line(self, ep)
                 continue
             if self._health is None or await self._healthy(rec):
                 return self._hand_out(rec)

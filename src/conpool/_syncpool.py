@@ -38,10 +38,10 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import _budget_steps as budget_steps
 from ._backends._threads import park, wait, wake
 from ._budget import RedisBudget, participant_stats
 from ._budget_core import GaveUp, Lease
+from ._budget_steps import Line, budget_failed, budget_over
 from ._config import Config
 from ._dialplan import blames_address
 from ._endpoint import Endpoint
@@ -596,7 +596,7 @@ class SyncPool(Shell[SyncConnection]):
         assert participant is not None
         lock = self._lock
         state = self._state
-        line = budget_steps.Line(self, ep, lock, self._close_pending)
+        line = Line(self, ep, lock, self._close_pending)
         what = None if timeout is None else self._timeout_name(timeout)
         while True:
             lease: Lease | None = None
@@ -611,10 +611,10 @@ class SyncPool(Shell[SyncConnection]):
                     assert lease is not None
                     return lease  # at once: the slot is still this dial's
                 with lock:
-                    got = budget_steps.budget_over(self, w)
+                    got = budget_over(self, w)
             except BaseException as exc:
                 with lock:
-                    budget_steps.budget_failed(self, ep, line.w, lease, exc)
+                    budget_failed(self, ep, line.w, lease, exc)
                 self._close_pending()
                 raise
             if got is DIAL:
@@ -626,7 +626,7 @@ class SyncPool(Shell[SyncConnection]):
             if got is WAIT:
                 rec = self._wait_parked(w, deadline, timeout)
             if rec is None:
-                line = budget_steps.Line(self, ep, lock, self._close_pending)
+                line = Line(self, ep, lock, self._close_pending)
                 continue  # a slot again: ask the fleet again
             if self._health is None or self._healthy(rec):
                 with lock:
