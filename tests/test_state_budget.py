@@ -131,6 +131,33 @@ def test_cancelling_a_budget_waiter_served_a_connection_passes_it_on() -> None:
     assert isinstance(later.grant, ConnRecord) and held.uses == 2
 
 
+def test_a_lease_for_a_dial_served_meanwhile_goes_to_the_next_dial_waiting() -> None:
+    state, _ = make(max_connections_per_endpoint=3)
+    ep = endpoint(state, "a")
+    assert state.acquire(ep, 0.0) == DIAL
+    held = complete(state, ep, 0.0)
+    assert state.acquire(ep, 1.0) == DIAL
+    assert state.acquire(ep, 1.1) == DIAL
+    first = state.wait_budget(ep, "first", 1.0)
+    second = state.wait_budget(ep, "second", 1.1)
+    state.release(held, 2.0, reusable=True)
+    assert drain(state)[1] == [first] and first.grant is held
+    # The fleet granted the first a lease meanwhile: the second takes it,
+    # with a slot, instead of asking the fleet.
+    assert state.budget_over(first) is held
+    assert state.pass_lease(ep) is second
+    assert drain(state)[1] == [second] and second.grant is DIAL
+    assert ep.pending == 1 and state.n_waiters == 0
+    assert state.budget_over(second) == DIAL
+    assert state.pass_lease(ep) is None  # nobody else waits for budget
+    # A dial passed a lease and then cancelled gives its slot back.
+    assert state.acquire(ep, 3.0) == DIAL
+    third = state.wait_budget(ep, "third", 3.0)
+    assert state.pass_lease(ep) is third and ep.pending == 2
+    state.cancel(third, 3.5)
+    assert ep.pending == 1 and state.total == 2
+
+
 def test_a_close_wakes_budget_waiters_and_ends_their_wait() -> None:
     state, _ = make()
     ep = endpoint(state, "a")
@@ -181,7 +208,8 @@ class BudgetMachine(RuleBasedStateMachine):
                     assert isinstance(w.grant, ConnRecord)
                     self.held.append(w.grant)
             else:
-                assert w in self.budget and isinstance(w.grant, ConnRecord)
+                # Served a connection, or passed another dial's lease.
+                assert w in self.budget and (isinstance(w.grant, ConnRecord) or w.grant is DIAL)
 
     @rule(data=st.data())
     def acquire(self, data: st.DataObject) -> None:
@@ -212,8 +240,8 @@ class BudgetMachine(RuleBasedStateMachine):
         self.settle()
 
     @precondition(lambda self: self.budget)
-    @rule(data=st.data())
-    def budget_over(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), granted=st.booleans())
+    def budget_over(self, data: st.DataObject, granted: bool) -> None:
         w = data.draw(st.sampled_from(self.budget))
         self.budget.remove(w)
         got = self.state.budget_over(w)
@@ -224,6 +252,12 @@ class BudgetMachine(RuleBasedStateMachine):
         else:
             assert isinstance(got, ConnRecord) and got is w.grant
             self.held.append(got)
+            if granted:
+                # The fleet granted a lease as well: the next dial waiting
+                # for budget takes it, if there is one and room.
+                taker = self.state.pass_lease(w.ep)
+                if taker is not None:
+                    assert taker in self.budget and taker.grant is DIAL
         self.settle()
 
     @precondition(lambda self: self.held)
@@ -248,8 +282,10 @@ class BudgetMachine(RuleBasedStateMachine):
         if not hasattr(self, "state"):
             return
         for ep in self.eps:
-            assert ep.pending == self.dials.count(ep) >= 0
-            assert ep.open == ep.idle + sum(1 for r in self.held if r.ep is ep)
+            passed = sum(1 for w in self.budget if w.ep is ep and w.grant is DIAL)
+            assert ep.pending == self.dials.count(ep) + passed
+            served = sum(1 for w in self.budget if w.ep is ep and isinstance(w.grant, ConnRecord))
+            assert ep.open == ep.idle + served + sum(1 for r in self.held if r.ep is ep)
             assert ep.total <= state.per_endpoint
         assert state.total == sum(ep.total for ep in self.eps)
         assert state.max_total is None or state.total <= state.max_total

@@ -87,10 +87,15 @@ def test_fleet_never_exceeds_the_budget_and_every_process_works(tmp_path: Path) 
         assert p["requests"] >= total / processes / 4, f["per_process"]
         assert p["max_open"] <= fleet.PER_PROCESS_LIMIT
     assert len({p["pid"] for p in f["per_process"]}) == processes
-    # The budget bound (dials waited for the fleet), and every dial had a lease.
+    # The budget bound (the fleet reached its limit: dials waited for it, or
+    # waited in their pool's line and took a connection released first),
+    # and every dial had a lease.
     b = f["budget"]
-    assert b["waited"] > 0, b
-    assert b["granted"] == r["connections"]["created"] == r["pool_stats"]["created"]
+    assert b["waited"] > 0 or f["server"]["max"] == limit, (b, f["server"])
+    # (A lease granted to a dial that a released connection served meanwhile
+    # goes to the pool's next dial waiting for budget, or back to the fleet
+    # when none waits: granted may exceed what was dialled, never fall short.)
+    assert b["granted"] >= r["connections"]["created"] == r["pool_stats"]["created"]
     assert r["server"]["accepted"] == {"127.0.0.11": r["connections"]["created"]}
     assert b["denied"] == b["redis_errors"] == b["unaccounted"] == 0, b
     # Redis counted the round trips: at least one EVALSHA per granted dial.

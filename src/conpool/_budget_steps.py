@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from ._errors import PoolClosed, PoolTimeout
-from ._state import Answer, ConnRecord, EndpointState, Waiter
+from ._state import DIAL, Answer, ConnRecord, EndpointState, Waiter
 
 if TYPE_CHECKING:
     from ._budget_core import Lease
@@ -70,15 +70,33 @@ class Line:
         return w is not None and (w.grant is not None or self.shell._state.closed)
 
 
-def budget_over(shell: Shell[Any], w: Wait) -> ConnRecord[Any, Any] | Answer:
-    """The dial's wait for the lease ended (granted, or served meanwhile):
-    what the machine makes of it (see :meth:`PoolState.budget_over`).
+def budget_over(
+    shell: Shell[Any], w: Wait, lease: Lease | None
+) -> tuple[ConnRecord[Any, Any] | Answer, Lease | None]:
+    """The dial's wait for the lease ended (granted: ``lease``; or served
+    meanwhile): what the machine makes of it (see
+    :meth:`PoolState.budget_over`), and the lease the dial now holds.
+
+    A lease granted to a dial that a release served meanwhile goes to the
+    next dial waiting for budget (:meth:`PoolState.pass_lease`) rather than
+    back to the fleet; a dial given one that way dials with it.
 
     :raises PoolClosed: the pool was closed meanwhile.
     """
-    got = shell._state.budget_over(w)
+    state = shell._state
+    got = state.budget_over(w)
+    passed = shell._passed.pop(w, None)
+    if got is DIAL:
+        if passed is not None:
+            shell._return_lease(lease)  # (its own, granted as well)
+            lease = passed
+    elif lease is not None and isinstance(got, ConnRecord):
+        taker = state.pass_lease(w.ep)
+        if taker is not None:
+            shell._passed[taker] = lease
+            lease = None
     shell._flush()
-    return got
+    return got, lease
 
 
 def budget_failed(
@@ -92,6 +110,7 @@ def budget_failed(
     shell._return_lease(lease)
     state = shell._state
     if w is not None:
+        shell._return_lease(shell._passed.pop(w, None))
         state.cancel(w, shell._clock())
     elif isinstance(exc, Exception) and not isinstance(exc, PoolTimeout):
         state.dial_failed(ep)

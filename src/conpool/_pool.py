@@ -213,6 +213,7 @@ class Pool(Shell[Connection]):
         self._participant: Participant | None = None
         # The budget lease of each connection the pool has open (with a budget).
         self._leases: dict[Rec, Lease] = {}
+        self._passed = {}
         self.config = config
         self.resolver = resolver
         self.tracer = tracer
@@ -811,7 +812,7 @@ class Pool(Shell[Connection]):
                 if w is None:
                     assert lease is not None
                     return lease  # at once: the slot is still this dial's
-                got = budget_over(self, w)
+                got, lease = budget_over(self, w, lease)
             except BaseException as exc:
                 budget_failed(self, ep, line.w, lease, exc)
                 raise

@@ -123,6 +123,9 @@ class Shell(Generic[C]):
     # the lease of each connection it has open (empty without a budget).
     _participant: Membership | None
     _leases: dict[Any, Any]
+    # Leases one dial waiting for budget passed to the next (see
+    # conpool._budget_steps.budget_over), until the next takes it.
+    _passed: dict[Waiter[Endpoint, C], Lease]
 
     def _closed_lease(self, rec: ConnRecord[Endpoint, C]) -> None:
         # The budget's second call point: batched, never waited for.

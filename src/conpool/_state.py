@@ -452,7 +452,7 @@ class PoolState(Generic[K, C]):
                 if w.budget:
                     # It stood before the endpoint's other waiters: the
                     # room it left may be theirs now.
-                    self._slot_freed(w.ep)
+                    self._serve_behind(w.ep)
         elif grant is DIAL:
             w.grant = None
             self.dial_abandoned(w.ep)
@@ -640,7 +640,7 @@ class PoolState(Generic[K, C]):
             if w.budget:
                 # A dial that waited for the fleet budget, holding no slot:
                 # the room it left may be for the waiters behind it now.
-                self._slot_freed(ep)
+                self._serve_behind(ep)
             return
         expires = now + self.max_idle
         rec.expires = expires if expires < rec.dies else rec.dies
@@ -799,8 +799,10 @@ class PoolState(Generic[K, C]):
         or the shell gave up waiting because :attr:`Waiter.grant` was set.
 
         :returns: the connection record a release served it (hand it out; a
-            lease granted meanwhile goes back), :data:`DIAL` (a slot is
-            reserved again: dial with the lease), or :data:`WAIT` (no room
+            lease granted meanwhile goes to the next budget waiter, see
+            :meth:`pass_lease`, or back), :data:`DIAL` (a slot is reserved
+            again: dial with the lease, or with the one another dial passed
+            it), or :data:`WAIT` (no room
             in the local limits now: the lease goes back and the task waits
             as an ordinary waiter, still first in line, on its handle).
         :raises PoolClosed: the pool was closed meanwhile.
@@ -808,24 +810,76 @@ class PoolState(Generic[K, C]):
         ep = w.ep
         grant = w.grant
         if isinstance(grant, ConnRecord):
-            self._slot_freed(ep)  # (the waiters behind it may have room now)
+            self._serve_behind(ep)  # (the waiters behind it may have room now)
             return grant
         if self.closed:
             if w in ep.waiters:
                 self._unqueue(w)
+            if grant is DIAL:
+                w.grant = None
+                self.dial_abandoned(ep)
             raise PoolClosed("the pool was closed while waiting for a connection")
+        if grant is DIAL:
+            return DIAL  # another dial's lease, and a slot: see pass_lease
         self._unqueue(w)
-        if ep.total < self.per_endpoint and (
-            self.max_total is None or self.total < self.max_total or self._evict_lru()
-        ):
-            ep.pending += 1
-            self.total += 1
-            self._slot_freed(ep)
+        if self._reserve(ep):
+            self._serve_behind(ep)
             return DIAL
         # Back in line, as an ordinary waiter before the others.
         w.budget = False
         self._line_up(w, lambda x: not x.budget)
         return WAIT
+
+    def pass_lease(self, ep: EndpointState[K, C]) -> Waiter[K, C] | None:
+        """A lease came for a budget waiter that a release served meanwhile:
+        the next budget waiter of ``ep`` takes it rather than asking the
+        fleet again (and the lease is not wasted).  Its slot is reserved and
+        it is served :data:`DIAL` (woken: the shell hands it the lease).
+        None when no budget waiter of ``ep`` waits or the limits have no
+        room: the lease goes back."""
+        w = next(iter(ep.waiters), None)
+        if w is None or not w.budget or self.closed:
+            return None
+        self._unqueue(w)
+        if not self._reserve(ep):
+            # (Back where it stood: first.)
+            ep.waiters[w] = None
+            ep.waiters.move_to_end(w, last=False)
+            self.n_waiters += 1
+            if self.max_total is not None:
+                self.waiters[w] = None
+            return None
+        w.grant = DIAL
+        self.to_wake.append(w)
+        return w
+
+    def _serve_behind(self, ep: EndpointState[K, C]) -> None:
+        """A budget waiter left the front of ``ep``'s line: the waiters
+        behind it may dial in all the room the limits have (the slots the
+        budget waiters gave up, which nobody took while they stood first)."""
+        while True:
+            served = len(self.to_wake)
+            self._slot_freed(ep)
+            if len(self.to_wake) == served:
+                return
+
+    def _reserve(self, ep: EndpointState[K, C]) -> bool:
+        """Reserve a dial's slot on ``ep`` if the limits have room, making it
+        under ``max_connections`` by closing the least recently used idle
+        connection if need be.  The slot is taken before that close, so the
+        room the close makes is not handed to another waiter as well."""
+        if ep.total >= self.per_endpoint:
+            return False
+        if self.max_total is not None and self.total >= self.max_total:
+            if not self.lru:
+                return False
+            ep.pending += 1
+            self.total += 1
+            self._evict_lru()
+            return True
+        ep.pending += 1
+        self.total += 1
+        return True
 
     def _line_up(self, w: Waiter[K, C], behind: Callable[[Waiter[K, C]], bool]) -> None:
         """Queue ``w`` before the endpoint's waiters that ``behind`` picks

@@ -227,6 +227,7 @@ class SyncPool(Shell[SyncConnection]):
         self._refresh_due: list[Ep] = []
         self._refills_due = False
         self._leases = {}
+        self._passed = {}
         self._participant: SyncParticipant | None = None
         self._closing = threading.Event()
         self._sweep_wake = threading.Event()
@@ -611,7 +612,7 @@ class SyncPool(Shell[SyncConnection]):
                     assert lease is not None
                     return lease  # at once: the slot is still this dial's
                 with lock:
-                    got = budget_over(self, w)
+                    got, lease = budget_over(self, w, lease)
             except BaseException as exc:
                 with lock:
                     budget_failed(self, ep, line.w, lease, exc)
