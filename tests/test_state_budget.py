@@ -46,16 +46,23 @@ def test_a_release_goes_to_the_dial_that_waits_for_budget_before_later_waiters()
     assert drain(state) == ([], [])
 
 
-def test_budget_waiters_keep_their_order_before_the_other_waiters() -> None:
-    state, _ = make(max_connections_per_endpoint=5)
+def one_held_two_dialling(per: int) -> tuple[PoolState, EndpointState, ConnRecord]:
+    """A pool with one connection in use and two dials in flight (begun at
+    1.0 and 1.1)."""
+    state, _ = make(max_connections_per_endpoint=per)
     ep = endpoint(state, "a")
     assert state.acquire(ep, 0.0) == DIAL
     held = complete(state, ep, 0.0)
-    # Two dials in flight; the first waits for the lease, a task queues,
-    # then the second dial waits for the lease too: it got its slot before
-    # the task queued, so it stands before it.
     assert state.acquire(ep, 1.0) == DIAL
     assert state.acquire(ep, 1.1) == DIAL
+    return state, ep, held
+
+
+def test_budget_waiters_keep_their_order_before_the_other_waiters() -> None:
+    # The first dial waits for the lease, a task queues, then the second
+    # dial waits for the lease too: it got its slot before the task queued,
+    # so it stands before it.
+    state, ep, held = one_held_two_dialling(5)
     first = state.wait_budget(ep, "first", 1.0)
     plain = wait(state, ep, 2.0, "plain")
     second = state.wait_budget(ep, "second", 1.1)
@@ -132,12 +139,7 @@ def test_cancelling_a_budget_waiter_served_a_connection_passes_it_on() -> None:
 
 
 def test_a_lease_for_a_dial_served_meanwhile_goes_to_the_next_dial_waiting() -> None:
-    state, _ = make(max_connections_per_endpoint=3)
-    ep = endpoint(state, "a")
-    assert state.acquire(ep, 0.0) == DIAL
-    held = complete(state, ep, 0.0)
-    assert state.acquire(ep, 1.0) == DIAL
-    assert state.acquire(ep, 1.1) == DIAL
+    state, ep, held = one_held_two_dialling(3)
     first = state.wait_budget(ep, "first", 1.0)
     second = state.wait_budget(ep, "second", 1.1)
     state.release(held, 2.0, reusable=True)
