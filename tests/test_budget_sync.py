@@ -308,7 +308,7 @@ def test_acquire_timeout_bounds_the_slot_wait_and_the_budget_wait_together(
         ):
             taken = fleet.acquire(ep)  # the fleet's one lease of ep
 
-            def timed(**options: float) -> float:
+            def timed(timeout: float | None = None) -> float:
                 blocker = pool.acquire(other)  # the pool's one slot
 
                 def close_later() -> None:
@@ -321,7 +321,10 @@ def test_acquire_timeout_bounds_the_slot_wait_and_the_budget_wait_together(
                 start = time.monotonic()
                 try:
                     with pytest.raises(conpool.PoolTimeout, match="no connection budget"):
-                        pool.acquire(ep, **options)
+                        if timeout is None:
+                            pool.acquire(ep)
+                        else:
+                            pool.acquire(ep, timeout=timeout)
                     return time.monotonic() - start
                 finally:
                     closer.join(10)

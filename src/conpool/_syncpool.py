@@ -480,10 +480,10 @@ class SyncPool(Shell[SyncConnection]):
                     self._flush()
             self._close_pending()
             if got is DIAL:
-                return self._dial(ep, connect_timeout)
+                return self._dial(ep, connect_timeout, deadline, timeout)
             granted = self._wait(ep, deadline, timeout)
             if granted is None:
-                return self._dial(ep, connect_timeout)
+                return self._dial(ep, connect_timeout, deadline, timeout)
             # Served a connection someone released: not what was asked for.
             # Closing it frees its slot; the next round dials in it (or
             # waits again, if a waiter that came first takes it).
