@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import ssl
 from collections.abc import Mapping
 from typing import Any, Final, Generic, Protocol, TypeVar
@@ -51,15 +50,17 @@ DEFAULT_CONFIG: Final = Config(max_connections_per_endpoint=100, max_idle_time=5
 
 _NO_TIMEOUT: Final[Mapping[str, float | None]] = {}
 
-# RFC 9110's field-name (a token) and field-value, as h11 checks them.
-_FIELD_NAME: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-_FIELD_VALUE: Final = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+#: How many distinct request heads a transport keeps framed (see start_request).
+REQUEST_EVENTS_MAX: Final = 256
 
-#: Header fields already checked.  A client sends the same few (its
-#: defaults, Host) with every request: checking each once, not on every
-#: request, is a third of h11's cost of a request head.  Bounded.
-_CHECKED: set[tuple[bytes, bytes]] = set()
-_CHECKED_MAX: Final = 4096
+#: h11's events are immutable: one end-of-message serves every request.
+_END: Final = h11.EndOfMessage()
+
+#: httpx's ``http_version`` extension by h11's version.
+_VERSIONS: Final = {b"1.1": b"HTTP/1.1", b"1.0": b"HTTP/1.0"}
+
+#: h11's request events by method, target and header fields (see start_request).
+RequestEvents = dict[tuple[str, bytes, tuple[tuple[bytes, bytes], ...]], h11.Request]
 
 
 class PooledConnection(Protocol):
@@ -92,33 +93,37 @@ def request_target(request: httpx.Request) -> bytes:
     return target if isinstance(target, bytes) else request.url.raw_path
 
 
-def start_request(conn: h11.Connection, request: httpx.Request) -> tuple[bytes, bool]:
+def start_request(
+    conn: h11.Connection, request: httpx.Request, events: RequestEvents | None = None
+) -> tuple[bytes, bool]:
     """The bytes that open ``request`` on ``conn``: the head, and with a
     small body already in memory the body and its end too.
 
+    :param events: h11's request events by method, target and header
+        fields, kept by the caller (a transport, for as long as it lives)
+        across requests.  A client sends the same head again and again (its
+        defaults, Host), and an h11 event is immutable: h11 checks and
+        normalises a head's fields once, not on every request (half of its
+        cost of sending one).  Bounded by :data:`REQUEST_EVENTS_MAX`.
+        Without it, every head is checked anew.
     :returns: ``(data, complete)``: ``complete`` when the whole request is in
         ``data``; otherwise the caller streams ``request.stream``.
     :raises h11.LocalProtocolError: the request cannot be framed.
     """
     raw = request.headers.raw
-    checked = _CHECKED
-    for field in raw:
-        if field not in checked:
-            _check_field(field)
-    # (_parsed: h11 skips the header regexes checked above and still checks
-    # the method, the target, Host, Content-Length and Transfer-Encoding.)
-    try:
-        method = request.method.encode("ascii")
-    except UnicodeEncodeError:
-        raise h11.LocalProtocolError(f"Illegal method {request.method!r}") from None
-    head = conn.send(
-        h11.Request(
-            method=method,
-            target=request_target(request),
-            headers=raw,
-            _parsed=True,
-        )
-    )
+    target = request_target(request)
+    if events is None:
+        event = _request_event(request.method, target, raw)
+    else:
+        key = (request.method, target, tuple(raw))
+        found = events.get(key)
+        if found is None:
+            found = _request_event(request.method, target, raw)
+            if len(events) >= REQUEST_EVENTS_MAX:
+                events.clear()
+            events[key] = found
+        event = found
+    head = conn.send(event)
     assert head is not None
     stream = request.stream
     if isinstance(stream, httpx.ByteStream):
@@ -126,20 +131,33 @@ def start_request(conn: h11.Connection, request: httpx.Request) -> tuple[bytes, 
         # without having read it.)
         body = b"".join(stream)
         if len(body) <= SMALL_BODY:
-            parts = [head]
             if body:
-                parts.append(conn.send(h11.Data(data=body)) or b"")
-            parts.append(conn.send(h11.EndOfMessage()) or b"")
-            return b"".join(parts), True
+                data = conn.send(h11.Data(data=body)) or b""
+                return b"".join((head, data, conn.send(_END) or b"")), True
+            end = conn.send(_END)
+            return (head + end if end else head), True
     return head, False
 
 
+def _request_event(method: str, target: bytes, raw: list[tuple[bytes, bytes]]) -> h11.Request:
+    """h11's event for a request head, every field checked by h11."""
+    try:
+        method_bytes = method.encode("ascii")
+    except UnicodeEncodeError:
+        raise h11.LocalProtocolError(f"Illegal method {method!r}") from None
+    return h11.Request(method=method_bytes, target=target, headers=raw)
+
+
 def begin(
-    user_data: dict[Any, Any], request: httpx.Request, conn: PooledConnection
+    user_data: dict[Any, Any],
+    request: httpx.Request,
+    conn: PooledConnection,
+    events: RequestEvents | None = None,
 ) -> tuple[h11.Connection, bytes, bool]:
     """Open ``request`` on a pooled connection: its h11 state machine (kept
     in ``user_data``, made new when the last exchange did not end cleanly)
-    and :func:`start_request`'s ``(data, complete)``.
+    and :func:`start_request`'s ``(data, complete)`` (with the transport's
+    ``events``).
 
     :raises httpx.LocalProtocolError: the request cannot be framed.
     """
@@ -147,21 +165,10 @@ def begin(
     if h11c is None or h11c.our_state is not h11.IDLE:
         h11c = user_data[H11_KEY] = new_h11()
     try:
-        data, complete = start_request(h11c, request)
+        data, complete = start_request(h11c, request, events)
     except h11.LocalProtocolError as exc:
         raise local_error(exc, request, conn) from exc
     return h11c, data, complete
-
-
-def _check_field(field: tuple[bytes, bytes]) -> None:
-    name, value = field
-    if _FIELD_NAME.fullmatch(name) is None:
-        raise h11.LocalProtocolError(f"Illegal header name {name!r}")
-    if _FIELD_VALUE.fullmatch(value) is None:
-        raise h11.LocalProtocolError(f"Illegal header value {value!r}")
-    if len(_CHECKED) >= _CHECKED_MAX:
-        _CHECKED.clear()
-    _CHECKED.add(field)
 
 
 def replayable(request: httpx.Request) -> bool:
@@ -172,7 +179,10 @@ def replayable(request: httpx.Request) -> bool:
 
 def timeouts(request: httpx.Request) -> Mapping[str, float | None]:
     value = request.extensions.get("timeout")
-    return value if isinstance(value, Mapping) else _NO_TIMEOUT
+    # (httpx's own is a dict: the exact type test spares the ABC's.)
+    if type(value) is dict or isinstance(value, Mapping):
+        return value
+    return _NO_TIMEOUT
 
 
 # -- responses ---------------------------------------------------------------------------
@@ -208,7 +218,7 @@ def response_parts(
 ) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any]]:
     """An ``httpx.Response``'s status, headers and extensions from h11's head."""
     extensions: dict[str, Any] = {
-        "http_version": b"HTTP/" + head.http_version,
+        "http_version": _VERSIONS.get(head.http_version) or b"HTTP/" + head.http_version,
         "reason_phrase": head.reason,
     }
     return head.status_code, head.headers.raw_items(), extensions
@@ -251,8 +261,13 @@ def body_event(conn: h11.Connection) -> bytes | bool:
 
 def reusable(conn: h11.Connection) -> bool:
     """After a response was read to its end: can the connection carry
-    another request?  (Starts h11's next cycle when it can.)"""
+    another request?  (Starts h11's next cycle when it can.)  Not when bytes
+    came after the response: they answer no request, so the connection is
+    out of step; and so every cycle starts with nothing buffered, and the
+    first look for a response head can wait for bytes without asking h11."""
     if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        if conn.trailing_data[0]:
+            return False
         conn.start_next_cycle()
         return True
     return False
@@ -289,13 +304,15 @@ class Body(Generic[P, C]):
         h11c: h11.Connection,
         request: httpx.Request,
         read_timeout: float | None,
+        chunks: list[bytes] | None = None,
     ) -> None:
         self._pool = pool
         self._conn: C | None = conn
         self._h11 = h11c
         self._request = request
         self._read = read_timeout
-        self._chunks: list[bytes] = []
+        #: What of the body came with the head (and is not read yet).
+        self._chunks: list[bytes] = [] if chunks is None else chunks
 
     def _buffered(self) -> bool:
         """Take what of the body h11 has without I/O; True at its end."""

@@ -106,6 +106,9 @@ class Transport(httpx.BaseTransport):
         self._pools: dict[Proxy | None, SyncPool] = {pool.config.proxy: pool}
         self._making = threading.Lock()
         self._retries = setup.retries
+        #: h11's request events by head, kept across requests (see
+        #: start_request; a dict's get and set are safe across threads).
+        self._events: http.RequestEvents = {}
         self._router = http.Router(_NAME, setup)
         self._route = self._router.route
         self._closed = False
@@ -209,7 +212,7 @@ class Transport(httpx.BaseTransport):
         # From here the connection is ours until the response is done with:
         # every way out either hands it to the response or gives it back.
         try:
-            return _exchange(pool, conn, request, limits)
+            return _exchange(pool, conn, request, limits, self._events)
         except BaseException:
             _discard(pool, conn)
             raise
@@ -220,8 +223,9 @@ def _exchange(
     conn: SyncConnection,
     request: httpx.Request,
     limits: Mapping[str, float | None],
+    events: http.RequestEvents | None = None,
 ) -> httpx.Response:
-    h11c, data, complete = http.begin(conn.user_data, request, conn)
+    h11c, data, complete = http.begin(conn.user_data, request, conn, events)
     write_t = limits.get("write")
     write_failed: OSError | None = None
     conn.settimeout(write_t)

@@ -27,6 +27,7 @@ import anyio
 import h11
 import httpx
 
+from ._backends._asyncio import LoopDeadline, ProtocolConnection
 from ._config import Config
 from ._connection import Connection
 from ._endpoint import TLS, Endpoint
@@ -36,12 +37,14 @@ from ._http11 import (
     Body,
     Failed,
     Handed,
+    RequestEvents,
     Retries,
     Router,
     Setup,
     acquire_error,
     begin,
     body_event,
+    buffered_body,
     describe,
     head_event,
     is_upgrade,
@@ -49,6 +52,7 @@ from ._http11 import (
     no_head,
     read_timeout,
     response_parts,
+    reusable,
     timeouts,
     transport_closed,
     write_timeout,
@@ -135,6 +139,8 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         self._making: anyio.Lock | None = None
         self._pool = pool
         self._retries = setup.retries
+        #: h11's request events by head, kept across requests (see start_request).
+        self._events: RequestEvents = {}
         self._router = Router("conpool.httpx.AsyncTransport", setup)
         self._endpoint = self._router.route
         self._entered = False
@@ -306,15 +312,14 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         request: httpx.Request,
         limits: Mapping[str, float | None],
     ) -> httpx.Response:
-        h11c, data, complete = begin(conn.user_data, request, conn)
+        h11c, data, complete = begin(conn.user_data, request, conn, self._events)
         write_t = limits.get("write")
         read_t = limits.get("read")
-        reused = conn.uses > 1
         write_failed: BaseException | None = None
-        # One cancel scope for the request; its deadline moves from the
-        # write limit to the read limit (not a scope per read or write).
+        # One deadline for the request, moved from the write limit to the
+        # read limit (not a cancel scope per read or write).
         phase = "write"
-        with anyio.CancelScope(deadline=_deadline(write_t)) as scope:
+        with _deadline(conn, write_t) as scope:
             try:
                 await conn.send(data)
                 if not complete:
@@ -322,7 +327,7 @@ class AsyncTransport(httpx.AsyncBaseTransport):
                         if chunk:
                             out = h11c.send(h11.Data(data=chunk))
                             if out:
-                                scope.deadline = _deadline(write_t)
+                                scope.reset(write_t)
                                 await conn.send(out)
                     out = h11c.send(h11.EndOfMessage())
                     if out:
@@ -334,7 +339,7 @@ class AsyncTransport(httpx.AsyncBaseTransport):
             except h11.LocalProtocolError as exc:
                 raise local_error(exc, request, conn) from exc
             phase = "read"
-            scope.deadline = _deadline(read_t)
+            scope.reset(read_t)
             head, got_bytes, failure = await _read_head(conn, h11c)
         if scope.cancelled_caught:
             if phase == "write":
@@ -344,7 +349,7 @@ class AsyncTransport(httpx.AsyncBaseTransport):
             raise read_timeout(request, conn, read_t)
         if head is None:
             assert failure is not None
-            raise no_head(failure, write_failed, got_bytes, reused, request, conn)
+            raise no_head(failure, write_failed, got_bytes, conn.uses > 1, request, conn)
         status, headers, extensions = response_parts(head)
         if is_upgrade(request, status):
             trailing, _ = h11c.trailing_data
@@ -353,16 +358,64 @@ class AsyncTransport(httpx.AsyncBaseTransport):
             return httpx.Response(
                 status, headers=headers, stream=httpx.ByteStream(b""), extensions=extensions
             )
-        body = _ResponseStream(pool, conn, h11c, request, read_t)
         # Whatever of the body came with the head, without waiting for more.
-        await body.take_buffered()
+        chunks: list[bytes] = []
+        if buffered_body(h11c, chunks):
+            # All of it (a small response): the connection goes back now,
+            # and httpx reads the body from memory.
+            if reusable(h11c):
+                await pool.release(conn)
+            else:
+                # Connection: close, HTTP/1.0, or the server closed after: retire.
+                await _discard(pool, conn)
+            return httpx.Response(
+                status,
+                headers=headers,
+                stream=httpx.ByteStream(chunks[0] if len(chunks) == 1 else b"".join(chunks)),
+                extensions=extensions,
+            )
+        body = _ResponseStream(pool, conn, h11c, request, read_t, chunks)
         return httpx.Response(status, headers=headers, stream=body, extensions=extensions)
 
 
-def _deadline(seconds: float | None) -> float:
-    if seconds is None:
-        return float("inf")
-    return anyio.current_time() + seconds
+class _AnyioDeadline:
+    """:class:`~conpool._backends._asyncio.LoopDeadline`'s interface on an
+    anyio cancel scope: for trio, and for connections that are not asyncio
+    protocols (TLS through an https proxy)."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, seconds: float | None) -> None:
+        self._scope = anyio.CancelScope(
+            deadline=_INF if seconds is None else anyio.current_time() + seconds
+        )
+
+    def __enter__(self) -> _AnyioDeadline:
+        self._scope.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: Any, tb: Any) -> bool:
+        return bool(self._scope.__exit__(exc_type, exc, tb))
+
+    def reset(self, seconds: float | None) -> None:
+        """From now on, ``seconds`` (None: no limit)."""
+        self._scope.deadline = _INF if seconds is None else anyio.current_time() + seconds
+
+    @property
+    def cancelled_caught(self) -> bool:
+        return self._scope.cancelled_caught
+
+
+_INF = float("inf")
+
+
+def _deadline(conn: Connection, seconds: float | None) -> LoopDeadline | _AnyioDeadline:
+    """A deadline ``seconds`` from now (None: none) for a block of I/O on
+    ``conn``: one loop timer on asyncio and uvloop, a cancel scope on trio."""
+    if type(conn) is ProtocolConnection:
+        loop = conn._loop
+        return LoopDeadline(loop, _INF if seconds is None else loop.time() + seconds)
+    return _AnyioDeadline(seconds)
 
 
 async def _read_head(
@@ -370,17 +423,15 @@ async def _read_head(
 ) -> tuple[h11.Response | h11.InformationalResponse | None, bool, BaseException | None]:
     """Read up to the final response head (skipping 1xx but a 101).
 
+    The request was just sent on a cycle that started with nothing
+    buffered (see :func:`~conpool._http11.reusable`): it reads before
+    asking h11.
+
     :returns: ``(head, got_bytes, failure)``: the head, or None with what
         stopped it; ``got_bytes`` says whether any response byte arrived.
     """
     got_bytes = False
     while True:
-        try:
-            head = head_event(h11c)
-        except (h11.RemoteProtocolError, anyio.EndOfStream) as exc:
-            return None, got_bytes, exc
-        if head is not None:
-            return head, True, None
         try:
             data = await conn.receive(READ_SIZE)
         except anyio.EndOfStream as exc:
@@ -389,6 +440,12 @@ async def _read_head(
             return None, got_bytes, exc
         got_bytes = True
         h11c.receive_data(data)
+        try:
+            head = head_event(h11c)
+        except (h11.RemoteProtocolError, anyio.EndOfStream) as exc:
+            return None, got_bytes, exc
+        if head is not None:
+            return head, True, None
 
 
 async def _discard(pool: Pool, conn: Connection) -> None:
@@ -404,7 +461,8 @@ async def _discard(pool: Pool, conn: Connection) -> None:
 
 
 class _ResponseStream(Body[Pool, Connection], httpx.AsyncByteStream):
-    """A response body read from a pooled connection.
+    """A response body read from a pooled connection (one that did not
+    come whole with its head).
 
     The connection goes back to the pool when the body ends (reusable, if
     h11 says so), and is closed and given back when the body is closed
@@ -413,13 +471,6 @@ class _ResponseStream(Body[Pool, Connection], httpx.AsyncByteStream):
     closed drops the connection with it: the pool's leak detection reclaims
     and reports it.
     """
-
-    async def take_buffered(self) -> None:
-        """Take what of the body h11 has without more I/O; at the end of the
-        body, give the connection back now (a small response costs no
-        further await)."""
-        if self._buffered():
-            await self._finish()
 
     async def _finish(self) -> None:
         await self._give_back(self._done())
@@ -444,20 +495,20 @@ class _ResponseStream(Body[Pool, Connection], httpx.AsyncByteStream):
         if conn is None:
             raise StopAsyncIteration
         h11c = self._h11
+        step: bytes | bool = False
         try:
-            with anyio.fail_after(self._read):
+            with _deadline(conn, self._read) as scope:
                 while True:
                     step = body_event(h11c)
-                    if step is False:
-                        try:
-                            data = await conn.receive(READ_SIZE)
-                        except anyio.EndOfStream:
-                            data = b""
-                        h11c.receive_data(data)
-                        continue
-                    if step is True:
+                    if step is not False:
                         break
-                    return step
+                    try:
+                        data = await conn.receive(READ_SIZE)
+                    except anyio.EndOfStream:
+                        data = b""
+                    h11c.receive_data(data)
+            if scope.cancelled_caught:
+                raise TimeoutError
         except BaseException as exc:
             error = self._failed(exc, conn)
             await _discard(self._pool, conn)
@@ -466,6 +517,8 @@ class _ResponseStream(Body[Pool, Connection], httpx.AsyncByteStream):
             if isinstance(exc, TimeoutError):
                 raise error from None
             raise error from exc
+        if step is not True:
+            return step  # type: ignore[return-value]
         await self._finish()
         raise StopAsyncIteration
 
