@@ -327,7 +327,8 @@ class CuedServer:
     asked for: ``close_second`` answers the first request of each connection
     and closes the connection when the second arrives, without answering
     (a keep-alive connection the server dropped just as the client reused
-    it); ``http10`` answers as an HTTP/1.0 server without keep-alive.
+    it); ``http10`` answers as an HTTP/1.0 server without keep-alive;
+    ``trailing`` sends bytes past the end of each response.
     ``requests`` counts the requests read, ``connections`` the accepts."""
 
     def __init__(self, mode: str) -> None:
@@ -387,6 +388,10 @@ class CuedServer:
                 if self.mode == "http10":
                     conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nold server")
                     return
+                if self.mode == "trailing":
+                    # Bytes past the end of the response, in the same packet.
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 2")
+                    continue
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     def close(self) -> None:
@@ -438,6 +443,22 @@ async def test_http10_peer() -> None:
                 )
             (ep,) = quiet(t).endpoints.values()
             assert (ep.created, ep.reused, ep.idle) == (3, 0, 0)
+    finally:
+        server.close()
+
+
+async def test_bytes_past_the_response_retire_the_connection() -> None:
+    # They answer no request: reused, the connection would be out of step.
+    server = CuedServer("trailing")
+    try:
+        t = transport()
+        async with httpx.AsyncClient(transport=t) as client:
+            for _ in range(3):
+                r = await client.get(server.url())
+                assert (r.status_code, r.content) == (200, b"ok")
+            (ep,) = quiet(t).endpoints.values()
+            assert (ep.created, ep.reused, ep.idle) == (3, 0, 0)
+        assert server.connections == 3
     finally:
         server.close()
 

@@ -554,7 +554,18 @@ class LoopDeadline:
 
     def reset(self, seconds: float | None) -> None:
         """From now on, ``seconds`` (None: no limit)."""
-        self.deadline = _INF if seconds is None else self._loop.time() + seconds
+        # (The setter's work inline: a request moves its deadline once.)
+        handle = self._handle
+        if handle is not None:
+            handle.cancel()
+            self._handle = None
+        if seconds is None:
+            self._when = _INF
+        else:
+            loop = self._loop
+            when = self._when = loop.time() + seconds
+            if self._task is not None and not self._fired:
+                self._handle = loop.call_at(when, self._fire)
 
     def _fire(self) -> None:
         self._handle = None
