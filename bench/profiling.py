@@ -15,6 +15,13 @@ and prints the functions that cost the most, per operation:
   how much of an operation is conpool's own code.  Slow (the cell runs about
   fifty times slower under the tracer); it counts every operation, warmup
   included, and apart the operations of the measured phases alone.
+* ``--tool callgrind``: machine instructions per operation, counted by
+  ``valgrind --tool=callgrind`` around N operations after a warmup
+  (:mod:`bench.instructions`): the C-level work opcodes do not show
+  (attribute lookups, calls, the loop), exact whatever the load.  Its
+  workloads are its own (``pair``, ``lease``, ``contended`` over ``yield``,
+  ``echo`` against ``raw``), on every loop, for the ``conpool`` that
+  ``PYTHONPATH`` gives: run it on two trees to compare them.
 
 Examples::
 
@@ -22,6 +29,8 @@ Examples::
     python -m bench.profiling --workload contended --loop asyncio --conc 64
     python -m bench.profiling --workload echo --loop uvloop --conc 16 --tool pyinstrument
     python -m bench.profiling --workload contended --conc 16 --tool opcodes
+    python -m bench.profiling --tool callgrind                      # every op, every loop
+    PYTHONPATH=../base/src python -m bench.profiling --tool callgrind --op pair --loop uvloop
 """
 
 from __future__ import annotations
@@ -30,9 +39,13 @@ import argparse
 import cProfile
 import dis
 import importlib
+import os
 import pstats
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from types import CodeType, FrameType
@@ -42,7 +55,7 @@ from bench import timing
 from bench._internals import LEASE_EXIT_ANCHOR, RELEASE_ANCHOR
 from bench.base import LOOPS, Cell, CellSpec, Metrics
 from bench.harness import HOST
-from bench.procs import cores, pin
+from bench.procs import ROOT, child_env, cores, pin
 from bench.registry import WORKLOADS
 from bench.servers import start
 
@@ -167,6 +180,76 @@ def _profile_opcodes(run: Callable[[], Metrics], anchor: str, top: int) -> Metri
     return metrics
 
 
+# (operation, C) measured by --tool callgrind, with what each is reported over.
+CALLGRIND_OPS: dict[str, tuple[int, str | None]] = {
+    "pair": (1, None),
+    "lease": (1, None),
+    "contended": (16, "yield"),
+    "echo": (16, "raw"),
+}
+
+
+def _instructions(op: str, loop: str, conc: int, warmup: int, n: int, port: int) -> float:
+    """Machine instructions per operation of ``n`` operations after ``warmup``."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--tool callgrind needs valgrind (Debian's valgrind package)")
+    with tempfile.TemporaryDirectory(prefix="conpool-callgrind-") as tmp:
+        out = os.path.join(tmp, "cg.out")
+        cmd = [
+            valgrind,
+            "--tool=callgrind",
+            "--dump-before=getppid",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            "-m",
+            "bench.instructions",
+            op,
+            loop,
+            str(conc),
+            str(warmup),
+            str(n),
+            str(port),
+        ]
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=1800
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+        # Dump 1: startup and warmup; dump 2: the n operations; the rest: exit.
+        dumps = sorted(f for f in os.listdir(tmp) if f.startswith("cg.out."))
+        if len(dumps) != 2:
+            raise SystemExit(f"expected two dumps at the marks, got {dumps}")
+        with open(os.path.join(tmp, f"{out}.2")) as f:
+            for line in f:
+                if line.startswith("summary:"):
+                    return int(line.split()[1]) / n
+    raise SystemExit("no summary line in callgrind's dump")
+
+
+def _profile_callgrind(ops: list[str], loops: list[str], conc: int | None, n: int) -> None:
+    import conpool
+
+    print(f"conpool: {os.path.dirname(conpool.__file__)}")
+    print(f"machine instructions per operation (valgrind --tool=callgrind), {n} operations")
+    print(
+        f"{'op':<10} {'loop':<8} {'C':>3} {'instr/op':>10} {'over':>8} {'instr/op':>10} {'net':>10}"
+    )
+    _, server_cpu = cores()
+    with start("echo", cpu=server_cpu, max_seconds=3600.0) as server:
+        for op in ops:
+            default_conc, over = CALLGRIND_OPS[op]
+            c = conc if conc is not None and default_conc > 1 else default_conc
+            warmup = max(200, 20 * c)
+            for loop in loops:
+                mine = _instructions(op, loop, c, warmup, n, server.port)
+                line = f"{op:<10} {loop:<8} {c:>3} {mine:10.0f}"
+                if over is not None:
+                    theirs = _instructions(over, loop, c, warmup, n, server.port)
+                    line += f" {over:>8} {theirs:10.0f} {mine - theirs:10.0f}"
+                print(line, flush=True)
+
+
 def _short(filename: str) -> str:
     for marker in ("/site-packages/", "/src/", "/lib/python3"):
         if marker in filename:
@@ -178,10 +261,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profiling")
     p.add_argument("--workload", choices=list(WORKLOADS), default="acquire")
     p.add_argument("--impl", default="conpool")
-    p.add_argument("--loop", choices=LOOPS, default="uvloop")
+    p.add_argument(
+        "--loop",
+        action="append",
+        choices=LOOPS,
+        help="the loop (default uvloop; callgrind: repeatable, default all)",
+    )
     p.add_argument("--conc", type=int, default=None, help="C (default: 1, contended 64)")
     p.add_argument("--seconds", type=float, default=2.0, help="measured seconds (per phase)")
-    p.add_argument("--tool", choices=("cprofile", "pyinstrument", "opcodes"), default="cprofile")
+    p.add_argument(
+        "--tool", choices=("cprofile", "pyinstrument", "opcodes", "callgrind"), default="cprofile"
+    )
+    p.add_argument(
+        "--op",
+        action="append",
+        choices=list(CALLGRIND_OPS),
+        help="callgrind: the operations (repeatable; default all)",
+    )
+    p.add_argument("--ops", type=int, default=5000, help="callgrind: operations counted")
     p.add_argument("--top", type=int, default=30, help="functions shown (cProfile, opcodes)")
     p.add_argument(
         "--anchor",
@@ -193,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--interval", type=float, default=0.0001, help="pyinstrument sampling (s)")
     args = p.parse_args(argv)
+    if args.tool == "callgrind":
+        _profile_callgrind(
+            args.op or list(CALLGRIND_OPS), args.loop or list(LOOPS), args.conc, args.ops
+        )
+        return 0
     conc = args.conc or (64 if args.workload == "contended" else 1)
     anchor = args.anchor
     if anchor is None and args.impl in ("conpool", "pair-off", "pair-on"):
@@ -209,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
             pass
     client_cpu, server_cpu = cores()
     pin(client_cpu)
-    cell = Cell(args.workload, args.impl, args.loop, conc)
+    if args.loop is not None and len(args.loop) > 1:
+        raise SystemExit("--loop is repeatable only with --tool callgrind")
+    cell = Cell(args.workload, args.impl, args.loop[-1] if args.loop else "uvloop", conc)
     with start("echo", cpu=server_cpu, max_seconds=args.seconds * 4 + 120.0) as server:
         spec = CellSpec(cell, HOST, server.port, args.seconds, 0.2, client_cpu)
 

@@ -197,6 +197,19 @@ class Pool(Shell[Connection]):
     :raises TypeError: an argument of the wrong type.
     """
 
+    # The attributes the lease path reads as slots (see Shell); the
+    # ``__dict__`` holds the others, and the budget's _put_back.
+    __slots__ = (
+        "__dict__",
+        "_acquire_timeout",
+        "_backend",
+        "_health",
+        "_lease",
+        "_participant",
+        "_quick_wait",
+        "_reset",
+    )
+
     def __init__(
         self,
         config: Config | None = None,

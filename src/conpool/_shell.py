@@ -97,6 +97,35 @@ class Shell(Generic[C]):
     :meth:`_start_refresh`.
     """
 
+    # Slots, not an instance dict: on CPython 3.11 an instance with more
+    # than 30 attributes in its dict loses its inline values, and then no
+    # attribute read or method call on ``self`` is specialized (each goes
+    # through a type lookup and a dict lookup), which the hot path of
+    # every acquire and release pays many times over.  The shells keep a
+    # ``__dict__`` beside these for their colder attributes.
+    __slots__ = (
+        "_clock",
+        "_connects",
+        "_got",
+        "_hooks",
+        "_last_ep",
+        "_last_key",
+        "_leak_after",
+        "_leaks",
+        "_leases",
+        "_names",
+        "_new_parked",
+        "_plain",
+        "_state",
+        "_sweep_at",
+        "_trace",
+        "_trace_rec",
+        "_waits",
+        "_wake",
+        "config",
+        "tracer",
+    )
+
     #: How ``release()`` names the connection type it takes, in its errors.
     _conn_kind = "conpool.Connection"
 
@@ -189,7 +218,10 @@ class Shell(Generic[C]):
             ep = self._new_endpoint(endpoint) if found is None else found
             self._last_key = endpoint
             self._last_ep = ep
-        now = self._clock()
+        # (Read, then called: called as a method, an attribute that holds a
+        # function is not specialized by CPython 3.11, and costs a lookup.)
+        clock = self._clock
+        now = clock()
         got = state.acquire(ep, now)
         if state.to_close or state.to_wake:
             self._flush()
@@ -234,12 +266,13 @@ class Shell(Generic[C]):
         if rec.conn is not None:
             raise RuntimeError(f"{conn!r} is not in use: it was already released")
         rec.conn = conn
-        now = self._clock()
+        clock = self._clock  # (see _grab)
+        now = clock()
         if conn._broken:  # (set too when it was closed)
             state.release(rec, now, False, "closed" if conn._closed else "error")
         else:
             state.release(rec, now, True)
-            if rec.expires < self._sweep_at and rec.state == IDLE:
+            if rec.expires < self._sweep_at and rec.state is IDLE:
                 # The sweeper sleeps past this connection's expiry (it had
                 # nothing to wait for): bring its wake-up forward.  (The
                 # deadline first: it is usually false, and decides alone.)

@@ -130,6 +130,44 @@ class PoolState(Generic[K, C]):
     every request runs it.
     """
 
+    # Slots: on CPython 3.11 an instance dict of more than 30 attributes
+    # loses its inline values, and no attribute read or method call on the
+    # machine is specialized then (see conpool._shell.Shell); the
+    # ``__dict__`` keeps an attribute added later working.
+    __slots__ = (
+        "__dict__",
+        "ages",
+        "by_name",
+        "closed",
+        "config",
+        "endpoints",
+        "jitter",
+        "live",
+        "lru",
+        "max_idle",
+        "max_lifetime",
+        "max_total",
+        "max_uses",
+        "max_waiters",
+        "min_idle",
+        "n_waiters",
+        "next_check",
+        "next_id",
+        "on_event",
+        "per_endpoint",
+        "policy",
+        "refill_due",
+        "refill_wake",
+        "refreshing",
+        "rng",
+        "sweeping",
+        "to_close",
+        "to_wake",
+        "total",
+        "uses_cap",
+        "waiters",
+    )
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.per_endpoint = config.max_connections_per_endpoint
