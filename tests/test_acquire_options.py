@@ -199,6 +199,7 @@ async def test_fresh_cancelled_while_waiting_leaks_nothing(echo_server: EchoServ
         ({"connect_timeout": b"1"}, TypeError, "connect_timeout"),
         ({"fresh": 1}, TypeError, "fresh"),
         ({"fresh": "yes"}, TypeError, "fresh"),
+        ({"timout": 1.0}, TypeError, "unexpected keyword argument 'timout'"),
     ],
 )
 async def test_bad_options_are_refused(

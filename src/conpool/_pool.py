@@ -24,9 +24,9 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Never
+from typing import TYPE_CHECKING, Any, Final, Never, TypedDict, Unpack
 
 import anyio
 from anyio.abc import TaskGroup
@@ -83,6 +83,43 @@ class _Unset:
 
 #: An option not given on this call.
 UNSET: Final = _Unset()
+
+
+class AcquireOptions(TypedDict, total=False):
+    """The per-call options of :meth:`Pool.acquire` and :meth:`Pool.connection`.
+
+    Taken as ``**options`` rather than as keyword-only parameters with
+    defaults: CPython fills each keyword-only default a call leaves out
+    with a dict lookup, which every acquire without options paid three
+    times; an empty ``**options`` costs what a call with none should."""
+
+    fresh: bool
+    timeout: float | None
+    connect_timeout: float | None
+
+
+_OPTION_NAMES: Final = frozenset(AcquireOptions.__annotations__)
+
+
+def _options(
+    options: Mapping[str, Any], call: str
+) -> tuple[object, float | _Unset | None, float | _Unset | None]:
+    """(fresh, timeout, connect_timeout) of a call's ``**options``, UNSET for
+    those not given.
+
+    :raises TypeError: an option that does not exist.
+    """
+    unknown = options.keys() - _OPTION_NAMES
+    if unknown:
+        raise TypeError(
+            f"{call}() got an unexpected keyword argument {min(unknown)!r} "
+            "(its options are fresh, timeout and connect_timeout)"
+        )
+    return (
+        options.get("fresh", False),
+        options.get("timeout", UNSET),
+        options.get("connect_timeout", UNSET),
+    )
 
 
 class _Lease:
@@ -160,13 +197,10 @@ class _OptionLease(_Lease):
 
     __slots__ = ("_options",)
 
-    _options: tuple[bool, float | _Unset | None, float | _Unset | None]
+    _options: AcquireOptions
 
     async def __aenter__(self) -> Connection:
-        fresh, timeout, connect_timeout = self._options
-        conn = await self._pool.acquire(
-            self._endpoint, fresh=fresh, timeout=timeout, connect_timeout=connect_timeout
-        )
+        conn = await self._pool._acquire_with(self._endpoint, self._options, "connection")
         self._conn = conn
         return conn
 
@@ -359,30 +393,26 @@ class Pool(Shell[Connection]):
 
     # -- the hot path ------------------------------------------------------------
 
-    def connection(
-        self,
-        endpoint: Endpoint,
-        *,
-        fresh: bool = False,
-        timeout: float | _Unset | None = UNSET,
-        connect_timeout: float | _Unset | None = UNSET,
-    ) -> _Lease:
+    def connection(self, endpoint: Endpoint, **options: Unpack[AcquireOptions]) -> _Lease:
         """``async with pool.connection(endpoint) as conn``: acquire, then
         release on a normal exit or close on an exception.
 
-        The options are those of :meth:`acquire`.
+        The options (keywords only) are those of :meth:`acquire`.
 
         :raises ConnectError: no connection could be made (see :meth:`acquire`).
         :raises PoolTimeout: no slot within ``acquire_timeout`` (or ``timeout``).
         :raises PoolClosed: the pool is closed.
         """
-        if fresh or timeout is not UNSET or connect_timeout is not UNSET:
-            options = _new_lease(_OptionLease if self._lease is _Lease else _ResettingOptionLease)
-            options._pool = self
-            options._endpoint = endpoint
-            options._conn = None
-            options._options = (fresh, timeout, connect_timeout)
-            return options
+        if options:
+            # (Checked when the block is entered, as acquire() checks them.)
+            with_options = _new_lease(
+                _OptionLease if self._lease is _Lease else _ResettingOptionLease
+            )
+            with_options._pool = self
+            with_options._endpoint = endpoint
+            with_options._conn = None
+            with_options._options = options
+            return with_options
         # No __init__: one Python call per request fewer.
         lease = _new_lease(self._lease)
         lease._pool = self
@@ -390,17 +420,11 @@ class Pool(Shell[Connection]):
         lease._conn = None
         return lease
 
-    async def acquire(
-        self,
-        endpoint: Endpoint,
-        *,
-        fresh: bool = False,
-        # (The API's name: a protocol layer passes its caller's pool timeout.)
-        timeout: float | _Unset | None = UNSET,  # noqa: ASYNC109
-        connect_timeout: float | _Unset | None = UNSET,
-    ) -> Connection:
+    async def acquire(self, endpoint: Endpoint, **options: Unpack[AcquireOptions]) -> Connection:
         """A connection to ``endpoint``: an idle one if the pool has one,
         else a new one (waiting for a free slot if the limits are reached).
+
+        The options are keywords only (taken as ``**options``):
 
         :param endpoint: where to connect.
         :param fresh: never hand out an idle connection: dial a new one
@@ -425,8 +449,8 @@ class Pool(Shell[Connection]):
             already wait.
         :raises PoolClosed: the pool is closed, or closed while waiting.
         """
-        if fresh or timeout is not UNSET or connect_timeout is not UNSET:
-            return await self._acquire_with(endpoint, fresh, timeout, connect_timeout)
+        if options:
+            return await self._acquire_with(endpoint, options, "acquire")
         conn = self._grab(endpoint)
         if conn is not None:
             return conn
@@ -449,13 +473,11 @@ class Pool(Shell[Connection]):
         return await self._acquire(ep, self._got)
 
     async def _acquire_with(
-        self,
-        endpoint: Endpoint,
-        fresh: object,
-        timeout: float | _Unset | None,  # noqa: ASYNC109
-        connect_timeout: float | _Unset | None,
+        self, endpoint: Endpoint, options: Mapping[str, Any], call: str
     ) -> Connection:
-        """:meth:`acquire` with options: validated, then the same steps."""
+        """:meth:`acquire` with options (of a call to ``call``): validated,
+        then the same steps."""
+        fresh, timeout, connect_timeout = _options(options, call)
         if fresh is not True and fresh is not False:
             raise TypeError(f"fresh must be a bool, got {type(fresh).__name__} {fresh!r}")
         wait = (
