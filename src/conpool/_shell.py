@@ -14,6 +14,7 @@ The threaded shell calls these under its lock; the async one needs none
 
 from __future__ import annotations
 
+import abc
 import time
 from bisect import bisect_left
 from collections.abc import Callable
@@ -89,12 +90,12 @@ class PoolConn(Protocol):
 C = TypeVar("C", bound=PoolConn)
 
 
-class Shell(Generic[C]):
+class Shell(abc.ABC, Generic[C]):
     """The shared half of a pool shell (see the module docstring).
 
     A subclass sets every attribute annotated here in its ``__init__`` and
-    provides :meth:`_new_endpoint`, :meth:`_sweep_sooner` and
-    :meth:`_start_refresh`.
+    provides the abstract methods (:meth:`_new_endpoint`,
+    :meth:`_sweep_sooner`, :meth:`_start_refresh`, :meth:`_start_refills`).
     """
 
     # Slots, not an instance dict: on CPython 3.11 an instance with more
@@ -179,21 +180,24 @@ class Shell(Generic[C]):
         self._flush()
         return done
 
+    @abc.abstractmethod
     def _start_refills(self) -> None:
         """The machine found endpoints below ``Config.min_idle``: open
         connections for them in the background."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _new_endpoint(self, endpoint: Endpoint) -> EndpointState[Endpoint, C]:
-        raise NotImplementedError
+        """The machine's state for an endpoint not seen before (checked as
+        an :class:`~conpool.Endpoint`, and the pool open)."""
 
+    @abc.abstractmethod
     def _sweep_sooner(self, when: float) -> None:
-        raise NotImplementedError
+        """Wake the sweep at ``when`` (the pool's clock) instead of later."""
 
+    @abc.abstractmethod
     def _start_refresh(self, ep: EndpointState[Endpoint, C]) -> None:
         """Look ``ep``'s name up again in the background, then tell the
         machine ``refresh_done``."""
-        raise NotImplementedError
 
     def _grab(self, endpoint: Endpoint) -> C | None:
         """The synchronous first step of every acquire: ask the machine.
