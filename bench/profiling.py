@@ -227,7 +227,9 @@ def _instructions(op: str, loop: str, conc: int, warmup: int, n: int, port: int)
     raise SystemExit("no summary line in callgrind's dump")
 
 
-def _profile_callgrind(ops: list[str], loops: list[str], conc: int | None, n: int) -> None:
+def _profile_callgrind(
+    ops: list[str], loops: list[str], conc: int | None, n: int, over: bool = True
+) -> None:
     import conpool
 
     print(f"conpool: {os.path.dirname(conpool.__file__)}")
@@ -238,15 +240,15 @@ def _profile_callgrind(ops: list[str], loops: list[str], conc: int | None, n: in
     _, server_cpu = cores()
     with start("echo", cpu=server_cpu, max_seconds=3600.0) as server:
         for op in ops:
-            default_conc, over = CALLGRIND_OPS[op]
+            default_conc, base = CALLGRIND_OPS[op]
             c = conc if conc is not None and default_conc > 1 else default_conc
             warmup = max(200, 20 * c)
             for loop in loops:
                 mine = _instructions(op, loop, c, warmup, n, server.port)
                 line = f"{op:<10} {loop:<8} {c:>3} {mine:10.0f}"
-                if over is not None:
-                    theirs = _instructions(over, loop, c, warmup, n, server.port)
-                    line += f" {over:>8} {theirs:10.0f} {mine - theirs:10.0f}"
+                if base is not None and over:
+                    theirs = _instructions(base, loop, c, warmup, n, server.port)
+                    line += f" {base:>8} {theirs:10.0f} {mine - theirs:10.0f}"
                 print(line, flush=True)
 
 
@@ -279,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         help="callgrind: the operations (repeatable; default all)",
     )
     p.add_argument("--ops", type=int, default=5000, help="callgrind: operations counted")
+    p.add_argument(
+        "--no-over",
+        action="store_true",
+        help="callgrind: leave out what contended and echo are measured over (yield, raw: "
+        "they do not depend on conpool's sources)",
+    )
     p.add_argument("--top", type=int, default=30, help="functions shown (cProfile, opcodes)")
     p.add_argument(
         "--anchor",
@@ -292,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.tool == "callgrind":
         _profile_callgrind(
-            args.op or list(CALLGRIND_OPS), args.loop or list(LOOPS), args.conc, args.ops
+            args.op or list(CALLGRIND_OPS),
+            args.loop or list(LOOPS),
+            args.conc,
+            args.ops,
+            not args.no_over,
         )
         return 0
     conc = args.conc or (64 if args.workload == "contended" else 1)

@@ -294,7 +294,8 @@ class Shell(abc.ABC, Generic[C]):
     def _park(self, ep: EndpointState[Endpoint, C]) -> Waiter[Endpoint, C]:
         """Queue the calling task for the machine to serve; it then awaits
         the waiter's handle (what the backend parks a task on)."""
-        w = self._state.enqueue(ep, self._new_parked(), self._clock())
+        park, clock = self._new_parked, self._clock  # (see _grab)
+        w = self._state.enqueue(ep, park(), clock())
         if w is None:
             raise self._too_many_waiters(ep.key)
         if self._trace is not None:
@@ -310,7 +311,8 @@ class Shell(abc.ABC, Generic[C]):
         """
         waited = w.waited
         if waited is None:  # served a dial slot, or woken by close
-            waited = self._clock() - w.since
+            clock = self._clock  # (see _grab)
+            waited = clock() - w.since
         ep = w.ep
         # Histogram.observe, inlined.
         hist = self._waits.get(ep) or _histogram(self._waits, ep)
@@ -359,8 +361,9 @@ class Shell(abc.ABC, Generic[C]):
         """Do what the machine decided: wake served waiters, close connections."""
         state = self._state
         if state.to_wake:
-            wake, state.to_wake = state.to_wake, []
-            self._wake(wake)
+            waiters, state.to_wake = state.to_wake, []
+            wake = self._wake  # (see _grab)
+            wake(waiters)
         if state.to_close:
             closing, state.to_close = state.to_close, []
             for rec, reason in closing:
