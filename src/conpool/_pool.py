@@ -397,8 +397,9 @@ class Pool(Shell[Connection]):
         """``async with pool.connection(endpoint) as conn``: acquire, then
         release on a normal exit or close on an exception.
 
-        The options (keywords only) are those of :meth:`acquire`.
-
+        :param endpoint: where to connect.
+        :param options: ``fresh``, ``timeout``, ``connect_timeout``, as for
+            :meth:`acquire`.
         :raises ConnectError: no connection could be made (see :meth:`acquire`).
         :raises PoolTimeout: no slot within ``acquire_timeout`` (or ``timeout``).
         :raises PoolClosed: the pool is closed.
@@ -424,18 +425,16 @@ class Pool(Shell[Connection]):
         """A connection to ``endpoint``: an idle one if the pool has one,
         else a new one (waiting for a free slot if the limits are reached).
 
-        The options are keywords only (taken as ``**options``):
-
         :param endpoint: where to connect.
-        :param fresh: never hand out an idle connection: dial a new one
-            (within the limits; when the endpoint's limit is reached and
-            some of its connections are idle, the least recently used idle
-            one is closed to make room).  For retrying a request that failed
-            on a reused connection.
-        :param timeout: seconds to wait for a free slot (None: no limit),
-            for this call instead of ``Config.acquire_timeout``; with a
+        :param options: keywords, each optional.  ``fresh=True``: never
+            hand out an idle connection: dial a new one (within the limits;
+            when the endpoint's limit is reached and some of its connections
+            are idle, the least recently used idle one is closed to make
+            room), for retrying a request that failed on a reused
+            connection.  ``timeout``: seconds to wait for a free slot (None:
+            no limit), for this call instead of ``Config.acquire_timeout``; with a
             budget, the wait for the fleet's lease shares this deadline.
-        :param connect_timeout: seconds per connection attempt (None: no
+            ``connect_timeout``: seconds per connection attempt (None: no
             limit), for this call instead of ``Config.connect_timeout``.
         :returns: a :class:`~conpool.Connection`; give it back with :meth:`release`.
         :raises TypeError: ``endpoint`` is not a :class:`~conpool.Endpoint`,
