@@ -139,6 +139,26 @@ def test_floor_keeps_idle_connections_past_their_idle_time() -> None:
     assert state.acquire(ep, 10.5) in recs[1:]
 
 
+def test_floor_connections_past_their_idle_time_are_reused_before_the_sweep() -> None:
+    # A starved event loop runs the sweep late: an acquire that comes first
+    # reuses what the floor keeps instead of closing it for idle time.
+    state, ep = make(min_idle=2, max_idle_time=1.0, max_connection_lifetime=100.0)
+    recs = [dial(state, ep, 0.0) for _ in range(3)]
+    for rec in recs:
+        state.release(rec, 0.0, reusable=True)
+    # Three open, one above the floor: the first acquire finds the most
+    # recently used past its idle time and closes it; then two are open and
+    # the other two are kept although no sweep renewed them.
+    got = [state.acquire(ep, 5.0), state.acquire(ep, 5.0)]
+    assert drain(state) == [(recs[2], "idle")]
+    assert sorted(r.id for r in got if isinstance(r, ConnRecord)) == [recs[0].id, recs[1].id]
+    assert ep.reused == 2
+    # Past its lifetime, the floor does not keep it.
+    state.release(recs[0], 5.0, reusable=True)
+    assert state.acquire(ep, 200.0) is DIAL
+    assert drain(state) == [(recs[0], "lifetime")]
+
+
 def test_floor_does_not_keep_what_outlived_its_lifetime_or_its_address() -> None:
     state, ep = make(*IPS[:2], min_idle=2, max_idle_time=1.0, max_connection_lifetime=10.0)
     a, b = dial(state, ep, 0.0), dial(state, ep, 0.0)

@@ -370,7 +370,11 @@ class PoolState(Generic[K, C]):
             del self.lru[rec]
             ep.idle -= 1
             conn = rec.conn  # (never None while idle: the pool holds it)
-            if now < rec.expires and conn is not None and conn._usable(now - rec.last_used):
+            if (
+                (now < rec.expires or self._kept_by_floor(rec, now))
+                and conn is not None
+                and conn._usable(now - rec.last_used)
+            ):
                 rec.state = ACTIVE
                 rec.uses += 1
                 ep.reused += 1
@@ -446,6 +450,14 @@ class PoolState(Generic[K, C]):
             if busy < best_busy:
                 best, best_busy = addr, busy
         return best
+
+    def _kept_by_floor(self, rec: ConnRecord[K, C], now: float) -> bool:
+        """Whether an idle record past its idle time is one the warm floor
+        keeps.  The sweep renews those, but on a starved event loop it runs
+        late, and an acquire that comes first must not close (and redial)
+        what the floor promises to keep: the sweep's own rule, applied here
+        (only ever reached once ``rec.expires`` has passed)."""
+        return rec.ep.open <= self.min_idle and now < rec.dies and rec.addr.listed
 
     def _expiry(self, rec: ConnRecord[K, C], now: float) -> str | None:
         if now >= rec.dies:
