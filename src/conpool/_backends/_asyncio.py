@@ -35,6 +35,7 @@ from ._sockets import (
     PROBE_AFTER,
     NotTLSError,
     SocketFactory,
+    attempt_socket,
     closed_in_handshake,
     probe,
     timeout_error,
@@ -363,7 +364,7 @@ async def open_asyncio(
     loop = asyncio.get_running_loop()
     via = None if proxy is None else ProxyAttempt(proxy, ip, port, trace)
     sockets = sockets or DEFAULT_SOCKETS
-    sock, sockaddr = sockets.open(endpoint, ip, port) if via is None else (_NO_SOCKET, (ip, port))
+    sock, sockaddr = attempt_socket(sockets, endpoint, ip, port, via is not None)
     transport: asyncio.Transport | None = None
     tls = endpoint.tls
     stage = "TCP connect"
@@ -450,12 +451,6 @@ def _abort(
     sock.close()
     if via is not None:
         via.close()
-
-
-# Stands in for the socket of a proxied attempt until the proxy is connected
-# (closing it is harmless), so the error paths need no None test.
-_NO_SOCKET = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-_NO_SOCKET.close()
 
 
 class AsyncioBackend:

@@ -28,6 +28,7 @@ __all__ = [
     "NotTLSError",
     "DEFAULT_SOCKETS",
     "SocketFactory",
+    "attempt_socket",
     "close_socket",
     "closed_in_handshake",
     "probe",
@@ -176,6 +177,23 @@ def _set(sock: socket.socket, level: int, name: int, value: int | bytes) -> None
 
 #: For a backend asked to open without a factory: TCP_NODELAY, nothing else.
 DEFAULT_SOCKETS = SocketFactory()
+
+
+# Stands in for the socket of a proxied attempt until the proxy is connected
+# (closing it is harmless), so the error paths need no None test.
+_NO_SOCKET = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+_NO_SOCKET.close()
+
+
+def attempt_socket(
+    sockets: SocketFactory, endpoint: Endpoint, ip: str, port: int, proxied: bool
+) -> tuple[socket.socket, tuple[str, int] | str]:
+    """The socket a connection attempt starts with, and the address it
+    connects to: a new socket from *sockets*, or for a proxied attempt
+    (whose socket the proxy's connect makes later) a closed placeholder."""
+    if proxied:
+        return _NO_SOCKET, (ip, port)
+    return sockets.open(endpoint, ip, port)
 
 
 def close_socket(sock: socket.socket) -> None:

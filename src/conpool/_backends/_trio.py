@@ -39,12 +39,14 @@ from .._tunnel import ProxyAttempt, Trace
 from ._sockets import (
     DEFAULT_SOCKETS,
     SocketFactory,
+    attempt_socket,
     close_socket,
     closed_in_handshake,
     probe,
     timeout_error,
     tls_timed,
 )
+from ._streams import OnStream
 
 if TYPE_CHECKING:
     from .._endpoint import Endpoint
@@ -112,7 +114,7 @@ class SocketOwner(Connection):
         return probe(self._sock.fileno(), self._tls)
 
 
-class StreamConnection(SocketOwner):
+class StreamConnection(SocketOwner, OnStream):
     """A TLS connection on trio: wraps the anyio stream :func:`open_trio`
     opened."""
 
@@ -124,30 +126,6 @@ class StreamConnection(SocketOwner):
         super().__init__(endpoint, address, sock, isinstance(stream, TLSStream))
         self._stream = stream
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        if self._rec.conn is not None:
-            raise self._released()
-        try:
-            return await self._stream.receive(max_bytes)
-        except BaseException:
-            self._broken = True
-            raise
-
-    async def send(self, item: bytes) -> None:
-        if self._rec.conn is not None:
-            raise self._released()
-        try:
-            await self._stream.send(item)
-        except BaseException:
-            self._broken = True
-            raise
-
-    async def send_eof(self) -> None:
-        if self._rec.conn is not None:
-            raise self._released()
-        self._broken = True
-        await self._stream.send_eof()
-
     async def aclose(self) -> None:
         if self._rec.conn is not None:
             raise self._released()
@@ -156,10 +134,6 @@ class StreamConnection(SocketOwner):
 
     def _closer(self) -> Callable[[], None]:
         return functools.partial(close_socket, self._sock)
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._stream.extra_attributes
 
 
 class SocketConnection(SocketOwner):
@@ -362,10 +336,7 @@ async def open_trio(
 
         return await open_tls_proxied(endpoint, ip, port, connect_timeout, proxy, trace)
     via = None if proxy is None else ProxyAttempt(proxy, ip, port, trace)
-    if via is None:
-        sock, sockaddr = (sockets or DEFAULT_SOCKETS).open(endpoint, ip, port)
-    else:
-        sock, sockaddr = _NO_SOCKET, (ip, port)
+    sock, sockaddr = attempt_socket(sockets or DEFAULT_SOCKETS, endpoint, ip, port, via is not None)
     stream: SocketStream | None = None
     tls = endpoint.tls
     stage = "TCP connect"
@@ -424,12 +395,6 @@ async def _aclose_quietly(
         sock.close()
         if via is not None:
             via.close()
-
-
-# Stands in for the socket of a proxied attempt until the proxy is connected
-# (closing it is harmless), so the error paths need no None test.
-_NO_SOCKET = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-_NO_SOCKET.close()
 
 
 class TrioBackend:

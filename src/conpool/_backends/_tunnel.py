@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import ByteStream
@@ -22,6 +22,7 @@ from anyio.streams.tls import TLSStream
 from .._connection import Connection
 from .._tunnel import ProxyAttempt, Trace
 from ._sockets import close_socket, closed_in_handshake, probe, timeout_error, tls_timed
+from ._streams import OnStream
 
 if TYPE_CHECKING:
     from .._endpoint import Endpoint
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["TunnelConnection", "open_tls_proxied"]
 
 
-class TunnelConnection(Connection):
+class TunnelConnection(OnStream):
     """A connection through an ``https://`` proxy: an anyio stream (TLS to the
     proxy, and TLS to the target inside it for a TLS endpoint) on the raw
     socket, which the pool holds to close it and to check it while idle.
@@ -54,30 +55,6 @@ class TunnelConnection(Connection):
         self._stream = stream
         self._sock = sock
         self._transport = transport
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        if self._rec.conn is not None:
-            raise self._released()
-        try:
-            return await self._stream.receive(max_bytes)
-        except BaseException:
-            self._broken = True
-            raise
-
-    async def send(self, item: bytes) -> None:
-        if self._rec.conn is not None:
-            raise self._released()
-        try:
-            await self._stream.send(item)
-        except BaseException:
-            self._broken = True
-            raise
-
-    async def send_eof(self) -> None:
-        if self._rec.conn is not None:
-            raise self._released()
-        self._broken = True
-        await self._stream.send_eof()
 
     async def aclose(self) -> None:
         self._closed = self._broken = True
@@ -110,10 +87,6 @@ class TunnelConnection(Connection):
         # Always TLS to the proxy: unread bytes may be a session ticket, so
         # only a hang-up counts (see probe()).
         return probe(self._sock.fileno(), True)
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._stream.extra_attributes
 
 
 async def open_tls_proxied(
