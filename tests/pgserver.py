@@ -10,7 +10,6 @@ authentication on 127.0.0.1 only; stopped by PID with SIGINT (PostgreSQL's
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pwd
@@ -21,10 +20,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from servers import LOOPBACK, START_TIMEOUT, STOP_TIMEOUT, skip_or_fail, unused_port
+from servers import LOOPBACK, START_TIMEOUT, Started, skip_or_fail, stop_process, unused_port
 
 SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
 
@@ -36,7 +34,7 @@ def _bin_dir() -> Path:
     return Path(found[-1]).parent
 
 
-class PostgresServer:
+class PostgresServer(Started):
     """``postgres`` in the foreground on 127.0.0.1, a fresh cluster in a temp dir."""
 
     def __init__(self) -> None:
@@ -93,28 +91,13 @@ class PostgresServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(STOP_TIMEOUT)
+        if process is not None:
+            stop_process(process, signal.SIGINT)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> Self:
         try:
-            self.start()
+            return super().__enter__()
         except BaseException:
             self.stop()  # removes the cluster directory of a failed initdb
             raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

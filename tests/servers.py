@@ -16,6 +16,7 @@ unusual (a second dnsmasq, nginx with TLS) build one here directly.
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import dataclasses
@@ -265,7 +266,44 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-class ServerProcess:
+class Started(abc.ABC):
+    """A test server that ``with server:`` starts, and stops on the way out
+    (also when the block raises)."""
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def stop_process(process: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> None:
+    """Stop a server started in a session of its own, by its PID: *signum*, a
+    bounded wait, then SIGKILL to its process group; reaped either way."""
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            # The leader is not reaped yet, so its PID (the group id) is still ours.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(STOP_TIMEOUT)
+
+
+class ServerProcess(Started):
     """A server binary run in the foreground under :class:`subprocess.Popen`.
 
     It lives in *directory* (config, pid file, logs), is started in a session of
@@ -372,17 +410,8 @@ class ServerProcess:
     def stop(self) -> None:
         """Stop the server by PID; does nothing when it is not running."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                # The leader is not reaped yet, so its PID (the group id) is still ours.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(STOP_TIMEOUT)
+        if process is not None:
+            stop_process(process)
 
     def send_signal(self, signum: signal.Signals) -> None:
         """Send *signum* to the running server."""
@@ -405,18 +434,6 @@ class ServerProcess:
                 continue
             parts.append(f"--- {path.name} ---\n{text}")
         return "\n".join(parts)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running else "stopped"
@@ -890,7 +907,7 @@ class _Connection:
     request: str | None = None  # "close" or "reset", asked by another thread
 
 
-class EchoServer:
+class EchoServer(Started):
     """A threaded TCP echo server on blocking sockets, independent of any event loop.
 
     It records every accepted connection's peer port and counts connections:
@@ -1066,18 +1083,6 @@ class EchoServer:
                 return
             last_activity = time.monotonic()
             conn.sock.sendall(data)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return (
@@ -1359,7 +1364,7 @@ client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}
         return [self.log_file]
 
 
-class TLSTerminator:
+class TLSTerminator(Started):
     """TLS in front of a TCP server (a real proxy such as tinyproxy, which
     has no TLS of its own), making it an ``https://`` proxy: each TLS
     connection is relayed, decrypted, to *backend*.  Threaded, on blocking
@@ -1443,15 +1448,3 @@ class TLSTerminator:
                     moved = True
                 if not moved:
                     continue
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
