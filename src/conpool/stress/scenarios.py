@@ -169,16 +169,20 @@ def _builtin(duration: float, *, target: bool) -> list[Scenario]:
             title="Churn: short idle timeout and max uses",
             group="churn",
             description=(
-                "Connections are closed after 10 uses or 5 ms idle, and clients send in bursts "
-                "(75 ms on, 50 ms off): the pool keeps opening connections and retiring them, "
-                "for both reasons."
+                "Connections are closed after 5 uses or 5 ms idle, and clients send in bursts "
+                "(75 ms on, 50 ms off) over at most 4 connections: the pool keeps opening "
+                "connections and retiring them, for both reasons."
             ),
             port=port or "http",
             protocol=web,
+            # Few connections, so that each gets its 5 uses within one burst
+            # even when a starved machine serves only a few dozen requests a
+            # burst (with 16, a connection went idle before its tenth use and
+            # no connection was ever retired for uses).
             config={
-                "max_connections_per_endpoint": 16,
+                "max_connections_per_endpoint": 4,
                 "max_idle_time": 0.005,
-                "max_connection_uses": 10,
+                "max_connection_uses": 5,
             },
             burst=(0.125, 0.075),
         )
