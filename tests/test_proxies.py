@@ -516,6 +516,12 @@ async def test_https_proxy(target_tls: bool, tmp_path: Path) -> None:
                     await conn.send(b"twice wrapped")
                     assert await conn.receive() == b"twice wrapped"
             assert pool.stats().endpoints[endpoint].created == 1
+            # A stale holder cannot close what the pool holds again.
+            with pytest.raises(RuntimeError, match="released"):
+                await conn.aclose()
+            assert not conn.closed
+            async with pool.connection(endpoint) as again:
+                assert again is conn
         if isinstance(server, TLSEchoServer):
             assert server.server_names == ["tls.test"]
         assert front.accepted == 1

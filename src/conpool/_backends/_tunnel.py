@@ -57,6 +57,8 @@ class TunnelConnection(OnStream):
         self._transport = transport
 
     async def aclose(self) -> None:
+        if self._rec.conn is not None:
+            raise self._released()
         self._closed = self._broken = True
         await anyio.aclose_forcefully(self._stream)
         self._close_raw()
