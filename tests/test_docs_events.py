@@ -79,8 +79,6 @@ def test_every_public_name_is_in_the_api_reference() -> None:
         for module in (conpool, conpool.httpx)
         for name in module.__all__
         if not name.startswith("__")
-        # The threaded httpx transport is documented with it, separately.
-        and (module, name) != (conpool.httpx, "Transport")
         and f"::: {module.__name__}.{name}\n" not in reference
     ]
     assert missing == []
