@@ -78,7 +78,6 @@ def test_every_public_name_is_in_the_api_reference() -> None:
         f"{module.__name__}.{name}"
         for module in (conpool, conpool.httpx)
         for name in module.__all__
-        if not name.startswith("__")
-        and f"::: {module.__name__}.{name}\n" not in reference
+        if not name.startswith("__") and f"::: {module.__name__}.{name}\n" not in reference
     ]
     assert missing == []
