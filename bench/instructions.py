@@ -21,7 +21,12 @@ at most C over ``N``):
 * ``echo``: ``async with pool.connection(ep)``, 64 bytes there and back
   (a limit of C, so no task waits);
 * ``raw``: the same round trip on one connection per task (asyncio
-  streams; trio's ``SocketStream``), as the ``echo`` workload's ``raw``.
+  streams; trio's ``SocketStream``), as the ``echo`` workload's ``raw``;
+* ``sync-echo``: C threads, ``with pool.connection(ep)`` on a
+  :class:`conpool.SyncPool` (limit C), 64 bytes there and back (LOOP is
+  ignored: threads);
+* ``sync-raw``: the same round trip on one blocking socket per thread (what
+  ``sync-echo`` is measured over).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-OPS = ("pair", "lease", "contended", "yield", "echo", "raw")
+OPS = ("pair", "lease", "contended", "yield", "echo", "raw", "sync-echo", "sync-raw")
 SIZE = 64
 MESSAGE = bytes(range(SIZE))
 HOST = "127.0.0.1"
@@ -201,6 +206,50 @@ def _raw(loop: str, conc: int, counter: Counter, port: int) -> None:
         asyncio.run(main())
 
 
+def _sync(op: str, conc: int, counter: Counter, port: int) -> None:
+    import socket
+    import threading
+
+    import conpool
+
+    lock = threading.Lock()
+
+    def tick() -> None:
+        with lock:
+            counter.tick()
+
+    def round_trip(send: Callable[[bytes], object], recv: Callable[[int], bytes]) -> None:
+        send(MESSAGE)
+        got = len(recv(65536))
+        while got < SIZE:
+            got += len(recv(65536))
+
+    def raw() -> None:
+        sock = socket.create_connection((HOST, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with sock:
+            while not counter.stop:
+                round_trip(sock.sendall, sock.recv)
+                tick()
+
+    with conpool.SyncPool(conpool.Config(max_connections_per_endpoint=conc)) as pool:
+        endpoint = conpool.Endpoint(HOST, port)
+
+        def pooled() -> None:
+            while not counter.stop:
+                with pool.connection(endpoint) as conn:
+                    round_trip(conn.send, conn.receive)
+                tick()
+
+        threads = [
+            threading.Thread(target=raw if op == "sync-raw" else pooled) for _ in range(conc)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
 def main(argv: list[str]) -> int:
     op, loop, conc, warmup, n, port = argv
     if op not in OPS:
@@ -210,6 +259,8 @@ def main(argv: list[str]) -> int:
     bytearray(1 << 20)
     if op == "yield":
         _yield(loop, int(conc), counter)
+    elif op.startswith("sync-"):
+        _sync(op, int(conc), counter, int(port))
     elif op == "raw":
         _raw(loop, int(conc), counter, int(port))
     else:

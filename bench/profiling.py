@@ -186,6 +186,7 @@ CALLGRIND_OPS: dict[str, tuple[int, str | None]] = {
     "lease": (1, None),
     "contended": (16, "yield"),
     "echo": (16, "raw"),
+    "sync-echo": (1, "sync-raw"),
 }
 
 

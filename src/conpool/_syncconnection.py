@@ -94,8 +94,11 @@ class SyncConnection:
         """
         if self._rec.conn is not None or self._closed:
             self._refuse()
+        # (Read, then called: a method call on a slot that holds a bound
+        # method is not specialized by CPython 3.11.)
+        sendall = self._sendall
         try:
-            self._sendall(data)
+            sendall(data)
         except BaseException:
             self._broken = True
             raise
@@ -117,8 +120,9 @@ class SyncConnection:
             or max_bytes < 1
         ):
             self._refuse(max_bytes)
+        recv = self._recv  # (see send)
         try:
-            data = self._recv(max_bytes)
+            data = recv(max_bytes)
         except BaseException:
             self._broken = True
             raise

@@ -88,7 +88,8 @@ def _fork_generation() -> int:
 
 class _Lease:
     """``with pool.connection(ep) as conn`` (made without ``__init__``:
-    :meth:`SyncPool.connection` sets the slots)."""
+    :meth:`SyncPool.connection` sets the slots; a call of the bare class
+    costs less than one of ``object.__new__`` or an ``__init__``)."""
 
     __slots__ = ("_conn", "_endpoint", "_pool")
 
@@ -126,8 +127,6 @@ class _OptionLease(_Lease):
         )
         return conn
 
-
-_new_lease = object.__new__
 
 _DEFAULT: Any = object()
 
@@ -354,11 +353,11 @@ class SyncPool(Shell[SyncConnection]):
         on a normal exit or close on an exception.  Takes the arguments of
         :meth:`acquire`."""
         if fresh is not False or timeout is not _DEFAULT or connect_timeout is not _DEFAULT:
-            options: _OptionLease = _new_lease(_OptionLease)
+            options = _OptionLease()
             options._options = (fresh, timeout, connect_timeout)
             lease: _Lease = options
         else:
-            lease = _new_lease(_Lease)
+            lease = _Lease()
         lease._pool = self
         lease._endpoint = endpoint
         lease._conn = None
@@ -416,11 +415,17 @@ class SyncPool(Shell[SyncConnection]):
         """An acquire with checked options (``_DEFAULT``: the config's)."""
         if self._gen != _generation[0] or self._deferred:
             self._enter()
-        with self._lock:
+        # (acquire/release, not ``with``: the lock's __enter__ and __exit__
+        # would be looked up and bound anew on every lease.)
+        lock = self._lock
+        lock.acquire()
+        try:
             conn = self._grab(endpoint)
             if conn is None:
                 ep = self._last_ep
                 got = self._got
+        finally:
+            lock.release()
         if self._to_close:
             self._close_pending()
         if conn is not None:
@@ -737,8 +742,12 @@ class SyncPool(Shell[SyncConnection]):
             with self._lock:
                 self._put_back_closing(conn, "reset")
         else:
-            with self._lock:
+            lock = self._lock  # (see _take)
+            lock.acquire()
+            try:
                 self._put_back(conn)
+            finally:
+                lock.release()
         if self._to_close:
             self._close_pending()
 
