@@ -48,6 +48,7 @@ Two long-lived connections per participant need no pooling.
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import os
@@ -409,7 +410,7 @@ GiveBack = Callable[[Endpoint, int], int]
 Emit = Callable[..., None]
 
 
-class Membership:
+class Membership(abc.ABC):
     """What both kinds of participant do the same way: the async
     :class:`Participant` (for :class:`~conpool.Pool`) and the threaded
     :class:`conpool._budget_sync.SyncParticipant` (for
@@ -466,14 +467,15 @@ class Membership:
         #: participant's lock; nothing on an event loop).
         self.mutex: AbstractContextManager[object] = nullcontext()
 
+    @abc.abstractmethod
     def _wake_key(self, key: str) -> None:
         """A share of ``key`` may be free: wake its waiting dials."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _flush_soon(self) -> None:
-        raise NotImplementedError
+        """Closed leases wait to be returned: have them flushed soon."""
 
-    def _forget_key(self, key: str) -> None:
+    def _forget_key(self, key: str) -> None:  # noqa: B027 (a hook; most keep no state)
         """``key`` is forgotten: drop the subclass's own state of it."""
 
     # -- a dial's story, traced and counted ----------------------------------------
