@@ -366,7 +366,7 @@ class PoolState(Generic[K, C]):
                 addr = self._idle_address(ep)
                 rec, _ = addr.idle.popitem()
                 if not addr.idle:
-                    ep.idle_addrs.remove(addr)
+                    ep.idle_addrs.pop()  # (_idle_address left it last)
             del self.lru[rec]
             ep.idle -= 1
             conn = rec.conn  # (never None while idle: the pool holds it)
@@ -422,7 +422,8 @@ class PoolState(Generic[K, C]):
 
     def _idle_address(self, ep: EndpointState[K, C]) -> AddressState[K, C]:
         """The address to reuse an idle connection from: the least loaded;
-        equal ones take turns.
+        equal ones take turns.  The address chosen goes to the back of
+        ``idle_addrs`` (the caller may pop it from there).
 
         Reusing from the address with the fewest connections in use spreads
         requests as evenly as the dial policy spreads connections.  The
@@ -430,25 +431,34 @@ class PoolState(Generic[K, C]):
         busy (a client with fewer requests in flight than connections, the
         common case), a fixed tie-break would send every request to the
         same few addresses while the others' connections sit idle.  Here
-        the tie goes to the address that has held idle connections the
-        longest (the front of ``idle_addrs``); once it has none left it
-        goes to the back, so equal addresses serve in rotation.
+        the tie goes to the front of ``idle_addrs``, the address reused
+        from least recently (or idle again most long ago), and every
+        choice moves to the back, so equal addresses serve in rotation.
+        Moving only an address whose last idle connection was taken is not
+        enough: with several idle per address none runs out, the order
+        never changes, and the first address wins every tie (under 32
+        threads over four addresses it took ~29 % of the requests, the
+        last ~19 %).
         """
         candidates = ep.idle_addrs
         n = len(candidates)
         if n > 4:
-            # Many addresses: the less busy of two, keeping this O(1) (the
+            # Many addresses: the less busy of two, keeping this cheap (the
             # power of two choices, see _balance.power_of_two): the one
-            # idle longest and one halfway down the list.
+            # reused from least recently and one halfway down the list.
             a = candidates[0]
             b = candidates[n >> 1]
-            return a if a.open - len(a.idle) <= b.open - len(b.idle) else b
-        best = candidates[0]
-        best_busy = best.open - len(best.idle)
-        for addr in candidates:
-            busy = addr.open - len(addr.idle)
-            if busy < best_busy:
-                best, best_busy = addr, busy
+            best = a if a.open - len(a.idle) <= b.open - len(b.idle) else b
+        else:
+            best = candidates[0]
+            best_busy = best.open - len(best.idle)
+            for addr in candidates:
+                busy = addr.open - len(addr.idle)
+                if busy < best_busy:
+                    best, best_busy = addr, busy
+        if best is not candidates[-1]:
+            candidates.remove(best)
+            candidates.append(best)
         return best
 
     def _kept_by_floor(self, rec: ConnRecord[K, C], now: float) -> bool:
