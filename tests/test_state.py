@@ -1170,6 +1170,23 @@ def test_levelling_counts_dials_that_have_not_picked_their_address() -> None:
     assert isinstance(got, ConnRecord) and got.addr.ip == IP1
 
 
+def test_levelling_with_a_race_of_two_attempts_in_one_slot() -> None:
+    # A Happy Eyeballs race: one reserved slot, two attempts picked (more
+    # addresses pending than the endpoint has dials).  With no address
+    # lighter than IP1, its idle connection is reused all the same.
+    state, _ = make()
+    ep = endpoint(state, "a", IP1, IP2, IP6)
+    on1 = [dial(state, ep, 0.0, IP1) for _ in range(2)]
+    for ip in (IP2, IP2, IP6, IP6):
+        dial(state, ep, 0.0, ip)
+    assert state.acquire(ep, 0.0) == DIAL
+    assert state.pick_address(ep, 0.0, avoid=[IP1, IP6]) == IP2
+    assert state.pick_address(ep, 0.0, family=6) == IP6
+    state.release(on1[0], 1.0, reusable=True)  # IP1: 1 in use, 1 idle
+    got = state.acquire(ep, 1.0)  # (IP2 and IP6: 2 open, 1 opening each)
+    assert isinstance(got, ConnRecord) and got.addr.ip == IP1
+
+
 @pytest.mark.parametrize(
     "case", ["nothing in flight", "round-robin", "endpoint limit", "total limit", "ejected"]
 )

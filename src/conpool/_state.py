@@ -502,8 +502,12 @@ class PoolState(Generic[K, C]):
                 load = a.open + a.pending
                 if load < lightest:
                     lightest = load
+        if lightest > busy:
+            return False
         # Dials whose address is not picked yet go to the lightest too.
-        return lightest + ep.pending - picked <= busy
+        # (A Happy Eyeballs race holds one slot and two attempts: never
+        # fewer than none.)
+        return lightest + max(ep.pending - picked, 0) <= busy
 
     def _kept_by_floor(self, rec: ConnRecord[K, C], now: float) -> bool:
         """Whether an idle record past its idle time is one the warm floor
