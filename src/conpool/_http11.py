@@ -376,8 +376,7 @@ class Response:
             # Byte by byte up to the head: what follows a 2xx is the
             # tunnel's, however llhttp would frame it.
             for i in range(len(data)):
-                self._feed(data[i : i + 1])
-                if self.head:
+                if self._feed(data[i : i + 1]):
                     if self.complete:
                         self.leading = data[i + 1 :]
                         return
@@ -387,7 +386,8 @@ class Response:
                 return
         self._feed(data)
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes) -> bool:
+        """Parse ``data``; True when the head is in."""
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -400,6 +400,8 @@ class Response:
             self._size += len(data)
             if self._size > MAX_HEAD:
                 raise ProtocolError(f"response head larger than {MAX_HEAD} bytes")
+            return False
+        return True
 
     def eof(self) -> None:
         """The server closed: the end of a body delimited by the close.
