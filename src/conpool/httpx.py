@@ -2,16 +2,16 @@
 and ``httpx.Client(transport=conpool.httpx.Transport())`` on threads (the
 twin over :class:`~conpool.SyncPool`, in :mod:`conpool._httpx_sync`).
 
-HTTP/1.1 is framed by h11, driven here directly: one ``h11.Connection`` per
-pooled connection, kept in :attr:`Connection.user_data
-<conpool.Connection.user_data>` across requests.  Everything below HTTP
+HTTP/1.1: responses are parsed by httptools (the binding of llhttp, the C
+parser of Node.js), one parser per response; request heads are checked and
+written by h11, once per distinct head, kept by the transport.  Everything below HTTP
 (names, addresses, balancing, lifetimes, ejection, limits, tracing, leak
 detection) is the pool's.
 
 This module needs the ``httpx`` extra (``pip install 'conpool[httpx]'``);
 ``import conpool`` never imports it.
 
-What to send, what an h11 event means, whether a failure may be retried and
+What to send, what the response's bytes say, whether a failure may be retried and
 what an error says are decided without I/O in :mod:`conpool._http11`, which
 the threaded transport shares; the classes here do the I/O on the pool.
 """
@@ -451,7 +451,7 @@ class _ResponseStream(Body[Pool, Connection], httpx.AsyncByteStream):
     come whole with its head).
 
     The connection goes back to the pool when the body ends (reusable, if
-    h11 says so), and is closed and given back when the body is closed
+    the response says so), and is closed and given back when the body is closed
     early (unless the rest has already arrived), when reading it fails, or
     when the reading task is cancelled.  A response dropped without being
     closed drops the connection with it: the pool's leak detection reclaims
