@@ -378,7 +378,17 @@ def _group(filename: str) -> str:
         return "builtins (C)"
     inside = filename.rsplit("site-packages/", 1)[-1].rsplit("/src/", 1)[-1]
     top = inside.split("/", 1)[0]
-    if top in ("h11", "httpx", "httpcore", "anyio", "conpool", "uvloop", "sniffio", "idna"):
+    if top in (
+        "h11",
+        "httptools",
+        "httpx",
+        "httpcore",
+        "anyio",
+        "conpool",
+        "uvloop",
+        "sniffio",
+        "idna",
+    ):
         return top
     if "/asyncio/" in filename:
         return "asyncio"

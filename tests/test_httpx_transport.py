@@ -212,3 +212,63 @@ async def test_a_non_ascii_method_is_refused(switching: SwitchingServer) -> None
         with pytest.raises(httpx.LocalProtocolError, match="Illegal method"):
             await client.request("GÉT", f"http://127.0.0.1:{switching.port}/")
         check_quiet(t.pool)
+
+
+@contextlib.contextmanager
+def answering(*replies: bytes) -> Iterator[int]:
+    """A loopback server that answers each connection's first request with
+    the next of ``replies`` and closes it; yields its port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+
+    def serve() -> None:
+        for reply in replies:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                buf = b""
+                with contextlib.suppress(OSError):
+                    while b"\r\n\r\n" not in buf and (data := conn.recv(4096)):
+                        buf += data
+                    conn.sendall(reply)
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+        th.join(5)
+
+
+async def test_a_malformed_response_head_is_httpx_remote_protocol_error() -> None:
+    with answering(b"HTTP/1.1 abc OK\r\n\r\n") as port:
+        t = conpool.httpx.AsyncTransport()
+        async with httpx.AsyncClient(transport=t) as client:
+            url = f"http://127.0.0.1:{port}/x"
+            with pytest.raises(httpx.RemoteProtocolError) as info:
+                await client.get(url)
+            message = str(info.value)
+            assert message.startswith("malformed response")
+            assert f"reading the response to GET {url}" in message
+            assert "on connection #" in message
+            assert info.value.request.url == url
+            check_quiet(t.pool)
+
+
+async def test_a_body_cut_short_is_httpx_remote_protocol_error() -> None:
+    # The head and a part of the body come, then the server closes.
+    with answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\npartial") as port:
+        t = conpool.httpx.AsyncTransport()
+        async with httpx.AsyncClient(transport=t) as client:
+            with pytest.raises(httpx.RemoteProtocolError, match="peer closed connection") as info:
+                await client.get(f"http://127.0.0.1:{port}/")
+            assert "reading the body of the response to GET" in str(info.value)
+            (ep,) = check_quiet(t.pool).endpoints.values()
+            assert (ep.created, ep.closed, ep.idle) == (1, 1, 0)

@@ -1,14 +1,16 @@
 """HTTP/1.1 for the httpx transports, without I/O.
 
 Both :class:`conpool.httpx.AsyncTransport` (on :class:`~conpool.Pool`) and
-:class:`conpool.httpx.Transport` (on :class:`~conpool.SyncPool`) drive h11
-through these functions: what bytes open a request, what an h11 event means,
+:class:`conpool.httpx.Transport` (on :class:`~conpool.SyncPool`) go through
+these functions and classes: what bytes open a request (its head checked
+and written by h11, once per distinct head), what the response's bytes say
+(parsed by httptools, the binding of llhttp, the C parser of Node.js),
 whether a failure may be sent again, what an error says and which httpx
 class it is, which endpoint and proxy a request goes to.  The transports
 only move bytes and hold connections.
 
-Needs ``h11`` and ``httpx`` (the ``httpx`` extra): imported only by
-:mod:`conpool.httpx`.
+Needs ``h11``, ``httptools`` and ``httpx`` (the ``httpx`` extra): imported
+only by :mod:`conpool.httpx`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 
 import anyio
 import h11
+import httptools
 import httpx
 
 from ._config import Config
@@ -29,16 +32,13 @@ from ._errors import ConnectError, PoolError, PoolTimeout
 from ._noproxy import EnvironmentProxies, NoProxy
 from ._proxy import Proxy
 
-#: Where a connection keeps its h11 state machine (in ``user_data``).
-H11_KEY: Final = "conpool.httpx.h11"
-
 #: A request body up to this size goes out in the same send as the head.
 SMALL_BODY: Final = 64 * 1024
 
 #: Bytes asked for per receive.
 READ_SIZE: Final = 64 * 1024
 
-#: h11's limit on a response head (httpcore's value).
+#: The limit on a response head (httpcore's, and h11's here before).
 MAX_HEAD: Final = 100 * 1024
 
 #: Methods whose request may be sent again (RFC 9110, section 9.2.2).
@@ -51,16 +51,27 @@ DEFAULT_CONFIG: Final = Config(max_connections_per_endpoint=100, max_idle_time=5
 _NO_TIMEOUT: Final[Mapping[str, float | None]] = {}
 
 #: How many distinct request heads a transport keeps framed (see start_request).
-REQUEST_EVENTS_MAX: Final = 256
+REQUEST_HEADS_MAX: Final = 256
 
-#: h11's events are immutable: one end-of-message serves every request.
-_END: Final = h11.EndOfMessage()
+#: httpx's ``http_version`` extension by llhttp's version.
+_VERSIONS: Final = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
-#: httpx's ``http_version`` extension by h11's version.
-_VERSIONS: Final = {b"1.1": b"HTTP/1.1", b"1.0": b"HTTP/1.0"}
 
-#: h11's request events by method, target and header fields (see start_request).
-RequestEvents = dict[tuple[str, bytes, tuple[tuple[bytes, bytes], ...]], h11.Request]
+class Head:
+    """A request head framed once: its bytes (checked and written by h11),
+    how its body is framed, and whether it asks the server to close."""
+
+    __slots__ = ("close", "data", "length")
+
+    def __init__(self, data: bytes, length: int | None, close: bool) -> None:
+        self.data = data
+        #: The body's Content-Length; None: chunked.
+        self.length = length
+        self.close = close
+
+
+#: Framed request heads by method, target and header fields (see start_request).
+RequestHeads = dict[tuple[str, bytes, tuple[tuple[bytes, bytes], ...]], Head]
 
 
 class PooledConnection(Protocol):
@@ -83,92 +94,144 @@ C = TypeVar("C", bound=PooledConnection)
 # -- requests ----------------------------------------------------------------------------
 
 
-def new_h11() -> h11.Connection:
-    """The HTTP/1.1 state machine of a new connection."""
-    return h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
-
-
 def request_target(request: httpx.Request) -> bytes:
     target = request.extensions.get("target")
     return target if isinstance(target, bytes) else request.url.raw_path
 
 
-def start_request(
-    conn: h11.Connection, request: httpx.Request, events: RequestEvents | None = None
-) -> tuple[bytes, bool]:
-    """The bytes that open ``request`` on ``conn``: the head, and with a
-    small body already in memory the body and its end too.
+def frame_head(method: str, target: bytes, raw: list[tuple[bytes, bytes]]) -> Head:
+    """A request head checked and written by h11 (names are tokens, values
+    hold no CR, LF or NUL, Host is there, the body framing is one h11
+    accepts), with its body framing: h11's rules, Transfer-Encoding over
+    Content-Length, no body without either.
 
-    :param events: h11's request events by method, target and header
-        fields, kept by the caller (a transport, for as long as it lives)
-        across requests.  A client sends the same head again and again (its
-        defaults, Host), and an h11 event is immutable: h11 checks and
-        normalises a head's fields once, not on every request (half of its
-        cost of sending one).  Bounded by :data:`REQUEST_EVENTS_MAX`.
-        Without it, every head is checked anew.
-    :returns: ``(data, complete)``: ``complete`` when the whole request is in
-        ``data``; otherwise the caller streams ``request.stream``.
+    :raises h11.LocalProtocolError: h11 would not send this head.
+    """
+    try:
+        method_bytes = method.encode("ascii")
+    except UnicodeEncodeError:
+        raise h11.LocalProtocolError(f"Illegal method {method!r}") from None
+    event = h11.Request(method=method_bytes, target=target, headers=raw)
+    data = h11.Connection(h11.CLIENT).send(event)
+    assert data is not None
+    length: int | None = 0
+    close = False
+    # (h11's fields: names lower-cased, framing headers already checked.)
+    for name, value in event.headers:
+        if name == b"transfer-encoding":
+            length = None
+        elif name == b"content-length" and length is not None:
+            length = int(value)
+        elif name == b"connection" and b"close" in value.lower().replace(b" ", b"").split(b","):
+            close = True
+    return Head(data, length, close)
+
+
+def start_request(
+    request: httpx.Request, heads: RequestHeads | None = None
+) -> tuple[Head, bytes, Framer | None]:
+    """The bytes that open ``request``: the head, and with a small body
+    already in memory the framed body too.
+
+    :param heads: framed heads by method, target and header fields, kept
+        by the caller (a transport, for as long as it lives) across
+        requests.  A client sends the same head again and again (its
+        defaults, Host): h11 checks and writes a head once, not on every
+        request.  Bounded by :data:`REQUEST_HEADS_MAX`.  Without it, every
+        head is framed anew.
+    :returns: ``(head, data, framer)``: ``framer`` None when the whole
+        request is in ``data``; otherwise the caller streams
+        ``request.stream`` through it.
     :raises h11.LocalProtocolError: the request cannot be framed.
     """
     raw = request.headers.raw
     target = request_target(request)
-    if events is None:
-        event = _request_event(request.method, target, raw)
+    if heads is None:
+        head = frame_head(request.method, target, raw)
     else:
         key = (request.method, target, tuple(raw))
-        found = events.get(key)
+        found = heads.get(key)
         if found is None:
-            found = _request_event(request.method, target, raw)
-            if len(events) >= REQUEST_EVENTS_MAX:
-                events.clear()
-            events[key] = found
-        event = found
-    head = conn.send(event)
-    assert head is not None
+            found = frame_head(request.method, target, raw)
+            if len(heads) >= REQUEST_HEADS_MAX:
+                heads.clear()
+            heads[key] = found
+        head = found
     stream = request.stream
     if isinstance(stream, httpx.ByteStream):
         # (Not request.content: a redirect's request shares the stream
         # without having read it.)
         body = b"".join(stream)
         if len(body) <= SMALL_BODY:
-            if body:
-                data = conn.send(h11.Data(data=body)) or b""
-                return b"".join((head, data, conn.send(_END) or b"")), True
-            end = conn.send(_END)
-            return (head + end if end else head), True
-    return head, False
+            length = head.length
+            if length is None:
+                if body:
+                    return head, b"%b%x\r\n%b\r\n0\r\n\r\n" % (head.data, len(body), body), None
+                return head, head.data + b"0\r\n\r\n", None
+            if len(body) != length:
+                raise h11.LocalProtocolError(_length_error(len(body) > length))
+            return head, (head.data + body if body else head.data), None
+    return head, head.data, Framer(head.length)
 
 
-def _request_event(method: str, target: bytes, raw: list[tuple[bytes, bytes]]) -> h11.Request:
-    """h11's event for a request head, every field checked by h11."""
-    try:
-        method_bytes = method.encode("ascii")
-    except UnicodeEncodeError:
-        raise h11.LocalProtocolError(f"Illegal method {method!r}") from None
-    return h11.Request(method=method_bytes, target=target, headers=raw)
+def _length_error(too_much: bool) -> str:
+    # (h11's words.)
+    if too_much:
+        return "Too much data for declared Content-Length"
+    return "Too little data for declared Content-Length"
+
+
+class Framer:
+    """A streamed request body framed as its head says: chunks, or exactly
+    Content-Length bytes."""
+
+    __slots__ = ("_left",)
+
+    def __init__(self, length: int | None) -> None:
+        self._left = length
+
+    def data(self, chunk: bytes) -> bytes:
+        """The bytes that carry ``chunk`` (not empty).
+
+        :raises h11.LocalProtocolError: more than the Content-Length.
+        """
+        left = self._left
+        if left is None:
+            return b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        if len(chunk) > left:
+            raise h11.LocalProtocolError(_length_error(True))
+        self._left = left - len(chunk)
+        return chunk
+
+    def end(self) -> bytes:
+        """The bytes that end the body.
+
+        :raises h11.LocalProtocolError: less than the Content-Length.
+        """
+        left = self._left
+        if left is None:
+            return b"0\r\n\r\n"
+        if left:
+            raise h11.LocalProtocolError(_length_error(False))
+        return b""
 
 
 def begin(
-    user_data: dict[Any, Any],
     request: httpx.Request,
     conn: PooledConnection,
-    events: RequestEvents | None = None,
-) -> tuple[h11.Connection, bytes, bool]:
-    """Open ``request`` on a pooled connection: its h11 state machine (kept
-    in ``user_data``, made new when the last exchange did not end cleanly)
-    and :func:`start_request`'s ``(data, complete)`` (with the transport's
-    ``events``).
+    heads: RequestHeads | None = None,
+) -> tuple[Response, bytes, Framer | None]:
+    """Open ``request`` on a pooled connection: the parser of its response
+    and :func:`start_request`'s ``(data, framer)`` (with the transport's
+    ``heads``).
 
     :raises httpx.LocalProtocolError: the request cannot be framed.
     """
-    h11c: h11.Connection | None = user_data.get(H11_KEY)
-    if h11c is None or h11c.our_state is not h11.IDLE:
-        h11c = user_data[H11_KEY] = new_h11()
     try:
-        data, complete = start_request(h11c, request, events)
+        head, data, framer = start_request(request, heads)
     except h11.LocalProtocolError as exc:
         raise local_error(exc, request, conn) from exc
-    return h11c, data, complete
+    return Response(request.method, head.close), data, framer
 
 
 def replayable(request: httpx.Request) -> bool:
@@ -188,109 +251,200 @@ def timeouts(request: httpx.Request) -> Mapping[str, float | None]:
 # -- responses ---------------------------------------------------------------------------
 
 
+class ProtocolError(Exception):
+    """The server broke HTTP/1.1 (what llhttp, through httptools, said)."""
+
+
 def is_upgrade(request: httpx.Request, status: int) -> bool:
     """Whether this response hands the connection to the caller."""
     return status == 101 or (request.method == "CONNECT" and 200 <= status < 300)
 
 
-def head_event(conn: h11.Connection) -> h11.Response | h11.InformationalResponse | None:
-    """The final response head (or a 101) if h11 has it, skipping other 1xx;
-    None when more bytes are needed.
+class Response:
+    """One response, parsed by httptools (llhttp) as its bytes are fed.
 
-    :raises h11.RemoteProtocolError: the server broke HTTP.
-    :raises anyio.EndOfStream: the server closed first.
+    llhttp frames the body (Content-Length, chunked, until close, none for
+    1xx, 204 and 304); what it cannot be told through httptools is done
+    here: a response to HEAD, and a 2xx to CONNECT, end at their head.
+    Every callback or parse error after the end marks bytes past the
+    response (:attr:`extra`): they answer no request.
     """
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            return None
-        cls = type(event)
-        if cls is h11.Response:
-            return event  # type: ignore[return-value]
-        if cls is h11.InformationalResponse and event.status_code == 101:  # type: ignore[union-attr]
-            return event  # type: ignore[return-value]
-        if cls is h11.ConnectionClosed:
-            raise anyio.EndOfStream
 
+    __slots__ = (
+        "_close",
+        "_connect",
+        "_fields",
+        "_interim",
+        "_keep",
+        "_parser",
+        "_size",
+        "_skip",
+        "_until_close",
+        "chunks",
+        "complete",
+        "extra",
+        "head",
+        "headers",
+        "leading",
+        "reason",
+        "status",
+    )
 
-def response_parts(
-    head: h11.Response | h11.InformationalResponse,
-) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any]]:
-    """An ``httpx.Response``'s status, headers and extensions from h11's head."""
-    extensions: dict[str, Any] = {
-        "http_version": _VERSIONS.get(head.http_version) or b"HTTP/" + head.http_version,
-        "reason_phrase": head.reason,
-    }
-    return head.status_code, head.headers.raw_items(), extensions
+    def __init__(self, method: str, close: bool = False) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._close = close
+        self._skip = method == "HEAD"
+        self._connect = method == "CONNECT"
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._interim = False
+        self._until_close = False
+        self._keep = False
+        self._size = 0
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        #: Pieces of the body parsed and not yet taken.
+        self.chunks: list[bytes] = []
+        #: The final head (or a 101) is parsed.
+        self.head = False
+        #: The response ended.
+        self.complete = False
+        #: Bytes came after the end of the response.
+        self.extra = False
+        #: What came after the head of a 101 or a 2xx to CONNECT.
+        self.leading = b""
 
+    # httptools' callbacks (llhttp calls them from feed_data).
 
-def buffered_body(conn: h11.Connection, chunks: list[bytes]) -> bool:
-    """Take what of the body h11 has without more I/O into ``chunks``;
-    True when that reached the end of the body.  (A protocol error is
-    left for the reader, who raises it with its story.)"""
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError:
-            return False
-        cls = type(event)
-        if cls is h11.Data:
-            chunks.append(bytes(event.data))  # type: ignore[union-attr]
-        elif cls is h11.EndOfMessage:
-            return True
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
+
+    def on_status(self, reason: bytes) -> None:
+        if self.complete:
+            self.extra = True
         else:
-            return False  # NEED_DATA; anything else surfaces when the body is read
+            # (A span split across two feeds comes in two calls.)
+            self.reason += reason
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.append((name, value))
 
-def body_event(conn: h11.Connection) -> bytes | bool:
-    """The next piece of a response body: a chunk, True at its end, False
-    when more bytes are needed.
+    def on_headers_complete(self) -> None:
+        if self.complete:
+            self.extra = True
+            return
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # Interim (100 Continue, 103): skipped; llhttp ends it itself.
+            self._interim = True
+            self._fields = []
+            self.reason = b""
+            return
+        self.status = status
+        self.headers = self._fields
+        # (Trailers of a chunked body go here, and are dropped as h11 did.)
+        self._fields = []
+        self.head = True
+        if self._skip or (self._connect and 200 <= status < 300):
+            self.complete = True
+            self._keep = self._parser.should_keep_alive()
 
-    :raises h11.RemoteProtocolError: the server broke HTTP.
-    """
-    event = conn.next_event()
-    if event is h11.NEED_DATA:
-        return False
-    cls = type(event)
-    if cls is h11.Data:
-        return bytes(event.data)  # type: ignore[union-attr]
-    if cls is h11.EndOfMessage:
-        return True
-    raise h11.RemoteProtocolError(f"unexpected {event!r} in a response body")
-
-
-def reusable(conn: h11.Connection) -> bool:
-    """After a response was read to its end: can the connection carry
-    another request?  (Starts h11's next cycle when it can.)  Not when bytes
-    came after the response: they answer no request, so the connection is
-    out of step; and so every cycle starts with nothing buffered, and the
-    first look for a response head can wait for bytes without asking h11."""
-    if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-        if conn.trailing_data[0]:
-            return False
-        conn.start_next_cycle()
-        return True
-    return False
-
-
-def pending_end(conn: h11.Connection) -> list[bytes] | None:
-    """The rest of a response body that has already arrived: the chunks, or
-    None when the body is not complete without more I/O.  Lets a response
-    closed early keep its connection when nothing is left to read."""
-    chunks: list[bytes] = []
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError:
-            return None
-        if event is h11.NEED_DATA or event is h11.PAUSED:
-            return None
-        if type(event) is h11.Data:
-            chunks.append(bytes(event.data))
-        elif type(event) is h11.EndOfMessage:
-            return chunks
+    def on_body(self, data: bytes) -> None:
+        if self.complete:
+            self.extra = True
         else:
-            return None
+            self.chunks.append(data)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        elif not self.complete:
+            self.complete = True
+            # (Asked now: llhttp forgets the message's flags once it ends.)
+            self._keep = self._parser.should_keep_alive()
+
+    # The reader's side.
+
+    def feed(self, data: bytes) -> None:
+        """Parse bytes from the server.
+
+        :raises ProtocolError: they are not HTTP/1.1, or the head is over
+            :data:`MAX_HEAD`.
+        """
+        if self._connect and not self.head:
+            # Byte by byte up to the head: what follows a 2xx is the
+            # tunnel's, however llhttp would frame it.
+            for i in range(len(data)):
+                if self._feed(data[i : i + 1]):
+                    if self.complete:
+                        self.leading = data[i + 1 :]
+                        return
+                    data = data[i + 1 :]
+                    break
+            else:
+                return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse ``data``; True when the head is in."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.leading = data[exc.args[0] :]
+        except httptools.HttpParserError as exc:
+            if not self.complete:
+                raise ProtocolError(_parse_error(exc)) from exc
+            self.extra = True
+        if not self.head:
+            self._size += len(data)
+            if self._size > MAX_HEAD:
+                raise ProtocolError(f"response head larger than {MAX_HEAD} bytes")
+            return False
+        return True
+
+    def eof(self) -> None:
+        """The server closed: the end of a body delimited by the close.
+
+        :raises ProtocolError: the body was framed and is not complete.
+        """
+        if self.complete:
+            return
+        if self.head and not any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers
+        ):
+            self._until_close = True
+            self.complete = True
+            return
+        raise ProtocolError("peer closed connection without sending complete message body")
+
+    def parts(self) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any]]:
+        """An ``httpx.Response``'s status, headers and extensions."""
+        version = self._parser.get_http_version()
+        extensions: dict[str, Any] = {
+            "http_version": _VERSIONS.get(version) or b"HTTP/" + version.encode(),
+            "reason_phrase": self.reason,
+        }
+        return self.status, self.headers, extensions
+
+    def reusable(self) -> bool:
+        """After the response ended: can the connection carry another
+        request?  Not when the request or the response said close (or it
+        is HTTP/1.0 without keep-alive), the body ran until close, or bytes
+        came after the response (they answer no request: the connection
+        is out of step)."""
+        return (
+            self.complete
+            and not self.extra
+            and not self._until_close
+            and not self._close
+            and self._keep
+        )
+
+
+def _parse_error(exc: BaseException) -> str:
+    text = str(exc)
+    return f"malformed response: {text}" if text else "malformed response"
 
 
 class Body(Generic[P, C]):
@@ -301,22 +455,17 @@ class Body(Generic[P, C]):
         self,
         pool: P,
         conn: C,
-        h11c: h11.Connection,
+        response: Response,
         request: httpx.Request,
         read_timeout: float | None,
-        chunks: list[bytes] | None = None,
     ) -> None:
         self._pool = pool
         self._conn: C | None = conn
-        self._h11 = h11c
+        self._response = response
         self._request = request
         self._read = read_timeout
-        #: What of the body came with the head (and is not read yet).
-        self._chunks: list[bytes] = [] if chunks is None else chunks
-
-    def _buffered(self) -> bool:
-        """Take what of the body h11 has without I/O; True at its end."""
-        return buffered_body(self._h11, self._chunks)
+        #: What of the body is parsed and not read yet (the parser's list).
+        self._chunks: list[bytes] = response.chunks
 
     def _done(self) -> tuple[C, bool] | None:
         """At the end of the body: its connection (now the caller's to give
@@ -325,7 +474,7 @@ class Body(Generic[P, C]):
         if conn is None:
             return None
         self._conn = None
-        return conn, reusable(self._h11)
+        return conn, self._response.reusable()
 
     def _closing(self) -> tuple[C, bool] | None:
         """Closed by the caller: as :meth:`_done`, but a body closed before
@@ -334,7 +483,7 @@ class Body(Generic[P, C]):
         the body)."""
         if self._conn is None:
             return None
-        if pending_end(self._h11) is None:
+        if not self._response.complete:
             conn, self._conn = self._conn, None
             return conn, False
         return self._done()
@@ -347,7 +496,7 @@ class Body(Generic[P, C]):
 
 class Handed(Generic[P, C]):
     """The part of a handed-over connection (101, CONNECT) both
-    transports share: the bytes h11 had read past the response head."""
+    transports share: the bytes read past the response head."""
 
     def __init__(self, pool: P, conn: C, leading: bytes) -> None:
         self._pool = pool
@@ -453,7 +602,7 @@ def no_head(
             story(describe(write_failed), request, "sending", conn), request=request
         )
         error.__cause__ = write_failed
-    elif isinstance(failure, h11.RemoteProtocolError):
+    elif isinstance(failure, ProtocolError):
         error = httpx.RemoteProtocolError(
             story(str(failure), request, doing, conn), request=request
         )
@@ -486,7 +635,7 @@ def body_error(
         return httpx.ReadTimeout(
             story(f"timed out after {seconds:g} s", request, doing, conn), request=request
         )
-    if isinstance(exc, h11.RemoteProtocolError):
+    if isinstance(exc, ProtocolError):
         return httpx.RemoteProtocolError(story(str(exc), request, doing, conn), request=request)
     if isinstance(exc, OSError | anyio.BrokenResourceError | anyio.ClosedResourceError):
         return httpx.ReadError(story(describe(exc), request, doing, conn), request=request)

@@ -1,8 +1,8 @@
 """httpx on the threaded pool: ``httpx.Client(transport=conpool.httpx.Transport())``.
 
 The twin of :class:`conpool.httpx.AsyncTransport` over
-:class:`~conpool.SyncPool`: every decision (what bytes to send, what an h11
-event means, what is retried, which error and story) is
+:class:`~conpool.SyncPool`: every decision (what bytes to send, what the
+response's bytes say, what is retried, which error and story) is
 :mod:`conpool._http11`'s; this module only moves bytes on blocking sockets.
 Timeouts are the socket's own (:meth:`SyncConnection.settimeout
 <conpool.SyncConnection.settimeout>`), per operation as httpcore's are.
@@ -106,9 +106,9 @@ class Transport(httpx.BaseTransport):
         self._pools: dict[Proxy | None, SyncPool] = {pool.config.proxy: pool}
         self._making = threading.Lock()
         self._retries = setup.retries
-        #: h11's request events by head, kept across requests (see
-        #: start_request; a dict's get and set are safe across threads).
-        self._events: http.RequestEvents = {}
+        #: Framed request heads, kept across requests (see start_request;
+        #: a dict's get and set are safe across threads).
+        self._heads: http.RequestHeads = {}
         self._router = http.Router(_NAME, setup)
         self._route = self._router.route
         self._closed = False
@@ -212,7 +212,7 @@ class Transport(httpx.BaseTransport):
         # From here the connection is ours until the response is done with:
         # every way out either hands it to the response or gives it back.
         try:
-            return _exchange(pool, conn, request, limits, self._events)
+            return _exchange(pool, conn, request, limits, self._heads)
         except BaseException:
             _discard(pool, conn)
             raise
@@ -223,14 +223,14 @@ def _exchange(
     conn: SyncConnection,
     request: httpx.Request,
     limits: Mapping[str, float | None],
-    events: http.RequestEvents | None = None,
+    heads: http.RequestHeads | None = None,
 ) -> httpx.Response:
-    h11c, data, complete = http.begin(conn.user_data, request, conn, events)
+    response, data, framer = http.begin(request, conn, heads)
     write_t = limits.get("write")
     write_failed: OSError | None = None
     conn.settimeout(write_t)
     try:
-        _send_body(conn, h11c, data, request if not complete else None)
+        _send_body(conn, framer, data, request)
     except TimeoutError:
         assert write_t is not None
         raise http.write_timeout(request, conn, write_t) from None
@@ -242,67 +242,59 @@ def _exchange(
         raise http.local_error(exc, request, conn) from exc
     read_t = limits.get("read")
     conn.settimeout(read_t)
-    head, got_bytes, failure = _read_head(conn, h11c)
-    if head is None:
+    got_bytes, failure = _read_head(conn, response)
+    if failure is not None:
         if isinstance(failure, TimeoutError):
             assert read_t is not None
             raise http.read_timeout(request, conn, read_t) from None
         raise http.no_head(failure, write_failed, got_bytes, conn.uses > 1, request, conn)
-    status, headers, extensions = http.response_parts(head)
+    status, headers, extensions = response.parts()
     if http.is_upgrade(request, status):
         conn.settimeout(None)
-        extensions["network_stream"] = _NetworkStream(pool, conn, bytes(h11c.trailing_data[0]))
+        extensions["network_stream"] = _NetworkStream(pool, conn, response.leading)
         return httpx.Response(
             status, headers=headers, stream=httpx.ByteStream(b""), extensions=extensions
         )
-    body = _ResponseStream(pool, conn, h11c, request, read_t)
+    body = _ResponseStream(pool, conn, response, request, read_t)
     # Whatever of the body came with the head: a small response gives its
     # connection back before the caller reads it.
-    if body._buffered():
+    if response.complete:
         body._finish()
     return httpx.Response(status, headers=headers, stream=body, extensions=extensions)
 
 
 def _send_body(
-    conn: SyncConnection, h11c: h11.Connection, data: bytes, streamed: httpx.Request | None
+    conn: SyncConnection, framer: http.Framer | None, data: bytes, request: httpx.Request
 ) -> None:
-    """Send the request's first bytes, then (``streamed``) its body as h11 frames it."""
+    """Send the request's first bytes, then (with a ``framer``) its body."""
     send = conn.send
     send(data)
-    if streamed is None:
+    if framer is None:
         return
-    frame = h11c.send
-    for chunk in streamed.stream:  # type: ignore[union-attr]
-        if chunk and (out := frame(h11.Data(data=chunk))):
-            send(out)
-    if out := frame(h11.EndOfMessage()):
+    for chunk in request.stream:  # type: ignore[union-attr]
+        if chunk:
+            send(framer.data(chunk))
+    if out := framer.end():
         send(out)
 
 
-def _read_head(
-    conn: SyncConnection, h11c: h11.Connection
-) -> tuple[h11.Response | h11.InformationalResponse | None, bool, BaseException]:
-    """Read up to the final response head: ``(head, got_bytes, failure)``,
-    the head or None with what stopped it (the async twin's contract)."""
+def _read_head(conn: SyncConnection, response: http.Response) -> tuple[bool, BaseException | None]:
+    """Read up to the final response head: ``(got_bytes, failure)``, what
+    stopped the read before the head or None (the async twin's contract)."""
     got_bytes = False
     receive = conn.receive
-    failure: BaseException
     try:
-        while (head := http.head_event(h11c)) is None:
+        while not response.head:
             data = receive(READ_SIZE)
             if not data:
-                failure = anyio.EndOfStream()
-                break
+                return got_bytes, anyio.EndOfStream()
             got_bytes = True
-            h11c.receive_data(data)
-        else:
-            return head, True, _NO_FAILURE
-    except (h11.RemoteProtocolError, anyio.EndOfStream, OSError) as exc:
-        failure = exc
-    return None, got_bytes, failure
+            response.feed(data)
+    except (http.ProtocolError, OSError) as exc:
+        return got_bytes, exc
+    return True, None
 
 
-_NO_FAILURE: Final = Exception("(no failure)")
 READ_SIZE: Final = http.READ_SIZE
 
 
@@ -316,7 +308,7 @@ def _discard(pool: SyncPool, conn: SyncConnection) -> None:
 
 class _ResponseStream(http.Body[SyncPool, SyncConnection], httpx.SyncByteStream):
     """A response body read from a pooled connection: back to the pool at
-    its end (if h11 says it is reusable), closed and given back when closed
+    its end (if the response says it is reusable), closed and given back when closed
     early with more to come or when reading fails.  A response dropped
     without being closed drops the connection with it: the pool's leak
     detection reclaims and reports it."""
@@ -340,23 +332,23 @@ class _ResponseStream(http.Body[SyncPool, SyncConnection], httpx.SyncByteStream)
         conn = self._conn
         if conn is None:
             return
-        h11c = self._h11
-        while True:
+        response = self._response
+        while not response.complete:
             try:
-                step = http.body_event(h11c)
-                if step is False:
-                    h11c.receive_data(conn.receive(READ_SIZE))
-                    continue
+                data = conn.receive(READ_SIZE)
+                if data:
+                    response.feed(data)
+                else:
+                    response.eof()
             except BaseException as exc:
                 error = self._failed(exc, conn)
                 _discard(self._pool, conn)
                 if error is None:
                     raise
                 raise error from (None if isinstance(exc, TimeoutError) else exc)
-            if step is True:
-                self._finish()
-                return
-            yield step
+            while chunks:
+                yield chunks.pop(0)
+        self._finish()
 
     def close(self) -> None:
         done = self._closing()

@@ -2,16 +2,16 @@
 and ``httpx.Client(transport=conpool.httpx.Transport())`` on threads (the
 twin over :class:`~conpool.SyncPool`, in :mod:`conpool._httpx_sync`).
 
-HTTP/1.1 is framed by h11, driven here directly: one ``h11.Connection`` per
-pooled connection, kept in :attr:`Connection.user_data
-<conpool.Connection.user_data>` across requests.  Everything below HTTP
+HTTP/1.1: responses are parsed by httptools (the binding of llhttp, the C
+parser of Node.js), one parser per response; request heads are checked and
+written by h11, once per distinct head, kept by the transport.  Everything below HTTP
 (names, addresses, balancing, lifetimes, ejection, limits, tracing, leak
 detection) is the pool's.
 
 This module needs the ``httpx`` extra (``pip install 'conpool[httpx]'``);
 ``import conpool`` never imports it.
 
-What to send, what an h11 event means, whether a failure may be retried and
+What to send, what the response's bytes say, whether a failure may be retried and
 what an error says are decided without I/O in :mod:`conpool._http11`, which
 the threaded transport shares; the classes here do the I/O on the pool.
 """
@@ -37,22 +37,19 @@ from ._http11 import (
     Body,
     Failed,
     Handed,
-    RequestEvents,
+    ProtocolError,
+    RequestHeads,
+    Response,
     Retries,
     Router,
     Setup,
     acquire_error,
     begin,
-    body_event,
-    buffered_body,
     describe,
-    head_event,
     is_upgrade,
     local_error,
     no_head,
     read_timeout,
-    response_parts,
-    reusable,
     timeouts,
     transport_closed,
     write_timeout,
@@ -139,8 +136,8 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         self._making: anyio.Lock | None = None
         self._pool = pool
         self._retries = setup.retries
-        #: h11's request events by head, kept across requests (see start_request).
-        self._events: RequestEvents = {}
+        #: Framed request heads, kept across requests (see start_request).
+        self._heads: RequestHeads = {}
         self._router = Router("conpool.httpx.AsyncTransport", setup)
         self._endpoint = self._router.route
         self._entered = False
@@ -312,7 +309,7 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         request: httpx.Request,
         limits: Mapping[str, float | None],
     ) -> httpx.Response:
-        h11c, data, complete = begin(conn.user_data, request, conn, self._events)
+        response, data, framer = begin(request, conn, self._heads)
         write_t = limits.get("write")
         read_t = limits.get("read")
         write_failed: BaseException | None = None
@@ -322,14 +319,13 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         with _deadline(conn, write_t) as scope:
             try:
                 await conn.send(data)
-                if not complete:
+                if framer is not None:
                     async for chunk in request.stream:  # type: ignore[union-attr]
                         if chunk:
-                            out = h11c.send(h11.Data(data=chunk))
-                            if out:
-                                scope.reset(write_t)
-                                await conn.send(out)
-                    out = h11c.send(h11.EndOfMessage())
+                            out = framer.data(chunk)
+                            scope.reset(write_t)
+                            await conn.send(out)
+                    out = framer.end()
                     if out:
                         await conn.send(out)
             except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
@@ -340,41 +336,38 @@ class AsyncTransport(httpx.AsyncBaseTransport):
                 raise local_error(exc, request, conn) from exc
             phase = "read"
             scope.reset(read_t)
-            head, got_bytes, failure = await _read_head(conn, h11c)
+            got_bytes, failure = await _read_head(conn, response)
         if scope.cancelled_caught:
             if phase == "write":
                 assert write_t is not None
                 raise write_timeout(request, conn, write_t)
             assert read_t is not None
             raise read_timeout(request, conn, read_t)
-        if head is None:
-            assert failure is not None
+        if failure is not None:
             raise no_head(failure, write_failed, got_bytes, conn.uses > 1, request, conn)
-        status, headers, extensions = response_parts(head)
+        status, headers, extensions = response.parts()
         if is_upgrade(request, status):
-            trailing, _ = h11c.trailing_data
-            extensions["network_stream"] = _NetworkStream(pool, conn, bytes(trailing))
+            extensions["network_stream"] = _NetworkStream(pool, conn, response.leading)
             # The response itself has no body: what follows is the new protocol's.
             return httpx.Response(
                 status, headers=headers, stream=httpx.ByteStream(b""), extensions=extensions
             )
-        # Whatever of the body came with the head, without waiting for more.
-        chunks: list[bytes] = []
-        if buffered_body(h11c, chunks):
-            # All of it (a small response): the connection goes back now,
-            # and httpx reads the body from memory.
-            if reusable(h11c):
+        if response.complete:
+            # All of the body came with the head (a small response): the
+            # connection goes back now, and httpx reads the body from memory.
+            if response.reusable():
                 await pool.release(conn)
             else:
                 # Connection: close, HTTP/1.0, or the server closed after: retire.
                 await _discard(pool, conn)
+            chunks = response.chunks
             return httpx.Response(
                 status,
                 headers=headers,
                 stream=httpx.ByteStream(chunks[0] if len(chunks) == 1 else b"".join(chunks)),
                 extensions=extensions,
             )
-        body = _ResponseStream(pool, conn, h11c, request, read_t, chunks)
+        body = _ResponseStream(pool, conn, response, request, read_t)
         return httpx.Response(status, headers=headers, stream=body, extensions=extensions)
 
 
@@ -418,34 +411,27 @@ def _deadline(conn: Connection, seconds: float | None) -> LoopDeadline | _AnyioD
     return _AnyioDeadline(seconds)
 
 
-async def _read_head(
-    conn: Connection, h11c: h11.Connection
-) -> tuple[h11.Response | h11.InformationalResponse | None, bool, BaseException | None]:
+async def _read_head(conn: Connection, response: Response) -> tuple[bool, BaseException | None]:
     """Read up to the final response head (skipping 1xx but a 101).
 
-    The request was just sent on a cycle that started with nothing
-    buffered (see :func:`~conpool._http11.reusable`): it reads before
-    asking h11.
-
-    :returns: ``(head, got_bytes, failure)``: the head, or None with what
-        stopped it; ``got_bytes`` says whether any response byte arrived.
+    :returns: ``(got_bytes, failure)``: whether any response byte arrived,
+        and what stopped the read before the head (None: the head is in).
     """
     got_bytes = False
     while True:
         try:
             data = await conn.receive(READ_SIZE)
         except anyio.EndOfStream as exc:
-            return None, got_bytes, exc
+            return got_bytes, exc
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            return None, got_bytes, exc
+            return got_bytes, exc
         got_bytes = True
-        h11c.receive_data(data)
         try:
-            head = head_event(h11c)
-        except (h11.RemoteProtocolError, anyio.EndOfStream) as exc:
-            return None, got_bytes, exc
-        if head is not None:
-            return head, True, None
+            response.feed(data)
+        except ProtocolError as exc:
+            return True, exc
+        if response.head:
+            return True, None
 
 
 async def _discard(pool: Pool, conn: Connection) -> None:
@@ -465,7 +451,7 @@ class _ResponseStream(Body[Pool, Connection], httpx.AsyncByteStream):
     come whole with its head).
 
     The connection goes back to the pool when the body ends (reusable, if
-    h11 says so), and is closed and given back when the body is closed
+    the response says so), and is closed and given back when the body is closed
     early (unless the rest has already arrived), when reading it fails, or
     when the reading task is cancelled.  A response dropped without being
     closed drops the connection with it: the pool's leak detection reclaims
@@ -494,19 +480,18 @@ class _ResponseStream(Body[Pool, Connection], httpx.AsyncByteStream):
         conn = self._conn
         if conn is None:
             raise StopAsyncIteration
-        h11c = self._h11
-        step: bytes | bool = False
+        response = self._response
         try:
             with _deadline(conn, self._read) as scope:
-                while True:
-                    step = body_event(h11c)
-                    if step is not False:
-                        break
+                while not response.complete:
                     try:
                         data = await conn.receive(READ_SIZE)
                     except anyio.EndOfStream:
-                        data = b""
-                    h11c.receive_data(data)
+                        response.eof()
+                    else:
+                        response.feed(data)
+                    if chunks:
+                        break
             if scope.cancelled_caught:
                 raise TimeoutError
         except BaseException as exc:
@@ -517,8 +502,8 @@ class _ResponseStream(Body[Pool, Connection], httpx.AsyncByteStream):
             if isinstance(exc, TimeoutError):
                 raise error from None
             raise error from exc
-        if step is not True:
-            return step  # type: ignore[return-value]
+        if chunks:
+            return chunks.pop(0)
         await self._finish()
         raise StopAsyncIteration
 
