@@ -17,7 +17,13 @@ worker, keep-alive), on asyncio and uvloop, C = 1, 16, 64:
   the pool;
 * ``canned``: httpx.AsyncClient with a transport that returns a canned
   response without I/O (after one ``asyncio.sleep(0)``, the loop trip a
-  real response costs): the ceiling of any httpx transport.
+  real response costs): the ceiling of any httpx transport;
+* ``bare``: httpx.AsyncClient with the least transport that does the real
+  I/O: the minimal client's one send and read on ``pool.connection()``, its
+  head found by ``find``, no framing library, no checks, the server's head
+  fields given to httpx as ``canned`` gives them.  Not a usable transport:
+  it measures what the round trip alone costs httpx on this machine, which
+  ``canned`` leaves out.
 
 Printed: requests/s, client CPU µs per request (this process only; nginx
 runs in its own), and the ratios the targets are set in:
@@ -56,7 +62,7 @@ from bench.servers import BODY as SERVER_BODY
 from bench.servers import start
 
 BODY = b"x" * 63 + b"\n"
-IMPLS = ("conpool", "httpx", "httpx-aiohttp", "aiohttp", "minimal", "canned")
+IMPLS = ("conpool", "httpx", "httpx-aiohttp", "aiohttp", "minimal", "canned", "bare")
 LOOPS = ("asyncio", "uvloop")
 
 
@@ -325,6 +331,50 @@ async def run_canned(
         return await drive(one, conc, warmup, duration)
 
 
+async def run_bare(url: str, conc: int, warmup: float, duration: float) -> tuple[int, float, float]:
+    import httpx
+
+    import conpool
+
+    host, _, port = url.removeprefix("http://").rstrip("/").partition(":")
+    endpoint = conpool.Endpoint(host, int(port))
+    head = f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    headers = _server_headers(url)
+    extensions = {"http_version": b"HTTP/1.1", "reason_phrase": b"OK"}
+
+    async with conpool.Pool(conpool.Config(max_connections_per_endpoint=conc)) as pool:
+
+        class Bare(httpx.AsyncBaseTransport):
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                async with pool.connection(endpoint) as conn:
+                    await conn.send(head)
+                    buf = await conn.receive()
+                    end = buf.find(b"\r\n\r\n")
+                    while end < 0:
+                        buf += await conn.receive()
+                        end = buf.find(b"\r\n\r\n")
+                    status, length, keep = _parse_head(buf[:end])
+                    body = buf[end + 4 :]
+                    while len(body) < length:
+                        body += await conn.receive()
+                    if not keep:
+                        await conn.aclose()
+                return httpx.Response(
+                    status,
+                    headers=headers,
+                    stream=httpx.ByteStream(body),
+                    extensions=extensions,
+                )
+
+        async with httpx.AsyncClient(transport=Bare()) as client:
+
+            async def one() -> None:
+                r = await client.get(url)
+                _check(r.status_code, r.content)
+
+            return await drive(one, conc, warmup, duration)
+
+
 def _server_headers(url: str) -> list[tuple[bytes, bytes]]:
     """The header fields of the server's response to ``GET url``, as sent."""
     host, _, port = url.removeprefix("http://").rstrip("/").partition(":")
@@ -347,6 +397,7 @@ RUNNERS: dict[str, Callable[[str, int, float, float], Awaitable[tuple[int, float
     "aiohttp": run_aiohttp,
     "minimal": run_minimal,
     "canned": run_canned,
+    "bare": run_bare,
 }
 
 
@@ -486,6 +537,7 @@ def _report(
         "httpx-aiohttp": 1.0,
         "aiohttp": None,
         "minimal": None,
+        "bare": None,
     }
     for loop in loops:
         for conc in concs:
@@ -521,10 +573,11 @@ class Httpx(base.Workload):
         "httpx-aiohttp": "httpx_aiohttp",
         "aiohttp": "aiohttp",
         "canned": "httpx",
+        "bare": "httpx",
     }
     seconds = (0.5, 0.2)
     quick_seconds = (0.15, 0.05)
-    others = ("httpx", "httpx-aiohttp", "aiohttp", "minimal", "canned")
+    others = ("httpx", "httpx-aiohttp", "aiohttp", "minimal", "canned", "bare")
 
     def run(self, spec: base.CellSpec) -> base.Metrics:
         conc = spec.cell.conc
