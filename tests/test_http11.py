@@ -3,6 +3,8 @@ wire, and responses as httptools (llhttp) parses them, fed in pieces."""
 
 from __future__ import annotations
 
+import gc
+
 import h11
 import httpx
 import pytest
@@ -88,6 +90,68 @@ def test_bytes_past_the_response_mark_it(tail: bytes) -> None:
     r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + tail)
     assert r.complete and r.extra and not r.reusable()
     assert r.chunks == [b"ok"]
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_blank_lines_after_the_end_are_skipped_and_other_bytes_are_past_it(
+    step: int | None,
+) -> None:
+    # llhttp skips CRLFs between messages; so does the response after it
+    # let go of its parser (a later feed).
+    r = Response("GET")
+    feed(r, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\r\n", step)
+    r.feed(b"\r\n")
+    assert r.complete and not r.extra and r.reusable()
+    r.feed(b"\r\nX")
+    assert (r.extra, r.reusable()) == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("method", "data"),
+    [
+        ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"),
+        ("CONNECT", b"HTTP/1.1 200 Connection established\r\n\r\n"),
+        ("GET", b"HTTP/1.0 200 OK\r\n\r\nuntil close"),
+    ],
+)
+def test_an_ended_response_is_freed_without_the_cyclic_collector(method: str, data: bytes) -> None:
+    # The parser holds the response's callbacks: were it kept past the end,
+    # every response would be a reference cycle left to gc.
+    gc.collect()
+    gc.disable()
+    try:
+        before = _live_responses()
+        r = Response(method)
+        r.feed(data)
+        if not r.complete:
+            r.eof()
+        assert r.complete
+        del r
+        assert _live_responses() == before
+    finally:
+        gc.enable()
+
+
+def test_a_response_dropped_before_its_end_is_still_collected() -> None:
+    # (Before its end the cycle stands; the cyclic collector frees it.)
+    gc.collect()
+    before = _live_responses()
+    gc.disable()
+    try:
+        r = Response("GET")
+        r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        del r
+        assert _live_responses() == before + 1  # (the cycle holds it)
+    finally:
+        gc.enable()
+    gc.collect()
+    assert _live_responses() == before
+
+
+def _live_responses() -> int:
+    return sum(type(o) is Response for o in gc.get_objects())
 
 
 def test_a_body_until_close_ends_at_eof_and_retires_the_connection() -> None:

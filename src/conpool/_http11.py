@@ -268,6 +268,13 @@ class Response:
     here: a response to HEAD, and a 2xx to CONNECT, end at their head.
     Every callback or parse error after the end marks bytes past the
     response (:attr:`extra`): they answer no request.
+
+    The parser holds this response's callbacks, a reference cycle; it is
+    dropped when the response ends, so a response is freed by reference
+    counting and not left to the cyclic garbage collector (which, with the
+    dozen objects hanging from each response, ran half again as often).
+    What comes after the end is then judged without it: anything but the
+    blank lines llhttp skips between messages is :attr:`extra`.
     """
 
     __slots__ = (
@@ -280,6 +287,7 @@ class Response:
         "_size",
         "_skip",
         "_until_close",
+        "_version",
         "chunks",
         "complete",
         "extra",
@@ -291,7 +299,8 @@ class Response:
     )
 
     def __init__(self, method: str, close: bool = False) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self._version = "1.1"
         self._close = close
         self._skip = method == "HEAD"
         self._connect = method == "CONNECT"
@@ -334,7 +343,9 @@ class Response:
         if self.complete:
             self.extra = True
             return
-        status = self._parser.get_status_code()
+        parser = self._parser
+        assert parser is not None  # (dropped only once complete)
+        status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             # Interim (100 Continue, 103): skipped; llhttp ends it itself.
             self._interim = True
@@ -342,13 +353,13 @@ class Response:
             self.reason = b""
             return
         self.status = status
+        self._version = parser.get_http_version()
         self.headers = self._fields
         # (Trailers of a chunked body go here, and are dropped as h11 did.)
         self._fields = []
         self.head = True
         if self._skip or (self._connect and 200 <= status < 300):
-            self.complete = True
-            self._keep = self._parser.should_keep_alive()
+            self._end(parser)
 
     def on_body(self, data: bytes) -> None:
         if self.complete:
@@ -360,9 +371,17 @@ class Response:
         if self._interim:
             self._interim = False
         elif not self.complete:
-            self.complete = True
-            # (Asked now: llhttp forgets the message's flags once it ends.)
-            self._keep = self._parser.should_keep_alive()
+            parser = self._parser
+            assert parser is not None
+            self._end(parser)
+
+    def _end(self, parser: httptools.HttpResponseParser) -> None:
+        self.complete = True
+        # (Asked now: llhttp forgets the message's flags once it ends.)
+        self._keep = parser.should_keep_alive()
+        # The cycle broken.  (llhttp, inside feed_data, still holds the
+        # parser and goes on with the rest of the bytes fed.)
+        self._parser = None
 
     # The reader's side.
 
@@ -388,8 +407,14 @@ class Response:
 
     def _feed(self, data: bytes) -> bool:
         """Parse ``data``; True when the head is in."""
+        parser = self._parser
+        if parser is None:
+            # After the end: llhttp too would skip blank lines there.
+            if data.strip(b"\r\n"):
+                self.extra = True
+            return True
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.leading = data[exc.args[0] :]
         except httptools.HttpParserError as exc:
@@ -415,12 +440,13 @@ class Response:
         ):
             self._until_close = True
             self.complete = True
+            self._parser = None
             return
         raise ProtocolError("peer closed connection without sending complete message body")
 
     def parts(self) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any]]:
         """An ``httpx.Response``'s status, headers and extensions."""
-        version = self._parser.get_http_version()
+        version = self._version
         extensions: dict[str, Any] = {
             "http_version": _VERSIONS.get(version) or b"HTTP/" + version.encode(),
             "reason_phrase": self.reason,
