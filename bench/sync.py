@@ -2,7 +2,11 @@
 keep-alive GETs (64-byte body), with :class:`conpool.SyncPool` and its peers.
 
 Echo: ``raw`` (one blocking socket per thread, opened once) against
-``conpool`` (a lease per round trip).  HTTP: ``raw-http`` (one socket per
+``conpool`` (a lease per round trip), and ``raw-work``: ``raw`` plus, per
+round trip, a pure-Python loop calibrated to cost what one lease (acquire
+and release, no I/O) costs one thread alone.  A diagnostic: what any Python
+work of a lease's size between two system calls costs when threads share
+the GIL, whoever's work it is.  HTTP: ``raw-http`` (one socket per
 thread), ``conpool-http`` (a lease per request, the same minimal client),
 ``urllib3`` (``HTTPConnectionPool.request``), ``httpx`` (``httpx.Client``,
 its default transport) and ``httpx-conpool`` (``httpx.Client`` on
@@ -122,6 +126,34 @@ def _raw_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _spin(n: int) -> int:
+    x = 0
+    for i in range(n):
+        x += i
+    return x
+
+
+def _lease_sized_spin(host: str, port: int) -> Callable[[], object]:
+    """A call of ``_spin`` that costs, on one thread, what a lease costs."""
+    import conpool
+
+    with conpool.SyncPool(conpool.Config(max_connections_per_endpoint=1)) as pool:
+        endpoint = conpool.Endpoint(host, port)
+        with pool.connection(endpoint):
+            pass
+        n = 20_000
+        t0 = time.perf_counter()
+        for _ in range(n):
+            with pool.connection(endpoint):
+                pass
+        lease = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    _spin(100_000)
+    per_step = (time.perf_counter() - t0) / 100_000
+    steps = max(1, round(lease / per_step))
+    return lambda: _spin(steps)
+
+
 def _run(spec: CellSpec, srv: Running) -> Metrics:
     import conpool
 
@@ -134,6 +166,7 @@ def _run(spec: CellSpec, srv: Running) -> Metrics:
         pool = conpool.SyncPool(conpool.Config(max_connections_per_endpoint=conc))
         closers.append(pool.close)
     endpoint = conpool.Endpoint(host, port)
+    work = _lease_sized_spin(host, port) if impl == "raw-work" else None
 
     def make_op() -> tuple[Op, Callable[[], None]]:
         if impl == "raw":
@@ -144,6 +177,17 @@ def _run(spec: CellSpec, srv: Running) -> Metrics:
                 _recv_exact(sock.recv, SIZE)
 
             return op, sock.close
+        if impl == "raw-work":
+            sock = _raw_socket(host, port)
+            assert work is not None
+            spin = work
+
+            def work_op() -> None:
+                spin()
+                sock.sendall(MESSAGE)
+                _recv_exact(sock.recv, SIZE)
+
+            return work_op, sock.close
         if impl == "raw-http":
             sock = _raw_socket(host, port)
 
@@ -223,6 +267,7 @@ class Sync(base.Workload):
     impls: ClassVar[Impls] = {
         "raw": THREADS,
         "conpool": THREADS,
+        "raw-work": THREADS,
         "raw-http": THREADS,
         "conpool-http": THREADS,
         "urllib3": THREADS,
@@ -241,13 +286,14 @@ class Sync(base.Workload):
         return (1, 8, 32)
 
     def run(self, spec: CellSpec) -> Metrics:
-        kind = "echo" if spec.cell.impl in ("raw", "conpool") else "http"
+        kind = "echo" if spec.cell.impl in ("raw", "conpool", "raw-work") else "http"
         with start(kind, cpu=server_core(spec.cpu), connections=4 * spec.cell.conc + 64) as srv:
             return _run(spec, srv)
 
     def _pairs(self) -> list[tuple[str, str, float | None]]:
         return [
             ("conpool", "raw", ECHO_TARGET),
+            ("raw-work", "raw", None),
             ("conpool-http", "urllib3", 1.0),
             ("conpool-http", "httpx", None),
             ("conpool-http", "raw-http", None),
