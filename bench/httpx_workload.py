@@ -54,12 +54,15 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench import base
 from bench.procs import server_core
 from bench.servers import BODY as SERVER_BODY
 from bench.servers import start
+
+if TYPE_CHECKING:
+    import conpool
 
 BODY = b"x" * 63 + b"\n"
 IMPLS = ("conpool", "httpx", "httpx-aiohttp", "aiohttp", "minimal", "canned", "bare")
@@ -269,6 +272,29 @@ def _parse_head(head: bytes) -> tuple[int, int, bool]:
     return int(lower[9:12]), length, lower.find(b"\r\nconnection: close") < 0
 
 
+async def _exchange(
+    pool: conpool.Pool, endpoint: conpool.Endpoint, request: bytes
+) -> tuple[int, bytes]:
+    """conpool's minimal HTTP/1.1 client: one lease, ``request`` sent whole,
+    the head found with ``find``, the body read to its Content-Length; the
+    connection closed when the server will not keep it.  (``minimal``, and
+    the I/O of ``bare``.)"""
+    async with pool.connection(endpoint) as conn:
+        await conn.send(request)
+        buf = await conn.receive()
+        end = buf.find(b"\r\n\r\n")
+        while end < 0:
+            buf += await conn.receive()
+            end = buf.find(b"\r\n\r\n")
+        status, length, keep = _parse_head(buf[:end])
+        body = buf[end + 4 :]
+        while len(body) < length:
+            body += await conn.receive()
+        if not keep:
+            await conn.aclose()
+    return status, body
+
+
 async def run_minimal(
     url: str, conc: int, warmup: float, duration: float
 ) -> tuple[int, float, float]:
@@ -280,20 +306,7 @@ async def run_minimal(
     async with conpool.Pool(conpool.Config(max_connections_per_endpoint=conc)) as pool:
 
         async def one() -> None:
-            async with pool.connection(endpoint) as conn:
-                await conn.send(request)
-                buf = await conn.receive()
-                end = buf.find(b"\r\n\r\n")
-                while end < 0:
-                    buf += await conn.receive()
-                    end = buf.find(b"\r\n\r\n")
-                status, length, keep = _parse_head(buf[:end])
-                body = buf[end + 4 :]
-                while len(body) < length:
-                    body += await conn.receive()
-                _check(status, body)
-                if not keep:
-                    await conn.aclose()
+            _check(*await _exchange(pool, endpoint, request))
 
         return await drive(one, conc, warmup, duration)
 
@@ -346,19 +359,7 @@ async def run_bare(url: str, conc: int, warmup: float, duration: float) -> tuple
 
         class Bare(httpx.AsyncBaseTransport):
             async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-                async with pool.connection(endpoint) as conn:
-                    await conn.send(head)
-                    buf = await conn.receive()
-                    end = buf.find(b"\r\n\r\n")
-                    while end < 0:
-                        buf += await conn.receive()
-                        end = buf.find(b"\r\n\r\n")
-                    status, length, keep = _parse_head(buf[:end])
-                    body = buf[end + 4 :]
-                    while len(body) < length:
-                        body += await conn.receive()
-                    if not keep:
-                        await conn.aclose()
+                status, body = await _exchange(pool, endpoint, head)
                 return httpx.Response(
                     status,
                     headers=headers,
