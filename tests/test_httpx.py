@@ -37,6 +37,7 @@ from servers import (
     POOL_ADDRESSES,
     DnsmasqServer,
     NginxServer,
+    skip_or_fail,
     unused_port,
     write_cert_files,
 )
@@ -108,7 +109,7 @@ def dns_resolver(server: DnsmasqServer) -> conpool.DNSResolver:
 def nginx(tmp_path: Path) -> Iterator[HttpxNginx]:
     with HttpxNginx(tmp_path / "nginx") as server:
         if not server.has_sleep:
-            pytest.skip("nginx's echo module is not installed")
+            skip_or_fail("nginx's echo module is not installed")
         yield server
 
 

@@ -11,11 +11,15 @@ from typing import Any
 import pytest
 
 from conpool._backends._asyncio import LoopDeadline
+from servers import skip_or_fail
 
 
 def _run(loop_name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     if loop_name == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
+        try:
+            import uvloop
+        except ImportError:
+            skip_or_fail("uvloop is not installed")
         uvloop.run(main())
     else:
         asyncio.run(main())

@@ -24,6 +24,7 @@ from servers import (
     NginxServer,
     TLSEchoServer,
     refused_port,
+    skip_or_fail,
 )
 
 REFUSING = "127.0.0.15"
@@ -498,7 +499,7 @@ def test_happy_eyeballs_races_the_other_family(echo_server: EchoServer) -> None:
     try:
         blackhole.bind(("::1", echo_server.port))
     except OSError:
-        pytest.skip("no IPv6 loopback here")
+        skip_or_fail("no IPv6 loopback here")
     blackhole.listen(0)
     filled: list[socket.socket] = []
     try:

@@ -21,7 +21,14 @@ from anyio.streams.tls import TLSAttribute
 
 import conpool
 from helpers_pool import check_consistent, check_quiet, echo, eventually
-from servers import EchoServer, NginxServer, TLSEchoServer, socket_directory, write_cert_files
+from servers import (
+    EchoServer,
+    NginxServer,
+    TLSEchoServer,
+    skip_or_fail,
+    socket_directory,
+    write_cert_files,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -312,7 +319,7 @@ async def test_local_address_with_the_wrong_family_fails_once(echo_server: EchoS
     try:
         server = EchoServer("::1")
     except OSError:
-        pytest.skip("no IPv6 loopback")
+        skip_or_fail("no IPv6 loopback")
     with server:
         ep = conpool.Endpoint("::1", server.port)
         config = conpool.Config(local_address="127.0.0.5", connect_retries=3)
