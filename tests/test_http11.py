@@ -69,6 +69,31 @@ def test_head_ends_at_its_head_whatever_the_content_length() -> None:
     assert r.complete and r.reusable() and r.chunks == []
 
 
+@pytest.mark.parametrize(
+    ("head", "reusable"),
+    [
+        (b"HTTP/1.1 200 OK\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nconnection: Upgrade, CLOSE\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", False),
+        (b"HTTP/1.0 200 OK\r\n\r\n", False),
+        (b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n\r\n", True),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", False),
+    ],
+)
+def test_a_head_response_keeps_its_connection_by_its_head_alone(
+    head: bytes, reusable: bool
+) -> None:
+    # Without Content-Length or chunked, llhttp (not told of the HEAD)
+    # would take the response for a body until close.
+    for step in (None, 1):
+        r = Response("HEAD")
+        feed(r, head, step)
+        assert (r.complete, r.extra, r.chunks) == (True, False, [])
+        assert r.reusable() is reusable
+
+
 def test_bytes_after_a_head_response_are_past_it() -> None:
     r = Response("HEAD")
     r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")

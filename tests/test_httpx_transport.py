@@ -18,6 +18,7 @@ import pytest
 
 import conpool
 import conpool.httpx
+from helpers_http import answering, replying
 from helpers_pool import check_quiet
 
 pytestmark = pytest.mark.anyio
@@ -214,39 +215,6 @@ async def test_a_non_ascii_method_is_refused(switching: SwitchingServer) -> None
         check_quiet(t.pool)
 
 
-@contextlib.contextmanager
-def answering(*replies: bytes) -> Iterator[int]:
-    """A loopback server that answers each connection's first request with
-    the next of ``replies`` and closes it; yields its port."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-
-    def serve() -> None:
-        for reply in replies:
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                buf = b""
-                with contextlib.suppress(OSError):
-                    while b"\r\n\r\n" not in buf and (data := conn.recv(4096)):
-                        buf += data
-                    conn.sendall(reply)
-
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-        th.join(5)
-
-
 async def test_a_malformed_response_head_is_httpx_remote_protocol_error() -> None:
     with answering(b"HTTP/1.1 abc OK\r\n\r\n") as port:
         t = conpool.httpx.AsyncTransport()
@@ -272,3 +240,25 @@ async def test_a_body_cut_short_is_httpx_remote_protocol_error() -> None:
             assert "reading the body of the response to GET" in str(info.value)
             (ep,) = check_quiet(t.pool).endpoints.values()
             assert (ep.created, ep.closed, ep.idle) == (1, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("head", "connections"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", 1),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", 3),
+    ],
+)
+async def test_a_head_response_without_framing_headers_keeps_its_connection(
+    head: bytes, connections: int
+) -> None:
+    # llhttp alone would read a body until close after such a head.
+    with replying(head) as server:
+        t = conpool.httpx.AsyncTransport()
+        async with httpx.AsyncClient(transport=t) as client:
+            for _ in range(3):
+                r = await client.head(f"http://127.0.0.1:{server.port}/")
+                assert (r.status_code, r.content) == (200, b"")
+            (ep,) = check_quiet(t.pool).endpoints.values()
+            assert ep.created == connections
+            assert [len(heads) for heads in server.heads] == [3 // connections] * connections

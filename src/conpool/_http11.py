@@ -260,6 +260,20 @@ def is_upgrade(request: httpx.Request, status: int) -> bool:
     return status == 101 or (request.method == "CONNECT" and 200 <= status < 300)
 
 
+def persists(version: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a connection stays open after a response with this head,
+    its framing aside (RFC 9112, section 9.3): not after ``Connection:
+    close``; after HTTP/1.1 otherwise; after HTTP/1.0 only with
+    ``Connection: keep-alive``."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(token.strip().lower() for token in value.split(b","))
+    if b"close" in tokens:
+        return False
+    return version >= "1.1" or b"keep-alive" in tokens
+
+
 class Response:
     """One response, parsed by httptools (llhttp) as its bytes are fed.
 
@@ -377,8 +391,13 @@ class Response:
 
     def _end(self, parser: httptools.HttpResponseParser) -> None:
         self.complete = True
-        # (Asked now: llhttp forgets the message's flags once it ends.)
-        self._keep = parser.should_keep_alive()
+        if self._skip:
+            # llhttp, not told of the HEAD, takes a head without framing
+            # headers for a body until close: persistence by the head alone.
+            self._keep = persists(self._version, self.headers)
+        else:
+            # (Asked now: llhttp forgets the message's flags once it ends.)
+            self._keep = parser.should_keep_alive()
         # The cycle broken.  (llhttp, inside feed_data, still holds the
         # parser and goes on with the rest of the bytes fed.)
         self._parser = None
