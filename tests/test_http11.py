@@ -249,10 +249,28 @@ def test_a_head_over_the_limit_is_refused() -> None:
             r.feed(line)
 
 
+SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+
+
 def test_101_leaves_what_follows_its_head() -> None:
     r = Response("GET")
-    r.feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nhello")
+    r.feed(SWITCHING + b"hello")
     assert (r.head, r.status, r.leading) == (True, 101, b"hello")
+
+
+def test_a_101_is_freed_without_the_cyclic_collector() -> None:
+    # The connection leaves HTTP at a 101: the parser is let go there.
+    gc.collect()
+    gc.disable()
+    try:
+        before = _live_responses()
+        r = Response("GET")
+        feed(r, SWITCHING, 1)
+        assert (r.head, r.status, r.leading) == (True, 101, b"")
+        del r
+        assert _live_responses() == before
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("framing", [b"", b"Content-Length: 0\r\n", b"Content-Length: 5\r\n"])
