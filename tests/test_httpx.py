@@ -51,7 +51,7 @@ BIG = 8 * MiB
 class HttpxNginx(NginxServer):
     """The suite's nginx with the locations these tests need: an 8 MiB file
     (Content-Length), 8 MiB chunked (the echo module), a 204, and uploads up
-    to 16 MiB."""
+    to 16 MiB, sent back by ``/upload``."""
 
     def __init__(self, directory: Path, **kwargs: object) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -74,6 +74,11 @@ class HttpxNginx(NginxServer):
         location = /big {{ alias {self.big_file}; default_type application/octet-stream; }}
         location = /chunked {{ echo_duplicate {BIG // 8} "abcdefgh"; }}
         location = /empty {{ return 204; }}
+        location = /upload {{
+            client_body_buffer_size 16m;
+            echo_read_request_body;
+            echo_request_body;
+        }}
         location / {{"""
         return super()._config().replace("\n        location / {", extra, 1)
 
@@ -251,11 +256,19 @@ async def test_8_mib_upload_to_nginx(nginx: HttpxNginx) -> None:
 
     t = transport()
     async with httpx.AsyncClient(transport=t) as client:
+        # nginx sends back what it read: every byte arrived, in order.
+        r = await client.post(nginx.url("/upload"), content=body)
+        assert r.status_code == 200 and r.content == body
+        r = await client.post(nginx.url("/upload"), content=chunks())
+        assert r.status_code == 200 and r.content == body
+        # Answered before the body is read (nginx then discards it): the
+        # answer comes back, and the connection serves the next request.
         r = await client.post(nginx.url("/"), content=body)
         assert r.status_code == 200 and r.content == b"ok\n"
-        r = await client.post(nginx.url("/"), content=chunks())
+        r = await client.get(nginx.url("/"))
         assert r.status_code == 200 and r.content == b"ok\n"
-        quiet(t)
+        (stats,) = quiet(t).endpoints.values()
+        assert (stats.created, stats.reused) == (1, 3)
 
 
 @_HTTPX_ASYNCGEN

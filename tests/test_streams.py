@@ -6,11 +6,13 @@ stream for TLS on trio.)"""
 
 from __future__ import annotations
 
+import socket
+
 import anyio
 import pytest
 
 import conpool
-from helpers_pool import check_quiet, echo, eventually
+from helpers_pool import check_quiet, echo, eventually, fd_baseline, fd_count
 from servers import EchoServer, TLSEchoServer
 
 pytestmark = pytest.mark.anyio
@@ -239,3 +241,27 @@ async def test_a_health_check_uses_the_connection_it_checks(echo_server: EchoSer
         assert checked == [b"ping", b"ping"]
         s = check_quiet(pool).endpoints[ep]
         assert (s.created, s.reused, s.closed) == (1, 2, 0)
+
+
+async def test_a_connection_closed_with_unsent_bytes_frees_its_socket() -> None:
+    """A send that filled the kernel's buffers (the peer reads nothing) is
+    cancelled; closing the connection then drops the bytes still queued
+    and frees the socket at once, not when (if ever) the peer reads them.
+    On asyncio and uvloop a graceful close would wait for the flush and
+    outlive the pool, and the loop (uvloop: ``EBUSY`` from ``loop.close``)."""
+    base = await fd_baseline()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        ep = conpool.Endpoint("127.0.0.1", listener.getsockname()[1])
+        async with conpool.Pool() as pool:
+            async with pool.connection(ep) as conn:
+                peer, _ = listener.accept()  # (and never read from)
+                with peer:
+                    with anyio.move_on_after(0.3) as scope:
+                        await conn.send(b"x" * (64 << 20))
+                    assert scope.cancelled_caught
+                    await conn.aclose()
+                    # The listener and the peer's socket are left.
+                    await eventually(lambda: fd_count() == base + 2, what="the socket freed")
+            check_quiet(pool)

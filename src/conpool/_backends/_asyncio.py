@@ -284,13 +284,16 @@ class ProtocolConnection(Connection):
     def _close_now(self) -> None:
         if not self._closed:
             self._closed = self._broken = True
-            if self._tls:
-                # A graceful TLS close waits for close_notify to be sent,
-                # which would outlive the pool (and the loop) when the pool
-                # closes; abort like the other backends do.
-                self._transport.abort()
+            transport = self._transport
+            if self._tls or transport.get_write_buffer_size():
+                # A graceful close waits until what is queued (TLS's
+                # close_notify, or bytes of a send that was cancelled or
+                # failed) is sent, which a peer that stopped reading puts
+                # off for ever: the socket would outlive the pool, and the
+                # loop.  Abort, as the other backends close at once.
+                transport.abort()
             else:
-                self._transport.close()
+                transport.close()
             self._proto._wake_reader()
 
     def _usable(self, idle: float) -> bool:
