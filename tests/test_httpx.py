@@ -51,7 +51,7 @@ BIG = 8 * MiB
 class HttpxNginx(NginxServer):
     """The suite's nginx with the locations these tests need: an 8 MiB file
     (Content-Length), 8 MiB chunked (the echo module), a 204, and uploads up
-    to 16 MiB, sent back by ``/upload``."""
+    to 16 MiB, sent back by ``/upload`` (``/small`` refuses more than 1 KiB)."""
 
     def __init__(self, directory: Path, **kwargs: object) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -74,6 +74,7 @@ class HttpxNginx(NginxServer):
         location = /big {{ alias {self.big_file}; default_type application/octet-stream; }}
         location = /chunked {{ echo_duplicate {BIG // 8} "abcdefgh"; }}
         location = /empty {{ return 204; }}
+        location = /small {{ client_max_body_size 1k; return 200 "ok\\n"; }}
         location = /upload {{
             client_body_buffer_size 16m;
             echo_read_request_body;
@@ -269,6 +270,19 @@ async def test_8_mib_upload_to_nginx(nginx: HttpxNginx) -> None:
         assert r.status_code == 200 and r.content == b"ok\n"
         (stats,) = quiet(t).endpoints.values()
         assert (stats.created, stats.reused) == (1, 3)
+
+
+async def test_an_upload_refused_before_its_end_gets_the_answer(nginx: HttpxNginx) -> None:
+    # nginx answers 413 from the head and closes; its answer is returned,
+    # whatever became of the body, and the connection is not reused.
+    t = transport()
+    async with httpx.AsyncClient(transport=t) as client:
+        r = await client.post(nginx.url("/small"), content=bytes(BIG))
+        assert r.status_code == 413
+        r = await client.get(nginx.url("/"))
+        assert r.status_code == 200 and r.content == b"ok\n"
+        (stats,) = quiet(t).endpoints.values()
+        assert (stats.created, stats.reused, stats.closed) == (2, 0, 1)
 
 
 @_HTTPX_ASYNCGEN

@@ -116,6 +116,17 @@ def test_8_mib_download(nginx: HttpxNginx, path: str) -> None:
         assert (stats.created, stats.reused) == (1, 1)
 
 
+def test_an_upload_refused_before_its_end_gets_the_answer(nginx: HttpxNginx) -> None:
+    t = transport()
+    with httpx.Client(transport=t) as client:
+        r = client.post(nginx.url("/small"), content=bytes(BIG))
+        assert r.status_code == 413
+        r = client.get(nginx.url("/"))
+        assert r.status_code == 200 and r.content == b"ok\n"
+        (stats,) = quiet(t).endpoints.values()
+        assert (stats.created, stats.reused, stats.closed) == (2, 0, 1)
+
+
 def test_8_mib_upload_content_length_and_chunked(nginx: HttpxNginx) -> None:
     body = bytes(range(256)) * (BIG // 256)
 
