@@ -122,7 +122,7 @@ def frame_head(method: str, target: bytes, raw: list[tuple[bytes, bytes]]) -> He
             length = None
         elif name == b"content-length" and length is not None:
             length = int(value)
-        elif name == b"connection" and b"close" in value.lower().replace(b" ", b"").split(b","):
+        elif name == b"connection" and b"close" in connection_tokens(value):
             close = True
     return Head(data, length, close)
 
@@ -260,6 +260,11 @@ def is_upgrade(request: httpx.Request, status: int) -> bool:
     return status == 101 or (request.method == "CONNECT" and 200 <= status < 300)
 
 
+def connection_tokens(value: bytes) -> set[bytes]:
+    """The options of a ``Connection`` field's value, lower-cased."""
+    return {token.strip() for token in value.lower().split(b",")}
+
+
 def persists(version: str, headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether a connection stays open after a response with this head,
     its framing aside (RFC 9112, section 9.3): not after ``Connection:
@@ -268,7 +273,7 @@ def persists(version: str, headers: list[tuple[bytes, bytes]]) -> bool:
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
-            tokens.update(token.strip().lower() for token in value.split(b","))
+            tokens |= connection_tokens(value)
     if b"close" in tokens:
         return False
     return version >= "1.1" or b"keep-alive" in tokens
