@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import cast
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 import trustme
@@ -682,6 +683,67 @@ async def test_cancellation_fuzz(nginx: HttpxNginx) -> None:
         # The pool still serves.
         assert (await client.get(nginx.url("/"))).content == b"ok\n"
     await fds_back_to(baseline, within=10.0)
+
+
+async def test_read_timeouts_mixed_with_cancellations(nginx: HttpxNginx) -> None:
+    """Many requests in flight at once, each with its own read timeout
+    (on asyncio and uvloop, all on the loop's one shared timer) and some
+    cancelled from outside: each ends as its own story says (in time, its
+    ReadTimeout, or its cancellation), no timeout reaches a request whose
+    limit had not passed, and nothing is left behind."""
+    import random
+
+    rng = random.Random(16)
+    t = transport(config=conpool.Config(max_connections_per_endpoint=64))
+    outcomes: Counter[str] = Counter()
+    async with httpx.AsyncClient(transport=t) as client:
+
+        async def one(read: float, outside: float) -> None:
+            start = time.monotonic()
+            outcome = "cancelled"
+            with anyio.move_on_after(outside) as scope:
+                try:
+                    r = await client.get(
+                        nginx.url("/sleep?s=0.1"), timeout=httpx.Timeout(5.0, read=read)
+                    )
+                except httpx.ReadTimeout:
+                    took = time.monotonic() - start
+                    # Not before its own limit (the loop's clock may round
+                    # a little), whatever the other requests' limits.
+                    assert took >= read - 0.005, (read, took)
+                    outcome = "read-timeout"
+                else:
+                    assert r.content == b"ok\n"
+                    outcome = "done"
+            assert scope.cancelled_caught == (outcome == "cancelled"), outcome
+            outcomes[outcome] += 1
+            # No cancellation left on the task: it awaits on.
+            await anyio.lowlevel.checkpoint()
+
+        deadline = time.monotonic() + 12.0
+        n = 0
+        while n < 600 and time.monotonic() < deadline:
+            async with anyio.create_task_group() as tg:
+                for _ in range(40):
+                    # Read limits on both sides of the 0.1 s the server takes.
+                    read = rng.choice([0.02, 0.05, 0.08, 0.3, 1.0])
+                    outside = rng.choice([0.01, 0.06, 5.0])
+                    tg.start_soon(one, read, outside)
+                    n += 1
+        stats = quiet(t)
+        assert stats.active == 0 and stats.waiting == 0
+        assert n >= 200, n
+        assert min(outcomes[k] for k in ("done", "read-timeout", "cancelled")) > 0, outcomes
+        assert sum(outcomes.values()) == n, (n, outcomes)
+        assert (await client.get(nginx.url("/"))).content == b"ok\n"
+    import sniffio
+
+    if sniffio.current_async_library() == "asyncio":
+        import asyncio
+
+        from conpool._backends._deadline import loop_timers
+
+        assert len(loop_timers(asyncio.get_running_loop())) == 0
 
 
 async def test_response_hashes_stay_correct_under_concurrency(nginx: HttpxNginx) -> None:

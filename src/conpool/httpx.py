@@ -27,7 +27,8 @@ import anyio
 import h11
 import httpx
 
-from ._backends._asyncio import LoopDeadline, ProtocolConnection
+from ._backends._asyncio import ProtocolConnection
+from ._backends._deadline import LoopDeadline
 from ._config import Config
 from ._connection import Connection
 from ._endpoint import TLS, Endpoint
@@ -372,7 +373,7 @@ class AsyncTransport(httpx.AsyncBaseTransport):
 
 
 class _AnyioDeadline:
-    """:class:`~conpool._backends._asyncio.LoopDeadline`'s interface on an
+    """:class:`~conpool._backends._deadline.LoopDeadline`'s interface on an
     anyio cancel scope: for trio, and for connections that are not asyncio
     protocols (TLS through an https proxy)."""
 
@@ -404,10 +405,10 @@ _INF = float("inf")
 
 def _deadline(conn: Connection, seconds: float | None) -> LoopDeadline | _AnyioDeadline:
     """A deadline ``seconds`` from now (None: none) for a block of I/O on
-    ``conn``: one loop timer on asyncio and uvloop, a cancel scope on trio."""
+    ``conn``: on the loop's shared timer on asyncio and uvloop, a cancel
+    scope on trio."""
     if type(conn) is ProtocolConnection:
-        loop = conn._loop
-        return LoopDeadline(loop, _INF if seconds is None else loop.time() + seconds)
+        return LoopDeadline(conn._timers, _INF if seconds is None else conn._loop.time() + seconds)
     return _AnyioDeadline(seconds)
 
 

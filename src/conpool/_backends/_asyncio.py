@@ -30,6 +30,7 @@ from anyio.streams.tls import TLSAttribute
 from .._connection import Connection
 from .._proxy import Proxy
 from .._tunnel import ProxyAttempt, Trace
+from ._deadline import loop_timers
 from ._sockets import (
     DEFAULT_SOCKETS,
     PROBE_AFTER,
@@ -148,7 +149,7 @@ def _tls_protocol() -> _Protocol:
 class ProtocolConnection(Connection):
     """A connection on asyncio or uvloop, implemented on an asyncio protocol."""
 
-    __slots__ = ("_fd", "_loop", "_proto", "_tls", "_transport")
+    __slots__ = ("_fd", "_loop", "_proto", "_timers", "_tls", "_transport")
 
     def __init__(
         self,
@@ -167,6 +168,8 @@ class ProtocolConnection(Connection):
         # Kept, not looked up per wait: asyncio.get_running_loop() makes a
         # getpid() system call each time (seen on CPython 3.11).
         self._loop = asyncio.get_running_loop()
+        #: The loop's shared timer for a protocol layer's deadlines.
+        self._timers = loop_timers(self._loop)
 
     @staticmethod
     def protocol_factory(tls: bool) -> Callable[[], _Protocol]:
@@ -492,102 +495,3 @@ class AsyncioBackend:
 def _time_up(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-class LoopDeadline:
-    """A deadline for a block of one task on asyncio or uvloop: one loop
-    timer, which cancels the task when it fires, and the cancellation turned
-    back into "the deadline passed" on the way out.  What an anyio cancel
-    scope with a deadline does for a protocol layer's request, at a fraction
-    of its cost (no scope stack, no sniffio lookup, no checkpoint).
-
-    ``with LoopDeadline(loop, when) as d:`` (``when`` in ``loop.time()``
-    seconds, ``inf`` for none); ``d.deadline = t`` moves it, ``d.reset(s)``
-    puts it ``s`` seconds from now; afterwards
-    ``d.cancelled_caught`` says whether the deadline ended the block (its
-    :class:`asyncio.CancelledError` is then swallowed, as a cancel scope's
-    is).  A cancellation from anywhere else goes through untouched, also
-    when it comes together with the deadline's (the task's ``cancelling()``
-    count tells them apart, as :func:`asyncio.timeout` does).
-
-    The timer can only fire while the task is suspended inside the block
-    (it is cancelled on the way out, and the loop runs no callback while the
-    task runs), so its cancellation is always raised inside the block.
-    """
-
-    __slots__ = ("_cancelling", "_fired", "_handle", "_loop", "_task", "_when", "cancelled_caught")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        self._loop = loop
-        self._when = when
-        self._handle: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[Any] | None = None
-        self._cancelling = 0
-        self._fired = False
-        self.cancelled_caught = False
-
-    def __enter__(self) -> LoopDeadline:
-        task = asyncio.current_task(self._loop)
-        if task is None:
-            raise RuntimeError("LoopDeadline needs a running task")
-        self._task = task
-        self._cancelling = task.cancelling()
-        if self._when != _INF:
-            self._handle = self._loop.call_at(self._when, self._fire)
-        return self
-
-    @property
-    def deadline(self) -> float:
-        return self._when
-
-    @deadline.setter
-    def deadline(self, when: float) -> None:
-        self._when = when
-        handle = self._handle
-        if handle is not None:
-            handle.cancel()
-            self._handle = None
-        if self._task is not None and not self._fired and when != _INF:
-            self._handle = self._loop.call_at(when, self._fire)
-
-    def reset(self, seconds: float | None) -> None:
-        """From now on, ``seconds`` (None: no limit)."""
-        # (The setter's work inline: a request moves its deadline once.)
-        handle = self._handle
-        if handle is not None:
-            handle.cancel()
-            self._handle = None
-        if seconds is None:
-            self._when = _INF
-        else:
-            loop = self._loop
-            when = self._when = loop.time() + seconds
-            if self._task is not None and not self._fired:
-                self._handle = loop.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        self._fired = True
-        assert self._task is not None
-        self._task.cancel()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> bool:
-        handle = self._handle
-        if handle is not None:
-            handle.cancel()
-            self._handle = None
-        if self._fired:
-            assert self._task is not None
-            # Ours was the last cancellation asked for: the block ended by
-            # the deadline alone, so the cancellation stops here.
-            if (
-                self._task.uncancel() <= self._cancelling
-                and exc_type is not None
-                and issubclass(exc_type, asyncio.CancelledError)
-            ):
-                self.cancelled_caught = True
-                return True
-        return False
-
-
-_INF = float("inf")
