@@ -217,6 +217,31 @@ async def test_bad_options_are_refused(
         check_quiet(pool)
 
 
+async def test_options_repeated_and_changed_are_each_applied(echo_server: EchoServer) -> None:
+    """The pool keeps the last timeouts it checked (by identity, for the
+    httpx transport's every request): the same objects again, and then
+    others, each get their own checks and their own limits."""
+    ep = endpoint(echo_server)
+    config = conpool.Config(max_connections_per_endpoint=1)
+    async with conpool.Pool(config) as pool:
+        held = await pool.acquire(ep)
+        first = 0.05
+        for seconds, shown in [(first, "0.05"), (first, "0.05"), (0.1, "0.1"), (first, "0.05")]:
+            with pytest.raises(conpool.PoolTimeout, match=rf"within timeout={shown} s"):
+                await pool.acquire(ep, timeout=seconds, connect_timeout=5.0)
+        # A bad value right after a good one is still refused, and so is
+        # True after 1 (equal, not the same).
+        with pytest.raises(ValueError, match="connect_timeout"):
+            await pool.acquire(ep, timeout=first, connect_timeout=0)
+        await pool.release(held)
+        one = 1
+        async with pool.connection(ep, timeout=one):
+            pass
+        with pytest.raises(TypeError, match="timeout"):
+            await pool.acquire(ep, timeout=True)
+        check_quiet(pool)
+
+
 async def test_options_lease_runs_the_reset_hook(echo_server: EchoServer) -> None:
     """A lease with options on a pool with Config.reset resets on exit as
     the plain lease does."""

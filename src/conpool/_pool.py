@@ -238,6 +238,7 @@ class Pool(Shell[Connection]):
         "_acquire_timeout",
         "_backend",
         "_health",
+        "_last_limits",
         "_lease",
         "_participant",
         "_quick_wait",
@@ -292,6 +293,13 @@ class Pool(Shell[Connection]):
         self._got: Rec | Answer = WAIT
         self._leak_after = config.leak_warning_after
         self._acquire_timeout = config.acquire_timeout
+        # (timeout, connect_timeout, their checked seconds) of the last
+        # acquire given them (see _limits); first, a pair nobody passes.
+        self._last_limits: tuple[object, object, tuple[float | None, float | None]] = (
+            self._last_key,
+            self._last_key,
+            (None, None),
+        )
         # No timeout and no health check: a waiting acquire takes the short path.
         self._quick_wait = self._acquire_timeout is None and self._health is None
         # No health check and no held-too-long watch: an idle connection is
@@ -477,8 +485,40 @@ class Pool(Shell[Connection]):
         """:meth:`acquire` with options (of a call to ``call``): validated,
         then the same steps."""
         fresh, timeout, connect_timeout = _options(options, call)
+        return await self._acquire_given(endpoint, fresh, timeout, connect_timeout)
+
+    async def _acquire_given(
+        self, endpoint: Endpoint, fresh: object, slot_timeout: object, connect_timeout: object
+    ) -> Connection:
+        """:meth:`acquire` with its options as arguments (``slot_timeout``
+        is ``timeout``; UNSET: not given):
+        what a protocol layer that passes them on every request calls (the
+        httpx transport), sparing the keywords' dict."""
         if fresh is not True and fresh is not False:
             raise TypeError(f"fresh must be a bool, got {type(fresh).__name__} {fresh!r}")
+        last = self._last_limits
+        if slot_timeout is last[0] and connect_timeout is last[1]:
+            wait, dial = last[2]
+        else:
+            wait, dial = limits = self._limits(slot_timeout, connect_timeout)
+            self._last_limits = (slot_timeout, connect_timeout, limits)
+        if fresh:
+            return await self._acquire_fresh(endpoint, wait, dial)
+        conn = self._grab(endpoint)
+        if conn is not None:
+            return conn
+        return await self._acquire(self._last_ep, self._got, wait, dial)
+
+    def _limits(
+        self, timeout: object, connect_timeout: object
+    ) -> tuple[float | None, float | None]:
+        """(seconds to wait for a slot, seconds per attempt) of an acquire's
+        ``timeout`` and ``connect_timeout`` (UNSET: the config's), checked.
+
+        :meth:`_acquire_given` keeps the last pair by identity: a protocol
+        layer passes the same objects on every request (httpx's ``Timeout``
+        values), so they are checked once, not twice per request.
+        """
         wait = (
             self._acquire_timeout
             if timeout is UNSET
@@ -496,12 +536,7 @@ class Pool(Shell[Connection]):
             wait = None
         if dial is not None and dial == float("inf"):
             dial = None
-        if fresh:
-            return await self._acquire_fresh(endpoint, wait, dial)
-        conn = self._grab(endpoint)
-        if conn is not None:
-            return conn
-        return await self._acquire(self._last_ep, self._got, wait, dial)
+        return wait, dial
 
     async def _acquire_fresh(
         self, endpoint: Endpoint, wait: float | None, connect_timeout: float | None

@@ -287,11 +287,10 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         fresh: bool,
     ) -> httpx.Response:
         try:
-            conn = await pool.acquire(
-                endpoint,
-                fresh=fresh,
-                timeout=limits.get("pool"),
-                connect_timeout=limits.get("connect"),
+            # (acquire(fresh=, timeout=, connect_timeout=) without the
+            # keywords' dict; the same timeouts are checked once.)
+            conn = await pool._acquire_given(
+                endpoint, fresh, limits.get("pool"), limits.get("connect")
             )
         except (PoolTimeout, ConnectError, PoolClosed) as exc:
             raise acquire_error(exc, request, self._retries) from exc
