@@ -84,6 +84,9 @@ class _Unset:
 #: An option not given on this call.
 UNSET: Final = _Unset()
 
+#: A value no caller passes as a timeout (see Pool._last_limits).
+_UNCHECKED: Final = object()
+
 
 class AcquireOptions(TypedDict, total=False):
     """The per-call options of :meth:`Pool.acquire` and :meth:`Pool.connection`.
@@ -296,8 +299,8 @@ class Pool(Shell[Connection]):
         # (timeout, connect_timeout, their checked seconds) of the last
         # acquire given them (see _limits); first, a pair nobody passes.
         self._last_limits: tuple[object, object, tuple[float | None, float | None]] = (
-            self._last_key,
-            self._last_key,
+            _UNCHECKED,
+            _UNCHECKED,
             (None, None),
         )
         # No timeout and no health check: a waiting acquire takes the short path.

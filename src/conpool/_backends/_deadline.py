@@ -155,21 +155,22 @@ class LoopDeadline:
 
     @deadline.setter
     def deadline(self, when: float) -> None:
-        self._when = when
-        timers = self._timers
-        if when < timers._at and self in timers._active:
-            timers._arm(when)
+        self._move(when)
 
     def reset(self, seconds: float | None) -> None:
         """From now on, ``seconds`` (None: no limit)."""
         if seconds is None:
-            # (Later than any armed time: nothing to arm.)
-            self._when = _INF
+            self._move(_INF)
             return
-        timers = self._timers
-        loop = timers._loop()
+        loop = self._timers._loop()
         assert loop is not None  # (a block on it runs)
-        when = self._when = loop.time() + seconds
+        self._move(loop.time() + seconds)
+
+    def _move(self, when: float) -> None:
+        # Later than the armed time: nothing to do (the timer finds this
+        # block not yet due when it fires, and arms itself again).
+        self._when = when
+        timers = self._timers
         if when < timers._at and self in timers._active:
             timers._arm(when)
 
